@@ -1,0 +1,419 @@
+//! Safetensors checkpoints: strict loading into [`Params`] modules, atomic saving.
+//!
+//! Loading reports every missing, unexpected and misshapen tensor in one error, so a user
+//! fixing a converted checkpoint sees the whole list at once. Half-precision tensors (f16, bf16)
+//! are converted to f32 on load, since dfdx computes in f32 here.
+use crate::error::{CoreError, Result};
+use crate::params::{glob_match, shape_of, ParamVisitor, Params};
+use ::safetensors::tensor::{Dtype as SafeDtype, SafeTensors, TensorView};
+use dfdx::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Values of one stored tensor: floats are widened to f32, integers to i64.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorValues {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+/// One tensor read from a safetensors file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTensor {
+    pub shape: Vec<usize>,
+    pub values: TensorValues,
+    /// The dtype it had on disk, e.g. "BF16".
+    pub disk_dtype: String,
+}
+
+impl StoredTensor {
+    pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Self {
+        StoredTensor {
+            shape,
+            values: TensorValues::F32(values),
+            disk_dtype: "F32".into(),
+        }
+    }
+
+    pub fn i64(shape: Vec<usize>, values: Vec<i64>) -> Self {
+        StoredTensor {
+            shape,
+            values: TensorValues::I64(values),
+            disk_dtype: "I64".into(),
+        }
+    }
+
+    /// The values as f32; integer tensors are converted.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.values {
+            TensorValues::F32(v) => v.clone(),
+            TensorValues::I64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// The values as i64, or `None` for a float tensor.
+    pub fn as_i64(&self) -> Option<&[i64]> {
+        match &self.values {
+            TensorValues::I64(v) => Some(v),
+            TensorValues::F32(_) => None,
+        }
+    }
+}
+
+/// Named tensors from one safetensors file or a sharded checkpoint, with where they came from.
+#[derive(Debug, Clone, Default)]
+pub struct TensorStore {
+    pub tensors: BTreeMap<String, StoredTensor>,
+    pub metadata: HashMap<String, String>,
+    /// The file (or index) the tensors were read from, for error messages.
+    pub origin: PathBuf,
+}
+
+impl TensorStore {
+    /// Reads a `.safetensors` file, or a sharded checkpoint through its `*.index.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        if path.extension().is_some_and(|e| e == "json") {
+            return Self::read_sharded(path);
+        }
+        let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
+        let mut store = TensorStore {
+            origin: path.to_path_buf(),
+            ..Default::default()
+        };
+        store.add_file(path, &bytes)?;
+        Ok(store)
+    }
+
+    /// Reads every shard named in a HF `model.safetensors.index.json`.
+    pub fn read_sharded(index_path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index_path).map_err(|e| CoreError::io(index_path, e))?;
+        let index: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| CoreError::CheckpointFormat {
+                path: index_path.to_path_buf(),
+                message: format!("index is not JSON: {e}"),
+            })?;
+        let weight_map = index
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| CoreError::CheckpointFormat {
+                path: index_path.to_path_buf(),
+                message: "index has no `weight_map` object".into(),
+            })?;
+        let mut shards: Vec<&str> = weight_map.values().filter_map(|v| v.as_str()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let dir = index_path.parent().unwrap_or(Path::new("."));
+        let mut store = TensorStore {
+            origin: index_path.to_path_buf(),
+            ..Default::default()
+        };
+        for shard in shards {
+            let shard_path = dir.join(shard);
+            let bytes = std::fs::read(&shard_path).map_err(|e| CoreError::io(&shard_path, e))?;
+            store.add_file(&shard_path, &bytes)?;
+        }
+        let missing: Vec<String> = weight_map
+            .keys()
+            .filter(|k| !store.tensors.contains_key(*k))
+            .map(|k| format!("`{k}` is listed in the index but in no shard"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(CoreError::CheckpointMismatch {
+                path: index_path.to_path_buf(),
+                problems: missing,
+            });
+        }
+        Ok(store)
+    }
+
+    fn add_file(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let format_error = |message: String| CoreError::CheckpointFormat {
+            path: path.to_path_buf(),
+            message,
+        };
+        let (_, header) =
+            SafeTensors::read_metadata(bytes).map_err(|e| format_error(format!("{e:?}")))?;
+        if let Some(meta) = header.metadata() {
+            self.metadata.extend(meta.clone());
+        }
+        let file = SafeTensors::deserialize(bytes).map_err(|e| format_error(format!("{e:?}")))?;
+        for (name, view) in file.tensors() {
+            let tensor =
+                decode(&view).map_err(|m| format_error(format!("tensor `{name}`: {m}")))?;
+            self.tensors.insert(name, tensor);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&StoredTensor> {
+        self.tensors.get(name)
+    }
+
+    /// The tensor called `name`, or an error naming the file.
+    pub fn require(&self, name: &str) -> Result<&StoredTensor> {
+        self.get(name).ok_or_else(|| CoreError::CheckpointMismatch {
+            path: self.origin.clone(),
+            problems: vec![format!("missing tensor `{name}`")],
+        })
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, tensor: StoredTensor) {
+        self.tensors.insert(name.into(), tensor);
+    }
+
+    /// Writes all tensors (as f32 / i64) and the metadata; atomic, see [`write_atomic`].
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<(String, Vec<u8>, SafeDtype, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let (data, dtype) = match &t.values {
+                    TensorValues::F32(v) => (
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        SafeDtype::F32,
+                    ),
+                    TensorValues::I64(v) => (
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        SafeDtype::I64,
+                    ),
+                };
+                (name.clone(), data, dtype, t.shape.clone())
+            })
+            .collect();
+        let mut views = Vec::with_capacity(bytes.len());
+        for (name, data, dtype, shape) in &bytes {
+            let view = TensorView::new(*dtype, shape.clone(), data).map_err(|e| {
+                CoreError::CheckpointFormat {
+                    path: path.to_path_buf(),
+                    message: format!("tensor `{name}`: {e:?}"),
+                }
+            })?;
+            views.push((name.clone(), view));
+        }
+        let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone());
+        let serialized = ::safetensors::tensor::serialize(views, &metadata).map_err(|e| {
+            CoreError::CheckpointFormat {
+                path: path.to_path_buf(),
+                message: format!("{e:?}"),
+            }
+        })?;
+        write_atomic(path, &serialized)
+    }
+}
+
+fn decode(view: &TensorView<'_>) -> std::result::Result<StoredTensor, String> {
+    let data = view.data();
+    let shape = view.shape().to_vec();
+    let dtype = view.dtype();
+    let values =
+        match dtype {
+            SafeDtype::F32 => TensorValues::F32(chunks(data, f32::from_le_bytes)),
+            SafeDtype::F64 => {
+                TensorValues::F32(chunks(data, |b: [u8; 8]| f64::from_le_bytes(b) as f32))
+            }
+            SafeDtype::F16 => TensorValues::F32(chunks(data, |b: [u8; 2]| {
+                half::f16::from_le_bytes(b).to_f32()
+            })),
+            SafeDtype::BF16 => TensorValues::F32(chunks(data, |b: [u8; 2]| {
+                half::bf16::from_le_bytes(b).to_f32()
+            })),
+            SafeDtype::I64 => TensorValues::I64(chunks(data, i64::from_le_bytes)),
+            SafeDtype::I32 => {
+                TensorValues::I64(chunks(data, |b: [u8; 4]| i32::from_le_bytes(b) as i64))
+            }
+            SafeDtype::BOOL | SafeDtype::U8 => {
+                TensorValues::I64(data.iter().map(|&b| b as i64).collect())
+            }
+            other => return Err(format!(
+                "dtype {other:?} is not supported (use f32, f16, bf16, f64, i64, i32, u8 or bool)"
+            )),
+        };
+    Ok(StoredTensor {
+        shape,
+        values,
+        disk_dtype: format!("{dtype:?}"),
+    })
+}
+
+fn chunks<const N: usize, T>(data: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    data.chunks_exact(N)
+        .map(|c| {
+            let mut b = [0u8; N];
+            b.copy_from_slice(c);
+            f(b)
+        })
+        .collect()
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// crash mid-write leaves the previous file intact.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CoreError::io(path, e)
+    })
+}
+
+/// How strictly a checkpoint must match a module.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Stored tensors matching any of these globs are not reported as unexpected.
+    pub ignore_unexpected: Vec<String>,
+    /// When false, tensors the model has but the file lacks keep their values.
+    pub allow_missing: bool,
+}
+
+impl LoadOptions {
+    pub fn strict() -> Self {
+        LoadOptions::default()
+    }
+}
+
+struct Loader<'a> {
+    store: &'a TensorStore,
+    prefix: &'a str,
+    used: Vec<String>,
+    problems: Vec<String>,
+    allow_missing: bool,
+}
+
+impl<'a, D: Device<f32>> ParamVisitor<D> for Loader<'a> {
+    fn visit<S: Shape>(&mut self, name: &str, tensor: &mut Tensor<S, f32, D>) -> Result<()> {
+        let stored_name = crate::params::join(self.prefix, name);
+        let Some(stored) = self.store.get(&stored_name) else {
+            if !self.allow_missing {
+                self.problems.push(format!(
+                    "missing tensor `{stored_name}` (shape {:?})",
+                    shape_of(tensor)
+                ));
+            }
+            return Ok(());
+        };
+        self.used.push(stored_name.clone());
+        let expected = shape_of(tensor);
+        if stored.shape != expected {
+            self.problems.push(format!(
+                "tensor `{stored_name}` has shape {:?}, the model expects {expected:?}",
+                stored.shape
+            ));
+            return Ok(());
+        }
+        match &stored.values {
+            TensorValues::F32(v) => tensor.copy_from(v),
+            TensorValues::I64(_) => self.problems.push(format!(
+                "tensor `{stored_name}` holds integers ({}), the model expects floats",
+                stored.disk_dtype
+            )),
+        }
+        Ok(())
+    }
+}
+
+/// Loads the tensors named `prefix.<param name>` from `store` into `module`.
+///
+/// Every problem (missing, unexpected, misshapen, wrong dtype) is gathered into one
+/// [`CoreError::CheckpointMismatch`]. Unexpected tensors are those under `prefix` that the module
+/// does not have. On error the module may be partly loaded.
+pub fn load_params<D: Device<f32>, M: Params<D>>(
+    module: &mut M,
+    store: &TensorStore,
+    prefix: &str,
+    options: &LoadOptions,
+) -> Result<()> {
+    let mut loader = Loader {
+        store,
+        prefix,
+        used: Vec::new(),
+        problems: Vec::new(),
+        allow_missing: options.allow_missing,
+    };
+    module.visit_params("", &mut loader)?;
+    let used: std::collections::HashSet<&String> = loader.used.iter().collect();
+    let mut problems = loader.problems.clone();
+    for name in store.tensors.keys() {
+        let under_prefix = prefix.is_empty() || name.starts_with(&format!("{prefix}."));
+        let ignored = options
+            .ignore_unexpected
+            .iter()
+            .any(|p| glob_match(p, name));
+        if under_prefix && !used.contains(name) && !ignored {
+            problems.push(format!(
+                "unexpected tensor `{name}` (the model has no such parameter)"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CoreError::CheckpointMismatch {
+            path: store.origin.clone(),
+            problems,
+        })
+    }
+}
+
+struct Collector<'a> {
+    store: &'a mut TensorStore,
+    prefix: &'a str,
+}
+
+impl<'a, D: Device<f32>> ParamVisitor<D> for Collector<'a> {
+    fn visit<S: Shape>(&mut self, name: &str, tensor: &mut Tensor<S, f32, D>) -> Result<()> {
+        self.store.insert(
+            crate::params::join(self.prefix, name),
+            StoredTensor::f32(shape_of(tensor), tensor.as_vec()),
+        );
+        Ok(())
+    }
+}
+
+/// Copies every parameter of `module` into `store` as `prefix.<name>`.
+pub fn collect_params<D: Device<f32>, M: Params<D>>(
+    module: &mut M,
+    store: &mut TensorStore,
+    prefix: &str,
+) -> Result<()> {
+    module.visit_params("", &mut Collector { store, prefix })
+}
+
+/// Saves all parameters of `module` (and `metadata`) to `path`, atomically.
+pub fn save_params<D: Device<f32>, M: Params<D>>(
+    module: &mut M,
+    path: &Path,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let mut store = TensorStore {
+        metadata,
+        origin: path.to_path_buf(),
+        ..Default::default()
+    };
+    collect_params(module, &mut store, "")?;
+    store.write(path)
+}
+
+/// Loads all parameters of `module` from the file at `path`, strictly.
+pub fn load_params_file<D: Device<f32>, M: Params<D>>(
+    module: &mut M,
+    path: &Path,
+) -> Result<TensorStore> {
+    let store = TensorStore::read(path)?;
+    load_params(module, &store, "", &LoadOptions::strict())?;
+    Ok(store)
+}

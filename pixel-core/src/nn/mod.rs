@@ -1,0 +1,28 @@
+//! Layers with compile-time channel dims and run-time batch and token counts.
+//!
+//! Every layer works on `[batch, tokens, channels]` tensors ([`Seq`]); the channel dims are
+//! types (`Const<N>`) chosen by a model preset, so a wrong wiring fails to compile.
+pub mod attention;
+pub mod embedding;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod position;
+
+use dfdx::prelude::*;
+
+/// A `[batch, tokens, channels]` tensor.
+pub type Seq<C, D, T = NoneTape> = Tensor<(usize, usize, C), f32, D, T>;
+
+/// A `[batch, heads, tokens, head_dim]` tensor, as attention works on it.
+pub type Heads<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T>;
+
+pub use attention::{
+    attention, attention_with_bias, causal_bias, merge_heads, padding_bias, split_heads,
+    MultiHeadAttention,
+};
+pub use embedding::Embedding;
+pub use linear::{Linear, LoraAdapter, LoraLinear};
+pub use mlp::{Activation, Mlp};
+pub use norm::{LayerNorm, RmsNorm};
+pub use position::{sincos_1d, sincos_2d, RandomFourierEncoding};

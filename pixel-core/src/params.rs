@@ -1,0 +1,196 @@
+//! Named parameters: every module lists its tensors under the reference checkpoint's names.
+//!
+//! One trait, [`Params`], serves checkpoint loading and saving, optimizers, freezing and
+//! parameter counts. A module visits its fields in forward order with the names the reference
+//! implementation uses (`encoder.block.0.layer.0.SelfAttention.q.weight`), so a reader can check
+//! code against a checkpoint line by line.
+use crate::error::Result;
+use dfdx::prelude::*;
+
+/// Something that is shown every named tensor of a module.
+pub trait ParamVisitor<D: Device<f32>> {
+    /// `name` is the full dotted path of the tensor.
+    fn visit<S: Shape>(&mut self, name: &str, tensor: &mut Tensor<S, f32, D>) -> Result<()>;
+}
+
+/// A module with named parameters.
+pub trait Params<D: Device<f32>> {
+    /// Shows each tensor to `visitor`, named `prefix.<own name>`.
+    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, visitor: &mut V) -> Result<()>;
+}
+
+/// Joins a prefix and a name with a dot, skipping an empty prefix.
+pub fn join(prefix: &str, name: &str) -> String {
+    match (prefix.is_empty(), name.is_empty()) {
+        (true, _) => name.to_string(),
+        (_, true) => prefix.to_string(),
+        _ => format!("{prefix}.{name}"),
+    }
+}
+
+impl<D: Device<f32>, S: Shape> Params<D> for Tensor<S, f32, D> {
+    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, visitor: &mut V) -> Result<()> {
+        visitor.visit(prefix, self)
+    }
+}
+
+/// A stack of layers is named `prefix.0`, `prefix.1`, ... as in PyTorch's `ModuleList`.
+impl<D: Device<f32>, M: Params<D>> Params<D> for Vec<M> {
+    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, visitor: &mut V) -> Result<()> {
+        for (i, m) in self.iter_mut().enumerate() {
+            m.visit_params(&join(prefix, &i.to_string()), visitor)?;
+        }
+        Ok(())
+    }
+}
+
+/// An optional submodule has no tensors when absent.
+impl<D: Device<f32>, M: Params<D>> Params<D> for Option<M> {
+    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, visitor: &mut V) -> Result<()> {
+        match self {
+            Some(m) => m.visit_params(prefix, visitor),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Name and shape of one parameter tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl ParamInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+struct Lister(Vec<ParamInfo>);
+
+impl<D: Device<f32>> ParamVisitor<D> for Lister {
+    fn visit<S: Shape>(&mut self, name: &str, tensor: &mut Tensor<S, f32, D>) -> Result<()> {
+        self.0.push(ParamInfo {
+            name: name.to_string(),
+            shape: shape_of(tensor),
+        });
+        Ok(())
+    }
+}
+
+/// Every parameter of `module` with its shape, in visiting order.
+pub fn list_params<D: Device<f32>, M: Params<D>>(module: &mut M) -> Vec<ParamInfo> {
+    let mut lister = Lister(Vec::new());
+    // Listing cannot fail: the visitor never returns an error.
+    let _ = module.visit_params("", &mut lister);
+    lister.0
+}
+
+/// Total number of scalars in the parameters of `module`.
+pub fn count_params<D: Device<f32>, M: Params<D>>(module: &mut M) -> usize {
+    list_params(module).iter().map(ParamInfo::numel).sum()
+}
+
+/// The dims of a tensor as a vector.
+pub fn shape_of<S: Shape, D: Device<f32>, T>(tensor: &Tensor<S, f32, D, T>) -> Vec<usize> {
+    tensor.shape().concrete().into_iter().collect()
+}
+
+/// Which parameters an optimizer may change, by name.
+///
+/// Rules are glob patterns over dotted names (`*` matches any run of characters); the last rule
+/// that matches a name decides, and a name no rule matches is trainable. This expresses the
+/// paper's set-ups directly: `["lm.*" => frozen, "lm.*lora_*" => trainable]` is LoRA on a frozen LM.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trainable {
+    rules: Vec<(String, bool)>,
+}
+
+impl Trainable {
+    /// Everything trainable.
+    pub fn all() -> Self {
+        Trainable::default()
+    }
+
+    /// Adds a rule that freezes names matching `pattern`.
+    pub fn freeze(mut self, pattern: &str) -> Self {
+        self.rules.push((pattern.to_string(), false));
+        self
+    }
+
+    /// Adds a rule that makes names matching `pattern` trainable.
+    pub fn train(mut self, pattern: &str) -> Self {
+        self.rules.push((pattern.to_string(), true));
+        self
+    }
+
+    pub fn is_trainable(&self, name: &str) -> bool {
+        self.rules
+            .iter()
+            .rev()
+            .find(|(pattern, _)| glob_match(pattern, name))
+            .map_or(true, |(_, trainable)| *trainable)
+    }
+}
+
+/// Glob match where `*` stands for any run of characters (dots included).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p = pattern.as_bytes();
+    let n = name.as_bytes();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn last_matching_rule_decides() {
+        let t = Trainable::all().freeze("lm.*").train("lm.*lora_*");
+        assert!(!t.is_trainable("lm.encoder.block.0.layer.0.SelfAttention.q.weight"));
+        assert!(t.is_trainable("lm.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"));
+        assert!(t.is_trainable("point_head.layers.0.weight"));
+    }
+
+    #[test]
+    fn glob_matches_like_a_shell() {
+        assert!(glob_match("a*c", "abbbc"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a*c", "abbb"));
+        assert!(glob_match(
+            "image_encoder.sam.*",
+            "image_encoder.sam.neck.0.weight"
+        ));
+        assert!(!glob_match(
+            "image_encoder.sam.*",
+            "image_encoder.eva.blocks.0"
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn a_name_matches_itself_and_star(name in "[a-z_.0-9]{0,20}") {
+            prop_assert!(glob_match(&name, &name));
+            prop_assert!(glob_match("*", &name));
+        }
+    }
+}
