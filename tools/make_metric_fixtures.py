@@ -1,0 +1,167 @@
+#!/usr/bin/env python3.11
+"""Writes the caption- and mask-metric parity fixtures of pixel-tasks.
+
+Regenerate (needs java 17 on PATH, pycocoevalcap 1.2 and pycocotools):
+
+    pip install pycocoevalcap pycocotools
+    python3.11 tools/make_metric_fixtures.py
+
+Outputs, in pixel-tasks/tests/fixtures/metrics/:
+
+- captions.json: seeded random captions over a small vocabulary plus hand-written ones, raw and
+  PTB-tokenized by pycocoevalcap's PTBTokenizer (the CoreNLP jar), and pycocoevalcap's BLEU 1-4,
+  ROUGE-L, CIDEr-D and METEOR (meteor-1.5.jar) on the tokenized text, with per-segment
+  METEOR scores.
+- meteor_pairs.json: single (candidate, references) pairs with the jar's METEOR, for measuring
+  the gap of the native METEOR per segment.
+- masks.json: random masks and polygons with pycocotools' compressed RLE strings, areas and IoUs.
+
+The Rust tests in pixel-tasks/tests/metrics_parity.rs read these files.
+"""
+
+import json
+import os
+import random
+
+import numpy as np
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+from pycocotools import mask as mask_utils
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "pixel-tasks", "tests", "fixtures", "metrics")
+
+SUBJECTS = ["a man", "a woman", "the dog", "two dogs", "a cat", "some people", "a child",
+            "the player", "a bus", "a red car", "an old truck", "three birds", "a girl's kite"]
+VERBS = ["is riding", "rides", "is sitting on", "sits on", "walking along", "walks down",
+         "is holding", "holds", "running across", "runs through", "standing next to",
+         "plays with", "looking at", "eating", "flies over"]
+OBJECTS = ["a horse", "the horses", "a bench", "the street", "a frisbee", "a ball", "the grass",
+           "a field", "a red sofa", "the couch", "a surfboard", "the beach", "a pizza",
+           "the table", "a skateboard", "the park"]
+EXTRAS = ["", "", "", " in the park", " on a sunny day", " near the water", ", smiling",
+          " at night", " (in the snow)", " while it's raining", "."]
+
+HAND_WRITTEN = [
+    ("A man (wearing a hat) rides a horse.",
+     ["A man in a hat is riding a brown horse.", "Someone riding a horse.",
+      "A cowboy on horseback.", "The man rides his horse down a dirt road."]),
+    ("Don't let the dog's toy fall!",
+     ["The dog's toy is falling.", "A dog plays with its toy.", "don't drop it"]),
+    ("Two cats sleeping on a couch",
+     ["Two cats sleep on a sofa.", "A pair of kittens napping on the couch.",
+      "cats lying on a red sofa"]),
+    ("a black-and-white photo of a 1,000-year-old church",
+     ["An old church in black and white.", "A black-and-white image of an ancient church."]),
+    ("People are standing near a bus at the bus stop; it's raining.",
+     ["Several people wait for the bus in the rain.", "A crowd at a bus stop.",
+      "people waiting near a bus"]),
+    ("A pizza with cheese and pepperoni on a wooden table",
+     ["A pepperoni pizza sitting on a table.", "Pizza on a wooden table.",
+      "A cheesy pizza is on the table."]),
+    ("The kids are playing soccer in the field",
+     ["Children play football on a field.", "kids playing soccer", "A soccer game with kids."]),
+    ("An automobile parked on the street",
+     ["A car parked on a street.", "A car is parked by the road."]),
+    ("a surfer riding a big wave",
+     ["A man surfing a large wave.", "A surfer rides the waves.", "surfing on a wave"]),
+    ("Mr. Smith and Dr. Jones at the U.S. embassy, 3.5 p.m.",
+     ["Two men at the embassy.", "Mr. Smith meets Dr. Jones."]),
+]
+
+
+def random_caption(rng):
+    s = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}{rng.choice(EXTRAS)}"
+    if rng.random() < 0.5:
+        s = s[0].upper() + s[1:]
+    return s
+
+
+def captions_fixture(rng, n_random=150):
+    refs, preds = {}, {}
+    for i, (p, rs) in enumerate(HAND_WRITTEN):
+        refs[f"h{i}"] = rs
+        preds[f"h{i}"] = p
+    for i in range(n_random):
+        refs[f"r{i}"] = [random_caption(rng) for _ in range(rng.randint(1, 5))]
+        preds[f"r{i}"] = random_caption(rng)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in refs.items()})
+    res = tok.tokenize({k: [{"caption": v}] for k, v in preds.items()})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    meteor, meteor_per = Meteor().compute_score(gts, res)
+    ids = list(gts.keys())
+    return {
+        "refs": refs,
+        "preds": preds,
+        "ids": ids,
+        "tokenized_refs": gts,
+        "tokenized_preds": {k: v[0] for k, v in res.items()},
+        "bleu": [float(b) for b in bleu],
+        "rouge_l": float(rouge),
+        "cider": float(cider),
+        "meteor": float(meteor),
+        "meteor_per_segment": [float(m) for m in meteor_per],
+    }
+
+
+def masks_fixture(rng):
+    out = []
+    for i in range(12):
+        h, w = rng.randint(5, 40), rng.randint(5, 40)
+        m = np.zeros((h, w), dtype=np.uint8, order="F")
+        for _ in range(rng.randint(0, 4)):
+            y0, x0 = rng.randrange(h), rng.randrange(w)
+            m[y0:y0 + rng.randint(1, h), x0:x0 + rng.randint(1, w)] = 1
+        rle = mask_utils.encode(np.asfortranarray(m))
+        n = rng.randint(3, 7)
+        poly = [round(rng.uniform(-2, w + 2), 2) if j % 2 == 0 else round(rng.uniform(-2, h + 2), 2)
+                for j in range(2 * n)]
+        prle = mask_utils.merge(mask_utils.frPyObjects([poly], h, w))
+        out.append({
+            "h": h, "w": w,
+            "mask_col_major": m.flatten(order="F").tolist(),
+            "compressed": rle["counts"].decode(),
+            "area": int(mask_utils.area(rle)),
+            "polygon": poly,
+            "polygon_compressed": prle["counts"].decode(),
+            "polygon_area": int(mask_utils.area(prle)),
+            "iou_mask_polygon": float(mask_utils.iou([rle], [prle], [0])[0][0]),
+        })
+    return out
+
+
+def meteor_pairs_fixture(fx):
+    """Per-pair jar METEOR for every (prediction, references) of the captions fixture."""
+    m = Meteor()
+    out = []
+    for k in fx["ids"]:
+        s = m._stat(fx["tokenized_preds"][k], fx["tokenized_refs"][k])
+        m.meteor_p.stdin.write(f"EVAL ||| {s}\n".encode())
+        m.meteor_p.stdin.flush()
+        seg = float(m.meteor_p.stdout.readline().strip())
+        m.meteor_p.stdout.readline()
+        out.append({"candidate": fx["tokenized_preds"][k], "references": fx["tokenized_refs"][k],
+                    "stats": s, "meteor": seg})
+    return out
+
+
+def main():
+    rng = random.Random(20240617)
+    os.makedirs(OUT, exist_ok=True)
+    fx = captions_fixture(rng)
+    with open(os.path.join(OUT, "captions.json"), "w") as f:
+        json.dump(fx, f, indent=0)
+    with open(os.path.join(OUT, "meteor_pairs.json"), "w") as f:
+        json.dump(meteor_pairs_fixture(fx), f, indent=0)
+    with open(os.path.join(OUT, "masks.json"), "w") as f:
+        json.dump(masks_fixture(rng), f)
+    print("bleu", fx["bleu"], "rouge", fx["rouge_l"], "cider", fx["cider"], "meteor", fx["meteor"])
+
+
+if __name__ == "__main__":
+    main()
