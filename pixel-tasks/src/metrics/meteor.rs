@@ -167,7 +167,7 @@ pub struct MeteorStats {
 }
 
 impl MeteorStats {
-    /// Adds another segment's statistics (the jar's `addStats`).
+    /// Adds another segment's statistics (the jar's `MeteorStats.addStats`).
     pub fn add(&mut self, o: &MeteorStats) {
         self.test_length += o.test_length;
         self.reference_length += o.reference_length;
@@ -179,7 +179,14 @@ impl MeteorStats {
             self.test_function_matches[i] += o.test_function_matches[i];
             self.reference_function_matches[i] += o.reference_function_matches[i];
         }
-        self.chunks += o.chunks;
+        // The jar leaves out the chunk of a perfectly matched segment, so a corpus of perfect
+        // segments has no fragmentation penalty.
+        let perfect = o.test_total_matches() == o.test_length
+            && o.reference_total_matches() == o.reference_length
+            && o.chunks == 1.0;
+        if !perfect {
+            self.chunks += o.chunks;
+        }
         self.test_word_matches += o.test_word_matches;
         self.reference_word_matches += o.reference_word_matches;
     }
@@ -786,9 +793,16 @@ mod tests {
 
     #[test]
     fn stem_matches_count_with_stem_weight() {
-        let exact = score("dogs running", "dogs running");
-        let stem = score("dog run", "dogs running");
+        // Jar: "a big dogs" vs "a big dog" has 2 exact and 1 stem match.
+        let exact = score("a big dog", "a big dog");
+        let stem = score("a big dogs", "a big dog");
         assert!(stem > 0.0 && stem < exact);
+    }
+
+    #[test]
+    fn lone_stem_match_is_dropped_as_by_the_jar() {
+        // Jar: "dogs running" vs "dog runs" has no match at all (see `emulate_synonym_coverage`).
+        assert_eq!(score("dogs running", "dog runs"), 0.0);
     }
 
     #[test]
