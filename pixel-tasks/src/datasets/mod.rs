@@ -1,0 +1,200 @@
+//! Readers (and writers) for the real datasets PixelLLM trains and evaluates on.
+//!
+//! | dataset | on-disk format | module | plain sample |
+//! |---|---|---|---|
+//! | Localized Narratives | JSON Lines, one narrative per line | [`narratives`] | [`NarrativeSample`] |
+//! | RefCOCO / RefCOCO+ / RefCOCOg | MDETR's COCO-style json, or the refer toolkit's `instances.json` + refs (pickle converted by `tools/refer_pickle_to_json.py`) | [`refcoco`] | [`RefSample`] |
+//! | Visual Genome region descriptions | `region_descriptions.json` | [`visual_genome`] | [`RegionSample`] |
+//!
+//! Every reader takes a [`SkipMode`]: [`SkipMode::Strict`] stops at the first malformed record
+//! with an error naming the file and the line (JSON Lines) or record index/key (JSON);
+//! [`SkipMode::SkipAndCount`] skips such records and lists each one in the returned
+//! [`ReadSummary`]. Nothing is dropped silently.
+//!
+//! The `serde` structs of each on-disk format are public, and every reader has a `write_*`
+//! counterpart taking the plain samples, so synthetic data can be exported to the same formats.
+
+pub mod narratives;
+pub mod refcoco;
+pub mod visual_genome;
+
+use std::path::{Path, PathBuf};
+
+pub use narratives::{read_narratives, write_narratives, NarrativeSample};
+pub use refcoco::{read_mdetr_refexp, read_refer, write_mdetr_refexp, RefSample};
+pub use visual_genome::{read_vg_regions, write_vg_regions, RegionSample};
+
+/// Everything that can go wrong while reading a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error(
+        "failed to read `{path}`: {source}\n  help: check that the file exists and is readable"
+    )]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to write `{path}`: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` is not valid JSON: {source}\n  help: expected {expected}")]
+    Json {
+        path: PathBuf,
+        expected: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("malformed record in `{path}` at {location}: {why}\n  help: fix the record, or read with SkipMode::SkipAndCount to skip and count such records")]
+    Record {
+        path: PathBuf,
+        location: String,
+        why: String,
+    },
+    #[error("image `{path}` not found\n  help: check the image root folder (images are resolved as <root>/<file_name>)")]
+    MissingImage { path: PathBuf },
+    #[error("image `{path}` could not be decoded: {why}")]
+    BadImage { path: PathBuf, why: String },
+}
+
+/// What to do with a malformed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SkipMode {
+    /// Fail on the first malformed record (the default).
+    #[default]
+    Strict,
+    /// Skip malformed records and list them in the [`ReadSummary`].
+    SkipAndCount,
+}
+
+/// One record a reader skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRecord {
+    /// `line 12`, `images[3]`, `refs[7] (ref_id 41)`, ...
+    pub location: String,
+    pub reason: String,
+}
+
+/// What a reader read and what it left out.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadSummary {
+    /// Samples returned.
+    pub samples: usize,
+    /// Malformed records skipped under [`SkipMode::SkipAndCount`].
+    pub skipped: Vec<SkippedRecord>,
+    /// Well-formed records that cannot yield a sample and are left out by design, with the
+    /// reason (e.g. a narrative with fewer than two trace points, which the PixelLLM
+    /// preprocessing also drops).
+    pub dropped: Vec<SkippedRecord>,
+}
+
+impl ReadSummary {
+    /// Handles one malformed record according to `mode`.
+    pub(crate) fn malformed(
+        &mut self,
+        mode: SkipMode,
+        path: &Path,
+        location: String,
+        why: String,
+    ) -> Result<(), DatasetError> {
+        match mode {
+            SkipMode::Strict => Err(DatasetError::Record {
+                path: path.to_path_buf(),
+                location,
+                why,
+            }),
+            SkipMode::SkipAndCount => {
+                self.skipped.push(SkippedRecord {
+                    location,
+                    reason: why,
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+pub(crate) fn read_to_string(path: &Path) -> Result<String, DatasetError> {
+    std::fs::read_to_string(path).map_err(|source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn write_string(path: &Path, text: &str) -> Result<(), DatasetError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| DatasetError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::write(path, text).map_err(|source| DatasetError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `<root>/<file_name>`.
+pub fn resolve_image(root: &Path, file_name: &str) -> PathBuf {
+    root.join(file_name)
+}
+
+/// Loads and decodes `<root>/<file_name>`; a missing or undecodable image names its path.
+pub fn load_image(root: &Path, file_name: &str) -> Result<image::DynamicImage, DatasetError> {
+    let path = resolve_image(root, file_name);
+    if !path.is_file() {
+        return Err(DatasetError::MissingImage { path });
+    }
+    let reader = image::ImageReader::open(&path)
+        .map_err(|e| DatasetError::BadImage {
+            path: path.clone(),
+            why: e.to_string(),
+        })?
+        .with_guessed_format()
+        .map_err(|e| DatasetError::BadImage {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+    reader.decode().map_err(|e| DatasetError::BadImage {
+        path,
+        why: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_image_names_its_path() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let err = load_image(dir.path(), "nope.jpg")
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("nope.jpg")));
+    }
+
+    #[test]
+    fn undecodable_image_names_its_path() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("bad.png"), b"not a png").unwrap_or_else(|e| panic!("{e}"));
+        let err = load_image(dir.path(), "bad.png")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("bad.png"), "{err}");
+    }
+
+    #[test]
+    fn png_round_trips_through_load_image() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let img = image::RgbImage::from_pixel(3, 2, image::Rgb([10, 20, 30]));
+        img.save(dir.path().join("a.png"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let back = load_image(dir.path(), "a.png").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((back.width(), back.height()), (3, 2));
+    }
+}
