@@ -122,3 +122,78 @@ impl std::fmt::Display for AnyId {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::masks::Rle;
+    use super::meteor::{Meteor, MeteorScorer};
+    use super::{bleu, boxes, cider, rouge};
+
+    fn sentence() -> impl Strategy<Value = String> {
+        prop::collection::vec("[a-e]{1,3}", 1..12).prop_map(|w| w.join(" "))
+    }
+
+    fn bbox() -> impl Strategy<Value = [f64; 4]> {
+        (-50.0f64..50.0, -50.0f64..50.0, 0.0f64..40.0, 0.0f64..40.0)
+            .prop_map(|(x, y, w, h)| [x, y, w, h])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn bleu_of_caption_against_itself_is_one(s in sentence()) {
+            let n = s.split(' ').count();
+            let b = bleu::bleu(&[(s.clone(), vec![s])]);
+            for (k, v) in b.iter().enumerate() {
+                // BLEU-k of a sentence shorter than k is ~0 by the smoothing constants.
+                if n > k {
+                    prop_assert!((v - 1.0).abs() < 1e-6, "BLEU-{} = {}", k + 1, v);
+                }
+            }
+        }
+
+        #[test]
+        fn rouge_l_and_meteor_of_caption_against_itself_are_one(s in sentence()) {
+            prop_assert!((rouge::rouge_l_single(&s, &[s.clone()]) - 1.0).abs() < 1e-12);
+            let m = Meteor::default().score(&s, &[s.clone()]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!((m - 1.0).abs() < 1e-12, "{}", m);
+        }
+
+        #[test]
+        fn metric_values_are_bounded(h in sentence(), r in prop::collection::vec(sentence(), 1..4)) {
+            let b = bleu::bleu(&[(h.clone(), r.clone())]);
+            prop_assert!(b.iter().all(|v| (0.0..=1.0 + 1e-9).contains(v)));
+            let m = Meteor::default().score(&h, &r).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!((0.0..=1.0).contains(&m));
+            let (c, _) = cider::cider_d(&[(h, r)]);
+            prop_assert!(c.is_finite() && c >= 0.0);
+        }
+
+        #[test]
+        fn iou_is_symmetric_and_in_unit_interval(a in bbox(), b in bbox()) {
+            let ab = boxes::iou_xywh(a, b);
+            let ba = boxes::iou_xywh(b, a);
+            prop_assert!((ab - ba).abs() < 1e-12);
+            prop_assert!((0.0..=1.0).contains(&ab));
+        }
+
+        #[test]
+        fn iou_of_box_with_itself_is_one(a in bbox()) {
+            prop_assume!(a[2] > 1e-3 && a[3] > 1e-3);
+            prop_assert!((boxes::iou_xywh(a, a) - 1.0).abs() < 1e-12);
+        }
+
+        #[test]
+        fn rle_encode_decode_and_string_round_trip(h in 1usize..20, w in 1usize..20, seed in prop::collection::vec(any::<bool>(), 400)) {
+            let mask: Vec<bool> = seed.into_iter().take(h * w).collect();
+            let r = Rle::encode(h, w, &mask);
+            prop_assert_eq!(r.decode(), Ok(mask.clone()));
+            prop_assert_eq!(r.area() as usize, mask.iter().filter(|&&m| m).count());
+            let back = Rle::from_compressed(h, w, &r.to_compressed());
+            prop_assert_eq!(back, Ok(r));
+        }
+    }
+}
