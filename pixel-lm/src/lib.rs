@@ -1,1 +1,25 @@
+//! The language model of pixel-llm: T5 / Flan-T5 equal to HF's `T5ForConditionalGeneration`.
+//!
+//! - [`t5`]: the model, module for module with HF's state-dict names; generic over the tape so
+//!   it trains (encoder, decoder, LoRA).
+//! - [`presets`]: compile-time channel dims ([`T5Dims`]) of the published checkpoints and the
+//!   test presets, and [`AnyT5`], chosen from `config.json`.
+//! - [`config`]: HF `config.json` ([`T5Config`]).
+//! - [`load`]: HF checkpoints (single file or shards; f32/f16/bf16), LoRA adapter files.
+//! - [`generate`]: KV-cached greedy and beam search with HF `generate` semantics, returning the
+//!   decoder features of every generated position for PixelLLM's output heads.
+//! - [`tokenizer`]: the T5 SentencePiece vocabulary.
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod load;
+pub mod presets;
+pub mod t5;
+pub mod tokenizer;
 
+pub use config::T5Config;
+pub use error::{LmError, Result};
+pub use generate::{DecoderCache, GenerateOptions, Generation};
+pub use presets::{AnyT5, T5Dims};
+pub use t5::{relative_position_bucket, Ids, T5};
+pub use tokenizer::T5Tokenizer;

@@ -1,0 +1,252 @@
+//! HF checkpoints in and out: `config.json` + `model.safetensors` (or shards with
+//! `model.safetensors.index.json`), and LoRA adapters in their own small file.
+use crate::config::T5Config;
+use crate::error::{LmError, Result};
+use crate::presets::T5Dims;
+use crate::t5::T5;
+use dfdx::prelude::*;
+use pixel_core::checkpoint::{load_params, save_params, LoadOptions, StoredTensor, TensorStore};
+use pixel_core::params::{shape_of, ParamVisitor, Params};
+use pixel_core::CoreError;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Copies of `shared.weight` that HF may store for tied embeddings.
+const EMBED_DUPLICATES: [&str; 2] = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"];
+
+/// Reads the checkpoint of an HF model folder: `model.safetensors`, else the shards named in
+/// `model.safetensors.index.json`. f32, f16 and bf16 are all read as f32.
+pub fn read_checkpoint(dir: &Path) -> Result<TensorStore> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.exists() {
+        Ok(TensorStore::read(&single)?)
+    } else if index.exists() {
+        Ok(TensorStore::read_sharded(&index)?)
+    } else {
+        Err(LmError::NoCheckpoint(dir.to_path_buf()))
+    }
+}
+
+impl<P: T5Dims, D: Device<f32>> T5<P, D> {
+    /// Loads `dir/config.json` and its checkpoint into this preset, strictly.
+    pub fn from_pretrained(dir: &Path, dev: &D) -> Result<Self> {
+        let config = T5Config::from_file(&dir.join("config.json"))?;
+        let mut model = T5::new(dev, &config)?;
+        model.load_store(&read_checkpoint(dir)?)?;
+        Ok(model)
+    }
+
+    /// Loads every parameter from `store`, strictly: one error lists every missing, unexpected
+    /// and misshapen tensor. `encoder.embed_tokens.weight` / `decoder.embed_tokens.weight` are
+    /// accepted when they equal `shared.weight` (HF stores them for tied embeddings); so is
+    /// `lm_head.weight` equal to `shared.weight` in a tied model.
+    pub fn load_store(&mut self, store: &TensorStore) -> Result<()> {
+        let mut ignore = Vec::new();
+        let mut problems = Vec::new();
+        let shared = store.get("shared.weight");
+        let mut duplicates: Vec<&str> = EMBED_DUPLICATES.to_vec();
+        if self.lm_head.is_none() {
+            duplicates.push("lm_head.weight");
+        }
+        for name in duplicates {
+            if let Some(copy) = store.get(name) {
+                match shared {
+                    Some(s) if s.shape == copy.shape && s.to_f32() == copy.to_f32() => {
+                        ignore.push(name.to_string())
+                    }
+                    Some(_) => problems.push(format!(
+                        "tensor `{name}` differs from `shared.weight`, but this model ties them"
+                    )),
+                    None => {}
+                }
+            }
+        }
+        let options = LoadOptions {
+            ignore_unexpected: ignore,
+            allow_missing: false,
+        };
+        match load_params(self, store, "", &options) {
+            Ok(()) if problems.is_empty() => Ok(()),
+            Ok(()) => Err(CoreError::CheckpointMismatch {
+                path: store.origin.clone(),
+                problems,
+            }
+            .into()),
+            Err(CoreError::CheckpointMismatch { path, problems: p }) => {
+                problems.extend(p);
+                Err(CoreError::CheckpointMismatch { path, problems }.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `dir/config.json` and `dir/model.safetensors` (f32), loadable by HF and by
+    /// [`T5::from_pretrained`]. LoRA adapters, if any, are not included: see [`T5::save_lora`].
+    pub fn save_pretrained(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+        let json = serde_json::to_string_pretty(&self.config)
+            .map_err(|e| LmError::Invalid(format!("cannot serialize the config: {e}")))?;
+        pixel_core::checkpoint::write_atomic(&dir.join("config.json"), json.as_bytes())?;
+        let lora = self.take_lora();
+        let saved = save_params(
+            self,
+            &dir.join("model.safetensors"),
+            HashMap::from([("format".to_string(), "pt".to_string())]),
+        );
+        self.put_lora(lora);
+        Ok(saved?)
+    }
+
+    /// Saves only the LoRA adapters (`*.lora_A.weight`, `*.lora_B.weight`) with their rank and
+    /// scale in the file's metadata.
+    pub fn save_lora(&mut self, path: &Path) -> Result<()> {
+        let (rank, scale) = self
+            .lora()
+            .ok_or_else(|| LmError::Invalid("the model has no LoRA adapters to save".into()))?;
+        let mut store = TensorStore {
+            origin: path.to_path_buf(),
+            ..Default::default()
+        };
+        store.metadata.insert("lora_rank".into(), rank.to_string());
+        store
+            .metadata
+            .insert("lora_scale".into(), scale.to_string());
+        let mut collector = LoraCollector { store: &mut store };
+        self.visit_params("", &mut collector)?;
+        Ok(store.write(path)?)
+    }
+
+    /// Loads adapters saved by [`T5::save_lora`], attaching them first (rank and scale from the
+    /// file). Strict: every adapter tensor must be present with the right shape, and nothing else.
+    pub fn load_lora(&mut self, path: &Path) -> Result<()> {
+        let store = TensorStore::read(path)?;
+        let meta = |key: &str| -> Result<String> {
+            store.metadata.get(key).cloned().ok_or_else(|| {
+                LmError::Invalid(format!(
+                    "LoRA file `{}` lacks the `{key}` metadata entry",
+                    path.display()
+                ))
+            })
+        };
+        let bad =
+            |key: &str| LmError::Invalid(format!("LoRA file `{}`: bad `{key}`", path.display()));
+        let rank: usize = meta("lora_rank")?.parse().map_err(|_| bad("lora_rank"))?;
+        let scale: f32 = meta("lora_scale")?.parse().map_err(|_| bad("lora_scale"))?;
+        let dev = self.device();
+        self.add_lora(&dev, rank, scale);
+        let mut loader = LoraLoader {
+            store: &store,
+            used: Vec::new(),
+            problems: Vec::new(),
+        };
+        self.visit_params("", &mut loader)?;
+        let mut problems = loader.problems;
+        for name in store.tensors.keys() {
+            if !loader.used.contains(name) {
+                problems.push(format!(
+                    "unexpected tensor `{name}` (the model has no such adapter)"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CoreError::CheckpointMismatch {
+                path: PathBuf::from(path),
+                problems,
+            }
+            .into())
+        }
+    }
+
+    fn take_lora(
+        &mut self,
+    ) -> Vec<[Option<pixel_core::nn::LoraAdapter<P::Model, P::Inner, D>>; 2]> {
+        let mut out = Vec::new();
+        for block in self
+            .encoder
+            .block
+            .iter_mut()
+            .chain(self.decoder.block.iter_mut())
+        {
+            out.push([
+                block.self_attention.q.lora.take(),
+                block.self_attention.v.lora.take(),
+            ]);
+            if let Some((cross, _)) = &mut block.cross_attention {
+                out.push([cross.q.lora.take(), cross.v.lora.take()]);
+            }
+        }
+        out
+    }
+
+    fn put_lora(
+        &mut self,
+        lora: Vec<[Option<pixel_core::nn::LoraAdapter<P::Model, P::Inner, D>>; 2]>,
+    ) {
+        let mut lora = lora.into_iter();
+        for block in self
+            .encoder
+            .block
+            .iter_mut()
+            .chain(self.decoder.block.iter_mut())
+        {
+            let [q, v] = lora.next().expect("as many adapters as taken");
+            block.self_attention.q.lora = q;
+            block.self_attention.v.lora = v;
+            if let Some((cross, _)) = &mut block.cross_attention {
+                let [q, v] = lora.next().expect("as many adapters as taken");
+                cross.q.lora = q;
+                cross.v.lora = v;
+            }
+        }
+    }
+}
+
+fn is_lora(name: &str) -> bool {
+    name.contains(".lora_A.") || name.contains(".lora_B.")
+}
+
+struct LoraCollector<'a> {
+    store: &'a mut TensorStore,
+}
+
+impl<D: Device<f32>> ParamVisitor<D> for LoraCollector<'_> {
+    fn visit<S: Shape>(&mut self, name: &str, t: &mut Tensor<S, f32, D>) -> pixel_core::Result<()> {
+        if is_lora(name) {
+            self.store
+                .insert(name, StoredTensor::f32(shape_of(t), t.as_vec()));
+        }
+        Ok(())
+    }
+}
+
+struct LoraLoader<'a> {
+    store: &'a TensorStore,
+    used: Vec<String>,
+    problems: Vec<String>,
+}
+
+impl<D: Device<f32>> ParamVisitor<D> for LoraLoader<'_> {
+    fn visit<S: Shape>(&mut self, name: &str, t: &mut Tensor<S, f32, D>) -> pixel_core::Result<()> {
+        if !is_lora(name) {
+            return Ok(());
+        }
+        match self.store.get(name) {
+            None => self
+                .problems
+                .push(format!("missing tensor `{name}` (shape {:?})", shape_of(t))),
+            Some(stored) if stored.shape != shape_of(t) => self.problems.push(format!(
+                "tensor `{name}` has shape {:?}, the model expects {:?}",
+                stored.shape,
+                shape_of(t)
+            )),
+            Some(stored) => {
+                t.copy_from(&stored.to_f32());
+                self.used.push(name.to_string());
+            }
+        }
+        Ok(())
+    }
+}
