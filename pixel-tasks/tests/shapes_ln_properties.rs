@@ -35,6 +35,47 @@ fn ln_word_boxes(record: &LnRecord) -> Vec<(String, [f32; 4])> {
     out
 }
 
+/// Word boxes by PixelLLM's rule (scenic `trace2coord`): the trace, sorted by time, linearly
+/// interpolated at 16 even times from each utterance's start to its end; the box of those points,
+/// clipped to [0, 1], goes to every word of the utterance.
+fn pixel_llm_word_boxes(record: &LnRecord) -> Vec<(String, [f64; 4])> {
+    let mut points: Vec<_> = record.traces.iter().flatten().collect();
+    points.sort_by(|a, b| a.t.total_cmp(&b.t));
+    let ts: Vec<f64> = points.iter().map(|p| p.t as f64).collect();
+    let at = |t: f64, v: &dyn Fn(usize) -> f64| {
+        let i = ts.partition_point(|&s| s < t).clamp(1, ts.len() - 1);
+        let (t0, t1) = (ts[i - 1], ts[i]);
+        if t1 == t0 {
+            return v(i - 1);
+        }
+        (v(i) - v(i - 1)) / (t1 - t0) * (t - t0) + v(i - 1)
+    };
+    let mut out = Vec::new();
+    for u in &record.timed_caption {
+        let (start, end) = (u.start_time as f64, u.end_time as f64);
+        let mut b = [
+            f64::INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for k in 0..16 {
+            let t = if k == 15 {
+                end
+            } else {
+                start + k as f64 * (end - start) / 15.0
+            };
+            let x = at(t, &|i| points[i].x as f64).clamp(0.0, 1.0);
+            let y = at(t, &|i| points[i].y as f64).clamp(0.0, 1.0);
+            b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+        }
+        for w in u.utterance.split_whitespace() {
+            out.push((w.to_string(), b));
+        }
+    }
+    out
+}
+
 fn config_with(image_size: u32, max_objects: usize) -> ShapesLnConfig {
     ShapesLnConfig {
         image_size,
@@ -82,6 +123,23 @@ proptest! {
         for ((word, b), w) in from_ln.iter().zip(&s.words) {
             prop_assert_eq!(word, &w.word);
             prop_assert_eq!(*b, w.bbox, "word {:?}", word);
+        }
+    }
+
+    #[test]
+    fn pixel_llm_interpolation_rule_reproduces_the_word_boxes(
+        seed in any::<u64>(), index in 0u64..10_000, split in split(), max_objects in 1usize..=6,
+    ) {
+        let s = ShapesLn::new(config_with(64, max_objects), seed).unwrap().sample(split, index);
+        let json = serde_json::to_string(&s.localized_narrative()).unwrap();
+        let record: LnRecord = serde_json::from_str(&json).unwrap();
+        let boxes = pixel_llm_word_boxes(&record);
+        prop_assert_eq!(boxes.len(), s.words.len());
+        for ((word, b), w) in boxes.iter().zip(&s.words) {
+            prop_assert_eq!(word, &w.word);
+            for (got, want) in b.iter().zip(w.bbox) {
+                prop_assert!((got - want as f64).abs() < 1e-5, "{} {:?} vs {:?}", word, b, w.bbox);
+            }
         }
     }
 

@@ -4,17 +4,22 @@
 //! starts at the image centre, glides to each object (in caption order) while the connective
 //! words are spoken, and circles the object (visiting its extreme points) while its noun phrase
 //! ("a large red circle") is spoken. Each noun phrase is one utterance and every other word is an
-//! utterance of its own, so the official rule "an utterance's trace-segment box goes to all its
-//! words" gives object words the object's box and connective words a small box on the path.
-//! Word boxes are computed from the trace by that rule, so an exported record reproduces them.
+//! utterance of its own, so the rule "an utterance's trace-segment box goes to all its words"
+//! gives object words the object's box and connective words a small box on the path.
+//!
+//! PixelLLM's rule (scenic `build_ln_tfrecord.py`, `trace2coord`, mirrored in
+//! `datasets::narratives`) boxes 16 points interpolated at even times over each utterance. Here
+//! every utterance has exactly 16 trace points, at those times, with the hover's extreme points
+//! among them; so that rule, the plain "trace points within the utterance" rule and our word
+//! boxes all agree, and an exported record reproduces the boxes.
 
 use super::shape::Geometry;
 use super::{TracePoint, TracedWord, Utterance};
 
-/// Seconds between trace points; LN traces are sampled at a similar rate.
-pub(crate) const TICK_SECONDS: f32 = 0.05;
-/// Ticks per spoken word (0.3 s).
-const WORD_TICKS: u32 = 6;
+/// Trace points per utterance, ends included: scenic's `num_samples_per_trace`.
+const POINTS_PER_UTTERANCE: u32 = 16;
+/// Seconds per spoken word; LN narrators speak about 2-3 words a second.
+const WORD_SECONDS: f64 = 0.3;
 /// Where the cursor starts and, after the last object, heads back to.
 const HOME: [f32; 2] = [0.5, 0.5];
 /// Amplitude of the deterministic wobble on glides, so a glide segment has a small 2-D box.
@@ -132,14 +137,10 @@ fn clip01(p: [f32; 2]) -> [f32; 2] {
     [p[0].clamp(0.0, 1.0), p[1].clamp(0.0, 1.0)]
 }
 
-fn seconds(tick: u32) -> f32 {
-    tick as f32 * TICK_SECONDS
-}
-
-/// Box of the trace points whose time lies in `[start, end]` (both ends included): the LN rule.
-pub(crate) fn segment_box(trace: &[TracePoint], start: f32, end: f32) -> Option<[f32; 4]> {
+/// Box of `points`, clipped to [0, 1].
+fn points_box(points: &[TracePoint]) -> Option<[f32; 4]> {
     let mut b: Option<[f32; 4]> = None;
-    for p in trace.iter().filter(|p| p.t >= start && p.t <= end) {
+    for p in points {
         let (x, y) = (p.x.clamp(0.0, 1.0), p.y.clamp(0.0, 1.0));
         b = Some(match b {
             None => [x, y, x, y],
@@ -180,50 +181,43 @@ pub(crate) fn narrate(objects: &[Narrated<'_>]) -> Narrative {
         t: 0.0,
     }];
     let mut timed_caption = Vec::with_capacity(plan.len());
-    let mut tick = 0u32;
-    // (words, object the utterance hovers, start tick, end tick)
-    let mut spans: Vec<(Vec<String>, Option<usize>, u32, u32)> = Vec::new();
+    let mut words = Vec::new();
+    let steps = POINTS_PER_UTTERANCE - 1;
+    let mut start = 0.0f64;
     for p in plan {
-        let words = p.words;
-        let ticks = WORD_TICKS * words.len() as u32;
-        for k in 1..=ticks {
+        let duration = WORD_SECONDS * p.words.len() as f64;
+        let first_point = trace.len() - 1; // the previous utterance's last point is our first
+        for k in 1..=steps {
             let pos = match p.motion {
                 Motion::Glide { from, to, s0, s1 } => {
-                    glide_point(from, to, s0 + (s1 - s0) * k as f32 / ticks as f32)
+                    glide_point(from, to, s0 + (s1 - s0) * k as f32 / steps as f32)
                 }
-                Motion::Hover { object } => hover_point(&objects[object].geometry, k, ticks),
+                Motion::Hover { object } => hover_point(&objects[object].geometry, k, steps),
             };
             let pos = clip01(pos);
             trace.push(TracePoint {
                 x: pos[0],
                 y: pos[1],
-                t: seconds(tick + k),
+                t: (start + duration * k as f64 / steps as f64) as f32,
             });
         }
-        timed_caption.push(Utterance {
-            utterance: words.join(" "),
-            start_time: seconds(tick),
-            end_time: seconds(tick + ticks),
-        });
-        let object = match p.motion {
-            Motion::Hover { object } => Some(object),
-            Motion::Glide { .. } => None,
-        };
-        spans.push((words, object, tick, tick + ticks));
-        tick += ticks;
-    }
-
-    let mut words = Vec::new();
-    for (text, object, t0, t1) in spans {
-        let bbox = segment_box(&trace, seconds(t0), seconds(t1)).unwrap_or([0.0; 4]);
-        let point = match object {
-            Some(i) => objects[i].geometry.anchor(),
-            None => {
-                let mid = ((t0 + t1) / 2) as usize;
-                [trace[mid].x, trace[mid].y]
+        let end = start + duration;
+        // The segment's points are exactly those pushed above, so box them directly.
+        let segment = &trace[first_point..];
+        let bbox = points_box(segment).unwrap_or([0.0; 4]);
+        let (object, point) = match p.motion {
+            Motion::Hover { object } => (Some(object), objects[object].geometry.anchor()),
+            Motion::Glide { .. } => {
+                let mid = &segment[segment.len() / 2];
+                (None, [mid.x, mid.y])
             }
         };
-        for w in text {
+        timed_caption.push(Utterance {
+            utterance: p.words.join(" "),
+            start_time: start as f32,
+            end_time: end as f32,
+        });
+        for w in p.words {
             words.push(TracedWord {
                 word: w,
                 bbox,
@@ -231,6 +225,7 @@ pub(crate) fn narrate(objects: &[Narrated<'_>]) -> Narrative {
                 object,
             });
         }
+        start = end;
     }
     let caption = words
         .iter()
