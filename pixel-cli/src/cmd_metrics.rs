@@ -7,7 +7,7 @@ use pixel_tasks::metrics::{
     boxes, captions,
     densecap::{self, DensecapProtocol},
     masks,
-    meteor::{Meteor, MeteorConfig, ParaphraseTable},
+    meteor::{Meteor, MeteorConfig, ParaphraseTable, SynonymDictionary},
 };
 
 /// Compute evaluation metrics from JSON files; prints one JSON object on stdout.
@@ -15,7 +15,9 @@ use pixel_tasks::metrics::{
 pub enum MetricsCommand {
     /// Caption metrics as pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D.
     #[command(
-        after_help = "Example:\n  pixel metrics captions --refs refs.json --preds preds.json\n\n\
+        after_help = "Examples:\n  pixel metrics captions --refs refs.json --preds preds.json\n  \
+        pixel metrics captions --refs refs.json --preds preds.json \\\n      \
+        --meteor-jar .../site-packages/pycocoevalcap/meteor/meteor-1.5.jar   (exactly the jar's METEOR)\n\n\
         refs.json:  {\"391895\": [\"A man riding a bike.\", \"...\"], ...}\n\
         preds.json: {\"391895\": \"a man rides a bicycle\", ...}\n\
         Output: {\"bleu\": [b1, b2, b3, b4], \"meteor\": m, \"rouge_l\": r, \"cider\": c}"
@@ -40,6 +42,23 @@ pub enum MetricsCommand {
     Densecap(DensecapArgs),
 }
 
+/// Where the native METEOR gets the jar's optional data. Without any, METEOR uses exact and stem
+/// matching only (within ~0.013 of the jar on captions); with `--meteor-jar` it reproduces
+/// `meteor-1.5.jar -l en -norm` exactly.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MeteorArgs {
+    /// pycocoevalcap's meteor-1.5.jar: WordNet synonyms are read from it and the paraphrase
+    /// table from data/paraphrase-en.gz beside it (loading takes a few seconds).
+    #[arg(long)]
+    pub meteor_jar: Option<PathBuf>,
+    /// METEOR paraphrase table (e.g. meteor/data/paraphrase-en.gz).
+    #[arg(long)]
+    pub paraphrase: Option<PathBuf>,
+    /// Folder with english.synsets and english.exceptions (the jar's synonym/ folder).
+    #[arg(long)]
+    pub synonyms: Option<PathBuf>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct CaptionsArgs {
     /// References: {"<id>": ["caption", ...]}.
@@ -48,10 +67,8 @@ pub struct CaptionsArgs {
     /// Predictions: {"<id>": "caption"}.
     #[arg(long)]
     pub preds: PathBuf,
-    /// METEOR paraphrase table (e.g. pycocoevalcap's meteor/data/paraphrase-en.gz); closer to
-    /// the METEOR jar, slower to load.
-    #[arg(long)]
-    pub paraphrase: Option<PathBuf>,
+    #[command(flatten)]
+    pub meteor: MeteorArgs,
     /// Captions are already PTB-tokenized and lower-cased; skip tokenization.
     #[arg(long)]
     pub no_tokenize: bool,
@@ -86,9 +103,8 @@ pub struct DensecapArgs {
     /// Detections with captions and scores.
     #[arg(long)]
     pub preds: PathBuf,
-    /// METEOR paraphrase table (see `pixel metrics captions --help`).
-    #[arg(long)]
-    pub paraphrase: Option<PathBuf>,
+    #[command(flatten)]
+    pub meteor: MeteorArgs,
     /// Which reference evaluator to reproduce.
     #[arg(long, value_enum, default_value = "pixel-llm")]
     pub protocol: ProtocolArg,
@@ -97,12 +113,18 @@ pub struct DensecapArgs {
     pub breakdown: bool,
 }
 
-fn meteor(paraphrase: Option<&PathBuf>) -> Result<Meteor, Box<dyn Error>> {
-    let m = Meteor::new(MeteorConfig::default());
-    Ok(match paraphrase {
-        Some(p) => m.with_paraphrase(ParaphraseTable::from_file(p)?),
-        None => m,
-    })
+fn meteor(a: &MeteorArgs) -> Result<Meteor, Box<dyn Error>> {
+    let mut m = match &a.meteor_jar {
+        Some(jar) => Meteor::from_jar(jar)?,
+        None => Meteor::new(MeteorConfig::default()),
+    };
+    if let Some(p) = &a.paraphrase {
+        m = m.with_paraphrase(ParaphraseTable::from_file(p)?);
+    }
+    if let Some(d) = &a.synonyms {
+        m = m.with_synonyms(SynonymDictionary::from_dir(d)?);
+    }
+    Ok(m)
 }
 
 fn print_json(v: &serde_json::Value) -> Result<(), Box<dyn Error>> {
@@ -114,7 +136,7 @@ fn print_json(v: &serde_json::Value) -> Result<(), Box<dyn Error>> {
 pub fn run(cmd: MetricsCommand) -> Result<(), Box<dyn Error>> {
     match cmd {
         MetricsCommand::Captions(a) => {
-            let m = meteor(a.paraphrase.as_ref())?;
+            let m = meteor(&a.meteor)?;
             let scores = if a.no_tokenize {
                 let refs: captions::References = read(&a.refs)?;
                 let preds: captions::Predictions = read(&a.preds)?;
@@ -134,7 +156,7 @@ pub fn run(cmd: MetricsCommand) -> Result<(), Box<dyn Error>> {
             }
         }
         MetricsCommand::Densecap(a) => {
-            let m = meteor(a.paraphrase.as_ref())?;
+            let m = meteor(&a.meteor)?;
             let protocol = match a.protocol {
                 ProtocolArg::PixelLlm => DensecapProtocol::pixel_llm(),
                 ProtocolArg::DensecapLua => DensecapProtocol::densecap_lua(),

@@ -3,8 +3,9 @@
 //!
 //! What is reproduced from the jar:
 //! - matching stages in order exact, stem (Snowball English stemmer, as the jar's
-//!   `englishStemmer`), [synonym: not available, see below], paraphrase (only when a paraphrase
-//!   table is given, e.g. pycocoevalcap's `meteor/data/paraphrase-en.gz`);
+//!   `englishStemmer`), WordNet synonyms (only when [`SynonymDictionary`] data is given),
+//!   paraphrase (only when a paraphrase table is given, e.g. pycocoevalcap's
+//!   `meteor/data/paraphrase-en.gz`);
 //! - the aligner: one-to-one non-overlapping matches are fixed first, the rest is resolved by the
 //!   jar's left-to-right beam search (beam 40) ranking partial alignments by weighted match
 //!   count (search weights 1.0/0.5/0.5/0.5, accumulated in an `int` as the jar does), then fewer
@@ -15,9 +16,10 @@
 //! - several references: the reference with the best score is kept (first one on ties);
 //! - corpus score: statistics summed over segments, then scored (what pycocoevalcap reports).
 //!
-//! Not reproduced: the WordNet synonym stage (its data ships only inside the jar), and the jar's
-//! `-norm` tokenizer beyond lower-casing and splitting off punctuation. The measured gap to the
-//! jar is stated in `pixel-tasks/tests/metrics_parity.rs`.
+//! The WordNet synonym stage needs the jar's data ([`SynonymDictionary`], from the jar's
+//! `synonym/` folder); without it, [`MeteorConfig::emulate_synonym_coverage`] reproduces its
+//! main side effect on the alignment. The measured gap to the jar with and without the optional
+//! data is stated in `pixel-tasks/tests/metrics_parity.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
@@ -83,6 +85,7 @@ impl Default for MeteorConfig {
 
 const MODULE_EXACT: usize = 0;
 const MODULE_STEM: usize = 1;
+const MODULE_SYNONYM: usize = 2;
 const MODULE_PARAPHRASE: usize = 3;
 /// Weights the jar's aligner ranks partial alignments with (`MeteorScorer.loadConfiguration`).
 const SEARCH_WEIGHTS: [f64; 4] = [1.0, 0.5, 0.5, 0.5];
@@ -113,7 +116,7 @@ impl ParaphraseTable {
             let Some((ln, prob)) = lines.next() else {
                 break;
             };
-            let err = |ln: usize, why: String| MetricsError::Paraphrase {
+            let err = |ln: usize, why: String| MetricsError::MeteorData {
                 path: path.to_path_buf(),
                 line: ln + 1,
                 why,
@@ -147,6 +150,159 @@ impl ParaphraseTable {
         }
         self.max_len = self.max_len.max(a.len()).max(b.len());
         self.map.entry(a).or_default().push(b);
+    }
+}
+
+/// WordNet synonyms as the jar's synonym stage uses them: `english.synsets` (word line, then a
+/// line of synset ids) and `english.exceptions` (base form line, then a line of irregular
+/// inflections), both shipped inside `meteor-1.5.jar` under `synonym/`
+/// (`unzip meteor-1.5.jar 'synonym/*'`). Two words match when their synsets, together with those
+/// of their base form (irregular exceptions, else WordNet's `morphy` suffix rules), intersect.
+#[derive(Debug, Default, Clone)]
+pub struct SynonymDictionary {
+    word_to_bases: HashMap<String, Vec<String>>,
+    word_to_synsets: HashMap<String, HashSet<u32>>,
+}
+
+/// WordNet `morphy` detachment rules (nouns, verbs, adjectives), in the jar's order.
+const MORPH_SUFFIXES: [(&str, &str); 20] = [
+    ("s", ""),
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+    ("s", ""),
+    ("ies", "y"),
+    ("es", "e"),
+    ("es", ""),
+    ("ed", "e"),
+    ("ed", ""),
+    ("ing", "e"),
+    ("ing", ""),
+    ("er", ""),
+    ("est", ""),
+    ("er", "e"),
+    ("est", "e"),
+];
+
+impl SynonymDictionary {
+    /// Reads `english.synsets` and `english.exceptions` from `dir` (the jar's `synonym/` folder,
+    /// extracted).
+    pub fn from_dir(dir: &Path) -> Result<Self, MetricsError> {
+        let read = |name: &str| -> Result<(std::path::PathBuf, String), MetricsError> {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).map_err(|source| MetricsError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok((path, text))
+        };
+        let (ep, exceptions) = read("english.exceptions")?;
+        let (sp, synsets) = read("english.synsets")?;
+        Self::from_texts(&ep, &exceptions, &sp, &synsets)
+    }
+
+    /// Reads the synonym data straight out of `meteor-1.5.jar`.
+    pub fn from_jar(jar: &Path) -> Result<Self, MetricsError> {
+        let text = |name: &str| -> Result<String, MetricsError> {
+            String::from_utf8(super::jar::read_entry(jar, name)?).map_err(|e| {
+                MetricsError::MeteorData {
+                    path: jar.to_path_buf(),
+                    line: 0,
+                    why: format!("`{name}` is not UTF-8: {e}"),
+                }
+            })
+        };
+        let p = jar.to_path_buf();
+        Self::from_texts(
+            &p,
+            &text("synonym/english.exceptions")?,
+            &p,
+            &text("synonym/english.synsets")?,
+        )
+    }
+
+    fn from_texts(
+        exceptions_path: &Path,
+        exceptions: &str,
+        synsets_path: &Path,
+        synsets: &str,
+    ) -> Result<Self, MetricsError> {
+        let pairs = |path: &Path, text: &str| -> Result<Vec<(String, String)>, MetricsError> {
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.len() % 2 != 0 {
+                return Err(MetricsError::MeteorData {
+                    path: path.to_path_buf(),
+                    line: lines.len(),
+                    why: "expected pairs of lines (a word, then its entries)".into(),
+                });
+            }
+            Ok(lines
+                .chunks(2)
+                .map(|c| (c[0].to_string(), c[1].to_string()))
+                .collect())
+        };
+        let mut d = SynonymDictionary::default();
+        for (base, forms) in pairs(exceptions_path, exceptions)? {
+            for f in forms.split_whitespace() {
+                d.word_to_bases
+                    .entry(f.to_string())
+                    .or_default()
+                    .push(base.clone());
+            }
+        }
+        for (k, (word, ids)) in pairs(synsets_path, synsets)?.into_iter().enumerate() {
+            let set = ids
+                .split_whitespace()
+                .map(|x| x.parse::<u32>())
+                .collect::<Result<HashSet<u32>, _>>()
+                .map_err(|e| MetricsError::MeteorData {
+                    path: synsets_path.to_path_buf(),
+                    line: 2 * k + 2,
+                    why: format!("bad synset id: {e}"),
+                })?;
+            d.word_to_synsets.insert(word, set);
+        }
+        Ok(d)
+    }
+
+    /// WordNet `morphy` as the jar implements it (first rule whose result is a known word).
+    fn morph(&self, word: &str) -> String {
+        let end = if word.ends_with("ful") { "ful" } else { "" };
+        if word.ends_with("ss") || word.len() <= 2 {
+            return word.to_string();
+        }
+        for (suffix, add) in MORPH_SUFFIXES {
+            if let Some(stem) = word.strip_suffix(suffix) {
+                let cand = format!("{stem}{add}");
+                if self.word_to_synsets.contains_key(&cand) {
+                    return cand + end;
+                }
+            }
+        }
+        String::new()
+    }
+
+    /// Synsets of a word and of its base forms.
+    fn synsets(&self, word: &str) -> HashSet<u32> {
+        let mut out = self.word_to_synsets.get(word).cloned().unwrap_or_default();
+        match self.word_to_bases.get(word) {
+            Some(bases) => {
+                for b in bases {
+                    out.extend(self.word_to_synsets.get(b).into_iter().flatten());
+                }
+            }
+            None => out.extend(
+                self.word_to_synsets
+                    .get(&self.morph(word))
+                    .into_iter()
+                    .flatten(),
+            ),
+        }
+        out
     }
 }
 
@@ -275,6 +431,7 @@ pub struct Meteor {
     pub config: MeteorConfig,
     function_words: HashSet<String>,
     stemmer: rust_stemmers::Stemmer,
+    synonyms: Option<SynonymDictionary>,
     paraphrase: Option<ParaphraseTable>,
 }
 
@@ -288,6 +445,7 @@ impl std::fmt::Debug for Meteor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Meteor")
             .field("config", &self.config)
+            .field("synonyms", &self.synonyms.is_some())
             .field("paraphrase", &self.paraphrase.is_some())
             .finish()
     }
@@ -299,8 +457,30 @@ impl Meteor {
             config,
             function_words: FUNCTION_WORDS_EN.iter().map(|s| s.to_string()).collect(),
             stemmer: rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English),
+            synonyms: None,
             paraphrase: None,
         }
+    }
+
+    /// The jar's full `-l en` configuration from a pycocoevalcap-style install: synonyms read
+    /// from `meteor-1.5.jar` and the paraphrase table `data/paraphrase-en.gz` next to it.
+    /// Reproduces the jar's scores (see `pixel-tasks/tests/metrics_parity.rs`); loading the
+    /// paraphrase table takes a few seconds.
+    pub fn from_jar(jar: &Path) -> Result<Self, MetricsError> {
+        let table_path = jar
+            .parent()
+            .map(|d| d.join("data").join("paraphrase-en.gz"))
+            .unwrap_or_else(|| Path::new("data/paraphrase-en.gz").to_path_buf());
+        Ok(Self::default()
+            .with_synonyms(SynonymDictionary::from_jar(jar)?)
+            .with_paraphrase(ParaphraseTable::from_file(&table_path)?))
+    }
+
+    /// Enables the synonym stage (and turns off [`MeteorConfig::emulate_synonym_coverage`],
+    /// which only stands in for it).
+    pub fn with_synonyms(mut self, synonyms: SynonymDictionary) -> Self {
+        self.synonyms = Some(synonyms);
+        self
     }
 
     /// Enables the paraphrase stage.
@@ -429,8 +609,19 @@ impl Meteor {
                 for i in 0..n1 {
                     if s1[i] == s2[j] && test[i] != reference[j] {
                         add(one(MODULE_STEM, j, i), &mut stage);
-                        if self.config.emulate_synonym_coverage {
+                        if self.config.emulate_synonym_coverage && self.synonyms.is_none() {
                             phantom.push((i, j));
+                        }
+                    }
+                }
+            }
+            if let Some(syn) = &self.synonyms {
+                let t: Vec<HashSet<u32>> = test.iter().map(|w| syn.synsets(w)).collect();
+                let r: Vec<HashSet<u32>> = reference.iter().map(|w| syn.synsets(w)).collect();
+                for j in 0..n2 {
+                    for i in 0..n1 {
+                        if test[i] != reference[j] && !t[i].is_disjoint(&r[j]) {
+                            add(one(MODULE_SYNONYM, j, i), &mut stage);
                         }
                     }
                 }

@@ -19,6 +19,7 @@ pub mod boxes;
 pub mod captions;
 pub mod cider;
 pub mod densecap;
+mod jar;
 pub mod masks;
 pub mod meteor;
 pub mod rouge;
@@ -72,8 +73,8 @@ pub enum MetricsError {
     },
     #[error("invalid mask for id `{id}`: {why}")]
     InvalidMask { id: String, why: String },
-    #[error("invalid paraphrase table `{path}` line {line}: {why}")]
-    Paraphrase {
+    #[error("invalid METEOR data file `{path}` line {line}: {why}\n  help: paraphrase tables and synonym files come with meteor-1.5.jar (see `pixel metrics captions --help`)")]
+    MeteorData {
         path: PathBuf,
         line: usize,
         why: String,
