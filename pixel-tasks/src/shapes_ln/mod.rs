@@ -118,6 +118,12 @@ pub struct ShapesLnConfig {
     pub large_diameter: [f32; 2],
     /// Least empty space between two objects' boxes, fraction of the side. Default 0.04.
     pub min_gap: f32,
+    /// Object centres keep this far from the thirds lines (1/3, 2/3) that decide the position
+    /// words, so "on the left" vs "in the middle" is never a pixel-level call. Default 0.03.
+    pub position_margin: f32,
+    /// Object centres differ in x by at least this much, so the left-to-right caption order is
+    /// plain to see. Default 0.04.
+    pub order_margin: f32,
     /// Each background channel is 255 minus up to this much, for a light random tint. Default 30.
     pub background_tint: u8,
     /// Each object's channels move from the nominal colour by up to ± this much. Default 10.
@@ -135,6 +141,8 @@ impl Default for ShapesLnConfig {
             small_diameter: [0.16, 0.22],
             large_diameter: [0.32, 0.40],
             min_gap: 0.04,
+            position_margin: 0.03,
+            order_margin: 0.04,
             background_tint: 30,
             colour_jitter: 10,
         }
@@ -205,6 +213,18 @@ impl ShapesLnConfig {
         }
         if !(0.0..=0.2).contains(&self.min_gap) {
             return bad("min_gap", format!("is {}; use 0..=0.2", self.min_gap));
+        }
+        if !(0.0..=0.1).contains(&self.position_margin) {
+            return bad(
+                "position_margin",
+                format!("is {}; use 0..=0.1", self.position_margin),
+            );
+        }
+        if !(0.0..=0.1).contains(&self.order_margin) {
+            return bad(
+                "order_margin",
+                format!("is {}; use 0..=0.1", self.order_margin),
+            );
         }
         if self.colour_jitter > 40 {
             return bad(
@@ -457,10 +477,15 @@ impl ShapesLn {
                     cy: rng.gen_range(lo..=hi),
                     h,
                 };
-                if !placed
-                    .iter()
-                    .any(|(o, _, _)| boxes_too_close(o.bbox(), g.bbox(), cfg.min_gap))
-                {
+                let near_third = |v: f32| {
+                    (v - 1.0 / 3.0).abs() < cfg.position_margin
+                        || (v - 2.0 / 3.0).abs() < cfg.position_margin
+                };
+                let clashes = placed.iter().any(|(o, _, _)| {
+                    boxes_too_close(o.bbox(), g.bbox(), cfg.min_gap)
+                        || (o.cx - g.cx).abs() < cfg.order_margin
+                });
+                if !near_third(g.cx) && !near_third(g.cy) && !clashes {
                     geometry = Some(g);
                     break;
                 }
@@ -679,6 +704,33 @@ mod tests {
                 for b in a + 1..n {
                     let (p, q) = (s.objects[a].bbox, s.objects[b].bbox);
                     assert!(!boxes_too_close(p, q, cfg.min_gap * 0.99), "{p:?} {q:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn centres_keep_clear_of_thirds_and_of_each_other_in_x() {
+        let g = generator();
+        let cfg = g.config().clone();
+        for i in 0..300 {
+            let s = g.sample(Split::Train, i);
+            let centres: Vec<[f32; 2]> = s
+                .objects
+                .iter()
+                .map(|o| [(o.bbox[0] + o.bbox[2]) / 2.0, (o.bbox[1] + o.bbox[3]) / 2.0])
+                .collect();
+            for (k, c) in centres.iter().enumerate() {
+                for v in c {
+                    for third in [1.0 / 3.0, 2.0 / 3.0] {
+                        assert!((v - third).abs() >= cfg.position_margin * 0.999, "{c:?}");
+                    }
+                }
+                for d in &centres[k + 1..] {
+                    assert!(
+                        (c[0] - d[0]).abs() >= cfg.order_margin * 0.999,
+                        "{c:?} {d:?}"
+                    );
                 }
             }
         }
