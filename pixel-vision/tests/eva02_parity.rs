@@ -45,3 +45,38 @@ fn eva02_tiny_style_with_rescaled_rope_matches_timm() {
     c.ref_feat_shape = 4;
     run("eva02-test-fused", c);
 }
+
+/// Parameter counts of the big presets equal the references' (numbers from
+/// `tools/make_vision_fixtures.py`, `param_counts.json`). Ignored by default: building ViT-H
+/// takes 2.5 GB; run with `cargo test -p pixel-vision -- --ignored`.
+#[test]
+#[ignore]
+fn big_preset_parameter_counts_equal_the_references() {
+    use pixel_core::params::count_params;
+    use pixel_vision::presets::*;
+    let counts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("param_counts.json")).unwrap(),
+    )
+    .unwrap();
+    let dev: Cpu = Default::default();
+    let n = count_params(&mut SamVitH::build(&dev).unwrap());
+    assert_eq!(n as u64, counts["sam-vit-h"].as_u64().unwrap());
+    let n = count_params(&mut Eva02Large::build(&dev).unwrap());
+    assert_eq!(n as u64, counts["eva02-large"].as_u64().unwrap());
+}
+
+#[test]
+fn test_preset_parameters_are_exactly_the_checkpoint_tensors() {
+    use pixel_core::params::list_params;
+    let dev: Cpu = Default::default();
+    let mut c = Eva02Config::sized(56, 64, 2, 4, false, true);
+    c.ref_feat_shape = 4;
+    let mut eva = Eva02::<Const<64>, Cpu>::new(&dev, &c).unwrap();
+    let store = TensorStore::read(&fixtures().join("eva02-test.safetensors")).unwrap();
+    let ours: Vec<(String, Vec<usize>)> = list_params(&mut eva).into_iter().map(|p| (p.name, p.shape)).collect();
+    let mut theirs: Vec<(String, Vec<usize>)> = store.tensors.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect();
+    let mut sorted = ours.clone();
+    sorted.sort();
+    theirs.sort();
+    assert_eq!(sorted, theirs);
+}
