@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod host;
 pub mod load;
 pub mod presets;
 pub mod t5;

@@ -179,3 +179,41 @@ fn relative_position_buckets_equal_hf() {
     }
     assert_eq!(checked, 6 * 601);
 }
+
+/// The tensors-in, tensors-out path of `pixel lm forward|generate` on the fixture files.
+#[test]
+fn tensor_files_in_and_out_match_hf() {
+    let dev: Cpu = Default::default();
+    for name in ["t5-test", "flan-t5-test"] {
+        let dir = fixtures().join(name);
+        let model = AnyT5::from_pretrained(&dir, &dev).unwrap();
+        let inputs = TensorStore::read(&dir.join("inputs.safetensors")).unwrap();
+        let want = Case::read(name);
+        let out = model.forward_tensors(&inputs).unwrap();
+        for key in ["encoder_last_hidden_state", "logits"] {
+            let got = out.get(key).unwrap();
+            assert_eq!(got.shape, want.store_out.get(key).unwrap().shape);
+            check_close(
+                &format!("{name} file {key}"),
+                &got.to_f32(),
+                &want.floats(key),
+            );
+        }
+        for (key, beams) in [
+            ("greedy_sequences", 1),
+            ("beam_sequences", want.scalar("num_beams")),
+        ] {
+            let options = GenerateOptions {
+                max_new_tokens: want.scalar("max_new_tokens"),
+                num_beams: beams,
+                length_penalty: 1.0,
+            };
+            let out = model.generate_tensors(&inputs, &options).unwrap();
+            assert_eq!(
+                out.get("sequences").unwrap(),
+                want.store_out.get(key).unwrap(),
+                "{name} {key}"
+            );
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Tensors in, tensors out: the model on named host tensors (a safetensors file's contents),
+//! for `pixel lm forward|generate` and for scripts comparing against HF transformers.
+//!
+//! Inputs (i64): `input_ids` `[B,S]`, `attention_mask` `[B,S]` (optional, 1 = real token),
+//! `decoder_input_ids` `[B,T]` (forward only). Outputs: see [`AnyT5::forward_tensors`] and
+//! [`AnyT5::generate_tensors`].
+use crate::error::{LmError, Result};
+use crate::generate::GenerateOptions;
+use crate::presets::{AnyT5, T5Dims};
+use crate::t5::T5;
+use crate::with_t5;
+use dfdx::prelude::*;
+use pixel_core::checkpoint::{StoredTensor, TensorStore};
+
+impl<D: Device<f32>> AnyT5<D> {
+    /// HF's `model(input_ids, attention_mask, decoder_input_ids)`: f32
+    /// `encoder_last_hidden_state` `[B,S,D]`, `decoder_hidden` `[B,T,D]` (after the final layer
+    /// norm) and `logits` `[B,T,V]`.
+    pub fn forward_tensors(&self, inputs: &TensorStore) -> Result<TensorStore> {
+        let inputs = Inputs::read(inputs)?;
+        with_t5!(self, m => forward(m, &inputs))
+    }
+
+    /// HF's `generate(input_ids, attention_mask, ...)`: i64 `sequences` `[B,L]` and f32
+    /// `decoder_hidden` `[B,L-1,D]` (see [`crate::Generation`]).
+    pub fn generate_tensors(
+        &self,
+        inputs: &TensorStore,
+        options: &GenerateOptions,
+    ) -> Result<TensorStore> {
+        let inputs = Inputs::read(inputs)?;
+        with_t5!(self, m => generate(m, &inputs, options))
+    }
+}
+
+/// Token ids and masks read from the inputs.
+struct Inputs {
+    input_ids: Vec<usize>,
+    mask: Vec<bool>,
+    batch: usize,
+    decoder_input_ids: Option<Vec<usize>>,
+}
+
+fn invalid(store: &TensorStore, message: String) -> LmError {
+    LmError::Invalid(format!("inputs `{}`: {message}", store.origin.display()))
+}
+
+/// The i64 tensor `name` as `[batch, tokens]` ids, if present.
+fn ids(store: &TensorStore, name: &str) -> Result<Option<(Vec<usize>, [usize; 2])>> {
+    let Some(t) = store.get(name) else {
+        return Ok(None);
+    };
+    let values = t.as_i64().ok_or_else(|| {
+        invalid(
+            store,
+            format!("`{name}` must be an integer tensor, it is {}", t.disk_dtype),
+        )
+    })?;
+    let [b, n] = t.shape[..] else {
+        return Err(invalid(
+            store,
+            format!("`{name}` must be [batch, tokens], it is {:?}", t.shape),
+        ));
+    };
+    if values.iter().any(|&v| v < 0) {
+        return Err(invalid(store, format!("`{name}` has negative entries")));
+    }
+    Ok(Some((values.iter().map(|&v| v as usize).collect(), [b, n])))
+}
+
+impl Inputs {
+    fn read(store: &TensorStore) -> Result<Self> {
+        let (input_ids, shape) = ids(store, "input_ids")?
+            .ok_or_else(|| invalid(store, "there is no `input_ids` tensor".into()))?;
+        let mask = match ids(store, "attention_mask")? {
+            Some((m, s)) if s == shape => m.into_iter().map(|v| v != 0).collect(),
+            Some((_, s)) => {
+                return Err(invalid(
+                    store,
+                    format!("`attention_mask` is {s:?}, `input_ids` is {shape:?}"),
+                ))
+            }
+            None => vec![true; input_ids.len()],
+        };
+        let decoder_input_ids = match ids(store, "decoder_input_ids")? {
+            Some((d, s)) if s[0] == shape[0] => Some(d),
+            Some((_, s)) => {
+                return Err(invalid(
+                    store,
+                    format!(
+                        "`decoder_input_ids` has batch {}, `input_ids` {}",
+                        s[0], shape[0]
+                    ),
+                ))
+            }
+            None => None,
+        };
+        Ok(Inputs {
+            input_ids,
+            mask,
+            batch: shape[0],
+            decoder_input_ids,
+        })
+    }
+}
+
+fn check_vocab<P: T5Dims>(ids: &[usize], name: &str) -> Result<()> {
+    match ids.iter().find(|&&i| i >= P::Vocab::SIZE) {
+        Some(i) => Err(LmError::Invalid(format!(
+            "`{name}` holds id {i}, the vocabulary has {}",
+            P::Vocab::SIZE
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn f32_tensor<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> StoredTensor {
+    StoredTensor::f32(pixel_core::params::shape_of(t), t.as_vec())
+}
+
+fn forward<P: T5Dims, D: Device<f32>>(model: &T5<P, D>, inputs: &Inputs) -> Result<TensorStore> {
+    let dec = inputs.decoder_input_ids.as_ref().ok_or_else(|| {
+        LmError::Invalid("the forward pass needs `decoder_input_ids` in the inputs".into())
+    })?;
+    check_vocab::<P>(&inputs.input_ids, "input_ids")?;
+    check_vocab::<P>(dec, "decoder_input_ids")?;
+    let enc = model.encode::<NoneTape>(model.ids(&inputs.input_ids, inputs.batch), &inputs.mask);
+    let hidden = model.decode::<NoneTape>(model.ids(dec, inputs.batch), enc.clone(), &inputs.mask);
+    let logits = model.lm_logits(hidden.clone());
+    let mut store = TensorStore::default();
+    store.insert("encoder_last_hidden_state", f32_tensor(&enc));
+    store.insert("decoder_hidden", f32_tensor(&hidden));
+    store.insert("logits", f32_tensor(&logits));
+    Ok(store)
+}
+
+fn generate<P: T5Dims, D: Device<f32>>(
+    model: &T5<P, D>,
+    inputs: &Inputs,
+    options: &GenerateOptions,
+) -> Result<TensorStore> {
+    check_vocab::<P>(&inputs.input_ids, "input_ids")?;
+    let enc = model.encode::<NoneTape>(model.ids(&inputs.input_ids, inputs.batch), &inputs.mask);
+    let out = model.generate(&enc, &inputs.mask, options);
+    let len = out.sequences.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = out.sequences.iter().flatten().map(|&t| t as i64).collect();
+    let mut store = TensorStore::default();
+    store.insert(
+        "sequences",
+        StoredTensor::i64(vec![inputs.batch, len], flat),
+    );
+    store.insert("decoder_hidden", f32_tensor(&out.hidden));
+    Ok(store)
+}
