@@ -78,33 +78,49 @@ fn draw_panel(canvas: &mut RgbImage, panel: &SamplePanel, x: i64, y: i64) {
     let mut shown = draw::upscale_nearest(&panel.image, dw, dh);
     let (fw, fh) = (dw as f64, dh as f64);
 
-    for (b, label, colour) in &panel.boxes {
+    // Outlines first, then labels, so no outline cuts through a label.
+    let mut pixel_boxes = Vec::with_capacity(panel.boxes.len());
+    for (b, _, colour) in &panel.boxes {
         // Far-off coordinates would overflow pixel arithmetic; anything past the edge looks alike.
         let b = b.map(|v| v.clamp(-1.0, 2.0));
         let bx0 = (b[0].min(b[2]) as f64 * fw).round() as i64;
         let by0 = (b[1].min(b[3]) as f64 * fh).round() as i64;
-        let bx1 = (b[0].max(b[2]) as f64 * fw).round() as i64 - 1;
-        let by1 = (b[1].max(b[3]) as f64 * fh).round() as i64 - 1;
-        draw::rect_outline(&mut shown, bx0, by0, bx1.max(bx0), by1.max(by0), 2, *colour);
-        if !label.is_empty() {
-            let lw = draw::text_width(label, 1) + 4;
-            // Label above the box when there is room, else just inside its top edge.
-            let ly = if by0 >= GLYPH + 2 {
-                by0 - GLYPH - 2
-            } else {
-                by0.max(0)
-            };
-            let lx = bx0.clamp(0, (dw as i64 - lw).max(0));
-            draw::fill_rect(&mut shown, lx, ly, lx + lw, ly + GLYPH + 2, *colour);
-            draw::text(
-                &mut shown,
-                lx + 2,
-                ly + 1,
-                label,
-                1,
-                draw::contrasting(*colour),
-            );
+        let bx1 = ((b[0].max(b[2]) as f64 * fw).round() as i64 - 1).max(bx0);
+        let by1 = ((b[1].max(b[3]) as f64 * fh).round() as i64 - 1).max(by0);
+        draw::rect_outline(&mut shown, bx0, by0, bx1, by1, 2, *colour);
+        pixel_boxes.push((bx0, by0, bx1, by1));
+    }
+    let mut taken: Vec<(i64, i64, i64, i64)> = Vec::new();
+    for ((_, label, colour), &(bx0, by0, _, by1)) in panel.boxes.iter().zip(&pixel_boxes) {
+        if label.is_empty() {
+            continue;
         }
+        let (lw, lh) = (draw::text_width(label, 1) + 4, GLYPH + 2);
+        let lx = bx0.clamp(0, (dw as i64 - lw).max(0));
+        // Above the box, else inside its top, else below it: the first spot free of other labels.
+        let spots = [by0 - lh, by0 + 2, by1 + 1];
+        let fits = |y: i64| y >= 0 && y + lh <= dh as i64;
+        let free = |y: i64| {
+            !taken
+                .iter()
+                .any(|&(x0, y0, x1, y1)| lx < x1 && x0 < lx + lw && y < y1 && y0 < y + lh)
+        };
+        let ly = spots
+            .iter()
+            .copied()
+            .find(|&y| fits(y) && free(y))
+            .or_else(|| spots.iter().copied().find(|&y| fits(y)))
+            .unwrap_or(0);
+        taken.push((lx, ly, lx + lw, ly + lh));
+        draw::fill_rect(&mut shown, lx, ly, lx + lw, ly + lh, *colour);
+        draw::text(
+            &mut shown,
+            lx + 2,
+            ly + 1,
+            label,
+            1,
+            draw::contrasting(*colour),
+        );
     }
     for (i, (_, point)) in panel.words.iter().enumerate() {
         if let Some([px, py]) = point {
