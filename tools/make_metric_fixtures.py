@@ -15,6 +15,13 @@ Outputs, in pixel-tasks/tests/fixtures/metrics/:
 - meteor_pairs.json: single (candidate, references) pairs with the jar's METEOR, for measuring
   the gap of the native METEOR per segment.
 - masks.json: random masks and polygons with pycocotools' compressed RLE strings, areas and IoUs.
+- tokenizer.json: tricky raw captions and their pycocoevalcap PTB tokenization.
+
+and, in pixel-tasks/tests/fixtures/datasets/ (needs scipy):
+
+- ln_scenic_reference.json: random Localized Narratives records with the per-utterance boxes,
+  centers and sampled points of scenic's `trace2coord` (build_ln_tfrecord.py logic: scipy
+  interp1d with extrapolation, 16 linspace samples, min/max, trapezoid average), unclipped.
 
 The Rust tests in pixel-tasks/tests/metrics_parity.rs read these files.
 """
@@ -135,6 +142,98 @@ def masks_fixture(rng):
     return out
 
 
+TRICKY = [
+    "A man in a t-shirt is holding a 1/2 gallon of milk.",
+    "Two dogs (one black, one white) play in the yard!",
+    "It's 10:30 and the clock's hands point up.",
+    "A woman's purse sits on the table's edge...",
+    "The kids aren't wearing hats; they're cold.",
+    "A 'STOP' sign at the corner of 5th Ave.",
+    "People watch a game -- the score is 3-2.",
+    "A cat sleeping on a laptop keyboard",
+    "A plate w/ eggs, bacon & toast.",
+    "Is this a zebra or a horse?",
+    "A Boeing 747 at the gate, ready for take-off.",
+    "Several surfers ride waves at sunset; it's beautiful",
+    "a man who's wearing a hat that says \"NY\"",
+    "An elephant's trunk reaches for food.",
+    "Cars parked along the street in front of shops.",
+    "The bus is #42 and it's red.",
+    "a Giraffe   standing  tall   in the zoo",
+    "Child's toys scattered everywhere, isn't it messy?",
+    "A close-up of a donut with sprinkles.",
+    "Food on a tray: a sandwich, chips, and a pickle.",
+    "The man's and the woman's bikes.",
+    "I'd say it's a good-looking pizza.",
+    "A sign reads 'No Parking' in the U.K.",
+    "Three men, e.g. soldiers, stand guard.",
+    "There are 2,500 people at the stadium.",
+    "The temperature is 25% higher today.",
+    "A baseball player swings his bat at the ball",
+    "We'll see the ocean; you'll love it.",
+    "Hot-dog with mustard and ketchup",
+    "Look at the dog!!! So cute.",
+]
+
+
+def tokenizer_fixture():
+    tok = PTBTokenizer()
+    res = tok.tokenize({str(i): [{"caption": c}] for i, c in enumerate(TRICKY)})
+    return {"raw": TRICKY, "tokenized": [res[str(i)][0] for i in range(len(TRICKY))]}
+
+
+def ln_fixture(rng):
+    """Random narratives and scenic's trace2coord outputs (before any clipping)."""
+    from scipy import interpolate
+
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    out = []
+    for n in range(12):
+        traces, t = [], 0.0
+        for _ in range(rng.randint(1, 3)):
+            seg = []
+            for _ in range(rng.randint(1, 6)):
+                t += rng.uniform(0.05, 0.8)
+                seg.append({"x": round(rng.uniform(-0.05, 1.05), 4), "y": round(rng.uniform(-0.05, 1.05), 4),
+                            "t": round(t, 3)})
+            traces.append(seg)
+        rng.shuffle(traces)  # segments out of time order: the reader must sort
+        span = t
+        timed = []
+        for k in range(rng.randint(1, 5)):
+            a = round(rng.uniform(-0.5, span + 0.5), 3)
+            b = a if rng.random() < 0.2 else round(a + rng.uniform(0.0, 1.5), 3)
+            timed.append({"utterance": " ".join(rng.choice(["a", "dog", "in", "the", "park", "red"])
+                                                for _ in range(rng.randint(1, 3))),
+                          "start_time": a, "end_time": b})
+        pts = [p for tr in traces for p in tr]
+        rec = {"dataset_id": "mscoco_val2017", "image_id": str(100 + n), "annotator_id": n,
+               "caption": " ".join(u["utterance"] for u in timed), "timed_caption": timed, "traces": traces}
+        expected = None
+        if len(pts) > 1:
+            t_arr = np.array([p["t"] for p in pts])
+            x_arr = np.array([p["x"] for p in pts])
+            y_arr = np.array([p["y"] for p in pts])
+            order = np.argsort(t_arr)
+            t_arr, x_arr, y_arr = t_arr[order], x_arr[order], y_arr[order]
+            expected = []
+            for u in timed:
+                xi = interpolate.interp1d(t_arr, x_arr, fill_value="extrapolate")
+                yi = interpolate.interp1d(t_arr, y_arr, fill_value="extrapolate")
+                tv = np.linspace(u["start_time"], u["end_time"], num=16)
+                xv, yv = xi(tv), yi(tv)
+                if tv[-1] - tv[0] < 1e-5:
+                    cx, cy = np.mean(xv), np.mean(yv)
+                else:
+                    cx = trapezoid(xv, tv) / (tv[-1] - tv[0])
+                    cy = trapezoid(yv, tv) / (tv[-1] - tv[0])
+                expected.append({"bbox": [float(xv.min()), float(yv.min()), float(xv.max()), float(yv.max())],
+                                 "center": [float(cx), float(cy)],
+                                 "points": np.stack([xv, yv], -1).tolist()})
+        out.append({"record": rec, "expected": expected})
+    return out
+
+
 def meteor_pairs_fixture(fx):
     """Per-pair jar METEOR for every (prediction, references) of the captions fixture."""
     m = Meteor()
@@ -160,6 +259,11 @@ def main():
         json.dump(meteor_pairs_fixture(fx), f, indent=0)
     with open(os.path.join(OUT, "masks.json"), "w") as f:
         json.dump(masks_fixture(rng), f)
+    with open(os.path.join(OUT, "tokenizer.json"), "w") as f:
+        json.dump(tokenizer_fixture(), f, indent=0)
+    ln_out = os.path.join(OUT, "..", "datasets", "ln_scenic_reference.json")
+    with open(ln_out, "w") as f:
+        json.dump(ln_fixture(random.Random(11)), f)
     print("bleu", fx["bleu"], "rouge", fx["rouge_l"], "cider", fx["cider"], "meteor", fx["meteor"])
 
 

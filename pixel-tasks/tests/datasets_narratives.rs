@@ -4,10 +4,13 @@
 use std::path::PathBuf;
 
 use pixel_tasks::datasets::{
-    narratives::{read_narratives, write_narratives, NarrativeSample},
+    narratives::{
+        locate_utterances, read_narratives, write_narratives, LocalizedNarrative, NarrativeSample,
+    },
     DatasetError, SkipMode,
 };
 use proptest::prelude::*;
+use serde::Deserialize;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -88,6 +91,65 @@ fn words_get_their_utterance_trace_box_clipped_to_the_image() {
     // A zero-length utterance is a point box.
     assert_eq!(samples[1].image_file_name(), "0a1b2c.jpg");
     assert!(close(samples[1].words[0].1, [0.2, 0.3, 0.2, 0.3]));
+}
+
+#[derive(Deserialize)]
+struct ScenicCase {
+    record: LocalizedNarrative,
+    /// scenic's trace2coord per utterance (unclipped); null when the narrative has < 2 points.
+    expected: Option<Vec<ScenicUtterance>>,
+}
+
+#[derive(Deserialize)]
+struct ScenicUtterance {
+    bbox: [f64; 4],
+    center: [f64; 2],
+    points: Vec<[f64; 2]>,
+}
+
+/// Fixture from `tools/make_metric_fixtures.py`: random narratives (trace segments out of time
+/// order, utterances reaching past the trace, zero-length utterances) run through scenic's
+/// `trace2coord` logic with scipy.
+#[test]
+fn utterance_boxes_match_scenic_trace2coord() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/datasets/ln_scenic_reference.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let cases: Vec<ScenicCase> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let clip = |v: f64| v.clamp(0.0, 1.0) as f32;
+    let mut checked = 0;
+    for (n, c) in cases.iter().enumerate() {
+        let got = locate_utterances(&c.record);
+        let Some(expected) = &c.expected else {
+            assert!(got.is_none(), "case {n}: expected no locations");
+            continue;
+        };
+        let got = got.unwrap_or_else(|| panic!("case {n}: no locations"));
+        assert_eq!(got.len(), expected.len());
+        for (u, e) in got.iter().zip(expected) {
+            for k in 0..4 {
+                assert!(
+                    (u.bbox[k] - clip(e.bbox[k])).abs() < 1e-6,
+                    "case {n}: {:?} vs {:?}",
+                    u.bbox,
+                    e.bbox
+                );
+            }
+            for k in 0..2 {
+                assert!(
+                    (u.center[k] - clip(e.center[k])).abs() < 1e-5,
+                    "case {n}: {:?} vs {:?}",
+                    u.center,
+                    e.center
+                );
+            }
+            for (p, q) in u.points.iter().zip(&e.points) {
+                assert!((p[0] - clip(q[0])).abs() < 1e-6 && (p[1] - clip(q[1])).abs() < 1e-6);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "only {checked} utterances checked");
 }
 
 fn arb_sample() -> impl Strategy<Value = NarrativeSample> {

@@ -13,7 +13,8 @@
 //! - brackets become `-lrb-`, `-rrb-`, `-lsb-`, ... Because of `-lowerCase` these are lower-case
 //!   and pycocoevalcap's list (which has `-LRB-`) does **not** remove them; we keep them too;
 //! - repeated `!!`/`??` stay one token (and are not in the removal list either);
-//! - `$` and `%` split from numbers; `1,000`, `3.5`, `and/or`, `black-and-white` stay whole;
+//! - `$`, `%`, `#` split from numbers; `1,000`, `3.5`, `10:30`, `and/or`, `1/2`,
+//!   `black-and-white` stay whole, a trailing slash splits (`w/` -> `w /`);
 //! - abbreviations keep their period (`mr.`, `u.s.`, `e.g.`, `etc.`, single letters `a.`).
 //!
 //! Inputs outside that (URLs, emoticons, non-ASCII punctuation) may tokenize differently from
@@ -196,6 +197,9 @@ fn finish_word(mut word: String, out: &mut Vec<String>) {
         } else if word.ends_with('-') && word.len() > 1 {
             word.pop();
             trailing.push("-".into());
+        } else if word.ends_with('/') && word.len() > 1 {
+            word.pop();
+            trailing.push("/".into());
         } else {
             break;
         }
