@@ -23,13 +23,13 @@ pub enum MetricsCommand {
         Output: {\"bleu\": [b1, b2, b3, b4], \"meteor\": m, \"rouge_l\": r, \"cider\": c}"
     )]
     Captions(CaptionsArgs),
-    /// Referring localization: Acc@0.5 and mIoU of boxes, or cIoU/gIoU of masks.
+    /// Referring localization: Acc@0.5 and mIoU of boxes, or cIoU/gIoU/Acc@0.5 of masks.
     #[command(
         after_help = "Examples:\n  pixel metrics refloc --gt gt.json --preds preds.json\n  \
         pixel metrics refloc --masks --gt gt_masks.json --preds pred_masks.json\n\n\
         Boxes: {\"<id>\": [x, y, w, h], ...} in pixels -> {\"acc50\": f, \"miou\": f}\n\
         Masks: {\"<id>\": {\"size\": [h, w], \"counts\": \"<COCO RLE>\" | [runs]} | [[x, y, ...]]}\n\
-        -> {\"ciou\": f, \"giou\": f}"
+        -> {\"ciou\": f, \"giou\": f, \"acc50\": f}"
     )]
     Refloc(RefLocArgs),
     /// Dense captioning mAP on Visual Genome (densecap protocol).

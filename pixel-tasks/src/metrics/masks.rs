@@ -1,6 +1,7 @@
 //! COCO masks (pycocotools `maskApi.c`): run-length encoding in column-major order, its
 //! compressed string form, polygon rasterization, and referring segmentation scores
-//! (cIoU = cumulative intersection / cumulative union, gIoU = mean per-sample IoU).
+//! (cIoU = cumulative intersection / cumulative union, gIoU = mean per-sample IoU, as scenic's
+//! PixelLLM `RefCocoEvaluator`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -316,16 +317,19 @@ impl Segmentation {
     }
 }
 
-/// Referring segmentation scores.
+/// Referring segmentation scores, as scenic's `RefCocoEvaluator` (`seg_cIoU`, `seg_gIoU`,
+/// `seg_AP`) computes them, including its `1e-5` in the denominators.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RefSegScores {
-    /// Cumulative intersection over cumulative union.
+    /// Cumulative IoU: `mean(I) / (mean(U) + 1e-5)` (= total intersection / total union).
     pub ciou: f64,
-    /// Mean per-sample IoU (a sample with an empty union counts as 0).
+    /// Mean per-sample IoU: `mean(I / (U + 1e-5))` (a sample with an empty union counts as 0).
     pub giou: f64,
+    /// Fraction of samples with mask IoU > 0.5.
+    pub acc50: f64,
 }
 
-/// cIoU and gIoU over ids.
+/// cIoU, gIoU and mask Acc@0.5 over ids.
 pub fn refseg_scores(
     gt: &BTreeMap<String, Segmentation>,
     preds: &BTreeMap<String, Segmentation>,
@@ -341,7 +345,7 @@ pub fn refseg_scores(
             refs: "ground truth".into(),
         });
     }
-    let (mut ci, mut cu, mut giou) = (0u64, 0u64, 0.0f64);
+    let (mut si, mut su, mut giou, mut hits) = (0.0f64, 0.0f64, 0.0f64, 0usize);
     for (id, g) in gt {
         let p = preds
             .get(id)
@@ -353,13 +357,17 @@ pub fn refseg_scores(
         let gr = g.to_rle(p.size()).map_err(bad)?;
         let pr = p.to_rle(Some((gr.h, gr.w))).map_err(bad)?;
         let (i, u) = intersection_union(&gr, &pr).map_err(bad)?;
-        ci += i;
-        cu += u;
-        giou += if u > 0 { i as f64 / u as f64 } else { 0.0 };
+        let iou = i as f64 / (u as f64 + 1e-5);
+        si += i as f64;
+        su += u as f64;
+        giou += iou;
+        hits += (iou > 0.5) as usize;
     }
+    let n = gt.len() as f64;
     Ok(RefSegScores {
-        ciou: if cu > 0 { ci as f64 / cu as f64 } else { 0.0 },
-        giou: giou / gt.len() as f64,
+        ciou: (si / n) / (su / n + 1e-5),
+        giou: giou / n,
+        acc50: hits as f64 / n,
     })
 }
 
@@ -401,5 +409,27 @@ mod tests {
     #[test]
     fn invalid_rle_character_is_reported() {
         assert!(Rle::from_compressed(2, 2, "\u{7f}").is_err());
+    }
+
+    #[test]
+    fn ciou_pools_pixels_while_giou_averages_samples() {
+        let full = |h, w| Segmentation::Rle {
+            size: [h, w],
+            counts: RleCounts::Runs(vec![0, (h * w) as u64]),
+        };
+        let half = Segmentation::Rle {
+            size: [2, 2],
+            counts: RleCounts::Runs(vec![2, 2]),
+        };
+        let mut gt = BTreeMap::new();
+        let mut pr = BTreeMap::new();
+        gt.insert("a".to_string(), full(2, 2));
+        pr.insert("a".to_string(), half);
+        gt.insert("b".to_string(), full(10, 10));
+        pr.insert("b".to_string(), full(10, 10));
+        let s = refseg_scores(&gt, &pr).unwrap_or_else(|e| panic!("{e}"));
+        assert!((s.ciou - 102.0 / 104.0).abs() < 1e-6);
+        assert!((s.giou - 0.75).abs() < 1e-6);
+        assert!((s.acc50 - 0.5).abs() < 1e-12);
     }
 }
