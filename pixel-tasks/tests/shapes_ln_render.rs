@@ -32,26 +32,9 @@ fn decoded(path: &std::path::Path) -> image::RgbImage {
 fn dataset_samples_render_as_panels_with_words_and_boxes() {
     let (dir, _keep) = out_dir();
     let g = ShapesLn::new(ShapesLnConfig::default(), 0).unwrap();
-    let panels: Vec<SamplePanel> = (0..6)
-        .map(|i| {
-            let s = g.sample(Split::Train, i);
-            let words = s
-                .words
-                .iter()
-                .map(|w| (w.word.clone(), Some(w.point)))
-                .collect();
-            let boxes = s
-                .referring
-                .iter()
-                .map(|r| (r.bbox, r.text.clone(), [0, 0, 0]))
-                .collect();
-            SamplePanel {
-                image: s.image,
-                words,
-                boxes,
-                title: s.image_id,
-            }
-        })
+    let panels: Vec<SamplePanel> = g
+        .samples(Split::Train, 0..6)
+        .map(|s| s.ground_truth_panel())
         .collect();
     let path = dir.join("shapes_ln_samples.png");
     samples_png(&path, &panels).unwrap();

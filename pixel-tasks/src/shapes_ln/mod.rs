@@ -367,6 +367,25 @@ pub struct LnRecord {
 }
 
 impl Sample {
+    /// A render panel of the ground truth: each word at its point, each object's box labelled
+    /// with its referring expression; for eyeballing the data (`render::samples_png`).
+    pub fn ground_truth_panel(&self) -> crate::render::SamplePanel {
+        crate::render::SamplePanel {
+            image: self.image.clone(),
+            words: self
+                .words
+                .iter()
+                .map(|w| (w.word.clone(), Some(w.point)))
+                .collect(),
+            boxes: self
+                .referring
+                .iter()
+                .map(|r| (r.bbox, r.text.clone(), [0, 0, 0]))
+                .collect(),
+            title: self.image_id.clone(),
+        }
+    }
+
     /// The sample's narrative as an LN record.
     pub fn localized_narrative(&self) -> LnRecord {
         LnRecord {
@@ -422,6 +441,15 @@ impl ShapesLn {
     /// The seed of one sample's random stream; distinct per (seed, split, index).
     fn sample_seed(&self, split: Split, index: u64) -> u64 {
         splitmix64(splitmix64(splitmix64(self.seed) ^ split.salt()) ^ index)
+    }
+
+    /// Samples `indices` of `split`, in order.
+    pub fn samples(
+        &self,
+        split: Split,
+        indices: std::ops::Range<u64>,
+    ) -> impl Iterator<Item = Sample> + '_ {
+        indices.map(move |i| self.sample(split, i))
     }
 
     /// Generates sample `index` of `split`.
@@ -659,6 +687,23 @@ mod tests {
             a.sample(Split::Train, 0).image,
             b.sample(Split::Train, 0).image
         );
+    }
+
+    #[test]
+    fn samples_iterates_the_same_samples_as_sample() {
+        let g = generator();
+        let many: Vec<_> = g.samples(Split::Validation, 3..6).collect();
+        assert_eq!(many.len(), 3);
+        assert_eq!(many[1], g.sample(Split::Validation, 4));
+    }
+
+    #[test]
+    fn ground_truth_panel_has_every_word_and_object() {
+        let s = generator().sample(Split::Train, 1);
+        let panel = s.ground_truth_panel();
+        assert_eq!(panel.words.len(), s.words.len());
+        assert_eq!(panel.boxes.len(), s.objects.len());
+        assert!(crate::render::samples_image(&[panel]).is_ok());
     }
 
     #[test]
