@@ -1,0 +1,439 @@
+//! `pixel vision forward`, `pixel sam predict`, `pixel inspect`: the image models on tensors in,
+//! tensors out (safetensors), for parity checks against HF transformers / timm and for scripts.
+use pixel_core::checkpoint::{StoredTensor, TensorStore};
+use pixel_core::params::{list_params, ParamInfo, Params};
+use pixel_core::DefaultDevice;
+use pixel_vision::eva02::Eva02;
+use pixel_vision::presets::{
+    with_eva02_preset, with_sam_preset, with_sam_widths, Eva02Preset, Eva02PresetVisitor,
+    SamPreset, SamPresetVisitor, EVA02_PRESETS, SAM_PRESETS,
+};
+use pixel_vision::sam::{SamConfig, SamModel, SamPrompts};
+use pixel_vision::Images;
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::path::{Path, PathBuf};
+
+type CliResult = Result<(), Box<dyn Error>>;
+
+/// Run an image encoder (SAM or EVA02) on `pixel_values`.
+#[derive(Debug, clap::Subcommand)]
+pub enum VisionCommand {
+    /// Image features, as HF `SamModel.get_image_embeddings` or timm `forward_features`.
+    #[command(
+        after_help = "Examples:\n  pixel vision forward --model sam-vit-base --inputs in.safetensors --out out.safetensors\n  \
+        pixel vision forward --model eva02_large.safetensors --preset eva02-large --inputs in.safetensors --out out.safetensors\n  \
+        pixel vision forward --model sam_vit_h.safetensors --preset sam-vit-h --inputs in.safetensors --out out.safetensors\n\n\
+        MODEL: a HF SamModel folder (config.json + model.safetensors), a timm EVA02 state dict with\n\
+        --preset eva02-*, or a segment-anything checkpoint converted by tools/convert_sam_checkpoint.py\n\
+        with --preset sam-vit-*.\n\
+        IN (f32): pixel_values [B,3,H,W] (preprocessed)\n\
+        OUT (f32): image_embeddings [B,C,h,w] (SAM) or features [B,1+h*w,C] (EVA02)"
+    )]
+    Forward {
+        /// HF SAM folder or a safetensors state dict.
+        #[arg(long)]
+        model: PathBuf,
+        /// Preset of a state dict (one of sam-vit-b|l|h|test, eva02-tiny|small|base|large|test).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Inputs, a safetensors file.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write the outputs (safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Segment Anything.
+#[derive(Debug, clap::Subcommand)]
+pub enum SamCommand {
+    /// Low-resolution masks and IoU scores from point or box prompts, as HF `SamModel(...)`.
+    #[command(
+        after_help = "Example:\n  pixel sam predict --model sam-vit-base --inputs in.safetensors --multimask --out out.safetensors\n\n\
+        IN: pixel_values (f32) [B,3,S,S]; input_points (f32) [B,P,N,2] with input_labels (i64) [B,P,N]\n\
+        (1 foreground, 0 background, -1 padding, -10 ignore) and/or input_boxes (f32) [B,P,4]; pixel\n\
+        coordinates in the model-input frame (HF conventions)\n\
+        OUT (f32): pred_masks [B,P,M,4h,4w] (M = 3 with --multimask, else 1), iou_scores [B,P,M]"
+    )]
+    Predict {
+        /// HF SamModel folder, or a converted segment-anything checkpoint with --preset.
+        #[arg(long)]
+        model: PathBuf,
+        /// Preset of a segment-anything checkpoint (sam-vit-b|l|h|test).
+        #[arg(long)]
+        preset: Option<String>,
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Return SAM's three candidate masks instead of one.
+        #[arg(long)]
+        multimask: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Print a preset's module tree and parameter counts.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  pixel inspect --preset sam-vit-h\n  pixel inspect --preset eva02-large --depth 2"
+)]
+pub struct InspectArgs {
+    /// sam-vit-b|l|h|test or eva02-tiny|small|base|large|test.
+    #[arg(long)]
+    pub preset: String,
+    /// How many name levels to show.
+    #[arg(long, default_value_t = 3)]
+    pub depth: usize,
+}
+
+pub fn run_vision(cmd: VisionCommand) -> CliResult {
+    match cmd {
+        VisionCommand::Forward {
+            model,
+            preset,
+            inputs,
+            out,
+        } => {
+            let inputs = TensorStore::read(&inputs)?;
+            let pixel_values = images(&inputs, "pixel_values")?;
+            let job = Job {
+                model,
+                inputs,
+                pixel_values,
+                out,
+                multimask: false,
+            };
+            match preset.as_deref() {
+                None => {
+                    let config = SamConfig::from_file(&job.model.join("config.json")).map_err(|e| {
+                        format!("{e}\n(give --preset for a safetensors state dict; presets: {}, {})", SAM_PRESETS.join(", "), EVA02_PRESETS.join(", "))
+                    })?;
+                    let v = &config.vision_config;
+                    with_sam_widths(v.hidden_size, v.output_channels, SamForward(job))?
+                }
+                Some(name) if name.starts_with("eva02") => {
+                    with_eva02_preset(name, EvaForward(job))?
+                }
+                Some(name) => with_sam_preset(name, SamForward(job))?,
+            }
+        }
+    }
+}
+
+pub fn run_sam(cmd: SamCommand) -> CliResult {
+    match cmd {
+        SamCommand::Predict {
+            model,
+            preset,
+            inputs,
+            multimask,
+            out,
+        } => {
+            let inputs = TensorStore::read(&inputs)?;
+            let pixel_values = images(&inputs, "pixel_values")?;
+            let job = Job {
+                model,
+                inputs,
+                pixel_values,
+                out,
+                multimask,
+            };
+            match preset.as_deref() {
+                None => {
+                    let config = SamConfig::from_file(&job.model.join("config.json"))?;
+                    let v = &config.vision_config;
+                    with_sam_widths(v.hidden_size, v.output_channels, SamPredict(job))?
+                }
+                Some(name) => with_sam_preset(name, SamPredict(job))?,
+            }
+        }
+    }
+}
+
+pub fn run_inspect(args: InspectArgs) -> CliResult {
+    let params = if args.preset.starts_with("eva02") {
+        with_eva02_preset(&args.preset, ListEva)?
+    } else {
+        with_sam_preset(&args.preset, ListSam)?
+    };
+    print!("{}", render_tree(&args.preset, &params, args.depth));
+    Ok(())
+}
+
+struct Job {
+    model: PathBuf,
+    inputs: TensorStore,
+    pixel_values: (Vec<usize>, Vec<f32>),
+    out: PathBuf,
+    multimask: bool,
+}
+
+fn images(store: &TensorStore, name: &str) -> Result<(Vec<usize>, Vec<f32>), Box<dyn Error>> {
+    let t = store.require(name)?;
+    if t.shape.len() != 4 {
+        return Err(format!("`{name}` must be [B,C,H,W], got {:?}", t.shape).into());
+    }
+    Ok((t.shape.clone(), t.to_f32()))
+}
+
+fn to_tensor(
+    dev: &DefaultDevice,
+    (shape, values): &(Vec<usize>, Vec<f32>),
+) -> Images<DefaultDevice> {
+    use dfdx::tensor::TensorFromVec;
+    dev.tensor_from_vec(values.clone(), (shape[0], shape[1], shape[2], shape[3]))
+}
+
+fn load_sam<P: SamPreset>(
+    dev: &DefaultDevice,
+    model: &Path,
+) -> Result<SamModel<P::Hidden, P::Embed, DefaultDevice>, Box<dyn Error>> {
+    if model.is_dir() {
+        Ok(SamModel::load_hf_dir(dev, model)?)
+    } else {
+        let mut sam = P::build(dev)?;
+        sam.load_store(&TensorStore::read(model)?)?;
+        Ok(sam)
+    }
+}
+
+fn write(out: &Path, tensors: Vec<(&str, Vec<usize>, Vec<f32>)>) -> CliResult {
+    let mut store = TensorStore {
+        origin: out.to_path_buf(),
+        ..Default::default()
+    };
+    for (name, shape, values) in tensors {
+        store.insert(name, StoredTensor::f32(shape, values));
+    }
+    store.write(out)?;
+    Ok(())
+}
+
+struct SamForward(Job);
+
+impl SamPresetVisitor for SamForward {
+    type Output = CliResult;
+    fn visit<P: SamPreset>(self) -> CliResult {
+        use dfdx::prelude::*;
+        let job = self.0;
+        let dev = DefaultDevice::default();
+        let sam = load_sam::<P>(&dev, &job.model)?;
+        let emb = sam.image_embeddings(to_tensor(&dev, &job.pixel_values));
+        let (b, h, w) = (emb.batch(), emb.height, emb.width);
+        let nchw = emb.to_nchw();
+        let c = nchw.shape().1.size();
+        write(
+            &job.out,
+            vec![("image_embeddings", vec![b, c, h, w], nchw.as_vec())],
+        )
+    }
+}
+
+struct EvaForward(Job);
+
+impl Eva02PresetVisitor for EvaForward {
+    type Output = CliResult;
+    fn visit<P: Eva02Preset>(self) -> CliResult {
+        use dfdx::prelude::*;
+        let job = self.0;
+        let dev = DefaultDevice::default();
+        let mut eva: Eva02<P::Dim, DefaultDevice> = P::build(&dev)?;
+        eva.load_store(&TensorStore::read(&job.model)?)?;
+        let (features, _) = eva.forward_features(to_tensor(&dev, &job.pixel_values));
+        let (b, n, c) = *features.shape();
+        write(
+            &job.out,
+            vec![("features", vec![b, n, c.size()], features.as_vec())],
+        )
+    }
+}
+
+struct SamPredict(Job);
+
+impl SamPresetVisitor for SamPredict {
+    type Output = CliResult;
+    fn visit<P: SamPreset>(self) -> CliResult {
+        use dfdx::prelude::*;
+        let job = self.0;
+        let dev = DefaultDevice::default();
+        let sam = load_sam::<P>(&dev, &job.model)?;
+        let batch = job.pixel_values.0[0];
+        let points = job.inputs.get("input_points");
+        let boxes = job.inputs.get("input_boxes");
+        let prompts_per_image =
+            match (points, boxes) {
+                (Some(p), _) if p.shape.len() == 4 => p.shape[1],
+                (_, Some(b)) if b.shape.len() == 3 => b.shape[1],
+                _ => return Err(
+                    "give input_points [B,P,N,2] (+ input_labels [B,P,N]) or input_boxes [B,P,4]"
+                        .into(),
+                ),
+            };
+        let points = match points {
+            Some(p) => {
+                let labels = job
+                    .inputs
+                    .get("input_labels")
+                    .ok_or("input_points needs input_labels [B,P,N]")?;
+                let labels: Vec<i64> = match labels.as_i64() {
+                    Some(l) => l.to_vec(),
+                    None => labels.to_f32().iter().map(|&v| v as i64).collect(),
+                };
+                Some((p.to_f32(), labels))
+            }
+            None => None,
+        };
+        let prompts = SamPrompts {
+            points,
+            boxes: boxes.map(|b| b.to_f32()),
+            batch,
+            prompts: prompts_per_image,
+        };
+        let out = sam.predict(to_tensor(&dev, &job.pixel_values), &prompts, job.multimask)?;
+        let (_, m, h, w) = *out.masks.shape();
+        write(
+            &job.out,
+            vec![
+                (
+                    "pred_masks",
+                    vec![batch, prompts_per_image, m, h, w],
+                    out.masks.as_vec(),
+                ),
+                (
+                    "iou_scores",
+                    vec![batch, prompts_per_image, m],
+                    out.iou_scores.as_vec(),
+                ),
+            ],
+        )
+    }
+}
+
+struct ListSam;
+
+impl SamPresetVisitor for ListSam {
+    type Output = Vec<ParamInfo>;
+    fn visit<P: SamPreset>(self) -> Vec<ParamInfo> {
+        list(&mut P::build(&DefaultDevice::default()).expect("presets are valid"))
+    }
+}
+
+struct ListEva;
+
+impl Eva02PresetVisitor for ListEva {
+    type Output = Vec<ParamInfo>;
+    fn visit<P: Eva02Preset>(self) -> Vec<ParamInfo> {
+        list(&mut P::build(&DefaultDevice::default()).expect("presets are valid"))
+    }
+}
+
+fn list<M: Params<DefaultDevice>>(module: &mut M) -> Vec<ParamInfo> {
+    list_params(module)
+}
+
+/// The module tree to `depth` name levels; runs of numbered siblings (`layers.0..31`) with the
+/// same size are folded into one line.
+pub fn render_tree(title: &str, params: &[ParamInfo], depth: usize) -> String {
+    #[derive(Default)]
+    struct Node {
+        count: usize,
+        children: BTreeMap<String, Node>,
+        order: Vec<String>,
+    }
+    let mut root = Node::default();
+    for p in params {
+        let mut node = &mut root;
+        node.count += p.numel();
+        for part in p.name.split('.') {
+            if !node.children.contains_key(part) {
+                node.order.push(part.to_string());
+            }
+            node = node.children.entry(part.to_string()).or_default();
+            node.count += p.numel();
+        }
+    }
+    fn render(node: &Node, indent: usize, depth: usize, out: &mut String) {
+        if depth == 0 {
+            return;
+        }
+        let mut i = 0;
+        while i < node.order.len() {
+            let name = &node.order[i];
+            let child = &node.children[name];
+            // Fold numbered siblings of equal size.
+            let mut j = i + 1;
+            if name.parse::<usize>().is_ok() {
+                while j < node.order.len()
+                    && node.order[j].parse::<usize>().is_ok()
+                    && node.children[&node.order[j]].count == child.count
+                {
+                    j += 1;
+                }
+            }
+            let label = if j - i > 1 {
+                format!(
+                    "{}..{} ({} x {})",
+                    name,
+                    node.order[j - 1],
+                    j - i,
+                    group(child.count)
+                )
+            } else {
+                name.clone()
+            };
+            let total = child.count * (j - i);
+            out.push_str(&format!(
+                "{:indent$}{label:<w$} {:>15}\n",
+                "",
+                group(total),
+                indent = indent,
+                w = 48usize.saturating_sub(indent)
+            ));
+            render(child, indent + 2, depth - 1, out);
+            i = j;
+        }
+    }
+    let mut out = format!("{title}: {} parameters\n", group(root.count));
+    render(&root, 2, depth, &mut out);
+    out
+}
+
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tree_folds_numbered_layers_and_groups_digits() {
+        let params = vec![
+            ParamInfo {
+                name: "enc.layers.0.w".into(),
+                shape: vec![1000, 2],
+            },
+            ParamInfo {
+                name: "enc.layers.1.w".into(),
+                shape: vec![1000, 2],
+            },
+            ParamInfo {
+                name: "head.w".into(),
+                shape: vec![3],
+            },
+        ];
+        let tree = render_tree("x", &params, 3);
+        assert!(tree.starts_with("x: 4,003 parameters"), "{tree}");
+        assert!(tree.contains("0..1 (2 x 2,000)"), "{tree}");
+    }
+}
