@@ -117,13 +117,11 @@ fn bleu_rouge_cider_match_pycocoevalcap_to_1e6() {
     let fx = load_captions();
     let pairs = tokenized_pairs(&fx);
     let b = bleu::bleu(&pairs);
-    for k in 0..4 {
+    for (k, (ours, theirs)) in b.iter().zip(&fx.bleu).enumerate() {
         assert!(
-            (b[k] - fx.bleu[k]).abs() < 1e-6,
-            "BLEU-{}: {} vs {}",
-            k + 1,
-            b[k],
-            fx.bleu[k]
+            (ours - theirs).abs() < 1e-6,
+            "BLEU-{}: {ours} vs {theirs}",
+            k + 1
         );
     }
     let (r, _) = rouge::rouge_l(&pairs);

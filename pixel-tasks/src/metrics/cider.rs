@@ -3,6 +3,8 @@
 //! numerator `min(hyp, ref) * ref`, Gaussian length penalty with sigma = 6, averaged over n and
 //! references, times 10.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the reference implementation
+
 use std::collections::HashMap;
 
 use super::bleu::ngram_counts;

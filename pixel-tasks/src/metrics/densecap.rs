@@ -18,6 +18,8 @@
 //! The two references differ in details; [`DensecapProtocol`] names each difference, with
 //! [`DensecapProtocol::pixel_llm`] (the default) and [`DensecapProtocol::densecap_lua`].
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the reference implementation
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -335,7 +337,7 @@ pub fn densecap_map(
         let mut rec = Vec::with_capacity(records.len());
         let mut prec = Vec::with_capacity(records.len());
         for r in &records {
-            if r.ok && r.iou >= iou_t && meteor_t.map_or(true, |m| r.meteor > m) {
+            if r.ok && r.iou >= iou_t && meteor_t.is_none_or(|m| r.meteor > m) {
                 tp += 1;
             } else {
                 fp += 1;

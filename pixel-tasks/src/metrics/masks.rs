@@ -44,7 +44,7 @@ impl Rle {
             if out.len() as u64 + c > n as u64 {
                 return Err(format!("run lengths sum past h*w = {n}"));
             }
-            out.extend(std::iter::repeat(v).take(c as usize));
+            out.extend(std::iter::repeat_n(v, c as usize));
             v = !v;
         }
         if out.len() != n {

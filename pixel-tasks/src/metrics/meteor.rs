@@ -21,6 +21,8 @@
 //! main side effect on the alignment. The measured gap to the jar with and without the optional
 //! data is stated in `pixel-tasks/tests/metrics_parity.rs`.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the reference implementation
+
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::path::Path;
@@ -112,10 +114,7 @@ impl ParaphraseTable {
         };
         let mut table = ParaphraseTable::default();
         let mut lines = reader.lines().enumerate();
-        loop {
-            let Some((ln, prob)) = lines.next() else {
-                break;
-            };
+        while let Some((ln, prob)) = lines.next() {
             let err = |ln: usize, why: String| MetricsError::MeteorData {
                 path: path.to_path_buf(),
                 line: ln + 1,
@@ -233,7 +232,7 @@ impl SynonymDictionary {
     ) -> Result<Self, MetricsError> {
         let pairs = |path: &Path, text: &str| -> Result<Vec<(String, String)>, MetricsError> {
             let lines: Vec<&str> = text.lines().collect();
-            if lines.len() % 2 != 0 {
+            if !lines.len().is_multiple_of(2) {
                 return Err(MetricsError::MeteorData {
                     path: path.to_path_buf(),
                     line: lines.len(),
@@ -505,7 +504,7 @@ impl Meteor {
             let reference = self.normalize(r);
             let stats = self.align_stats(&test, &reference);
             let score = self.score_stats(&stats);
-            if best.as_ref().map_or(true, |(b, _)| score > *b) {
+            if best.as_ref().is_none_or(|(b, _)| score > *b) {
                 best = Some((score, stats));
             }
         }

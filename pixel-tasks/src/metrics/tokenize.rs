@@ -86,7 +86,7 @@ fn split_chunk(chunk: &str, out: &mut Vec<String>) {
             i += 1;
         } else if c == '"' {
             // Opening quote at the start of a chunk or after a bracket, closing otherwise.
-            let opening = prev.map_or(true, |p| bracket(p).is_some());
+            let opening = prev.is_none_or(|p| bracket(p).is_some());
             flush(&mut word, out);
             out.push(if opening { "``" } else { "''" }.to_string());
             i += 1;
