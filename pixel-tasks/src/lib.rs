@@ -1,5 +1,14 @@
 //! PixelLLM assembled from its parts, with output heads, tasks, data and evaluation.
 pub mod datasets;
+pub mod demo;
+pub mod error;
+pub mod eval;
+pub mod heads;
 pub mod metrics;
+pub mod model;
 pub mod render;
 pub mod shapes_ln;
+pub mod tasks;
+pub mod train;
+
+pub use error::{Result, TaskError};

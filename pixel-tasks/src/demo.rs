@@ -1,0 +1,346 @@
+//! The main job: train a tiny PixelLLM on ShapesLN, evaluate it, and write what a person looks
+//! at (`metrics.json`, `loss.png`, `samples.png`) into the run folder.
+use crate::error::{Result, TaskError};
+use crate::eval::{evaluate, Baselines, EvalReport, Predictor};
+use crate::model::{ModelConfig, TinyPixelLlm};
+use crate::render::{loss_curves_png, samples_png, SamplePanel, Scale};
+use crate::shapes_ln::{Sample, ShapesLn, ShapesLnConfig, Split};
+use crate::tasks::{Batch, Example, ExampleBuilder};
+use crate::train::{read_log, train, RunDir, TrainConfig, TrainReport};
+use pixel_core::checkpoint::write_atomic;
+use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The demo's experiment: data, model, tasks, training and evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    pub seed: u64,
+    #[serde(default)]
+    pub data: ShapesLnConfig,
+    pub model: ModelConfig,
+    pub tasks: TaskMix,
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
+}
+
+/// How often each task is drawn when filling a training batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskMix {
+    pub trace_captioning: f32,
+    pub referring_localization: f32,
+    pub location_captioning: f32,
+    /// Captions are cut to this many tokens (EOS included).
+    pub max_target_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Validation images; every referring expression and caption of each is evaluated.
+    pub validation_images: u64,
+    /// Training images the constant baselines are fitted on.
+    pub baseline_images: u64,
+    /// Validation images shown in `samples.png`.
+    pub sample_images: u64,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+}
+
+/// The built-in demo config; `configs/demo.toml` is the same file.
+pub const DEFAULT_DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
+
+impl DemoConfig {
+    pub fn builtin() -> Result<DemoConfig> {
+        Ok(pixel_core::config::parse_toml(
+            DEFAULT_DEMO_CONFIG,
+            Path::new("configs/demo.toml"),
+        )?)
+    }
+
+    pub fn load(path: &Path) -> Result<DemoConfig> {
+        Ok(pixel_core::config::load_toml(path)?)
+    }
+}
+
+/// `metrics.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoMetrics {
+    #[serde(flatten)]
+    pub eval: EvalReport,
+    pub train: TrainSummary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub final_loss: Option<f32>,
+    pub train_wall_s: f64,
+    pub eval_wall_s: f64,
+    pub parameters: usize,
+    pub trainable_parameters: usize,
+}
+
+/// Draws the examples of training step `step`: deterministic in `(seed, step)`.
+pub fn training_examples(
+    data: &ShapesLn,
+    builder: &ExampleBuilder,
+    mix: &TaskMix,
+    batch_size: usize,
+    seed: u64,
+    step: u64,
+) -> Result<Vec<Example>> {
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let total = mix.trace_captioning + mix.referring_localization + mix.location_captioning;
+    if !(total > 0.0) {
+        return Err(TaskError::Invalid(
+            "tasks: at least one task weight must be positive".into(),
+        ));
+    }
+    let mut examples = Vec::with_capacity(batch_size);
+    while examples.len() < batch_size {
+        let sample = data.sample(Split::Train, rng.gen_range(0..1_000_000));
+        let pick = rng.gen::<f32>() * total;
+        let mut candidates = if pick < mix.trace_captioning {
+            vec![builder.trace_captioning(&sample)?]
+        } else if pick < mix.trace_captioning + mix.referring_localization {
+            builder.referring_localization(&sample)?
+        } else {
+            builder.location_captioning(&sample)?
+        };
+        let i = rng.gen_range(0..candidates.len());
+        examples.push(candidates.swap_remove(i));
+    }
+    Ok(examples)
+}
+
+/// Every example of the evaluated tasks for images `0..count` of `split`.
+pub fn evaluation_examples(
+    data: &ShapesLn,
+    builder: &ExampleBuilder,
+    split: Split,
+    count: u64,
+) -> Result<Vec<Example>> {
+    let mut examples = Vec::new();
+    for i in 0..count {
+        let sample = data.sample(split, i);
+        examples.push(builder.trace_captioning(&sample)?);
+        examples.extend(builder.referring_localization(&sample)?);
+    }
+    Ok(examples)
+}
+
+/// Runs the demo into `out`; with `resume`, continues from the run's last checkpoint.
+pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMetrics> {
+    let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let data = ShapesLn::new(config.data.clone(), config.seed)
+        .map_err(|e| TaskError::Invalid(format!("data: {e}")))?;
+    let mut model = TinyPixelLlm::build(&config.model, config.seed)?;
+    let vocab = model.vocab.clone();
+    let builder = ExampleBuilder {
+        tokenizer: &tokenizer,
+        vocab: &vocab,
+        max_target_tokens: config.tasks.max_target_tokens,
+    };
+    let trainable = config.model.trainable();
+    let run = RunDir::new(out);
+    let report: TrainReport = train(
+        &mut model,
+        &trainable,
+        &config.train,
+        &run,
+        resume,
+        |step| {
+            let examples = training_examples(
+                &data,
+                &builder,
+                &config.tasks,
+                config.train.batch_size,
+                config.train.seed,
+                step,
+            )?;
+            Batch::new(&examples)
+        },
+    )?;
+
+    let eval_started = std::time::Instant::now();
+    let baseline_examples =
+        evaluation_examples(&data, &builder, Split::Train, config.eval.baseline_images)?;
+    let baselines = Baselines::fit(&baseline_examples);
+    let validation = evaluation_examples(
+        &data,
+        &builder,
+        Split::Validation,
+        config.eval.validation_images,
+    )?;
+    let eval = evaluate(&model, &validation, &baselines, config.eval.batch_size)?;
+    write_samples_png(
+        &model,
+        &data,
+        &builder,
+        &tokenizer,
+        config,
+        &out.join("samples.png"),
+    )?;
+    write_loss_png(&run, &out.join("loss.png"))?;
+    let (parameters, trainable_parameters) = model.parameter_counts(&trainable);
+    let metrics = DemoMetrics {
+        eval,
+        train: TrainSummary {
+            steps: config.train.steps,
+            final_loss: report.last.map(|l| l.loss),
+            train_wall_s: report.wall_s,
+            eval_wall_s: eval_started.elapsed().as_secs_f64(),
+            parameters,
+            trainable_parameters,
+        },
+    };
+    let json =
+        serde_json::to_vec_pretty(&metrics).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    write_atomic(&out.join("metrics.json"), &json)?;
+    Ok(metrics)
+}
+
+fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {
+    let log = read_log(&run.metrics_log())?;
+    let total: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, l.loss as f64)).collect();
+    let text: Vec<(f64, f64)> = log
+        .iter()
+        .map(|l| (l.step as f64, l.text_loss as f64))
+        .collect();
+    let location: Vec<(f64, f64)> = log
+        .iter()
+        .map(|l| (l.step as f64, l.location_loss as f64))
+        .collect();
+    loss_curves_png(
+        path,
+        &[
+            ("total", &total),
+            ("text (label-smoothed CE)", &text),
+            ("location (L1)", &location),
+        ],
+        "PixelLLM tiny on ShapesLN: training loss",
+        Scale::Log,
+    )
+    .map_err(|e| TaskError::Invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Generated captions with one dot per word, and referring boxes (green = truth, red =
+/// predicted), for the first validation images.
+fn write_samples_png(
+    model: &impl Predictor,
+    data: &ShapesLn,
+    builder: &ExampleBuilder,
+    tokenizer: &T5Tokenizer,
+    config: &DemoConfig,
+    path: &Path,
+) -> Result<()> {
+    let samples: Vec<Sample> = (0..config.eval.sample_images)
+        .map(|i| data.sample(Split::Validation, i))
+        .collect();
+    let captions: Vec<Example> = samples
+        .iter()
+        .map(|s| builder.trace_captioning(s))
+        .collect::<Result<_>>()?;
+    let generated = model.generate(&Batch::new(&captions)?, config.eval.max_new_tokens)?;
+    let mut panels = Vec::new();
+    for (sample, generation) in samples.iter().zip(&generated) {
+        let t5_ids: Vec<usize> = generation
+            .ids
+            .iter()
+            .map(|&id| builder.vocab.to_t5(id))
+            .collect();
+        let words = words_with_points(tokenizer, &t5_ids, &generation.corners)?;
+        let mut boxes = Vec::new();
+        let referring = builder.referring_localization(sample)?;
+        if let Some(first) = referring.first() {
+            let batch = Batch::new(std::slice::from_ref(first))?;
+            let out = model.teacher_forced(&batch)?;
+            let valid: Vec<bool> = (0..batch.target_len)
+                .map(|i| batch.location_weights[i * 4] > 0.0)
+                .collect();
+            let predicted = crate::heads::box_from_token_points(&out.corners, &valid)?;
+            let text = sample.referring[0].text.clone();
+            if let Some(truth) = first.target_box {
+                boxes.push((truth.to_array(), format!("gt: {text}"), [0, 160, 0]));
+            }
+            boxes.push((predicted.to_array(), "pred".to_string(), [220, 0, 0]));
+        }
+        panels.push(SamplePanel {
+            image: sample.image.clone(),
+            words,
+            boxes,
+            title: sample.image_id.clone(),
+        });
+    }
+    samples_png(path, &panels)
+        .map_err(|e| TaskError::Invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Groups generated tokens into words; each word's point is the centre of its first token's
+/// predicted box. A token starts a new word when decoding the prefix up to it adds a word.
+pub fn words_with_points(
+    tokenizer: &T5Tokenizer,
+    ids: &[usize],
+    corners: &[[f32; 4]],
+) -> Result<Vec<(String, Option<[f32; 2]>)>> {
+    let end = ids
+        .iter()
+        .position(|&id| id == EOS_ID || id == PAD_ID)
+        .unwrap_or(ids.len());
+    let text = tokenizer
+        .decode(&ids[..end])
+        .map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut points: Vec<Option<[f32; 2]>> = vec![None; words.len()];
+    for i in 0..end {
+        let prefix = tokenizer
+            .decode(&ids[..=i])
+            .map_err(|e| TaskError::Invalid(e.to_string()))?;
+        let word = prefix.split_whitespace().count();
+        if word >= 1 && word <= points.len() && points[word - 1].is_none() {
+            let c = corners[i];
+            points[word - 1] = Some([(c[0] + c[2]) / 2.0, (c[1] + c[3]) / 2.0]);
+        }
+    }
+    Ok(words.into_iter().map(String::from).zip(points).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::TaskKind;
+
+    #[test]
+    fn builtin_config_parses() {
+        let config = DemoConfig::builtin().unwrap();
+        assert!(config.train.steps > 0);
+    }
+
+    #[test]
+    fn training_batches_are_deterministic_in_step() {
+        let tokenizer = T5Tokenizer::bundled().unwrap();
+        let config = DemoConfig::builtin().unwrap();
+        let data = ShapesLn::new(config.data.clone(), 0).unwrap();
+        let vocab = crate::model::VocabMap::identity(32128);
+        let builder = ExampleBuilder {
+            tokenizer: &tokenizer,
+            vocab: &vocab,
+            max_target_tokens: 48,
+        };
+        let a = training_examples(&data, &builder, &config.tasks, 4, 0, 7).unwrap();
+        let b = training_examples(&data, &builder, &config.tasks, 4, 0, 7).unwrap();
+        let c = training_examples(&data, &builder, &config.tasks, 4, 0, 8).unwrap();
+        let ids = |e: &[Example]| e.iter().map(|x| x.target_ids.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b));
+        assert_ne!(ids(&a), ids(&c));
+        assert!(
+            a.iter().all(|e| e.task != TaskKind::LocationCaptioning)
+                || config.tasks.location_captioning > 0.0
+        );
+    }
+}

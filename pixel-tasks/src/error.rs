@@ -1,0 +1,45 @@
+//! The one error type of `pixel-tasks`.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Core(#[from] pixel_core::CoreError),
+    #[error("cannot access `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` is malformed: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("the loss became {} at step {step} (text {text}, location {location}); nothing was saved for this step{}",
+        if text.is_nan() || location.is_nan() { "NaN" } else { "infinite" },
+        checkpoint.as_ref().map(|c| format!(", the last good checkpoint is `{}`", c.display())).unwrap_or_default())]
+    NonFiniteLoss {
+        step: u64,
+        text: f32,
+        location: f32,
+        checkpoint: Option<PathBuf>,
+    },
+    #[error("a gradient became non-finite at step {step}: {message}; nothing was saved for this step{}",
+        checkpoint.as_ref().map(|c| format!(", the last good checkpoint is `{}`", c.display())).unwrap_or_default())]
+    NonFiniteGradient {
+        step: u64,
+        message: String,
+        checkpoint: Option<PathBuf>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl TaskError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TaskError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = TaskError> = std::result::Result<T, E>;

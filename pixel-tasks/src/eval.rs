@@ -1,0 +1,283 @@
+//! Evaluation of the demo tasks against the best constant predictors.
+//!
+//! - Referring localization: the expression is fed teacher-forced (as the official evaluation
+//!   does on RefCOCO), the box is the hull of the valid tokens' predicted points, and a hit is
+//!   IoU strictly above 0.5. The baseline is the constant box with the best training Acc@0.5.
+//! - Trace captioning: each caption token's two predicted points against its word's box
+//!   corners, mean absolute error in normalized coordinates over valid tokens. The baseline is
+//!   the per-coordinate median of the training token boxes, the constant that minimises L1.
+use crate::error::Result;
+use crate::heads::box_from_token_points;
+use crate::tasks::{Batch, Example, TaskKind};
+use pixel_core::geometry::BoxXyxy;
+use serde::{Deserialize, Serialize};
+
+/// Teacher-forced outputs for a batch: `[B * T]` argmax ids and `[B * T * 4]` corners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherForced {
+    pub argmax: Vec<usize>,
+    pub corners: Vec<f32>,
+}
+
+/// A generated sequence (without the start token) and the corners predicted for each token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub ids: Vec<usize>,
+    pub corners: Vec<[f32; 4]>,
+}
+
+/// What evaluation needs from a model.
+pub trait Predictor {
+    fn teacher_forced(&self, batch: &Batch) -> Result<TeacherForced>;
+    fn generate(&self, batch: &Batch, max_new_tokens: usize) -> Result<Vec<Generated>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReferringReport {
+    pub acc50: f32,
+    pub miou: f32,
+    pub baseline_acc50: f32,
+    pub baseline_miou: f32,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TraceReport {
+    pub point_l1: f32,
+    pub baseline_point_l1: f32,
+    /// Teacher-forced next-token accuracy over caption tokens (EOS included).
+    pub token_accuracy: f32,
+    pub tokens: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub referring_localization: ReferringReport,
+    pub trace_captioning: TraceReport,
+}
+
+/// The best constant predictors, fitted on training examples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Baselines {
+    pub referring_box: BoxXyxy,
+    pub token_box: [f32; 4],
+}
+
+impl Baselines {
+    /// Fits both baselines on training examples of the two tasks.
+    pub fn fit(examples: &[Example]) -> Baselines {
+        let targets: Vec<BoxXyxy> = examples
+            .iter()
+            .filter(|e| e.task == TaskKind::ReferringLocalization)
+            .filter_map(|e| e.target_box)
+            .collect();
+        let token_boxes: Vec<[f32; 4]> = examples
+            .iter()
+            .filter(|e| e.task == TaskKind::TraceCaptioning)
+            .flat_map(|e| e.token_boxes.iter().flatten().map(|b| b.to_array()))
+            .collect();
+        let mut token_box = [0.5; 4];
+        for (c, slot) in token_box.iter_mut().enumerate() {
+            let mut values: Vec<f32> = token_boxes.iter().map(|b| b[c]).collect();
+            if !values.is_empty() {
+                values.sort_by(f32::total_cmp);
+                *slot = values[values.len() / 2];
+            }
+        }
+        Baselines {
+            referring_box: best_constant_box(&targets),
+            token_box,
+        }
+    }
+}
+
+/// The box, among the mean box and a grid of centred sizes and positions, with the highest
+/// Acc@0.5 (ties broken by mean IoU) on `targets`.
+pub fn best_constant_box(targets: &[BoxXyxy]) -> BoxXyxy {
+    let n = targets.len().max(1) as f32;
+    let mean = targets.iter().fold([0.0; 4], |acc, b| {
+        let a = b.to_array();
+        [
+            acc[0] + a[0] / n,
+            acc[1] + a[1] / n,
+            acc[2] + a[2] / n,
+            acc[3] + a[3] / n,
+        ]
+    });
+    let mut candidates = vec![BoxXyxy {
+        x0: mean[0],
+        y0: mean[1],
+        x1: mean[2],
+        y1: mean[3],
+    }];
+    let steps: Vec<f32> = (1..20).map(|i| i as f32 * 0.05).collect();
+    let sizes: Vec<f32> = (1..16).map(|i| i as f32 * 0.05).collect();
+    for &cx in &steps {
+        for &cy in &steps {
+            for &s in &sizes {
+                let b = BoxXyxy::from_corners(
+                    pixel_core::geometry::Point::new(cx - s / 2.0, cy - s / 2.0),
+                    pixel_core::geometry::Point::new(cx + s / 2.0, cy + s / 2.0),
+                )
+                .clip_unit();
+                candidates.push(b);
+            }
+        }
+    }
+    let score = |c: &BoxXyxy| {
+        let hits = targets.iter().filter(|t| c.iou(**t) > 0.5).count();
+        let miou: f32 = targets.iter().map(|t| c.iou(*t)).sum();
+        (hits, miou)
+    };
+    candidates
+        .into_iter()
+        .map(|c| (score(&c), c))
+        .max_by(|(a, _), (b, _)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
+        .map(|(_, c)| c)
+        .unwrap_or_else(BoxXyxy::whole_image)
+}
+
+/// Acc@0.5 (IoU strictly greater than 0.5) and mean IoU of `predictions` against `targets`.
+pub fn acc50_and_miou(predictions: &[BoxXyxy], targets: &[BoxXyxy]) -> (f32, f32) {
+    let n = targets.len().max(1) as f32;
+    let ious: Vec<f32> = predictions
+        .iter()
+        .zip(targets)
+        .map(|(p, t)| p.iou(*t))
+        .collect();
+    (
+        ious.iter().filter(|&&v| v > 0.5).count() as f32 / n,
+        ious.iter().sum::<f32>() / n,
+    )
+}
+
+/// Evaluates `model` on validation examples, `batch_size` at a time.
+pub fn evaluate(
+    model: &impl Predictor,
+    examples: &[Example],
+    baselines: &Baselines,
+    batch_size: usize,
+) -> Result<EvalReport> {
+    let referring: Vec<&Example> = examples
+        .iter()
+        .filter(|e| e.task == TaskKind::ReferringLocalization)
+        .collect();
+    let traces: Vec<&Example> = examples
+        .iter()
+        .filter(|e| e.task == TaskKind::TraceCaptioning)
+        .collect();
+
+    let mut predicted = Vec::new();
+    let mut targets = Vec::new();
+    for chunk in referring.chunks(batch_size.max(1)) {
+        let owned: Vec<Example> = chunk.iter().map(|e| (*e).clone()).collect();
+        let batch = Batch::new(&owned)?;
+        let out = model.teacher_forced(&batch)?;
+        let t = batch.target_len;
+        for (b, e) in owned.iter().enumerate() {
+            let valid: Vec<bool> = (0..t)
+                .map(|i| batch.location_weights[(b * t + i) * 4] > 0.0)
+                .collect();
+            predicted.push(box_from_token_points(
+                &out.corners[b * t * 4..(b + 1) * t * 4],
+                &valid,
+            )?);
+            targets.extend(e.target_box);
+        }
+    }
+    let (acc50, miou) = acc50_and_miou(&predicted, &targets);
+    let constant = vec![baselines.referring_box; targets.len()];
+    let (baseline_acc50, baseline_miou) = acc50_and_miou(&constant, &targets);
+
+    let (mut l1_sum, mut baseline_sum, mut points) = (0.0f64, 0.0f64, 0usize);
+    let (mut correct, mut tokens) = (0usize, 0usize);
+    for chunk in traces.chunks(batch_size.max(1)) {
+        let owned: Vec<Example> = chunk.iter().map(|e| (*e).clone()).collect();
+        let batch = Batch::new(&owned)?;
+        let out = model.teacher_forced(&batch)?;
+        for i in 0..batch.size * batch.target_len {
+            if batch.target_weights[i] > 0.0 {
+                tokens += 1;
+                correct += usize::from(out.argmax[i] == batch.target_ids[i]);
+            }
+            if batch.location_weights[i * 4] > 0.0 {
+                let gt = &batch.location_targets[i * 4..i * 4 + 4];
+                let pred = &out.corners[i * 4..i * 4 + 4];
+                l1_sum += mean_abs(pred, gt) as f64;
+                baseline_sum += mean_abs(&baselines.token_box, gt) as f64;
+                points += 1;
+            }
+        }
+    }
+    let per_point = |s: f64| {
+        if points == 0 {
+            0.0
+        } else {
+            (s / points as f64) as f32
+        }
+    };
+    Ok(EvalReport {
+        referring_localization: ReferringReport {
+            acc50,
+            miou,
+            baseline_acc50,
+            baseline_miou,
+            count: targets.len(),
+        },
+        trace_captioning: TraceReport {
+            point_l1: per_point(l1_sum),
+            baseline_point_l1: per_point(baseline_sum),
+            token_accuracy: if tokens == 0 {
+                0.0
+            } else {
+                correct as f32 / tokens as f32
+            },
+            tokens,
+        },
+    })
+}
+
+/// Mean absolute difference of two corner quadruples: the per-token trace point L1.
+pub fn mean_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len().max(1) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn acc50_counts_iou_strictly_above_half() {
+        let t = BoxXyxy::new(0.0, 0.0, 1.0, 1.0).unwrap();
+        let half = BoxXyxy::new(0.0, 0.0, 0.5, 1.0).unwrap();
+        let (acc, miou) = acc50_and_miou(&[half, t], &[t, t]);
+        assert_eq!(acc, 0.5);
+        assert!((miou - 0.75).abs() < 1e-6);
+    }
+
+    proptest! {
+        #[test]
+        fn best_constant_box_beats_the_mean_box(seed in 0u64..200) {
+            let targets: Vec<BoxXyxy> = (0..30u64)
+                .map(|i| {
+                    let h = (seed * 31 + i * 17) % 100;
+                    let x = (h % 10) as f32 / 12.0;
+                    let y = (h / 10) as f32 / 12.0;
+                    BoxXyxy::new(x, y, x + 0.15, y + 0.15).unwrap()
+                })
+                .collect();
+            let best = best_constant_box(&targets);
+            let n = targets.len() as f32;
+            let mean = BoxXyxy {
+                x0: targets.iter().map(|t| t.x0).sum::<f32>() / n,
+                y0: targets.iter().map(|t| t.y0).sum::<f32>() / n,
+                x1: targets.iter().map(|t| t.x1).sum::<f32>() / n,
+                y1: targets.iter().map(|t| t.y1).sum::<f32>() / n,
+            };
+            let (best_acc, _) = acc50_and_miou(&vec![best; targets.len()], &targets);
+            let (mean_acc, _) = acc50_and_miou(&vec![mean; targets.len()], &targets);
+            prop_assert!(best_acc >= mean_acc);
+        }
+    }
+}

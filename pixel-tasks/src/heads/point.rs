@@ -1,0 +1,123 @@
+//! PixelLLM's point head: a small MLP on each decoder feature that regresses the token's
+//! location as two points (the corners of its box), in parallel with the vocabulary head.
+//!
+//! As in scenic's `MlpPointPredictor`: optional LayerNorm (eps 1e-6), an MLP of `depth` layers,
+//! and `coords = (p + 1) / 2`, so an output of 0 maps to the image centre.
+use crate::error::{Result, TaskError};
+use dfdx::prelude::*;
+use pixel_core::geometry::{BoxXyxy, Point};
+use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};
+use pixel_core::params::{join, ParamVisitor, Params};
+
+/// Four numbers per token: `(x0, y0, x1, y1)`, two corner points.
+pub type Corners = Const<4>;
+
+#[derive(Debug, Clone)]
+pub struct PointHead<M: ConstDim, H: ConstDim, D: Device<f32>> {
+    pub norm: Option<LayerNorm<M, D>>,
+    pub mlp: Mlp<M, H, Corners, D>,
+}
+
+impl<M: ConstDim, H: ConstDim, D: Device<f32>> PointHead<M, H, D> {
+    pub fn new(dev: &D, depth: usize, pre_norm: bool, activation: Activation) -> Self {
+        PointHead {
+            norm: pre_norm.then(|| LayerNorm::new(dev, 1e-6)),
+            mlp: Mlp::new(dev, depth, activation),
+        }
+    }
+
+    /// `[batch, tokens, M]` decoder features -> `[batch, tokens, 4]` normalized corner coords.
+    pub fn forward<T: Tape<f32, D>>(&self, features: Seq<M, D, T>) -> Seq<Corners, D, T> {
+        let x = match &self.norm {
+            Some(norm) => norm.forward(features),
+            None => features,
+        };
+        (self.mlp.forward(x) + 1.0) * 0.5
+    }
+}
+
+impl<M: ConstDim, H: ConstDim, D: Device<f32>> Params<D> for PointHead<M, H, D> {
+    fn visit_params<V: ParamVisitor<D>>(
+        &mut self,
+        prefix: &str,
+        v: &mut V,
+    ) -> pixel_core::Result<()> {
+        self.norm.visit_params(&join(prefix, "norm"), v)?;
+        self.mlp.visit_params(&join(prefix, "mlp"), v)
+    }
+}
+
+/// The two predicted points of one token.
+pub fn token_points(corners: &[f32]) -> [Point; 2] {
+    [
+        Point::new(corners[0], corners[1]),
+        Point::new(corners[2], corners[3]),
+    ]
+}
+
+/// The box around all points of the valid tokens (scenic's `points_to_boxes`): how a referring
+/// expression's per-token predictions become one box.
+pub fn box_from_token_points(corners: &[f32], valid: &[bool]) -> Result<BoxXyxy> {
+    let points: Vec<Point> = corners
+        .chunks(4)
+        .zip(valid)
+        .filter(|(_, &v)| v)
+        .flat_map(|(c, _)| token_points(c))
+        .collect();
+    let Some(first) = points.first() else {
+        return Err(TaskError::Invalid(
+            "no valid token to take a box from".into(),
+        ));
+    };
+    let init = BoxXyxy::from_corners(*first, *first);
+    Ok(points.iter().fold(init, |b, p| BoxXyxy {
+        x0: b.x0.min(p.x),
+        y0: b.y0.min(p.y),
+        x1: b.x1.max(p.x),
+        y1: b.y1.max(p.y),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn zero_output_maps_to_the_image_centre() {
+        let dev: Cpu = Cpu::seed_from_u64(0);
+        let mut head = PointHead::<Const<8>, Const<16>, Cpu>::new(&dev, 3, true, Activation::Gelu);
+        head.mlp.last.weight = dev.zeros_like(head.mlp.last.weight.shape());
+        head.mlp.last.bias = Some(dev.zeros_like(&(Corners::default(),)));
+        let out = head
+            .forward(dev.sample_normal_like(&(2, 3, Const::<8>)))
+            .as_vec();
+        assert!(out.iter().all(|&v| (v - 0.5).abs() < 1e-6));
+    }
+
+    proptest! {
+        #[test]
+        fn box_from_points_contains_every_valid_point(
+            corners in proptest::collection::vec(0.0f32..1.0, 4..40),
+            seed in 0usize..100,
+        ) {
+            let n = corners.len() / 4;
+            let corners = &corners[..n * 4];
+            let valid: Vec<bool> = (0..n).map(|i| (i + seed) % 3 != 0 || i == 0).collect();
+            let b = box_from_token_points(corners, &valid).unwrap();
+            for (c, v) in corners.chunks(4).zip(&valid) {
+                if *v {
+                    for p in token_points(c) {
+                        prop_assert!(p.x >= b.x0 && p.x <= b.x1 && p.y >= b.y0 && p.y <= b.y1);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn box_corners_round_trip_through_token_points(x0 in 0.0f32..0.5, y0 in 0.0f32..0.5, w in 0.01f32..0.5, h in 0.01f32..0.5) {
+            let b = BoxXyxy::new(x0, y0, x0 + w, y0 + h).unwrap();
+            prop_assert_eq!(box_from_token_points(&b.to_array(), &[true]).unwrap(), b);
+        }
+    }
+}

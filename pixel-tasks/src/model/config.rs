@@ -1,0 +1,94 @@
+//! Run-time settings of a PixelLLM: which preset, how many output tokens, which parts train.
+use pixel_core::params::Trainable;
+use serde::{Deserialize, Serialize};
+
+/// How the language model adapts (the paper's LM ablation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LmMode {
+    /// Every T5 weight trains.
+    Full,
+    /// T5 is frozen; LoRA adapters on q and v of every attention train (the paper's set-up).
+    Lora,
+    /// T5 is frozen and has no adapters.
+    Frozen,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmConfig {
+    pub mode: LmMode,
+    /// Used with `mode = "lora"` (32 in the paper).
+    pub lora_rank: usize,
+    /// Used with `mode = "lora"` (2.0 in the paper).
+    pub lora_scale: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The compile-time dims; `pixel-tiny` is the only preset that trains on a CPU.
+    pub preset: String,
+    /// Learnable output tokens of the prompt feature extractor (32 officially).
+    pub output_tokens: usize,
+    /// Two-way transformer blocks of the prompt feature extractor (2 officially).
+    pub prompt_feature_extractor_depth: usize,
+    /// Linear layers of the point head.
+    pub point_head_depth: usize,
+    /// LayerNorm before the point head's MLP.
+    pub point_head_pre_norm: bool,
+    /// Label smoothing of the text loss (0.1 officially).
+    pub label_smoothing: f32,
+    /// Weight of the L1 location loss (0.1 officially).
+    pub location_loss_weight: f32,
+    /// Freeze the SAM backbone (as the paper does); EVA02 always trains.
+    pub freeze_sam: bool,
+    pub lm: LmConfig,
+}
+
+impl ModelConfig {
+    /// Checks values no type can rule out, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.output_tokens == 0 {
+            return Err("model.output_tokens must be at least 1".into());
+        }
+        if self.point_head_depth < 2 {
+            return Err("model.point_head_depth must be at least 2".into());
+        }
+        if self.prompt_feature_extractor_depth == 0 {
+            return Err("model.prompt_feature_extractor_depth must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!(
+                "model.label_smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
+        }
+        if !(self.location_loss_weight >= 0.0) {
+            return Err(format!(
+                "model.location_loss_weight must be >= 0, got {}",
+                self.location_loss_weight
+            ));
+        }
+        if self.lm.mode == LmMode::Lora
+            && (self.lm.lora_rank == 0 || !self.lm.lora_scale.is_finite())
+        {
+            return Err("model.lm.lora_rank must be >= 1 and model.lm.lora_scale finite with mode = \"lora\"".into());
+        }
+        Ok(())
+    }
+
+    /// Which parameters train: everything but the frozen SAM branch, the fixed Fourier
+    /// matrices, and the LM weights the LM mode freezes.
+    pub fn trainable(&self) -> Trainable {
+        let mut t = Trainable::all().freeze("*positional_encoding_gaussian_matrix");
+        if self.freeze_sam {
+            t = t.freeze("image_encoder.sam.*");
+        }
+        match self.lm.mode {
+            LmMode::Full => t,
+            LmMode::Frozen => t.freeze("language_model.*"),
+            LmMode::Lora => t.freeze("language_model.*").train("language_model.*lora_*"),
+        }
+    }
+}

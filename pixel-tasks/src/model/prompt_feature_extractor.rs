@@ -1,0 +1,96 @@
+//! The prompt feature extractor (scenic's `PromptAdaptor`): learnable output tokens and the
+//! location prompt attend to the image features through SAM's two-way transformer; each output
+//! token is then mapped by its own linear layer into the language model's embedding space.
+use dfdx::prelude::*;
+use pixel_core::nn::{Linear, Seq};
+use pixel_core::params::{join, ParamVisitor, Params};
+use pixel_vision::TwoWayTransformer;
+
+#[derive(Debug, Clone)]
+pub struct PromptFeatureExtractor<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> {
+    /// `[num_outputs, C]`, N(0, 1) initialised as in scenic.
+    pub output_tokens: Tensor<(usize, C), f32, D>,
+    /// Image features (`V` = SAM + EVA02 channels) -> transformer width.
+    pub image_projection: Linear<V, C, D>,
+    pub transformer: TwoWayTransformer<C, D>,
+    /// One linear map per output token, transformer width -> LM width.
+    pub output_hypernetworks: Vec<Linear<C, M, D>>,
+}
+
+impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtractor<V, C, M, D> {
+    pub fn new(
+        dev: &D,
+        num_outputs: usize,
+        depth: usize,
+        (heads, mlp, downsample): (usize, usize, usize),
+    ) -> Self {
+        PromptFeatureExtractor {
+            output_tokens: dev.sample_normal_like(&(num_outputs, C::default())),
+            image_projection: Linear::new(dev, true),
+            transformer: TwoWayTransformer::new(dev, depth, heads, mlp, downsample, 1e-6),
+            output_hypernetworks: (0..num_outputs).map(|_| Linear::new(dev, true)).collect(),
+        }
+    }
+
+    pub fn num_outputs(&self) -> usize {
+        self.output_hypernetworks.len()
+    }
+
+    /// `image` `[B, HW, V]`, its position encoding `[1, HW, C]`, the dense prompt `[B, HW, C]`
+    /// and the sparse (location) prompt `[B, P, C]` -> visual tokens for the LM `[B, N, M]`.
+    pub fn forward<T: Tape<f32, D>>(
+        &self,
+        image: Seq<V, D, T>,
+        image_pe: &Seq<C, D>,
+        dense_prompt: Seq<C, D, T>,
+        sparse_prompt: Seq<C, D, T>,
+    ) -> Seq<M, D, T> {
+        let batch = image.shape().0;
+        let n = self.num_outputs();
+        let src = self.image_projection.forward(image) + dense_prompt;
+        let outputs = self
+            .output_tokens
+            .retaped::<T>()
+            .broadcast_like::<_, Axis<0>>(&(batch, n, C::default()));
+        let queries = (outputs, sparse_prompt).concat_along(Axis::<1>);
+        let (hs, _) = self.transformer.forward(src, image_pe, queries);
+        let mut tokens: Option<Seq<M, D, T>> = None;
+        for (i, hyper) in self.output_hypernetworks.iter().enumerate() {
+            let token = hyper.forward(hs.retaped::<T>().slice((.., i..i + 1, ..)));
+            tokens = Some(match tokens {
+                None => token,
+                Some(prev) => (prev, token).concat_along(Axis::<1>),
+            });
+        }
+        // The queries' tape carries every recorded op; merge it into the output.
+        let (out, tape) = tokens.expect("at least one output token").split_tape();
+        let (_, hs_tape) = hs.split_tape();
+        out.put_tape(tape.merge(hs_tape))
+    }
+}
+
+impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> Params<D>
+    for PromptFeatureExtractor<V, C, M, D>
+{
+    fn visit_params<Vis: ParamVisitor<D>>(
+        &mut self,
+        prefix: &str,
+        v: &mut Vis,
+    ) -> pixel_core::Result<()> {
+        v.visit(
+            &join(prefix, "output_tokens.weight"),
+            &mut self.output_tokens,
+        )?;
+        self.image_projection
+            .visit_params(&join(prefix, "image_projection_mlp.layers.0"), v)?;
+        self.transformer
+            .visit_params(&join(prefix, "transformer"), v)?;
+        for (i, hyper) in self.output_hypernetworks.iter_mut().enumerate() {
+            hyper.visit_params(
+                &join(prefix, &format!("output_hypernetworks_mlps.{i}.layers.0")),
+                v,
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,352 @@
+//! Tasks as training examples: what goes into the language model's encoder (a location prompt
+//! and a text prompt), what its decoder must say, and where each said token lies.
+//!
+//! Prompts follow the official configs: referring localization prompts with
+//! `"where is " + expression` and teaches the decoder to repeat the expression while every token
+//! regresses the object's box; trace captioning has no text prompt and supervises each word with
+//! its mouse-trace box; location-conditioned captioning prompts with a box.
+use crate::error::{Result, TaskError};
+use crate::model::VocabMap;
+use crate::shapes_ln::Sample;
+use image::RgbImage;
+use pixel_core::geometry::BoxXyxy;
+use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use serde::{Deserialize, Serialize};
+
+/// The tasks PixelLLM is trained and evaluated on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Image -> caption with a location for every word.
+    TraceCaptioning,
+    /// Image + expression -> box.
+    ReferringLocalization,
+    /// Image + box -> text.
+    LocationCaptioning,
+}
+
+/// The official referring-localization prompt prefix.
+pub const REFERRING_PREFIX: &str = "where is ";
+
+/// One training or evaluation example.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub task: TaskKind,
+    pub image: RgbImage,
+    /// The location prompt; the whole image when the task has none.
+    pub prompt_box: BoxXyxy,
+    /// Tokens of the text prompt, ending with EOS.
+    pub context_ids: Vec<usize>,
+    /// Tokens the decoder must produce, ending with EOS.
+    pub target_ids: Vec<usize>,
+    /// The box of each target token; `None` where no location is supervised (EOS).
+    pub token_boxes: Vec<Option<BoxXyxy>>,
+    /// For referring localization: the box to find.
+    pub target_box: Option<BoxXyxy>,
+}
+
+/// Token ids of `words` and, for each token, the index of the word it came from.
+///
+/// T5's SentencePiece splits on whitespace, so encoding word by word gives the ids of the
+/// whole sentence (a tested property) and an exact token -> word map.
+pub fn tokenize_words(tokenizer: &T5Tokenizer, words: &[&str]) -> Result<(Vec<usize>, Vec<usize>)> {
+    let mut ids = Vec::new();
+    let mut word_of = Vec::new();
+    for (w, word) in words.iter().enumerate() {
+        let mut piece = tokenizer.encode(word).map_err(lm_error)?;
+        if piece.last() == Some(&EOS_ID) {
+            piece.pop();
+        }
+        word_of.extend(std::iter::repeat(w).take(piece.len()));
+        ids.extend(piece);
+    }
+    Ok((ids, word_of))
+}
+
+fn lm_error(e: pixel_lm::error::LmError) -> TaskError {
+    TaskError::Invalid(e.to_string())
+}
+
+fn boxed(b: [f32; 4]) -> Result<BoxXyxy> {
+    Ok(BoxXyxy::from_array(b)?)
+}
+
+/// Builds examples of each task from synthetic samples.
+pub struct ExampleBuilder<'a> {
+    pub tokenizer: &'a T5Tokenizer,
+    /// T5 ids -> the model's ids (identity for full-vocabulary presets).
+    pub vocab: &'a VocabMap,
+    /// Captions are cut to this many target tokens (EOS included).
+    pub max_target_tokens: usize,
+}
+
+impl<'a> ExampleBuilder<'a> {
+    fn to_model(&self, t5_ids: &[usize]) -> Vec<usize> {
+        t5_ids.iter().map(|&id| self.vocab.to_model(id)).collect()
+    }
+
+    /// The caption with each token supervised by its word's trace box.
+    pub fn trace_captioning(&self, sample: &Sample) -> Result<Example> {
+        let words: Vec<&str> = sample.words.iter().map(|w| w.word.as_str()).collect();
+        let (ids, word_of) = tokenize_words(self.tokenizer, &words)?;
+        let mut ids = self.to_model(&ids);
+        let mut token_boxes = word_of
+            .iter()
+            .map(|&w| boxed(sample.words[w].bbox).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        ids.truncate(self.max_target_tokens - 1);
+        token_boxes.truncate(self.max_target_tokens - 1);
+        ids.push(EOS_ID);
+        token_boxes.push(None);
+        Ok(Example {
+            task: TaskKind::TraceCaptioning,
+            image: sample.image.clone(),
+            prompt_box: BoxXyxy::whole_image(),
+            context_ids: vec![EOS_ID],
+            target_ids: ids,
+            token_boxes,
+            target_box: None,
+        })
+    }
+
+    /// One example per referring expression of the sample.
+    pub fn referring_localization(&self, sample: &Sample) -> Result<Vec<Example>> {
+        sample
+            .referring
+            .iter()
+            .map(|r| {
+                let target = boxed(r.bbox)?;
+                let context = self
+                    .tokenizer
+                    .encode(&format!("{REFERRING_PREFIX}{}", r.text))
+                    .map_err(lm_error)?;
+                let context_ids = self.to_model(&context);
+                let words: Vec<&str> = r.text.split_whitespace().collect();
+                let mut ids = self.to_model(&tokenize_words(self.tokenizer, &words)?.0);
+                let mut token_boxes = vec![Some(target); ids.len()];
+                ids.push(EOS_ID);
+                token_boxes.push(None);
+                Ok(Example {
+                    task: TaskKind::ReferringLocalization,
+                    image: sample.image.clone(),
+                    prompt_box: BoxXyxy::whole_image(),
+                    context_ids,
+                    target_ids: ids,
+                    token_boxes,
+                    target_box: Some(target),
+                })
+            })
+            .collect()
+    }
+
+    /// One example per region: the region's box as the location prompt, its phrase as target.
+    pub fn location_captioning(&self, sample: &Sample) -> Result<Vec<Example>> {
+        sample
+            .regions
+            .iter()
+            .map(|region| {
+                let b = boxed(region.bbox)?;
+                let words: Vec<&str> = region.caption.split_whitespace().collect();
+                let mut ids = self.to_model(&tokenize_words(self.tokenizer, &words)?.0);
+                let mut token_boxes = vec![Some(b); ids.len()];
+                ids.push(EOS_ID);
+                token_boxes.push(None);
+                Ok(Example {
+                    task: TaskKind::LocationCaptioning,
+                    image: sample.image.clone(),
+                    prompt_box: b,
+                    context_ids: vec![EOS_ID],
+                    target_ids: ids,
+                    token_boxes,
+                    target_box: Some(b),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A padded batch of examples, flattened row-major, ready for the model.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub size: usize,
+    pub image_size: u32,
+    /// `[B, 3, H, W]`, RGB in `[0, 1]`; each backbone normalizes it its own way.
+    pub pixels: Vec<f32>,
+    /// `[B]` normalized prompt boxes.
+    pub prompt_boxes: Vec<BoxXyxy>,
+    /// `[B, S]` text-prompt ids padded with pad, and the mask of real tokens.
+    pub context_ids: Vec<usize>,
+    pub context_mask: Vec<bool>,
+    pub context_len: usize,
+    /// `[B, T]` decoder inputs: the targets shifted right behind the start token (pad).
+    pub decoder_input_ids: Vec<usize>,
+    /// `[B, T]` targets, and 1.0 where a target token is real.
+    pub target_ids: Vec<usize>,
+    pub target_weights: Vec<f32>,
+    pub target_len: usize,
+    /// `[B, T, 4]` corner targets and their weights (0 where a token has no box).
+    pub location_targets: Vec<f32>,
+    pub location_weights: Vec<f32>,
+    pub tasks: Vec<TaskKind>,
+}
+
+impl Batch {
+    /// Pads `examples` into one batch; all images must have the same size.
+    pub fn new(examples: &[Example]) -> Result<Batch> {
+        let first = examples
+            .first()
+            .ok_or_else(|| TaskError::Invalid("cannot batch zero examples".into()))?;
+        let (w, h) = first.image.dimensions();
+        if w != h {
+            return Err(TaskError::Invalid(format!(
+                "images must be square, got {w}x{h}"
+            )));
+        }
+        let size = examples.len();
+        let context_len = examples
+            .iter()
+            .map(|e| e.context_ids.len())
+            .max()
+            .unwrap_or(1);
+        let target_len = examples
+            .iter()
+            .map(|e| e.target_ids.len())
+            .max()
+            .unwrap_or(1);
+        let mut batch = Batch {
+            size,
+            image_size: w,
+            pixels: Vec::with_capacity(size * 3 * (w * h) as usize),
+            prompt_boxes: Vec::with_capacity(size),
+            context_ids: Vec::with_capacity(size * context_len),
+            context_mask: Vec::with_capacity(size * context_len),
+            context_len,
+            decoder_input_ids: Vec::with_capacity(size * target_len),
+            target_ids: Vec::with_capacity(size * target_len),
+            target_weights: Vec::with_capacity(size * target_len),
+            target_len,
+            location_targets: Vec::with_capacity(size * target_len * 4),
+            location_weights: Vec::with_capacity(size * target_len * 4),
+            tasks: Vec::with_capacity(size),
+        };
+        for e in examples {
+            if e.image.dimensions() != (w, h) {
+                return Err(TaskError::Invalid(format!(
+                    "batch mixes image sizes {:?} and {:?}",
+                    (w, h),
+                    e.image.dimensions()
+                )));
+            }
+            if e.target_ids.len() != e.token_boxes.len() {
+                return Err(TaskError::Invalid(
+                    "an example has a different number of target tokens and token boxes".into(),
+                ));
+            }
+            for c in 0..3 {
+                batch
+                    .pixels
+                    .extend(e.image.pixels().map(|p| p.0[c] as f32 / 255.0));
+            }
+            batch.prompt_boxes.push(e.prompt_box);
+            batch
+                .context_ids
+                .extend(pad(&e.context_ids, context_len, PAD_ID));
+            batch
+                .context_mask
+                .extend((0..context_len).map(|i| i < e.context_ids.len()));
+            let mut shifted = vec![PAD_ID];
+            shifted.extend(&e.target_ids[..e.target_ids.len() - 1]);
+            batch
+                .decoder_input_ids
+                .extend(pad(&shifted, target_len, PAD_ID));
+            batch
+                .target_ids
+                .extend(pad(&e.target_ids, target_len, PAD_ID));
+            batch.target_weights.extend((0..target_len).map(|i| {
+                if i < e.target_ids.len() {
+                    1.0
+                } else {
+                    0.0
+                }
+            }));
+            for i in 0..target_len {
+                match e.token_boxes.get(i).copied().flatten() {
+                    Some(b) => {
+                        batch.location_targets.extend(b.to_array());
+                        batch.location_weights.extend([1.0; 4]);
+                    }
+                    None => {
+                        batch.location_targets.extend([0.0; 4]);
+                        batch.location_weights.extend([0.0; 4]);
+                    }
+                }
+            }
+            batch.tasks.push(e.task);
+        }
+        Ok(batch)
+    }
+}
+
+fn pad(ids: &[usize], len: usize, fill: usize) -> impl Iterator<Item = usize> + '_ {
+    ids.iter().copied().chain(std::iter::repeat(fill)).take(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
+
+    fn tokenizer() -> T5Tokenizer {
+        T5Tokenizer::bundled().unwrap()
+    }
+
+    #[test]
+    fn word_by_word_tokens_equal_sentence_tokens() {
+        let tok = tokenizer();
+        let data = ShapesLn::new(ShapesLnConfig::default(), 3).unwrap();
+        for i in 0..20 {
+            let s = data.sample(Split::Train, i);
+            let words: Vec<&str> = s.words.iter().map(|w| w.word.as_str()).collect();
+            let (ids, word_of) = tokenize_words(&tok, &words).unwrap();
+            let mut sentence = tok.encode(&s.caption).unwrap();
+            sentence.pop();
+            assert_eq!(ids, sentence, "{}", s.caption);
+            assert_eq!(word_of.len(), ids.len());
+            assert!(word_of.windows(2).all(|p| p[0] <= p[1]));
+        }
+    }
+
+    #[test]
+    fn batch_shifts_targets_and_masks_padding() {
+        let tok = tokenizer();
+        let data = ShapesLn::new(ShapesLnConfig::default(), 1).unwrap();
+        let vocab = VocabMap::identity(32128);
+        let builder = ExampleBuilder {
+            tokenizer: &tok,
+            vocab: &vocab,
+            max_target_tokens: 64,
+        };
+        let s = data.sample(Split::Train, 0);
+        let mut examples = builder.referring_localization(&s).unwrap();
+        examples.push(builder.trace_captioning(&s).unwrap());
+        let batch = Batch::new(&examples).unwrap();
+        let t = batch.target_len;
+        for (b, e) in examples.iter().enumerate() {
+            let row = &batch.decoder_input_ids[b * t..(b + 1) * t];
+            assert_eq!(row[0], PAD_ID);
+            assert_eq!(
+                &row[1..e.target_ids.len()],
+                &e.target_ids[..e.target_ids.len() - 1]
+            );
+            let weights = &batch.target_weights[b * t..(b + 1) * t];
+            assert_eq!(weights.iter().sum::<f32>() as usize, e.target_ids.len());
+            let eos = e.target_ids.len() - 1;
+            assert_eq!(
+                batch.location_weights[(b * t + eos) * 4],
+                0.0,
+                "EOS carries no location"
+            );
+        }
+        assert!(examples[0].context_ids.len() > 3);
+    }
+}

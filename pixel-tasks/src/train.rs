@@ -1,0 +1,518 @@
+//! The training loop: AdamW with warmup + cosine decay, gradient clipping, a progress bar,
+//! a JSONL metrics log, atomic checkpoints and resumption.
+//!
+//! Checkpoints live in `RUN/checkpoints/step-NNNNNNN/` (model, optimizer state, trainer state);
+//! `RUN/checkpoints/latest` names the newest complete one and is replaced atomically after all
+//! its files are written, so a crash mid-save leaves the previous checkpoint in force. A loss or
+//! gradient that is not finite stops training with an error before anything is written.
+use crate::error::{Result, TaskError};
+use dfdx::prelude::*;
+use pixel_core::checkpoint::{load_params, save_params, write_atomic, LoadOptions, TensorStore};
+use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig, WarmupCosine};
+use pixel_core::params::{Params, Trainable};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The loss of one batch, split into its parts for logging.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossParts {
+    pub text: f32,
+    pub location: f32,
+}
+
+/// A model the loop can train: it computes a scalar loss with gradients recorded on `grads`.
+pub trait TrainStep<D: Device<f32>>: Params<D> {
+    type Batch;
+
+    fn loss(
+        &self,
+        batch: &Self::Batch,
+        grads: Gradients<f32, D>,
+    ) -> Result<(Tensor<(), f32, D, OwnedTape<f32, D>>, LossParts)>;
+}
+
+/// Optimisation settings of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub peak_lr: f32,
+    pub warmup_steps: u64,
+    /// The learning rate at the end, as a fraction of `peak_lr`.
+    pub final_lr_ratio: f32,
+    pub optimizer: AdamWConfig,
+    pub log_every: u64,
+    /// Save a checkpoint every this many steps (and at the end); 0 saves only at the end.
+    pub checkpoint_every: u64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            batch_size: 16,
+            peak_lr: 1e-3,
+            warmup_steps: 50,
+            final_lr_ratio: 0.05,
+            optimizer: AdamWConfig::default(),
+            log_every: 10,
+            checkpoint_every: 250,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn schedule(&self) -> WarmupCosine {
+        WarmupCosine {
+            peak_lr: self.peak_lr,
+            warmup_steps: self.warmup_steps,
+            total_steps: self.steps,
+            final_ratio: self.final_lr_ratio,
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub step: u64,
+    pub loss: f32,
+    pub text_loss: f32,
+    pub location_loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+    pub elapsed_s: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    pub steps_run: u64,
+    pub resumed_from: Option<u64>,
+    pub last: Option<LogLine>,
+    pub wall_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    elapsed_s: f64,
+}
+
+/// Paths of a run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunDir { root: root.into() }
+    }
+    pub fn metrics_log(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    fn latest_pointer(&self) -> PathBuf {
+        self.checkpoints().join("latest")
+    }
+    /// The newest complete checkpoint folder, if any.
+    pub fn latest_checkpoint(&self) -> Result<Option<PathBuf>> {
+        let pointer = self.latest_pointer();
+        if !pointer.exists() {
+            return Ok(None);
+        }
+        let name = std::fs::read_to_string(&pointer).map_err(|e| TaskError::io(&pointer, e))?;
+        Ok(Some(self.checkpoints().join(name.trim())))
+    }
+}
+
+/// Trains `model` for `config.steps` steps; `next_batch(step)` must be deterministic in `step`
+/// so that a resumed run sees the batches an uninterrupted one would.
+pub fn train<D: Device<f32>, M: TrainStep<D>>(
+    model: &mut M,
+    trainable: &Trainable,
+    config: &TrainConfig,
+    run: &RunDir,
+    resume: bool,
+    mut next_batch: impl FnMut(u64) -> Result<M::Batch>,
+) -> Result<TrainReport> {
+    std::fs::create_dir_all(&run.root).map_err(|e| TaskError::io(&run.root, e))?;
+    let mut optimizer = AdamW::new(config.optimizer);
+    let mut start_step = 0;
+    let mut elapsed_before = 0.0;
+    let mut resumed_from = None;
+    if resume {
+        if let Some(dir) = run.latest_checkpoint()? {
+            let state = load_checkpoint(model, &mut optimizer, &dir)?;
+            start_step = state.step;
+            elapsed_before = state.elapsed_s;
+            resumed_from = Some(state.step);
+            truncate_log(&run.metrics_log(), state.step)?;
+        }
+    } else if run.metrics_log().exists() {
+        std::fs::remove_file(run.metrics_log()).map_err(|e| TaskError::io(run.metrics_log(), e))?;
+    }
+    let schedule = config.schedule();
+    let progress = indicatif::ProgressBar::new(config.steps);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} train [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})",
+        )
+        .map_err(|e| TaskError::Invalid(e.to_string()))?,
+    );
+    progress.set_position(start_step);
+    let started = Instant::now();
+    let mut last = None;
+    let mut log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.metrics_log())
+        .map_err(|e| TaskError::io(run.metrics_log(), e))?;
+    for step in start_step..config.steps {
+        let batch = next_batch(step)?;
+        let grads = alloc_grads(model, trainable)?;
+        let (loss, parts) = model.loss(&batch, grads)?;
+        let loss_value = loss.as_vec()[0];
+        if !loss_value.is_finite() {
+            progress.abandon();
+            return Err(TaskError::NonFiniteLoss {
+                step,
+                text: parts.text,
+                location: parts.location,
+                checkpoint: run.latest_checkpoint()?,
+            });
+        }
+        let grads = loss.backward();
+        let lr = schedule.lr(step);
+        let stats = optimizer
+            .update(model, &grads, trainable, lr)
+            .map_err(|e| TaskError::NonFiniteGradient {
+                step,
+                message: e.to_string(),
+                checkpoint: run.latest_checkpoint().ok().flatten(),
+            })?;
+        let done = step + 1;
+        let elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+        let line = LogLine {
+            step: done,
+            loss: loss_value,
+            text_loss: parts.text,
+            location_loss: parts.location,
+            lr,
+            grad_norm: stats.grad_norm,
+            elapsed_s,
+        };
+        if done % config.log_every.max(1) == 0 || done == config.steps {
+            let json =
+                serde_json::to_string(&line).map_err(|e| TaskError::Invalid(e.to_string()))?;
+            writeln!(log_file, "{json}").map_err(|e| TaskError::io(run.metrics_log(), e))?;
+            progress.set_message(format!(
+                "loss {loss_value:.3} (text {:.3}, loc {:.3})",
+                parts.text, parts.location
+            ));
+        }
+        if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0)
+            || done == config.steps
+        {
+            save_checkpoint(
+                model,
+                &optimizer,
+                run,
+                &TrainerState {
+                    step: done,
+                    elapsed_s,
+                },
+            )?;
+        }
+        progress.inc(1);
+        last = Some(line);
+    }
+    progress.finish();
+    Ok(TrainReport {
+        steps_run: config.steps - start_step,
+        resumed_from,
+        last,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn save_checkpoint<D: Device<f32>, M: Params<D>>(
+    model: &mut M,
+    optimizer: &AdamW,
+    run: &RunDir,
+    state: &TrainerState,
+) -> Result<()> {
+    let name = format!("step-{:07}", state.step);
+    let dir = run.checkpoints().join(&name);
+    std::fs::create_dir_all(&dir).map_err(|e| TaskError::io(&dir, e))?;
+    save_params(model, &dir.join("model.safetensors"), HashMap::new())?;
+    optimizer
+        .state()
+        .write(&dir.join("optimizer.safetensors"))?;
+    let state_json =
+        serde_json::to_vec_pretty(state).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    write_atomic(&dir.join("trainer_state.json"), &state_json)?;
+    let previous = run.latest_checkpoint()?;
+    write_atomic(&run.latest_pointer(), name.as_bytes())?;
+    if let Some(old) = previous.filter(|old| *old != dir) {
+        std::fs::remove_dir_all(&old).map_err(|e| TaskError::io(&old, e))?;
+    }
+    Ok(())
+}
+
+fn load_checkpoint<D: Device<f32>, M: Params<D>>(
+    model: &mut M,
+    optimizer: &mut AdamW,
+    dir: &Path,
+) -> Result<TrainerState> {
+    let state_path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| TaskError::io(&state_path, e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| TaskError::Format {
+        path: state_path.clone(),
+        message: e.to_string(),
+    })?;
+    let store = TensorStore::read(&dir.join("model.safetensors"))?;
+    load_params(model, &store, "", &LoadOptions::strict())?;
+    optimizer.load_state(&TensorStore::read(&dir.join("optimizer.safetensors"))?)?;
+    Ok(state)
+}
+
+/// Loads the model weights of the newest checkpoint of `run` (for evaluation).
+pub fn load_latest_weights<D: Device<f32>, M: Params<D>>(
+    model: &mut M,
+    run: &RunDir,
+) -> Result<u64> {
+    let dir = run.latest_checkpoint()?.ok_or_else(|| {
+        TaskError::Invalid(format!("no checkpoint in {}", run.checkpoints().display()))
+    })?;
+    let mut optimizer = AdamW::new(AdamWConfig::default());
+    Ok(load_checkpoint(model, &mut optimizer, &dir)?.step)
+}
+
+/// Reads `metrics.jsonl`.
+pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TaskError::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| TaskError::Format {
+                path: path.to_path_buf(),
+                message: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// Drops log lines past `step`, which a resumed run will write again.
+fn truncate_log(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let kept: Vec<String> = read_log(path)?
+        .into_iter()
+        .filter(|l| l.step <= step)
+        .map(|l| serde_json::to_string(&l).unwrap_or_default())
+        .collect();
+    let mut text = kept.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes()).map_err(TaskError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pixel_core::loss::masked_l1;
+    use pixel_core::nn::Linear;
+    use pixel_core::params::ParamVisitor;
+
+    /// A linear regressor whose targets can be poisoned with NaN.
+    struct Regressor {
+        layer: Linear<Const<4>, Const<1>, Cpu>,
+        dev: Cpu,
+    }
+
+    impl Params<Cpu> for Regressor {
+        fn visit_params<V: ParamVisitor<Cpu>>(
+            &mut self,
+            prefix: &str,
+            v: &mut V,
+        ) -> pixel_core::Result<()> {
+            self.layer
+                .visit_params(&pixel_core::params::join(prefix, "layer"), v)
+        }
+    }
+
+    impl TrainStep<Cpu> for Regressor {
+        type Batch = (Vec<f32>, Vec<f32>);
+
+        fn loss(
+            &self,
+            batch: &Self::Batch,
+            grads: Gradients<f32, Cpu>,
+        ) -> Result<(Tensor<(), f32, Cpu, OwnedTape<f32, Cpu>>, LossParts)> {
+            let n = batch.1.len();
+            let x = self
+                .dev
+                .tensor_from_vec(batch.0.clone(), (1, n, Const::<4>));
+            let y = self.layer.forward(x.traced(grads));
+            let loss = masked_l1(y, &batch.1, &vec![1.0; n])?;
+            let value = loss.array();
+            Ok((
+                loss,
+                LossParts {
+                    text: 0.0,
+                    location: value,
+                },
+            ))
+        }
+    }
+
+    fn regressor() -> Regressor {
+        let dev = Cpu::seed_from_u64(7);
+        Regressor {
+            layer: Linear::new(&dev, true),
+            dev,
+        }
+    }
+
+    fn batch(step: u64, poison_at: Option<u64>) -> Result<(Vec<f32>, Vec<f32>)> {
+        let x: Vec<f32> = (0..32 * 4)
+            .map(|i| (((i as u64 * 2654435761 + step * 40503) % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        let y = x
+            .chunks(4)
+            .map(|r| {
+                if Some(step) == poison_at {
+                    f32::NAN
+                } else {
+                    r[0] - r[1] + 0.5 * r[3]
+                }
+            })
+            .collect();
+        Ok((x, y))
+    }
+
+    fn config(steps: u64) -> TrainConfig {
+        TrainConfig {
+            steps,
+            peak_lr: 0.05,
+            warmup_steps: 5,
+            checkpoint_every: 20,
+            log_every: 1,
+            optimizer: AdamWConfig {
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn loss_falls_and_the_log_has_every_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut model = regressor();
+        let report = train(
+            &mut model,
+            &Trainable::all(),
+            &config(60),
+            &run,
+            false,
+            |s| batch(s, None),
+        )
+        .unwrap();
+        let log = read_log(&run.metrics_log()).unwrap();
+        assert_eq!(log.len(), 60);
+        assert!(
+            report.last.unwrap().loss < log[0].loss / 5.0,
+            "{:?} -> {:?}",
+            log[0],
+            log[59]
+        );
+    }
+
+    #[test]
+    fn resumed_run_equals_uninterrupted_run() {
+        let dir_a = tempfile::tempdir().unwrap();
+        let mut straight = regressor();
+        train(
+            &mut straight,
+            &Trainable::all(),
+            &config(60),
+            &RunDir::new(dir_a.path()),
+            false,
+            |s| batch(s, None),
+        )
+        .unwrap();
+
+        let dir_b = tempfile::tempdir().unwrap();
+        let run_b = RunDir::new(dir_b.path());
+        let mut first = regressor();
+        let interrupted = train(
+            &mut first,
+            &Trainable::all(),
+            &config(60),
+            &run_b,
+            false,
+            |s| {
+                if s == 45 {
+                    Err(TaskError::Invalid("interrupted".into()))
+                } else {
+                    batch(s, None)
+                }
+            },
+        );
+        assert!(interrupted.is_err());
+        let mut second = regressor();
+        let report = train(
+            &mut second,
+            &Trainable::all(),
+            &config(60),
+            &run_b,
+            true,
+            |s| batch(s, None),
+        )
+        .unwrap();
+        assert_eq!(report.resumed_from, Some(40));
+        assert_eq!(second.layer.weight.as_vec(), straight.layer.weight.as_vec());
+        let steps: Vec<u64> = read_log(&run_b.metrics_log())
+            .unwrap()
+            .iter()
+            .map(|l| l.step)
+            .collect();
+        assert_eq!(steps, (1..=60).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn nan_loss_stops_with_the_last_good_checkpoint_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut model = regressor();
+        let err = train(
+            &mut model,
+            &Trainable::all(),
+            &config(60),
+            &run,
+            false,
+            |s| batch(s, Some(45)),
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("NaN at step 45"), "{message}");
+        assert!(message.contains("step-0000040"), "{message}");
+        let mut restored = regressor();
+        assert_eq!(load_latest_weights(&mut restored, &run).unwrap(), 40);
+    }
+}
