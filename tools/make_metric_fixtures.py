@@ -176,10 +176,40 @@ TRICKY = [
 ]
 
 
-def tokenizer_fixture():
+def stress_captions(rng, n=400):
+    """Adversarial caption-like strings: clitics, abbreviations, numbers, glued punctuation."""
+    words = ("a man woman's dog's kids it's isn't don't can't won't they're we'll i'm you've he'd "
+             "cat t-shirt 3.5 1,000 10:30 $5 50% #1 u.s. mr. dr. st. e.g. etc. w/ and/or 1/2 "
+             "o'clock rock'n'roll x-ray 2-3 black-and-white cafe na\u00efve r\u00e9sum\u00e9 90s "
+             "1990's '90s the on in of with red big table street").split()
+    punct = [".", ",", "!", "?", ";", ":", "...", "--", "-", "(", ")", "\"", "'", "!!", "?!", "&",
+             "/", "[", "]"]
+    out = []
+    for _ in range(n):
+        toks = []
+        for _ in range(rng.randint(3, 12)):
+            w = rng.choice(words)
+            if rng.random() < 0.3:
+                w = w.capitalize()
+            if rng.random() < 0.15:
+                w = w + rng.choice(punct)
+            if rng.random() < 0.07:
+                w = rng.choice(punct) + w
+            toks.append(w)
+        s = " ".join(toks)
+        if rng.random() < 0.5:
+            s += rng.choice([".", "!", "?", "..."])
+        out.append(s)
+    return out
+
+
+def tokenizer_fixture(rng):
     tok = PTBTokenizer()
-    res = tok.tokenize({str(i): [{"caption": c}] for i, c in enumerate(TRICKY)})
-    return {"raw": TRICKY, "tokenized": [res[str(i)][0] for i in range(len(TRICKY))]}
+    stress = stress_captions(rng)
+    res = tok.tokenize({str(i): [{"caption": c}] for i, c in enumerate(TRICKY + stress)})
+    toks = [res[str(i)][0] for i in range(len(TRICKY) + len(stress))]
+    return {"raw": TRICKY, "tokenized": toks[:len(TRICKY)],
+            "stress_raw": stress, "stress_tokenized": toks[len(TRICKY):]}
 
 
 def ln_fixture(rng):
@@ -260,7 +290,7 @@ def main():
     with open(os.path.join(OUT, "masks.json"), "w") as f:
         json.dump(masks_fixture(rng), f)
     with open(os.path.join(OUT, "tokenizer.json"), "w") as f:
-        json.dump(tokenizer_fixture(), f, indent=0)
+        json.dump(tokenizer_fixture(random.Random(5)), f, indent=0)
     ln_out = os.path.join(OUT, "..", "datasets", "ln_scenic_reference.json")
     with open(ln_out, "w") as f:
         json.dump(ln_fixture(random.Random(11)), f)

@@ -12,7 +12,9 @@
 //!   `cannot` -> `can not`, `gonna` -> `gon na`, `gotta`, `wanna`;
 //! - brackets become `-lrb-`, `-rrb-`, `-lsb-`, ... Because of `-lowerCase` these are lower-case
 //!   and pycocoevalcap's list (which has `-LRB-`) does **not** remove them; we keep them too;
-//! - repeated `!!`/`??` stay one token (and are not in the removal list either);
+//! - runs of `!`/`?` (`!!`, `?!`) stay one token (and are not in the removal list either);
+//! - decades keep their apostrophe (`'90s`), `rock'n'roll` -> `rock 'n' roll`, a closing quote
+//!   after a clitic splits (`dog's'` -> `dog 's '`), leading `-`, `/`, `.` split off words;
 //! - `$`, `%`, `#` split from numbers; `1,000`, `3.5`, `10:30`, `and/or`, `1/2`,
 //!   `black-and-white` stay whole, a trailing slash splits (`w/` -> `w /`);
 //! - abbreviations keep their period (`mr.`, `u.s.`, `e.g.`, `etc.`, single letters `a.`).
@@ -99,6 +101,10 @@ fn split_chunk(chunk: &str, out: &mut Vec<String>) {
                 out.push("`".into());
                 i += 1;
             }
+        } else if c == '\'' && word.is_empty() && is_decade(&chars[i + 1..]) {
+            // '90s stays whole.
+            word.push(c);
+            i += 1;
         } else if c == '\'' && word.is_empty() {
             // Leading apostrophe: a quote, or a clitic-only chunk like "'s".
             if next == Some('\'') {
@@ -119,11 +125,26 @@ fn split_chunk(chunk: &str, out: &mut Vec<String>) {
         } else if c == '!' || c == '?' {
             flush(&mut word, out);
             let mut j = i;
-            while j < chars.len() && chars[j] == c {
+            while j < chars.len() && (chars[j] == '!' || chars[j] == '?') {
                 j += 1;
             }
             out.push(chars[i..j].iter().collect());
             i = j;
+        } else if c == '\''
+            && next == Some('n')
+            && chars.get(i + 2) == Some(&'\'')
+            && !word.is_empty()
+        {
+            // rock'n'roll -> rock 'n' roll
+            flush(&mut word, out);
+            out.push("'n'".into());
+            i += 3;
+        } else if (c == '/' && word.is_empty() && next.is_some())
+            || (c == '.' && word.is_empty() && next.is_some_and(|n| n.is_alphabetic()))
+        {
+            // A leading slash or period is split off ("/a", ".can't").
+            out.push(c.to_string());
+            i += 1;
         } else if c == ';' || c == '&' || c == '$' || c == '%' || c == '#' {
             flush(&mut word, out);
             out.push(c.to_string());
@@ -157,16 +178,22 @@ fn split_chunk(chunk: &str, out: &mut Vec<String>) {
             }
             out.push(chars[i..j].iter().collect());
             i = j;
-        } else if c == '-' && word.is_empty() && !next.is_some_and(|n| n.is_alphanumeric()) {
+        } else if c == '-' && word.is_empty() && !next.is_some_and(|n| n.is_ascii_digit()) {
             out.push("-".into());
             i += 1;
         } else if c == '.' && next == Some('.') {
-            flush(&mut word, out);
             let mut j = i;
             while j < chars.len() && chars[j] == '.' {
                 j += 1;
             }
-            out.push(chars[i..j].iter().collect());
+            // "mr...." is the abbreviation "mr." followed by an ellipsis, "st.." by a period.
+            let mut start = i;
+            if (j - i == 2 || j - i == 4) && is_abbreviation(&word) {
+                word.push('.');
+                start += 1;
+            }
+            flush(&mut word, out);
+            out.push(chars[start..j].iter().collect());
             i = j;
         } else {
             word.push(c);
@@ -191,6 +218,10 @@ fn finish_word(mut word: String, out: &mut Vec<String>) {
             trailing.push(".".into());
             word.clear();
             break;
+        } else if word.len() > 1 && word.ends_with('\'') && word[..word.len() - 1].contains('\'') {
+            // Closing quote after a clitic: "dog's'" -> "dog 's '".
+            word.pop();
+            trailing.push("'".into());
         } else if word.ends_with("''") {
             word.truncate(word.len() - 2);
             trailing.push("''".into());
@@ -237,6 +268,12 @@ fn finish_word(mut word: String, out: &mut Vec<String>) {
         out.push(cl);
     }
     out.extend(trailing.into_iter().rev());
+}
+
+/// `90s`, `80s`: what follows the apostrophe of a decade like `'90s`.
+fn is_decade(rest: &[char]) -> bool {
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    digits == 2 && rest.get(2) == Some(&'s') && rest.get(3).is_none_or(|c| !c.is_alphanumeric())
 }
 
 fn is_abbreviation(stem: &str) -> bool {
