@@ -345,15 +345,15 @@ pub fn densecap_map(
             rec.push(tp as f64 / npos as f64);
             prec.push(tp as f64 / (tp + fp) as f64);
         }
+        // Recall never decreases, so `rec >= t` selects a suffix: take the suffix maximum of
+        // precision at its first index (0 when the suffix is empty), as `max(prec * mask)`.
+        let mut suffix_max = vec![0.0f64; prec.len() + 1];
+        for k in (0..prec.len()).rev() {
+            suffix_max[k] = suffix_max[k + 1].max(prec[k]);
+        }
         let sum: f64 = recall_steps
             .iter()
-            .map(|&t| {
-                rec.iter()
-                    .zip(&prec)
-                    .filter(|(r, _)| **r >= t)
-                    .map(|(_, p)| *p)
-                    .fold(0.0f64, f64::max)
-            })
+            .map(|&t| suffix_max[rec.partition_point(|&r| r < t)])
             .sum();
         sum / recall_steps.len() as f64
     };
