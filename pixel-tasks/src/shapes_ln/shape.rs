@@ -38,7 +38,7 @@ impl ShapeKind {
 }
 
 /// Half the width of a cross arm, relative to the half-extent; thick enough to see at 32 px.
-const CROSS_ARM: f32 = 0.38;
+const CROSS_ARM: f32 = 0.3;
 
 /// A placed shape in normalized coordinates.
 #[derive(Debug, Clone, Copy, PartialEq)]
