@@ -102,6 +102,12 @@ def sam_fixtures():
         out = model64(image_embeddings=emb, input_points=input_points2.to(d), input_labels=input_labels2,
                       multimask_output=True)
         io["points2_pred_masks"], io["points2_iou_scores"] = out.pred_masks, out.iou_scores
+        # A low-resolution mask prompt (as SAM's own previous output would be) with the points.
+        input_masks = torch.randn(2, 1, 32, 32, generator=g)
+        io["input_masks"] = input_masks
+        out = model64(image_embeddings=emb, input_points=input_points.to(d), input_labels=input_labels,
+                      input_masks=input_masks.to(d), multimask_output=False)
+        io["masks_pred_masks"], io["masks_iou_scores"] = out.pred_masks, out.iou_scores
     io = {k: v.float() if v.is_floating_point() else v for k, v in io.items()}
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(OUT, "sam_test_io.safetensors"))
     return model, io

@@ -54,7 +54,7 @@ pub enum SamCommand {
         after_help = "Example:\n  pixel sam predict --model sam-vit-base --inputs in.safetensors --multimask --out out.safetensors\n\n\
         IN: pixel_values (f32) [B,3,S,S]; input_points (f32) [B,P,N,2] with input_labels (i64) [B,P,N]\n\
         (1 foreground, 0 background, -1 padding, -10 ignore) and/or input_boxes (f32) [B,P,4]; pixel\n\
-        coordinates in the model-input frame (HF conventions)\n\
+        coordinates in the model-input frame (HF conventions); optional input_masks (f32) [B,1,4h,4w]\n\
         OUT (f32): pred_masks [B,P,M,4h,4w] (M = 3 with --multimask, else 1), iou_scores [B,P,M]"
     )]
     Predict {
@@ -288,6 +288,7 @@ impl SamPresetVisitor for SamPredict {
         let prompts = SamPrompts {
             points,
             boxes: boxes.map(|b| b.to_f32()),
+            masks: job.inputs.get("input_masks").map(|m| m.to_f32()),
             batch,
             prompts: prompts_per_image,
         };

@@ -457,7 +457,7 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
             .broadcast_like::<_, Axis<0>>(&(b, 1, C::default()));
         let tokens = (cls, x.tokens).concat_along(Axis::<1>);
         let tokens: Seq<C, D, T> = crate::layers::realize(tokens);
-        let pos = self.position_embedding(h, w);
+        let pos = self.position_embedding::<T>(h, w);
         let shape = *tokens.shape();
         let mut x = tokens
             + pos
@@ -479,14 +479,15 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
     }
 
     /// The position embedding for an `h x w` grid (resized when it differs from the config's).
-    fn position_embedding(&self, h: usize, w: usize) -> Seq<C, D> {
+    fn position_embedding<T: Tape<f32, D>>(&self, h: usize, w: usize) -> Seq<C, D, T> {
         let n = self.pos_embed.shape().1 - 1;
         let g = (n as f64).sqrt() as usize;
+        let pos = self.pos_embed.retaped::<T>();
         if g * g == n && (g, g) == (h, w) {
-            return self.pos_embed.clone();
+            return pos;
         }
-        let cls = slice_tokens(self.pos_embed.clone(), 0..1);
-        let grid = FeatureMap::new(slice_tokens(self.pos_embed.clone(), 1..n + 1), g, g);
+        let cls = slice_tokens(pos.retaped::<T>(), 0..1);
+        let grid = FeatureMap::new(slice_tokens(pos, 1..n + 1), g, g);
         let grid = resize_map(grid, h, w, ResizeKernel::Bicubic).tokens;
         crate::layers::realize((cls, grid).concat_along(Axis::<1>))
     }

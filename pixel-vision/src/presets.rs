@@ -202,10 +202,12 @@ pub fn with_sam_widths<V: SamPresetVisitor>(
         (1024, 256) => "sam-vit-l",
         (1280, 256) => "sam-vit-h",
         (64, 32) => "sam-vit-test",
-        _ => return Err(VisionError::Config(format!(
+        _ => {
+            return Err(VisionError::Config(format!(
             "no SAM preset has image-encoder width {hidden} and output width {embed}; known: {}",
             SAM_PRESETS.join(", ")
-        ))),
+        )))
+        }
     };
     with_sam_preset(name, visitor)
 }

@@ -73,8 +73,15 @@ fn test_preset_parameters_are_exactly_the_checkpoint_tensors() {
     c.ref_feat_shape = 4;
     let mut eva = Eva02::<Const<64>, Cpu>::new(&dev, &c).unwrap();
     let store = TensorStore::read(&fixtures().join("eva02-test.safetensors")).unwrap();
-    let ours: Vec<(String, Vec<usize>)> = list_params(&mut eva).into_iter().map(|p| (p.name, p.shape)).collect();
-    let mut theirs: Vec<(String, Vec<usize>)> = store.tensors.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect();
+    let ours: Vec<(String, Vec<usize>)> = list_params(&mut eva)
+        .into_iter()
+        .map(|p| (p.name, p.shape))
+        .collect();
+    let mut theirs: Vec<(String, Vec<usize>)> = store
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape.clone()))
+        .collect();
     let mut sorted = ours.clone();
     sorted.sort();
     theirs.sort();

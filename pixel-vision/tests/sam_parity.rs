@@ -62,6 +62,7 @@ fn hf_sam_image_embeddings_and_masks_match() {
     let prompts = SamPrompts {
         points: Some((coords, i64s(&io, "input_labels"))),
         boxes: None,
+        masks: None,
         batch: 2,
         prompts: 1,
     };
@@ -84,6 +85,7 @@ fn hf_sam_image_embeddings_and_masks_match() {
     let prompts = SamPrompts {
         points: None,
         boxes: Some(f32s(&io, "input_boxes").1),
+        masks: None,
         batch: 2,
         prompts: 1,
     };
@@ -107,10 +109,13 @@ fn hf_sam_image_embeddings_and_masks_match() {
     let prompts = SamPrompts {
         points: Some((f32s(&io, "input_points2").1, i64s(&io, "input_labels2"))),
         boxes: None,
+        masks: None,
         batch: 2,
         prompts: 2,
     };
-    let out = model.predict_from_embeddings(emb, &prompts, true).unwrap();
+    let out = model
+        .predict_from_embeddings(emb.clone(), &prompts, true)
+        .unwrap();
     check(
         "2 prompts pred_masks",
         &out.masks.as_vec(),
@@ -121,6 +126,27 @@ fn hf_sam_image_embeddings_and_masks_match() {
         "2 prompts iou_scores",
         &out.iou_scores.as_vec(),
         &f32s(&io, "points2_iou_scores").1,
+        1e-3,
+    );
+
+    let prompts = SamPrompts {
+        points: Some((f32s(&io, "input_points").1, i64s(&io, "input_labels"))),
+        boxes: None,
+        masks: Some(f32s(&io, "input_masks").1),
+        batch: 2,
+        prompts: 1,
+    };
+    let out = model.predict_from_embeddings(emb, &prompts, false).unwrap();
+    check(
+        "mask prompt pred_masks",
+        &out.masks.as_vec(),
+        &f32s(&io, "masks_pred_masks").1,
+        1e-3,
+    );
+    check(
+        "mask prompt iou_scores",
+        &out.iou_scores.as_vec(),
+        &f32s(&io, "masks_iou_scores").1,
         1e-3,
     );
 }
@@ -144,6 +170,7 @@ fn official_sam_checkpoint_names_load_and_match_segment_anything() {
     let prompts = SamPrompts {
         points: Some((f32s(&io, "input_points").1, i64s(&io, "input_labels"))),
         boxes: None,
+        masks: None,
         batch: 2,
         prompts: 1,
     };

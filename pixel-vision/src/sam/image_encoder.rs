@@ -371,12 +371,12 @@ impl<C: ConstDim, O: ConstDim, D: Device<f32>> SamImageEncoder<C, O, D> {
         let mut tokens = x.tokens;
         if let Some(pos) = &self.pos_embed {
             let (_, ph, pw, _) = *pos.shape();
-            let pos: Tokens<C, D> = pos.clone().reshape_like(&(1, ph * pw, C::default()));
+            // On the tape, so a resized table still trains.
+            let pos: Tokens<C, D, T> = pos.retaped::<T>().reshape_like(&(1, ph * pw, C::default()));
             let pos = if (ph, pw) == (h, w) {
                 pos
             } else {
-                let map = FeatureMap::new(pos, ph, pw);
-                resize_map(map, h, w, ResizeKernel::Bicubic).tokens
+                resize_map(FeatureMap::new(pos, ph, pw), h, w, ResizeKernel::Bicubic).tokens
             };
             let shape = *tokens.shape();
             tokens = tokens
@@ -448,6 +448,39 @@ mod tests {
                 prop_assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn encoder_runs_at_other_sizes_and_trains_patch_and_position_tables() {
+        let dev: Cpu = Cpu::seed_from_u64(0);
+        let config = crate::sam::SamConfig::test().vision_config;
+        let enc = SamImageEncoder::<Const<64>, Const<32>, Cpu>::new(&dev, &config).unwrap();
+        // 96 px instead of 128: a 6x6 grid, resized absolute and relative positions.
+        let images: Images<Cpu> = dev.sample_normal_like(&(1, 3, 96, 96));
+        let out = enc.forward(images.retaped::<OwnedTape<f32, Cpu>>());
+        assert_eq!((out.height, out.width), (6, 6));
+        let grads = out.tokens.square().sum().backward();
+        for t in [
+            &enc.layers[1].attn.rel_pos_h.as_ref().unwrap().clone(),
+            &enc.layers[0].attn.rel_pos_w.as_ref().unwrap().clone(),
+        ] {
+            assert!(grads.get(t).as_vec().iter().any(|g| *g != 0.0));
+        }
+        assert!(grads
+            .get(&enc.patch_embed.weight)
+            .as_vec()
+            .iter()
+            .any(|g| *g != 0.0));
+        assert!(grads
+            .get(enc.pos_embed.as_ref().unwrap())
+            .as_vec()
+            .iter()
+            .any(|g| *g != 0.0));
+        assert!(grads
+            .get(&enc.neck.conv2.weight)
+            .as_vec()
+            .iter()
+            .any(|g| *g != 0.0));
     }
 
     #[test]

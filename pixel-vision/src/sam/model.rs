@@ -20,6 +20,8 @@ pub struct SamPrompts {
     pub points: Option<(Vec<f32>, Vec<i64>)>,
     /// `input_boxes` `[B, P, 4]` flattened (one box per prompt).
     pub boxes: Option<Vec<f32>>,
+    /// `input_masks` `[B, 1, 4h, 4w]` flattened: low-resolution mask logits as a dense prompt.
+    pub masks: Option<Vec<f32>>,
     /// Images in the batch.
     pub batch: usize,
     /// Prompts per image (HF's point batch).
@@ -168,9 +170,22 @@ impl<H: ConstDim, C: ConstDim, D: Device<f32>> SamModel<H, C, D> {
         multimask: bool,
     ) -> VisionResult<MaskPrediction<D, T>> {
         let sparse = self.embed_prompts::<T>(prompts)?;
-        let dense = self
-            .prompt_encoder
-            .dense_without_mask::<T>(image_embeddings.batch());
+        let batch = image_embeddings.batch();
+        let dense = match &prompts.masks {
+            None => self.prompt_encoder.dense_without_mask::<T>(batch),
+            Some(masks) => {
+                let side = 4 * self.prompt_encoder.image_embedding_size;
+                if masks.len() != batch * side * side {
+                    return Err(VisionError::Input(format!(
+                        "input_masks has {} values, expected {batch} x 1 x {side} x {side}",
+                        masks.len()
+                    )));
+                }
+                let dev = self.prompt_encoder.no_mask_embed.device().clone();
+                let masks: Images<D> = dev.tensor_from_vec(masks.clone(), (batch, 1, side, side));
+                self.prompt_encoder.dense_from_masks(masks.retaped::<T>())
+            }
+        };
         let pe = self.image_pe();
         Ok(self
             .mask_decoder
