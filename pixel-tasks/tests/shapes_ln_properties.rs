@@ -1,7 +1,9 @@
 //! Properties of ShapesLN that the training and evaluation code rely on, checked on random
 //! seeds, indices and configs.
 
-use pixel_tasks::shapes_ln::{vocabulary, LnRecord, ShapesLn, ShapesLnConfig, Split};
+use pixel_tasks::shapes_ln::{
+    vocabulary, Colour, LnRecord, ShapeKind, ShapesLn, ShapesLnConfig, Split,
+};
 use proptest::prelude::*;
 
 /// Word boxes from an LN record by the official rule: each utterance's trace segment (points with
@@ -98,6 +100,48 @@ proptest! {
         let a = ShapesLn::new(ShapesLnConfig::default(), seed).unwrap().sample(split, index);
         let b = ShapesLn::new(ShapesLnConfig::default(), seed).unwrap().sample(split, index);
         prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn every_valid_config_generates_consistent_samples(
+        image_size in 16u32..=200,
+        objects in (1usize..=6).prop_flat_map(|max| (1..=max, Just(max))),
+        shapes in proptest::sample::subsequence(ShapeKind::ALL.to_vec(), 1..=4),
+        colours in proptest::sample::subsequence(Colour::ALL.to_vec(), 1..=6),
+        small in (0.05f32..0.25, 0.0f32..0.05),
+        large in (0.0f32..0.1, 0.0f32..0.1),
+        margins in (0.0f32..=0.1, 0.0f32..=0.1, 0.0f32..=0.2),
+        seed in any::<u64>(), index in any::<u64>(),
+    ) {
+        let (min_objects, max_objects) = objects;
+        let small_diameter = [small.0, (small.0 + small.1).min(0.3)];
+        let l0 = small_diameter[1] + 0.01 + large.0;
+        let config = ShapesLnConfig {
+            image_size,
+            min_objects,
+            max_objects,
+            shapes,
+            colours,
+            small_diameter,
+            large_diameter: [l0, (l0 + large.1).min(0.5)],
+            position_margin: margins.0,
+            order_margin: margins.1,
+            min_gap: margins.2,
+            ..Default::default()
+        };
+        // Too few (shape, colour, size) combinations for max_objects is the one rejection.
+        let Ok(g) = ShapesLn::new(config.clone(), seed) else {
+            prop_assert!(2 * config.shapes.len() * config.colours.len() < max_objects);
+            return Ok(());
+        };
+        let s = g.sample(Split::Train, index);
+        prop_assert!(s.objects.len() <= max_objects);
+        prop_assert_eq!(s.image.dimensions(), (image_size, image_size));
+        prop_assert_eq!(s.words.len(), s.caption.split_whitespace().count());
+        prop_assert_eq!(s.referring.len(), s.objects.len());
+        for o in &s.objects {
+            prop_assert!(config.shapes.contains(&o.kind) && config.colours.contains(&o.colour));
+        }
     }
 
     #[test]

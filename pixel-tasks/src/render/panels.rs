@@ -319,6 +319,26 @@ mod tests {
     }
 
     #[test]
+    fn wide_images_keep_their_aspect_ratio() {
+        let mut panel = grey_panel(vec![("dot".into(), Some([1.0, 1.0]))]);
+        panel.image = RgbImage::from_pixel(64, 16, Rgb([128, 128, 128]));
+        let img = samples_image(&[panel]).unwrap();
+        // 64x16 shows as 256x64: grey stops at row 64, the dot sits in the bottom-right corner.
+        assert_eq!(
+            img.get_pixel(ORIGIN.0 + 10, ORIGIN.1 + 63).0,
+            [128, 128, 128]
+        );
+        assert_ne!(
+            img.get_pixel(ORIGIN.0 + 10, ORIGIN.1 + 64).0,
+            [128, 128, 128]
+        );
+        assert_eq!(
+            img.get_pixel(ORIGIN.0 + 255, ORIGIN.1 + 63).0,
+            draw::palette(0)
+        );
+    }
+
+    #[test]
     fn grid_has_four_columns_and_wraps_rows() {
         let panels: Vec<_> = (0..6)
             .map(|_| grey_panel(vec![("a".into(), None)]))
