@@ -407,6 +407,23 @@ pub struct ShapesLn {
     seed: u64,
 }
 
+/// An object placed during generation, before it is drawn.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    geometry: shape::Geometry,
+    colour: Colour,
+    size: SizeClass,
+}
+
+/// (kind, colour, size): what must differ between objects of one image.
+type Attributes = (ShapeKind, Colour, SizeClass);
+
+impl Placed {
+    fn attributes(&self) -> Attributes {
+        (self.geometry.kind, self.colour, self.size)
+    }
+}
+
 /// Attempts at placing one object before giving up on its size (then on the object).
 const PLACEMENT_TRIES: usize = 200;
 /// Least distance from a box to the image border, fraction of the side.
@@ -443,6 +460,79 @@ impl ShapesLn {
         splitmix64(splitmix64(splitmix64(self.seed) ^ split.salt()) ^ index)
     }
 
+    /// Attributes for a new object that no placed object shares in full, so the referring
+    /// expression "the size colour kind" is always unique. `validate` ensures one exists.
+    fn pick_attributes(&self, rng: &mut ChaCha8Rng, placed: &[Placed]) -> Attributes {
+        let cfg = &self.config;
+        loop {
+            let attrs = (
+                cfg.shapes[rng.gen_range(0..cfg.shapes.len())],
+                cfg.colours[rng.gen_range(0..cfg.colours.len())],
+                if rng.gen_bool(0.5) {
+                    SizeClass::Small
+                } else {
+                    SizeClass::Large
+                },
+            );
+            if !placed.iter().any(|p| p.attributes() == attrs) {
+                return attrs;
+            }
+        }
+    }
+
+    /// A position (and diameter) for a new object by rejection sampling: clear of the others'
+    /// boxes and x centres and of the thirds lines. A large object that does not fit is tried
+    /// small; `None` when neither fits.
+    fn place(
+        &self,
+        rng: &mut ChaCha8Rng,
+        kind: ShapeKind,
+        colour: Colour,
+        size: SizeClass,
+        placed: &[Placed],
+    ) -> Option<Placed> {
+        let cfg = &self.config;
+        let near_third = |v: f32| {
+            (v - 1.0 / 3.0).abs() < cfg.position_margin
+                || (v - 2.0 / 3.0).abs() < cfg.position_margin
+        };
+        let mut sizes = vec![size];
+        let small_free = !placed
+            .iter()
+            .any(|p| p.attributes() == (kind, colour, SizeClass::Small));
+        if size == SizeClass::Large && small_free {
+            sizes.push(SizeClass::Small);
+        }
+        for size in sizes {
+            let [d0, d1] = match size {
+                SizeClass::Small => cfg.small_diameter,
+                SizeClass::Large => cfg.large_diameter,
+            };
+            for _ in 0..PLACEMENT_TRIES {
+                let h = rng.gen_range(d0..=d1) / 2.0;
+                let (lo, hi) = (h + BORDER, 1.0 - h - BORDER);
+                let geometry = shape::Geometry {
+                    kind,
+                    cx: rng.gen_range(lo..=hi),
+                    cy: rng.gen_range(lo..=hi),
+                    h,
+                };
+                let clashes = placed.iter().any(|p| {
+                    boxes_too_close(p.geometry.bbox(), geometry.bbox(), cfg.min_gap)
+                        || (p.geometry.cx - geometry.cx).abs() < cfg.order_margin
+                });
+                if !near_third(geometry.cx) && !near_third(geometry.cy) && !clashes {
+                    return Some(Placed {
+                        geometry,
+                        colour,
+                        size,
+                    });
+                }
+            }
+        }
+        None
+    }
+
     /// Samples `indices` of `split`, in order.
     pub fn samples(
         &self,
@@ -459,80 +549,30 @@ impl ShapesLn {
         let background = [0; 3].map(|_: u8| 255 - rng.gen_range(0..=cfg.background_tint));
         let wanted = rng.gen_range(cfg.min_objects..=cfg.max_objects);
 
-        let mut placed: Vec<(shape::Geometry, Colour, SizeClass)> = Vec::new();
+        let mut placed: Vec<Placed> = Vec::new();
         for _ in 0..wanted {
-            // Attributes: resample until no other object has the same (size, colour, kind).
-            let mut attrs;
-            loop {
-                attrs = (
-                    cfg.shapes[rng.gen_range(0..cfg.shapes.len())],
-                    cfg.colours[rng.gen_range(0..cfg.colours.len())],
-                    if rng.gen_bool(0.5) {
-                        SizeClass::Small
-                    } else {
-                        SizeClass::Large
-                    },
-                );
-                let taken = placed.iter().any(|(g, c, s)| (g.kind, *c, *s) == attrs);
-                if !taken {
-                    break;
-                }
-            }
-            let (kind, colour, mut size) = attrs;
-            let mut geometry = None;
-            for attempt in 0..2 * PLACEMENT_TRIES {
-                if attempt == PLACEMENT_TRIES {
-                    // A large object that does not fit is tried small before it is dropped.
-                    if size == SizeClass::Small
-                        || placed
-                            .iter()
-                            .any(|(g, c, s)| (g.kind, *c, *s) == (kind, colour, SizeClass::Small))
-                    {
-                        break;
-                    }
-                    size = SizeClass::Small;
-                }
-                let [d0, d1] = match size {
-                    SizeClass::Small => cfg.small_diameter,
-                    SizeClass::Large => cfg.large_diameter,
-                };
-                let h = rng.gen_range(d0..=d1) / 2.0;
-                let lo = h + BORDER;
-                let hi = 1.0 - h - BORDER;
-                let g = shape::Geometry {
-                    kind,
-                    cx: rng.gen_range(lo..=hi),
-                    cy: rng.gen_range(lo..=hi),
-                    h,
-                };
-                let near_third = |v: f32| {
-                    (v - 1.0 / 3.0).abs() < cfg.position_margin
-                        || (v - 2.0 / 3.0).abs() < cfg.position_margin
-                };
-                let clashes = placed.iter().any(|(o, _, _)| {
-                    boxes_too_close(o.bbox(), g.bbox(), cfg.min_gap)
-                        || (o.cx - g.cx).abs() < cfg.order_margin
-                });
-                if !near_third(g.cx) && !near_third(g.cy) && !clashes {
-                    geometry = Some(g);
-                    break;
-                }
-            }
-            if let Some(g) = geometry {
-                placed.push((g, colour, size));
+            let (kind, colour, size) = self.pick_attributes(&mut rng, &placed);
+            if let Some(p) = self.place(&mut rng, kind, colour, size, &placed) {
+                placed.push(p);
             }
         }
         // Caption order: left to right, ties top to bottom.
         placed.sort_by(|a, b| {
-            (a.0.cx, a.0.cy)
-                .partial_cmp(&(b.0.cx, b.0.cy))
+            let key = |p: &Placed| (p.geometry.cx, p.geometry.cy);
+            key(a)
+                .partial_cmp(&key(b))
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
 
         let n = cfg.image_size;
         let mut image = RgbImage::from_pixel(n, n, Rgb(background));
         let mut objects = Vec::with_capacity(placed.len());
-        for (g, colour, size) in &placed {
+        for Placed {
+            geometry: g,
+            colour,
+            size,
+        } in &placed
+        {
             let jitter = cfg.colour_jitter as i16;
             let rgb = colour.rgb().map(|c| {
                 let d = rng.gen_range(-jitter..=jitter);
@@ -555,9 +595,9 @@ impl ShapesLn {
 
         let narrated: Vec<_> = placed
             .iter()
-            .map(|(g, c, s)| narrative::Narrated {
-                geometry: *g,
-                attributes: [s.word(), c.word(), g.kind.word()],
+            .map(|p| narrative::Narrated {
+                geometry: p.geometry,
+                attributes: [p.size.word(), p.colour.word(), p.geometry.kind.word()],
             })
             .collect();
         let story = narrative::narrate(&narrated);
