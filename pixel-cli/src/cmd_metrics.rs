@@ -8,6 +8,7 @@ use pixel_tasks::metrics::{
     densecap::{self, DensecapProtocol},
     masks,
     meteor::{Meteor, MeteorConfig, ParaphraseTable, SynonymDictionary},
+    read_json,
 };
 
 /// Compute evaluation metrics from JSON files; prints one JSON object on stdout.
@@ -138,8 +139,10 @@ pub fn run(cmd: MetricsCommand) -> Result<(), Box<dyn Error>> {
         MetricsCommand::Captions(a) => {
             let m = meteor(&a.meteor)?;
             let scores = if a.no_tokenize {
-                let refs: captions::References = read(&a.refs)?;
-                let preds: captions::Predictions = read(&a.preds)?;
+                let refs: captions::References =
+                    read_json(&a.refs, "an object {\"<id>\": [\"caption\", ...], ...}")?;
+                let preds: captions::Predictions =
+                    read_json(&a.preds, "an object {\"<id>\": \"caption\", ...}")?;
                 captions::score_pairs(&captions::pair_up(&refs, &preds, false)?, &m)
             } else {
                 captions::captions_from_files(&a.refs, &a.preds, &m)?
@@ -170,13 +173,6 @@ pub fn run(cmd: MetricsCommand) -> Result<(), Box<dyn Error>> {
             print_json(&v)
         }
     }
-}
-
-fn read<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, Box<dyn Error>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("failed to read `{}`: {e}", path.display()))?;
-    Ok(serde_json::from_str(&text)
-        .map_err(|e| format!("failed to parse `{}` as JSON: {e}", path.display()))?)
 }
 
 #[cfg(test)]

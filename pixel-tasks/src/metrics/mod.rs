@@ -90,7 +90,7 @@ pub enum MetricsError {
 }
 
 /// Reads and deserializes a JSON file, naming the file (and the expected layout) on failure.
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+pub fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     expected: &'static str,
 ) -> Result<T, MetricsError> {
