@@ -55,7 +55,8 @@ pub type TinyPixelLlm = PixelLlm<PixelTiny, pixel_core::DefaultDevice>;
 struct Outputs<V: ConstDim, M: ConstDim, D: Device<f32>, T> {
     logits: Seq<V, D, T>,
     corners: Seq<Corners, D, T>,
-    encoder_hidden: Seq<M, D, T>,
+    /// The T5 encoder's output, for generation (no tape: its ops are on the logits' tape).
+    encoder_states: Seq<M, D>,
 }
 
 impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
@@ -164,16 +165,15 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         let mask = self.encoder_mask(batch, n);
         let encoder_hidden = self.language_model.encode_embeds(encoder_input, &mask);
         let decoder_ids = self.language_model.ids(&batch.decoder_input_ids, b);
-        let hidden = self
-            .language_model
-            .decode(decoder_ids, encoder_hidden.retaped::<T>(), &mask);
+        let encoder_states = encoder_hidden.retaped::<NoneTape>();
+        let hidden = self.language_model.decode(decoder_ids, encoder_hidden, &mask);
         // 5. The vocabulary head and the point head, side by side on the decoder features.
         let corners = self.point_head.forward(hidden.retaped::<T>());
         let logits = self.language_model.lm_logits(hidden);
         Ok(Outputs {
             logits,
             corners,
-            encoder_hidden,
+            encoder_states,
         })
     }
 
@@ -246,7 +246,7 @@ impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
         let n = self.prompt_feature_extractor.num_outputs();
         let mask = self.encoder_mask(batch, n);
         let generation = self.language_model.generate(
-            &out.encoder_hidden,
+            &out.encoder_states,
             &mask,
             &GenerateOptions {
                 max_new_tokens,
@@ -310,5 +310,48 @@ impl TinyPixelLlm {
         let words = PixelTiny::vocabulary_words().unwrap_or_default();
         let vocab = VocabMap::from_words(&tokenizer, &words, LmVocab::<PixelTiny>::SIZE)?;
         PixelLlm::new(&dev, config, vocab)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::{training_examples, DemoConfig};
+    use crate::shapes_ln::ShapesLn;
+    use crate::tasks::ExampleBuilder;
+    use pixel_core::optim::alloc_grads;
+
+    #[test]
+    fn every_trainable_parameter_gets_a_gradient() {
+        let config = DemoConfig::builtin().unwrap();
+        let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
+        let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
+        let vocab = model.vocab.clone();
+        let builder = ExampleBuilder { tokenizer: &tok, vocab: &vocab, max_target_tokens: 40 };
+        let data = ShapesLn::new(config.data.clone(), 0).unwrap();
+        let ex = training_examples(&data, &builder, &config.tasks, 2, 0, 0).unwrap();
+        let batch = Batch::new(&ex).unwrap();
+        let trainable = config.model.trainable();
+        let grads = alloc_grads(&mut model, &trainable).unwrap();
+        let (loss, _) = model.loss(&batch, grads).unwrap();
+        let grads = loss.backward();
+        // dfdx's `Gradients::get` panics on a missing slot; a slot is missing when the tape that
+        // holds it was dropped on the way to the loss, so no update would reach that parameter.
+        struct Check<'a>(&'a Gradients<f32, Cpu>, &'a Trainable, Vec<String>);
+        impl<'a> ParamVisitor<Cpu> for Check<'a> {
+            fn visit<S: Shape>(&mut self, name: &str, t: &mut Tensor<S, f32, Cpu>) -> pixel_core::Result<()> {
+                if self.1.is_trainable(name) {
+                    let g = self.0;
+                    let t2 = t.clone();
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.get(&t2))).is_err() {
+                        self.2.push(name.to_string());
+                    }
+                }
+                Ok(())
+            }
+        }
+        let mut c = Check(&grads, &trainable, vec![]);
+        model.visit_params("", &mut c).unwrap();
+        assert!(c.2.is_empty(), "{:?}", c.2);
     }
 }
