@@ -27,7 +27,7 @@ pub(crate) const PALETTE: [[u8; 3]; 10] = [
     [23, 190, 207],
 ];
 
-/// Colour `i` of [`PALETTE`], cycling.
+/// Colour `i` of the palette used for series, bars and words (Tableau 10), cycling.
 pub fn palette(i: usize) -> [u8; 3] {
     PALETTE[i % PALETTE.len()]
 }
