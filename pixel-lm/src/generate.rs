@@ -205,9 +205,9 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
         encoder_mask: &[bool],
         max_new_tokens: usize,
     ) -> Generation<P::Model, D> {
-        let mut cache = self.start_decoding(encoder_hidden, encoder_mask);
+        let mut decoder = self.host_decoder(encoder_hidden, encoder_mask);
         self.greedy_loop(encoder_hidden.shape().0, max_new_tokens, |ids| {
-            self.decode_step(ids, &mut cache)
+            self.host_step(&mut decoder, ids)
         })
     }
 
@@ -232,9 +232,11 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
                 encoder_hidden.clone(),
                 encoder_mask,
             );
-            hidden
+            let last = hidden
                 .slice((.., steps - 1.., ..))
-                .realize::<(usize, usize, P::Model)>()
+                .realize::<(usize, usize, P::Model)>();
+            let logits = self.lm_logits(last.clone()).as_vec();
+            (last.as_vec(), logits)
         })
     }
 
@@ -242,7 +244,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
         &self,
         batch: usize,
         max_new_tokens: usize,
-        mut step: impl FnMut(&[usize]) -> Seq<P::Model, D>,
+        mut step: impl FnMut(&[usize]) -> (Vec<f32>, Vec<f32>),
     ) -> Generation<P::Model, D> {
         let (pad, eos, start) = (
             self.config.pad_token_id,
@@ -256,9 +258,8 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
         let mut states: Vec<Vec<f32>> = Vec::new();
         for _ in 0..max_new_tokens {
             let last: Vec<usize> = sequences.iter().map(|s| *s.last().unwrap()).collect();
-            let hidden = step(&last);
-            let logits = self.lm_logits(hidden.clone()).as_vec();
-            states.push(hidden.as_vec());
+            let (hidden, logits) = step(&last);
+            states.push(hidden);
             for b in 0..batch {
                 let next = if unfinished[b] {
                     argmax(&logits[b * vocab..(b + 1) * vocab])
@@ -323,7 +324,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
             .iter()
             .flat_map(|&b| encoder_mask[b * source..(b + 1) * source].iter().copied())
             .collect();
-        let mut cache = self.start_decoding(&enc, &mask);
+        let mut decoder = self.host_decoder(&enc, &mask);
 
         let fresh = |score: f32| Hyp {
             tokens: vec![start],
@@ -349,9 +350,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
                     .iter()
                     .flat_map(|beams| beams.iter().map(|h| *h.tokens.last().unwrap()))
                     .collect();
-                let hidden = self.decode_step(&last, &mut cache);
-                let logits = self.lm_logits(hidden.clone()).as_vec();
-                let hidden = hidden.as_vec();
+                let (hidden, logits) = self.host_step(&mut decoder, &last);
                 let at_max = cur_len + 1 >= max_length;
                 let mut all_hit = true;
                 let mut parents = Vec::with_capacity(rows);
@@ -433,7 +432,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
                         .collect();
                     running[b] = next;
                 }
-                cache.reorder(&parents);
+                decoder.reorder(&parents);
                 // Can a running beam still beat the worst finished hypothesis?
                 let new_len = cur_len + 1;
                 for b in 0..batch {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod host;
+pub mod host_decoder;
 pub mod load;
 pub mod presets;
 pub mod t5;

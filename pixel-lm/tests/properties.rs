@@ -326,3 +326,87 @@ fn gradients_reach_encoder_decoder_position_bias_and_lora() {
         assert!(*norm > 0.0, "no gradient reaches `{name}`");
     }
 }
+
+/// A preset defined outside pixel-lm, as pixel-tasks' demo does.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tiny;
+
+impl T5Dims for Tiny {
+    const NAME: &'static str = "tiny";
+    type Vocab = Const<50>;
+    type Model = Const<16>;
+    type Inner = Const<24>;
+    type Ff = Const<32>;
+}
+
+#[test]
+fn a_preset_defined_outside_the_crate_trains_and_generates() {
+    let config: T5Config = serde_json::from_str(
+        r#"{"vocab_size":50,"d_model":16,"d_kv":8,"num_heads":3,"d_ff":32,"num_layers":1,
+            "num_decoder_layers":2,"relative_attention_num_buckets":8,
+            "relative_attention_max_distance":16,"feed_forward_proj":"gated-gelu",
+            "tie_word_embeddings":false}"#,
+    )
+    .unwrap();
+    let dev = Cpu::seed_from_u64(4);
+    let model = T5::<Tiny, Cpu>::new(&dev, &config).unwrap();
+    let mask = vec![true, true, true, false];
+    let enc = model.encode::<NoneTape>(model.ids(&[4, 5, 6, 0], 1), &mask);
+    let greedy = model.generate_greedy(&enc, &mask, 4);
+    let beam = model.generate(
+        &enc,
+        &mask,
+        &GenerateOptions {
+            max_new_tokens: 4,
+            num_beams: 2,
+            length_penalty: 1.0,
+        },
+    );
+    assert_eq!(greedy.hidden.shape().1 + 1, greedy.sequences[0].len());
+    assert_eq!(beam.hidden.shape().1 + 1, beam.sequences[0].len());
+    assert!(beam.sequences[0].iter().all(|&t| t < 50));
+}
+
+fn host_decoder_step_equals_dfdx_decode_step<P: T5Dims>(name: &str) {
+    let (mut model, enc, mask) = random::<P>(name, 11);
+    let dev = model.device();
+    model.add_lora(&dev, 2, 0.7);
+    for block in &mut model.decoder.block {
+        let lora = block.self_attention.q.lora.as_mut().unwrap();
+        lora.b = dev.sample_normal_like(lora.b.shape());
+        let lora = block
+            .cross_attention
+            .as_mut()
+            .unwrap()
+            .0
+            .v
+            .lora
+            .as_mut()
+            .unwrap();
+        lora.b = dev.sample_normal_like(lora.b.shape());
+    }
+    let mut cache = model.start_decoding(&enc, &mask);
+    let mut host = model.host_decoder(&enc, &mask);
+    for ids in [[0, 0], [17, 4], [3, 99], [1, 0]] {
+        let hidden = model.decode_step(&ids, &mut cache);
+        let logits = model.lm_logits(hidden.clone()).as_vec();
+        let (h, l) = model.host_step(&mut host, &ids);
+        assert_close(&h, &hidden.as_vec(), 1e-5);
+        assert_close(&l, &logits, 1e-5);
+    }
+    cache.reorder(&[1, 1]);
+    host.reorder(&[1, 1]);
+    let hidden = model.decode_step(&[5, 6], &mut cache);
+    let (h, _) = model.host_step(&mut host, &[5, 6]);
+    assert_close(&h, &hidden.as_vec(), 1e-5);
+}
+
+#[test]
+fn host_decoder_step_equals_dfdx_decode_step_t5() {
+    host_decoder_step_equals_dfdx_decode_step::<T5Test>("t5-test");
+}
+
+#[test]
+fn host_decoder_step_equals_dfdx_decode_step_flan() {
+    host_decoder_step_equals_dfdx_decode_step::<FlanT5Test>("flan-t5-test");
+}

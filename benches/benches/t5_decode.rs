@@ -1,0 +1,100 @@
+//! T5 decoding speed at flan-t5-small dims (random weights), batch 1, 64 input tokens:
+//! encoder forward, greedy decoding of 32 tokens with and without the KV cache (encoder
+//! included), and one decoding step with and without a point head (PixelLLM's 4-layer MLP,
+//! hidden 512 -> 4, on the decoder features). `tools/time_hf_t5.py` times HF on the same work.
+//!
+//! Run: `cargo bench -p pixel-benches --bench t5_decode`.
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use dfdx::prelude::*;
+use pixel_core::nn::{Activation, Mlp};
+use pixel_lm::presets::FlanT5Small;
+use pixel_lm::{T5Config, T5};
+use std::time::Duration;
+
+const INPUT_TOKENS: usize = 64;
+const NEW_TOKENS: usize = 32;
+
+/// flan-t5-small's config.json.
+fn flan_t5_small() -> T5Config {
+    serde_json::from_str(
+        r#"{"d_ff":1024,"d_kv":64,"d_model":512,"decoder_start_token_id":0,"dense_act_fn":"gelu_new",
+        "eos_token_id":1,"feed_forward_proj":"gated-gelu","is_gated_act":true,"layer_norm_epsilon":1e-06,
+        "num_decoder_layers":8,"num_heads":6,"num_layers":8,"pad_token_id":0,
+        "relative_attention_max_distance":128,"relative_attention_num_buckets":32,
+        "tie_word_embeddings":false,"vocab_size":32128}"#,
+    )
+    .unwrap()
+}
+
+fn model(dev: &Cpu) -> T5<FlanT5Small, Cpu> {
+    let mut model = T5::<FlanT5Small, Cpu>::new(dev, &flan_t5_small()).unwrap();
+    // EOS's output row is zero so that greedy search always runs the full 32 steps.
+    let head = model.lm_head.as_mut().unwrap();
+    let mut w = head.weight.as_vec();
+    w[512..1024].iter_mut().for_each(|v| *v = 0.0);
+    head.weight.copy_from(&w);
+    model
+}
+
+fn bench(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(0);
+    let model = model(&dev);
+    let ids: Vec<usize> = (0..INPUT_TOKENS)
+        .map(|i| 100 + (i * 7919) % 30000)
+        .collect();
+    let mask = vec![true; INPUT_TOKENS];
+    let encode = || model.encode::<NoneTape>(model.ids(&ids, 1), &mask);
+    let enc = encode();
+    let out = model.generate_greedy(&enc, &mask, NEW_TOKENS);
+    assert_eq!(
+        out.sequences[0].len(),
+        NEW_TOKENS + 1,
+        "greedy stopped early"
+    );
+
+    let mut g = c.benchmark_group("t5_decode flan-t5-small b1 s64");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("encoder forward", |b| b.iter(encode));
+    g.bench_function("greedy 32 tokens, KV cache, encoder included", |b| {
+        b.iter(|| model.generate_greedy(&encode(), &mask, NEW_TOKENS))
+    });
+    g.bench_function("greedy 32 tokens, no cache, encoder included", |b| {
+        b.iter(|| model.generate_greedy_uncached(&encode(), &mask, NEW_TOKENS))
+    });
+
+    // One step at position 16 (cache of 16 tokens), with the LM head.
+    let mut cache = model.start_decoding(&enc, &mask);
+    for &t in &out.sequences[0][..16] {
+        model.decode_step(&[t], &mut cache);
+    }
+    let point_head = Mlp::<Const<512>, Const<512>, Const<4>, Cpu>::new(&dev, 4, Activation::Relu);
+    let next = [out.sequences[0][16]];
+    g.bench_function("one decoding step", |b| {
+        b.iter_batched(
+            || cache.clone(),
+            |mut cache| {
+                model
+                    .lm_logits(model.decode_step(&next, &mut cache))
+                    .as_vec()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("one decoding step + point head", |b| {
+        b.iter_batched(
+            || cache.clone(),
+            |mut cache| {
+                let h = model.decode_step(&next, &mut cache);
+                let points = point_head.forward(h.clone()).as_vec();
+                (model.lm_logits(h).as_vec(), points)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
