@@ -8,6 +8,9 @@ use std::path::Path;
 
 use super::{read_json, MetricsError};
 
+/// Largest mask (in pixels) decoded; larger sizes in user input are reported as errors.
+const MAX_PIXELS: usize = 1 << 30;
+
 /// A COCO run-length encoded binary mask of `h x w` pixels. `counts` alternate runs of 0s and 1s
 /// in column-major (Fortran) order, starting with 0s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +40,15 @@ impl Rle {
 
     /// Decodes to a column-major mask of `h * w` values.
     pub fn decode(&self) -> Result<Vec<bool>, String> {
-        let n = self.h * self.w;
+        let n = self
+            .h
+            .checked_mul(self.w)
+            .filter(|&n| n <= MAX_PIXELS)
+            .ok_or_else(|| format!("mask size {}x{} is too large", self.h, self.w))?;
         let mut out = Vec::with_capacity(n);
         let mut v = false;
         for &c in &self.counts {
-            if out.len() as u64 + c > n as u64 {
+            if (out.len() as u64).saturating_add(c) > n as u64 {
                 return Err(format!("run lengths sum past h*w = {n}"));
             }
             out.extend(std::iter::repeat_n(v, c as usize));
@@ -85,13 +92,15 @@ impl Rle {
                 more = c & 0x20 != 0;
                 p += 1;
                 k += 1;
-                if !more && (c & 0x10) != 0 {
+                if !more && (c & 0x10) != 0 && 5 * k < 64 {
                     x |= -1i64 << (5 * k);
                 }
             }
             let m = counts.len();
             if m > 2 {
-                x += counts[m - 2];
+                x = x
+                    .checked_add(counts[m - 2])
+                    .ok_or_else(|| format!("count {m} overflows"))?;
             }
             counts.push(x);
         }
@@ -235,7 +244,25 @@ impl Rle {
 
     /// Union of several polygons (pycocotools `frPyObjects` + `merge`).
     pub fn from_polygons(h: usize, w: usize, polys: &[Vec<f64>]) -> Result<Rle, String> {
-        let mut mask = vec![false; h * w];
+        let n = h.checked_mul(w).filter(|&n| n <= MAX_PIXELS);
+        let n = n.ok_or_else(|| format!("mask size {h}x{w} is too large"))?;
+        // Rasterization walks every boundary pixel (at 5x resolution), so coordinates far outside
+        // the image would take unbounded time and memory; no real annotation has them.
+        let limit = 16.0 * h.max(w) as f64 + 1024.0;
+        for (i, p) in polys.iter().enumerate() {
+            if p.len() % 2 != 0 {
+                return Err(format!(
+                    "polygon {i} has an odd number of coordinates ({})",
+                    p.len()
+                ));
+            }
+            if let Some(v) = p.iter().find(|v| !v.is_finite() || v.abs() > limit) {
+                return Err(format!(
+                    "polygon {i} has coordinate {v}, far outside the {h}x{w} image"
+                ));
+            }
+        }
+        let mut mask = vec![false; n];
         for p in polys {
             for (m, v) in mask.iter_mut().zip(Rle::from_polygon(h, w, p).decode()?) {
                 *m |= v;

@@ -188,6 +188,13 @@ mod properties {
         }
 
         #[test]
+        fn malformed_rle_strings_are_errors_not_panics(s in "[\\x20-\\x7e]{0,40}") {
+            if let Ok(r) = Rle::from_compressed(3, 3, &s) {
+                let _ = r.decode();
+            }
+        }
+
+        #[test]
         fn rle_encode_decode_and_string_round_trip(h in 1usize..20, w in 1usize..20, seed in prop::collection::vec(any::<bool>(), 400)) {
             let mask: Vec<bool> = seed.into_iter().take(h * w).collect();
             let r = Rle::encode(h, w, &mask);
