@@ -313,6 +313,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// Direct-loop conv2d over NCHW `x` (`[b, c, h, w]`) with weight `[o, c, k, k]`.
+    #[allow(clippy::too_many_arguments)]
     fn direct_conv(
         x: &[f32],
         (b, c, h, w): (usize, usize, usize, usize),
@@ -352,6 +353,7 @@ mod tests {
         (out, ho, wo)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_conv(
         seed: u64,
         b: usize,

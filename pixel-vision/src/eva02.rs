@@ -86,12 +86,14 @@ impl Eva02Config {
                 "embed_dim is {} but the model type has {dim}",
                 self.embed_dim
             ))
-        } else if self.embed_dim % self.num_heads != 0 || self.head_dim() % 4 != 0 {
+        } else if !self.embed_dim.is_multiple_of(self.num_heads)
+            || !self.head_dim().is_multiple_of(4)
+        {
             Some(format!(
                 "embed_dim {} must split into {} heads of a multiple of 4 (2D RoPE)",
                 self.embed_dim, self.num_heads
             ))
-        } else if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+        } else if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             Some(format!(
                 "img_size {} is not a multiple of patch_size {}",
                 self.img_size, self.patch_size
@@ -223,6 +225,7 @@ impl<C: ConstDim, D: Device<f32>> EvaAttention<C, D> {
     }
 
     /// `x`: `[B, 1 + h*w, C]` (class token first).
+    #[allow(clippy::type_complexity)]
     pub fn forward<T: Tape<f32, D>>(&self, x: Seq<C, D, T>, rope: &Rope<D>) -> Seq<C, D, T> {
         let c = C::SIZE;
         let (q, k, v): (

@@ -226,6 +226,7 @@ pub fn expand_batch<C: Dim, D: Device<f32>>(x: &Tokens<C, D>, batch: usize) -> T
 
 /// Moves all of `b`'s recorded operations onto `a`'s tape, so gradients through `b`'s history
 /// reach the loss even when the caller only uses `a`.
+#[allow(clippy::type_complexity)]
 pub fn merge_tapes<S1: Shape, S2: Shape, D: Device<f32>, T: Tape<f32, D>>(
     a: Tensor<S1, f32, D, T>,
     b: Tensor<S2, f32, D, T>,

@@ -13,6 +13,19 @@
 //!
 //! Feature maps are `[batch, height * width, channels]` tokens ([`conv::FeatureMap`]); model
 //! widths are types, inner widths and all sizes run-time.
+//!
+//! | Paper (PixelLLM)        | Here                          | Reference                                   |
+//! |-------------------------|-------------------------------|---------------------------------------------|
+//! | image encoder (SAM)     | [`sam::SamImageEncoder`]      | segment-anything `ImageEncoderViT`, HF `SamVisionEncoder` |
+//! | image encoder (EVA02)   | [`eva02::Eva02`]              | timm `Eva` (`eva02_*_patch14_*`)            |
+//! | both, concatenated      | [`dual::DualImageEncoder`]    | scenic `forward_backbones` + `concat_visual_features` |
+//! | prompt encoder          | [`sam::SamPromptEncoder`]     | segment-anything `PromptEncoder`, HF `SamPromptEncoder` |
+//! | prompt feature extractor's transformer | [`sam::TwoWayTransformer`] | segment-anything `TwoWayTransformer`, scenic `PromptAdaptor` |
+//! | mask decoder            | [`sam::SamMaskDecoder`]       | segment-anything `MaskDecoder`, HF `SamMaskDecoder` |
+//!
+//! Parameters carry HF `SamModel` names (`vision_encoder.layers.0.attn.qkv.weight`) and timm
+//! names for EVA02; segment-anything's names are mapped on load
+//! ([`sam::official_to_hf_name`]).
 pub mod conv;
 pub mod dual;
 pub mod error;

@@ -21,6 +21,7 @@ pub const SAM_NORMALIZATION: Normalization = Normalization {
 };
 
 /// OpenAI CLIP's mean / std, which EVA02 (and scenic's GIT backbone) use.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_NORMALIZATION: Normalization = Normalization {
     mean: [0.48145466 * 255.0, 0.4578275 * 255.0, 0.40821073 * 255.0],
     std: [0.26862954 * 255.0, 0.26130258 * 255.0, 0.27577711 * 255.0],

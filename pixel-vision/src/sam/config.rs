@@ -63,13 +63,13 @@ impl SamVisionConfig {
     pub fn check_dims(&self, hidden: usize, out: usize) -> VisionResult<()> {
         check_width("vision_config.hidden_size", self.hidden_size, hidden)?;
         check_width("vision_config.output_channels", self.output_channels, out)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(VisionError::Config(format!(
                 "vision_config.hidden_size {} does not split into {} heads",
                 self.hidden_size, self.num_attention_heads
             )));
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(VisionError::Config(format!(
                 "vision_config.image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
@@ -173,7 +173,7 @@ impl SamConfig {
     }
 
     /// The test preset `sam-vit-test`: 128 px, patch 16, width 64, 2 layers, 4 heads, MLP 256,
-    /// 32 output channels, window 4, global [1], 16 position features; decoder width 32, 2
+    /// 32 output channels, window 4, global `[1]`, 16 position features; decoder width 32, 2
     /// layers, 2 heads, MLP 64, IoU head 32, mask-input channels 4.
     pub fn test() -> Self {
         SamConfig {

@@ -296,6 +296,7 @@ impl<C: ConstDim, O: ConstDim, D: Device<f32>> Params<D> for SamNeck<C, O, D> {
 
 /// SAM's ViT image encoder with width `C` and output (neck) width `O`.
 #[derive(Debug, Clone)]
+#[allow(clippy::type_complexity)]
 pub struct SamImageEncoder<C: ConstDim, O: ConstDim, D: Device<f32>> {
     pub patch_embed: Conv2d<usize, C, D>,
     /// `[1, grid, grid, C]`.
