@@ -249,6 +249,13 @@ pub fn densecap_map(
                 id: format!("annotations[{k}].image_id = {}", a.image_id),
                 refs: "the ground-truth `images` list".into(),
             })?;
+        if a.bbox.iter().any(|v| !v.is_finite()) || a.bbox[2] < 0.0 || a.bbox[3] < 0.0 {
+            return Err(MetricsError::InvalidBox {
+                id: format!("annotations[{k}]"),
+                bbox: a.bbox.to_vec(),
+                why: "coordinates must be finite and width/height non-negative",
+            });
+        }
         gt_boxes[i].push(a.bbox);
         gt_caps[i].push(a.caption.clone());
     }
