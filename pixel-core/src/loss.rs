@@ -3,7 +3,8 @@ use crate::error::{CoreError, Result};
 use crate::nn::Seq;
 use dfdx::prelude::*;
 
-/// Mean over supervised tokens of `(1 - eps) * nll + eps * mean_v(-log p_v)`.
+/// Mean over supervised tokens of the cross-entropy against the smoothed target that scenic's
+/// PixelLLM (after GRiT) uses: `1 - eps` on the target, `eps / (V - 1)` on every other piece.
 ///
 /// `logits` is `[batch, tokens, vocab]`, `targets` and `weights` are `[batch * tokens]`; a token
 /// with weight 0 (padding, prompt) is ignored. Errors when no token is supervised.
@@ -38,7 +39,11 @@ pub fn label_smoothed_cross_entropy<V: ConstDim, D: Device<f32>, T: Tape<f32, D>
     let mean_log_prob = log_probs.retaped::<T>().mean::<(usize, usize), Axis<2>>();
     let safe_targets: Vec<usize> = targets.iter().map(|&id| id.min(V::SIZE - 1)).collect();
     let target_log_prob = log_probs.select(dev.tensor_from_vec(safe_targets, (b, t)));
-    let per_token = target_log_prob * (smoothing - 1.0) - mean_log_prob * smoothing;
+    // -[(1 - eps) lp_t + eps / (V - 1) * (sum_v lp_v - lp_t)], with sum_v = V * mean_v.
+    let v = V::SIZE as f32;
+    let on_target = 1.0 - smoothing - smoothing / (v - 1.0);
+    let on_mean = smoothing * v / (v - 1.0);
+    let per_token = target_log_prob * -on_target - mean_log_prob * on_mean;
     let weights = dev.tensor_from_vec(weights.to_vec(), (b, t));
     Ok((per_token * weights).sum() / total)
 }
@@ -91,9 +96,8 @@ mod tests {
             let max = row.iter().cloned().fold(f32::MIN, f32::max);
             let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
             let logp: Vec<f32> = row.iter().map(|v| v - lse).collect();
-            let nll = -logp[targets[i]];
-            let smooth = -logp.iter().sum::<f32>() / vocab as f32;
-            total += weights[i] * ((1.0 - eps) * nll + eps * smooth);
+            let others: f32 = (0..vocab).filter(|&v| v != targets[i]).map(|v| -logp[v]).sum();
+            total += weights[i] * ((1.0 - eps) * -logp[targets[i]] + eps / (vocab - 1) as f32 * others);
         }
         total / weights.iter().sum::<f32>()
     }

@@ -221,7 +221,7 @@ fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {
         &[
             ("total", &total),
             ("text (label-smoothed CE)", &text),
-            ("location (L1)", &location),
+            ("location (L1, px)", &location),
         ],
         "PixelLLM tiny on ShapesLN: training loss",
         Scale::Log,

@@ -39,7 +39,8 @@ pub struct ModelConfig {
     pub point_head_pre_norm: bool,
     /// Label smoothing of the text loss (0.1 officially).
     pub label_smoothing: f32,
-    /// Weight of the L1 location loss (0.1 officially).
+    /// Weight of the L1 location loss, which is in pixels of the model input as in scenic (0.1
+    /// officially).
     pub location_loss_weight: f32,
     /// Freeze the SAM backbone (as the paper does); EVA02 always trains.
     pub freeze_sam: bool,

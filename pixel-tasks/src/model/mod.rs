@@ -208,9 +208,12 @@ impl<P: PixelDims, D: Device<f32>> TrainStep<D> for PixelLlm<P, D> {
             &batch.target_weights,
             self.config.label_smoothing,
         )?;
+        // As scenic's `point_loss`: L1 on absolute coordinates, in pixels of the model input.
+        let side = batch.image_size as f32;
+        let pixel_targets: Vec<f32> = batch.location_targets.iter().map(|v| v * side).collect();
         let location = masked_l1(
-            out.corners,
-            &batch.location_targets,
+            out.corners * side,
+            &pixel_targets,
             &batch.location_weights,
         )?;
         let parts = LossParts {
