@@ -64,14 +64,34 @@ fn bench(c: &mut Criterion) {
         b.iter(|| model.generate_greedy_uncached(&encode(), &mask, NEW_TOKENS))
     });
 
-    // One step at position 16 (cache of 16 tokens), with the LM head.
+    // One step at position 16 (16 cached tokens), LM head included, as `generate` runs it.
+    let mut host = model.host_decoder(&enc, &mask);
     let mut cache = model.start_decoding(&enc, &mask);
     for &t in &out.sequences[0][..16] {
+        model.host_step(&mut host, &[t]);
         model.decode_step(&[t], &mut cache);
     }
     let point_head = Mlp::<Const<512>, Const<512>, Const<4>, Cpu>::new(&dev, 4, Activation::Relu);
     let next = [out.sequences[0][16]];
     g.bench_function("one decoding step", |b| {
+        b.iter_batched(
+            || host.clone(),
+            |mut host| model.host_step(&mut host, &next),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("one decoding step + point head", |b| {
+        b.iter_batched(
+            || host.clone(),
+            |mut host| {
+                let (hidden, logits) = model.host_step(&mut host, &next);
+                let h = dev.tensor_from_vec(hidden, (1, 1, Const::<512>));
+                (logits, point_head.forward(h).as_vec())
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("one decoding step, dfdx ops (DecoderCache)", |b| {
         b.iter_batched(
             || cache.clone(),
             |mut cache| {
@@ -79,18 +99,7 @@ fn bench(c: &mut Criterion) {
                     .lm_logits(model.decode_step(&next, &mut cache))
                     .as_vec()
             },
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("one decoding step + point head", |b| {
-        b.iter_batched(
-            || cache.clone(),
-            |mut cache| {
-                let h = model.decode_step(&next, &mut cache);
-                let points = point_head.forward(h.clone()).as_vec();
-                (model.lm_logits(h).as_vec(), points)
-            },
-            BatchSize::SmallInput,
+            BatchSize::PerIteration,
         )
     });
     g.finish();

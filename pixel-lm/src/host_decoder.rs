@@ -2,14 +2,16 @@
 //!
 //! Decoding feeds one token per row, so every linear layer is a matrix-vector product that reads
 //! each weight once: memory-bound work on which dfdx's general matmul (built for `m >= 1`
-//! blocks) spends several times the necessary time. [`HostDecoder`] snapshots the decoder and LM
-//! head weights once per `generate` call and runs each step with row-major dot products, with
+//! blocks) spends several times the necessary time. [`HostDecoder`] keeps host copies of the
+//! decoder and LM head weights ([`HostWeights`], made once per model) and runs each step with
+//! row-major dot products, with
 //! the same arithmetic as [`T5::decode_step`] (tested equal to full-sequence decoding, and to HF
 //! through the parity fixtures).
 use crate::presets::T5Dims;
 use crate::t5::{relative_position_bucket, T5Attention, T5DenseAct, T5};
 use dfdx::prelude::*;
 use pixel_core::nn::{Activation, Linear, LoraLinear, RmsNorm, Seq};
+use std::sync::Arc;
 
 const MASKED: f32 = pixel_core::nn::attention::MASKED;
 
@@ -204,17 +206,11 @@ struct HostBlock {
     co: HostLinear,
     ff_norm: Vec<f32>,
     ff: HostFf,
-    /// Per row: self-attention keys / values `[steps, inner]`.
-    self_k: Vec<Vec<f32>>,
-    self_v: Vec<Vec<f32>>,
-    /// Per row: cross-attention keys / values `[source, inner]`.
-    cross_k: Vec<Vec<f32>>,
-    cross_v: Vec<Vec<f32>>,
 }
 
-/// A snapshot of the decoder and LM head on host vectors, with the key/value caches of `rows`
-/// sequences.
-pub struct HostDecoder {
+/// Host copies of the decoder and LM-head weights, made once per model and shared by every
+/// [`HostDecoder`] (see [`T5::host_weights`]).
+pub struct HostWeights {
     blocks: Vec<HostBlock>,
     final_norm: Vec<f32>,
     head: HostLinear,
@@ -225,6 +221,43 @@ pub struct HostDecoder {
     max_distance: usize,
     heads: usize,
     eps: f64,
+}
+
+impl std::fmt::Debug for HostWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostWeights {{ blocks: {}, .. }}", self.blocks.len())
+    }
+}
+
+/// The lazily made [`HostWeights`] of a model. Every `&mut` access to the model's parameters
+/// through [`pixel_core::params::Params`] (optimizers, loaders) and `add_lora` clears it; code
+/// that assigns weights through the public fields directly must call
+/// [`T5::clear_host_weights`].
+#[derive(Debug, Clone, Default)]
+pub struct HostWeightsCache(std::sync::OnceLock<Arc<HostWeights>>);
+
+impl HostWeightsCache {
+    pub fn clear(&mut self) {
+        self.0 = std::sync::OnceLock::new();
+    }
+}
+
+/// Keys and values of one block for every row.
+#[derive(Clone)]
+struct BlockCache {
+    /// Per row: self-attention keys / values `[steps, inner]`.
+    self_k: Vec<Vec<f32>>,
+    self_v: Vec<Vec<f32>>,
+    /// Per row: cross-attention keys / values `[source, inner]`.
+    cross_k: Vec<Vec<f32>>,
+    cross_v: Vec<Vec<f32>>,
+}
+
+/// The decoder on host vectors with the key/value caches of `rows` sequences.
+#[derive(Clone)]
+pub struct HostDecoder {
+    weights: Arc<HostWeights>,
+    caches: Vec<BlockCache>,
     /// `[rows * source]`, true = real encoder token.
     cross_keep: Vec<bool>,
     source: usize,
@@ -237,17 +270,22 @@ fn norm_vec<C: ConstDim, D: Device<f32>>(n: &RmsNorm<C, D>) -> Vec<f32> {
 }
 
 impl<P: T5Dims, D: Device<f32>> T5<P, D> {
-    /// Snapshots the decoder for generation from encoder states `[rows, source, d_model]`.
-    pub fn host_decoder(
-        &self,
-        encoder_hidden: &Seq<P::Model, D>,
-        encoder_mask: &[bool],
-    ) -> HostDecoder {
-        let (rows, source, _) = *encoder_hidden.shape();
-        let inner = P::Inner::SIZE;
-        let per_row = |t: Vec<f32>| -> Vec<Vec<f32>> {
-            t.chunks(source * inner).map(<[f32]>::to_vec).collect()
-        };
+    /// Host copies of the decoder and LM head weights, made on first use and kept until the
+    /// parameters are next accessed mutably.
+    pub fn host_weights(&self) -> Arc<HostWeights> {
+        self.host_weights
+            .0
+            .get_or_init(|| Arc::new(self.make_host_weights()))
+            .clone()
+    }
+
+    /// Forgets the host copies of the weights; needed only after assigning weights through the
+    /// public fields directly.
+    pub fn clear_host_weights(&mut self) {
+        self.host_weights.clear();
+    }
+
+    fn make_host_weights(&self) -> HostWeights {
         let blocks = self
             .decoder
             .block
@@ -285,10 +323,6 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
                     co: HostLinear::new(&ca.o),
                     ff_norm: norm_vec(&b.ff_norm),
                     ff,
-                    self_k: vec![Vec::new(); rows],
-                    self_v: vec![Vec::new(); rows],
-                    cross_k: per_row(ca.k.forward(encoder_hidden.clone()).as_vec()),
-                    cross_v: per_row(ca.v.forward(encoder_hidden.clone()).as_vec()),
                 }
             })
             .collect();
@@ -310,7 +344,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
             .relative_attention_bias
             .as_ref()
             .expect("decoder block 0 has the position bias");
-        HostDecoder {
+        HostWeights {
             blocks,
             final_norm: norm_vec(&self.decoder.final_layer_norm),
             head,
@@ -320,6 +354,41 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
             max_distance: self.decoder.max_distance,
             heads: self.decoder.heads(),
             eps: self.config.layer_norm_epsilon,
+        }
+    }
+
+    /// A host decoder for encoder states `[rows, source, d_model]`: cross-attention keys and
+    /// values computed once, empty self-attention caches.
+    pub fn host_decoder(
+        &self,
+        encoder_hidden: &Seq<P::Model, D>,
+        encoder_mask: &[bool],
+    ) -> HostDecoder {
+        let (rows, source, _) = *encoder_hidden.shape();
+        let inner = P::Inner::SIZE;
+        let per_row = |t: Vec<f32>| -> Vec<Vec<f32>> {
+            t.chunks(source * inner).map(<[f32]>::to_vec).collect()
+        };
+        let caches = self
+            .decoder
+            .block
+            .iter()
+            .map(|b| {
+                let (ca, _) = b
+                    .cross_attention
+                    .as_ref()
+                    .expect("decoder blocks cross-attend");
+                BlockCache {
+                    self_k: vec![Vec::new(); rows],
+                    self_v: vec![Vec::new(); rows],
+                    cross_k: per_row(ca.k.forward(encoder_hidden.clone()).as_vec()),
+                    cross_v: per_row(ca.v.forward(encoder_hidden.clone()).as_vec()),
+                }
+            })
+            .collect();
+        HostDecoder {
+            weights: self.host_weights(),
+            caches,
             cross_keep: encoder_mask.to_vec(),
             source,
             rows,
@@ -340,35 +409,35 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
 
 impl HostDecoder {
     fn step(&mut self, mut x: Vec<f32>) -> (Vec<f32>, Vec<f32>) {
-        let (rows, heads, pos) = (self.rows, self.heads, self.len);
-        let d = self.final_norm.len();
+        let w = self.weights.clone();
+        let (rows, heads, pos) = (self.rows, w.heads, self.len);
         let position: Vec<f32> = (0..=pos)
             .flat_map(|j| {
                 let bucket = relative_position_bucket(
                     j as i64 - pos as i64,
                     false,
-                    self.buckets,
-                    self.max_distance,
+                    w.buckets,
+                    w.max_distance,
                 );
-                self.position_table[bucket * heads..(bucket + 1) * heads].to_vec()
+                w.position_table[bucket * heads..(bucket + 1) * heads].to_vec()
             })
             .collect();
-        for b in &mut self.blocks {
+        for (b, c) in w.blocks.iter().zip(&mut self.caches) {
             let inner = b.q.out;
             let dk = inner / heads;
             // Self-attention over the cache and the new token.
-            let h = rms_norm(&x, &b.self_norm, self.eps);
+            let h = rms_norm(&x, &b.self_norm, w.eps);
             let (q, k, v) = (b.q.forward(&h), b.k.forward(&h), b.v.forward(&h));
             let mut out = vec![0.0f32; rows * inner];
             for r in 0..rows {
-                b.self_k[r].extend_from_slice(&k[r * inner..(r + 1) * inner]);
-                b.self_v[r].extend_from_slice(&v[r * inner..(r + 1) * inner]);
+                c.self_k[r].extend_from_slice(&k[r * inner..(r + 1) * inner]);
+                c.self_v[r].extend_from_slice(&v[r * inner..(r + 1) * inner]);
                 for hd in 0..heads {
                     let o = r * inner + hd * dk;
                     attend_head(
                         &q[o..o + dk],
-                        &b.self_k[r],
-                        &b.self_v[r],
+                        &c.self_k[r],
+                        &c.self_v[r],
                         inner,
                         hd,
                         dk,
@@ -381,7 +450,7 @@ impl HostDecoder {
                 .zip(b.o.forward(&out))
                 .for_each(|(x, y)| *x += y);
             // Cross-attention over the encoder output.
-            let h = rms_norm(&x, &b.cross_norm, self.eps);
+            let h = rms_norm(&x, &b.cross_norm, w.eps);
             let q = b.cq.forward(&h);
             for r in 0..rows {
                 let keep = &self.cross_keep[r * self.source..(r + 1) * self.source];
@@ -389,8 +458,8 @@ impl HostDecoder {
                     let o = r * inner + hd * dk;
                     attend_head(
                         &q[o..o + dk],
-                        &b.cross_k[r],
-                        &b.cross_v[r],
+                        &c.cross_k[r],
+                        &c.cross_v[r],
                         inner,
                         hd,
                         dk,
@@ -403,7 +472,7 @@ impl HostDecoder {
                 .zip(b.co.forward(&out))
                 .for_each(|(x, y)| *x += y);
             // Feed-forward.
-            let h = rms_norm(&x, &b.ff_norm, self.eps);
+            let h = rms_norm(&x, &b.ff_norm, w.eps);
             let y = match &b.ff {
                 HostFf::Plain(wi, wo, act) => {
                     let mut a = wi.forward(&h);
@@ -422,25 +491,22 @@ impl HostDecoder {
             x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
         }
         self.len += 1;
-        let hidden = rms_norm(&x, &self.final_norm, self.eps);
-        let scaled: Vec<f32>;
-        let head_in = if self.head_scale != 1.0 {
-            scaled = hidden.iter().map(|v| v * self.head_scale).collect();
-            &scaled
+        let hidden = rms_norm(&x, &w.final_norm, w.eps);
+        let logits = if w.head_scale != 1.0 {
+            let scaled: Vec<f32> = hidden.iter().map(|v| v * w.head_scale).collect();
+            w.head.forward(&scaled)
         } else {
-            &hidden
+            w.head.forward(&hidden)
         };
-        let logits = self.head.forward(head_in);
-        debug_assert_eq!(hidden.len(), rows * d);
         (hidden, logits)
     }
 
     /// Keeps row `rows[i]` as row `i` of the self-attention caches (beam reordering).
     pub fn reorder(&mut self, rows: &[usize]) {
         assert_eq!(rows.len(), self.rows);
-        for b in &mut self.blocks {
-            b.self_k = rows.iter().map(|&r| b.self_k[r].clone()).collect();
-            b.self_v = rows.iter().map(|&r| b.self_v[r].clone()).collect();
+        for c in &mut self.caches {
+            c.self_k = rows.iter().map(|&r| c.self_k[r].clone()).collect();
+            c.self_v = rows.iter().map(|&r| c.self_v[r].clone()).collect();
         }
     }
 }

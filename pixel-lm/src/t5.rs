@@ -461,6 +461,9 @@ pub struct T5<P: T5Dims, D: Device<f32>> {
     pub decoder: T5Stack<P, D>,
     /// `None` when tied to `shared` (T5 v1.0).
     pub lm_head: Option<Linear<P::Model, P::Vocab, D>>,
+    /// Host copies of the decoder weights for generation, made on first use; cleared by every
+    /// mutable parameter access (see [`crate::host_decoder::HostWeightsCache`]).
+    pub host_weights: crate::host_decoder::HostWeightsCache,
 }
 
 impl<P: T5Dims, D: Device<f32>> T5<P, D> {
@@ -474,6 +477,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
             encoder: T5Stack::new(dev, config, false)?,
             decoder: T5Stack::new(dev, config, true)?,
             lm_head: (!config.tie_word_embeddings).then(|| Linear::new(dev, false)),
+            host_weights: Default::default(),
         })
     }
 
@@ -556,6 +560,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
     /// Attaches fresh LoRA adapters (B = 0) to `q` and `v` of every self- and cross-attention
     /// of encoder and decoder.
     pub fn add_lora(&mut self, dev: &D, rank: usize, scale: f32) {
+        self.host_weights.clear();
         for block in self
             .encoder
             .block
@@ -581,11 +586,13 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
 }
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5<P, D> {
+    /// Also clears the host copies of the weights, since the visitor may change them.
     fn visit_params<V: ParamVisitor<D>>(
         &mut self,
         prefix: &str,
         v: &mut V,
     ) -> pixel_core::Result<()> {
+        self.host_weights.clear();
         self.shared.visit_params(&join(prefix, "shared"), v)?;
         self.encoder.visit_params(&join(prefix, "encoder"), v)?;
         self.decoder.visit_params(&join(prefix, "decoder"), v)?;

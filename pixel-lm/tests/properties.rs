@@ -410,3 +410,18 @@ fn host_decoder_step_equals_dfdx_decode_step_t5() {
 fn host_decoder_step_equals_dfdx_decode_step_flan() {
     host_decoder_step_equals_dfdx_decode_step::<FlanT5Test>("flan-t5-test");
 }
+
+#[test]
+fn loading_weights_refreshes_the_generation_snapshot() {
+    let (mut a, enc, mask) = random::<FlanT5Test>("flan-t5-test", 21);
+    let (mut b, _, _) = random::<FlanT5Test>("flan-t5-test", 22);
+    let before = a.generate_greedy(&enc, &mask, 4);
+    let mut store = TensorStore::default();
+    pixel_core::checkpoint::collect_params(&mut b, &mut store, "").unwrap();
+    a.load_store(&store).unwrap();
+    let after = a.generate_greedy(&enc, &mask, 4);
+    let want = b.generate_greedy(&enc, &mask, 4);
+    assert_eq!(after.sequences, want.sequences);
+    assert_eq!(after.hidden.as_vec(), want.hidden.as_vec());
+    assert_ne!(before.hidden.as_vec(), after.hidden.as_vec());
+}
