@@ -11,6 +11,10 @@ use pixel_core::CoreError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The adapters of one attention's `q` and `v`.
+type LoraPair<P, D> =
+    [Option<pixel_core::nn::LoraAdapter<<P as T5Dims>::Model, <P as T5Dims>::Inner, D>>; 2];
+
 /// Copies of `shared.weight` that HF may store for tied embeddings.
 const EMBED_DUPLICATES: [&str; 2] = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"];
 
@@ -160,9 +164,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
         }
     }
 
-    fn take_lora(
-        &mut self,
-    ) -> Vec<[Option<pixel_core::nn::LoraAdapter<P::Model, P::Inner, D>>; 2]> {
+    fn take_lora(&mut self) -> Vec<LoraPair<P, D>> {
         let mut out = Vec::new();
         for block in self
             .encoder
@@ -181,10 +183,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
         out
     }
 
-    fn put_lora(
-        &mut self,
-        lora: Vec<[Option<pixel_core::nn::LoraAdapter<P::Model, P::Inner, D>>; 2]>,
-    ) {
+    fn put_lora(&mut self, lora: Vec<LoraPair<P, D>>) {
         let mut lora = lora.into_iter();
         for block in self
             .encoder

@@ -273,6 +273,12 @@ impl<P: T5Dims, D: Device<f32>> Params<D> for T5DenseAct<P, D> {
     }
 }
 
+/// Encoder output and its padding bias, as one decoder block's cross-attention sees them.
+type CrossInput<P, D, T> = (Seq<<P as T5Dims>::Model, D, T>, Heads<D>);
+
+/// A decoder block's cross-attention and the norm before it (`layer.1`).
+pub type CrossAttention<P, D> = (T5Attention<P, D>, RmsNorm<<P as T5Dims>::Model, D>);
+
 /// One T5 block: `layer.0` self-attention, `layer.1` cross-attention (decoder only), then the
 /// feed-forward layer (`layer.1` in the encoder, `layer.2` in the decoder); each pre-norm with a
 /// residual connection.
@@ -280,7 +286,7 @@ impl<P: T5Dims, D: Device<f32>> Params<D> for T5DenseAct<P, D> {
 pub struct T5Block<P: T5Dims, D: Device<f32>> {
     pub self_attention: T5Attention<P, D>,
     pub self_attention_norm: RmsNorm<P::Model, D>,
-    pub cross_attention: Option<(T5Attention<P, D>, RmsNorm<P::Model, D>)>,
+    pub cross_attention: Option<CrossAttention<P, D>>,
     pub ff: T5DenseAct<P, D>,
     pub ff_norm: RmsNorm<P::Model, D>,
 }
@@ -315,7 +321,7 @@ impl<P: T5Dims, D: Device<f32>> T5Block<P, D> {
         &self,
         x: Seq<P::Model, D, T>,
         self_bias: Heads<D, T>,
-        cross: Option<(Seq<P::Model, D, T>, Heads<D>)>,
+        cross: Option<CrossInput<P, D, T>>,
     ) -> Seq<P::Model, D, T>
     where
         T: Tape<f32, D> + Merge<T> + Merge<NoneTape>,
@@ -391,6 +397,7 @@ impl<P: T5Dims, D: Device<f32>> T5Stack<P, D> {
     ///
     /// Encoder: `mask` (`[batch * tokens]`, true = real token) hides padded keys. Decoder:
     /// attention is causal, `mask` is ignored, and `cross` is the encoder output with its mask.
+    #[allow(clippy::type_complexity)]
     pub fn forward<T>(
         &self,
         x: Seq<P::Model, D, T>,
@@ -421,7 +428,7 @@ impl<P: T5Dims, D: Device<f32>> T5Stack<P, D> {
         };
         let n = self.block.len();
         let biases = fan_out(position + mask, n);
-        let cross: Vec<Option<(Seq<P::Model, D, T>, Heads<D>)>> = match cross {
+        let cross: Vec<Option<CrossInput<P, D, T>>> = match cross {
             Some((enc, keep)) => {
                 let keys = enc.shape().1;
                 let bias = padding_bias(&dev, keep, batch, heads, tokens, keys);
@@ -492,7 +499,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
 
     /// Token ids from host values, `ids.len() == batch * tokens`.
     pub fn ids(&self, ids: &[usize], batch: usize) -> Ids<D> {
-        let tokens = if batch == 0 { 0 } else { ids.len() / batch };
+        let tokens = ids.len().checked_div(batch).unwrap_or(0);
         assert_eq!(
             batch * tokens,
             ids.len(),

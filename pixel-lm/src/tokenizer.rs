@@ -75,7 +75,7 @@ impl T5Tokenizer {
             batch.mask.extend((0..tokens).map(|i| i < row.len()));
             let n = row.len();
             batch.ids.extend(row);
-            batch.ids.extend(std::iter::repeat(PAD_ID).take(tokens - n));
+            batch.ids.extend(std::iter::repeat_n(PAD_ID, tokens - n));
         }
         Ok(batch)
     }

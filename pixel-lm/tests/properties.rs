@@ -21,6 +21,7 @@ fn config(name: &str) -> T5Config {
 }
 
 /// A random model of the preset, with a padded batch of 2 encoded.
+#[allow(clippy::type_complexity)]
 fn random<P: T5Dims>(
     name: &str,
     seed: u64,
