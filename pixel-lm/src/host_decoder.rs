@@ -66,31 +66,16 @@ impl HostLinear {
     }
 }
 
-/// `y[r, o] = W[o, :] . x[r, :]` for every row `r`; large matrices are split over two threads.
+/// `y[r, o] = W[o, :] . x[r, :]` for every row `r`: each weight row is read once for all rows.
+///
+/// Single-threaded on purpose: the work is memory-bound, and on the small shared machines this
+/// runs on a second thread measured slower (spawn and contention) than it saved.
 fn matvec(w: &[f32], inp: usize, x: &[f32], y: &mut [f32], out: usize) {
     let rows = x.len() / inp;
-    let work = |w: &[f32], y: &mut [f32], o0: usize, o1: usize| {
-        for o in o0..o1 {
-            let wr = &w[o * inp..(o + 1) * inp];
-            for r in 0..rows {
-                y[r * out + o] = dot(wr, &x[r * inp..(r + 1) * inp]);
-            }
-        }
-    };
-    if out * inp >= 4 << 20 && rows <= 8 {
-        // Each thread writes its own output columns: compute into separate buffers.
-        let half = out / 2;
-        let mut second = vec![0.0f32; rows * out];
-        std::thread::scope(|s| {
-            s.spawn(|| work(w, &mut second, half, out));
-            work(w, y, 0, half);
-        });
+    for (o, wr) in w.chunks_exact(inp).enumerate().take(out) {
         for r in 0..rows {
-            y[r * out + half..(r + 1) * out]
-                .copy_from_slice(&second[r * out + half..(r + 1) * out]);
+            y[r * out + o] = dot(wr, &x[r * inp..(r + 1) * inp]);
         }
-    } else {
-        work(w, y, 0, out);
     }
 }
 
