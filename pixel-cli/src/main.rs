@@ -1,12 +1,20 @@
 //! `pixel`: the PixelLLM command line. It holds no model logic; each subcommand calls a crate.
 mod cmd_demo;
+mod cmd_lm;
 mod cmd_metrics;
+mod cmd_vision;
 
 use clap::{Parser, Subcommand};
 
 const EXAMPLES: &str = "Examples:
-  pixel demo                                   train + evaluate the tiny model (~10 min on 2 cores)
-  pixel demo --out runs/demo --resume          continue an interrupted demo
+  pixel demo                                    train + evaluate the tiny model (~10 min on 2 cores)
+  pixel demo --out runs/demo --resume           continue an interrupted demo
+  pixel lm forward --model DIR --inputs IN.safetensors --out OUT.safetensors
+  pixel lm generate --model DIR --inputs IN.safetensors --max-new-tokens 20 --num-beams 4 --out OUT.safetensors
+  pixel tokenize --tokenizer assets/t5-tokenizer.json \"a man holding a red umbrella\"
+  pixel vision forward --model sam-folder --inputs IN.safetensors --out OUT.safetensors
+  pixel sam predict --model sam-folder --inputs IN.safetensors --multimask --out OUT.safetensors
+  pixel inspect --preset sam-vit-h
   pixel metrics refloc --gt G.json --preds P.json";
 
 #[derive(Debug, Parser)]
@@ -20,6 +28,19 @@ struct Cli {
 enum Command {
     /// Train a tiny PixelLLM on synthetic ShapesLN data, evaluate it, draw loss and samples.
     Demo(cmd_demo::DemoArgs),
+    /// T5 / Flan-T5: tensors in, tensors out, equal to HF transformers.
+    #[command(subcommand)]
+    Lm(cmd_lm::LmCommand),
+    /// Print the T5 token ids of texts as JSON.
+    Tokenize(cmd_lm::TokenizeArgs),
+    /// Image encoders (SAM, EVA02): tensors in, tensors out.
+    #[command(subcommand)]
+    Vision(cmd_vision::VisionCommand),
+    /// Segment Anything: masks and IoU scores from point or box prompts.
+    #[command(subcommand)]
+    Sam(cmd_vision::SamCommand),
+    /// Print a preset's module tree and parameter counts.
+    Inspect(cmd_vision::InspectArgs),
     /// Captioning, referring-localization and dense-captioning metrics, as JSON.
     #[command(subcommand)]
     Metrics(cmd_metrics::MetricsCommand),
@@ -29,6 +50,11 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => cmd_demo::run(args),
+        Command::Lm(cmd) => cmd_lm::run(cmd),
+        Command::Tokenize(args) => cmd_lm::tokenize(args),
+        Command::Vision(cmd) => cmd_vision::run_vision(cmd),
+        Command::Sam(cmd) => cmd_vision::run_sam(cmd),
+        Command::Inspect(args) => cmd_vision::run_inspect(args),
         Command::Metrics(cmd) => cmd_metrics::run(cmd),
     };
     if let Err(err) = result {

@@ -319,6 +319,32 @@ mod tests {
     fn builtin_config_parses() {
         let config = DemoConfig::builtin().unwrap();
         assert!(config.train.steps > 0);
+        config.model.validate().unwrap();
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = DemoConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                config.model.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 1);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let unknown = DEFAULT_DEMO_CONFIG.replace("[train]\n", "[train]\nlearning_rate = 1.0\n");
+        let err = pixel_core::config::parse_toml::<DemoConfig>(&unknown, Path::new("bad.toml")).unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains("train") && err.contains("learning_rate"), "{err}");
+        let wrong_type = DEFAULT_DEMO_CONFIG.replace("output_tokens = 8", "output_tokens = \"eight\"");
+        let err = pixel_core::config::parse_toml::<DemoConfig>(&wrong_type, Path::new("bad.toml")).unwrap_err().to_string();
+        assert!(err.contains("model.output_tokens"), "{err}");
     }
 
     #[test]

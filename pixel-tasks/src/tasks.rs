@@ -184,7 +184,8 @@ pub struct Batch {
     pub target_ids: Vec<usize>,
     pub target_weights: Vec<f32>,
     pub target_len: usize,
-    /// `[B, T, 4]` corner targets and their weights (0 where a token has no box).
+    /// `[B, T, 4]` corner targets and their weights (0 where a token has no box), aligned with
+    /// `decoder_input_ids`: position i holds the box of the token read at position i.
     pub location_targets: Vec<f32>,
     pub location_weights: Vec<f32>,
     pub tasks: Vec<TaskKind>,
@@ -270,7 +271,10 @@ impl Batch {
                 }
             }));
             for i in 0..target_len {
-                match e.token_boxes.get(i).copied().flatten() {
+                // Position i reads input token i (the start token at 0): as in scenic, a
+                // token's location is regressed where the token is the decoder's input, so
+                // position i carries the box of target token i - 1.
+                match i.checked_sub(1).and_then(|k| e.token_boxes.get(k).copied().flatten()) {
                     Some(b) => {
                         batch.location_targets.extend(b.to_array());
                         batch.location_weights.extend([1.0; 4]);

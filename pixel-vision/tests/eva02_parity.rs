@@ -47,10 +47,9 @@ fn eva02_tiny_style_with_rescaled_rope_matches_timm() {
 }
 
 /// Parameter counts of the big presets equal the references' (numbers from
-/// `tools/make_vision_fixtures.py`, `param_counts.json`). Ignored by default: building ViT-H
-/// takes 2.5 GB; run with `cargo test -p pixel-vision -- --ignored`.
+/// `tools/make_vision_fixtures.py`, `param_counts.json`). Building ViT-H takes about 2.5 GB
+/// and a few seconds in a release build.
 #[test]
-#[ignore]
 fn big_preset_parameter_counts_equal_the_references() {
     use pixel_core::params::count_params;
     use pixel_vision::presets::*;

@@ -31,6 +31,8 @@ pub struct ModelConfig {
     pub preset: String,
     /// Learnable output tokens of the prompt feature extractor (32 officially).
     pub output_tokens: usize,
+    /// Visual tokens for the LM: the output tokens (`sparse`) or the image tokens (`dense`).
+    pub prompt_fuse: crate::model::PromptFuse,
     /// Two-way transformer blocks of the prompt feature extractor (2 officially).
     pub prompt_feature_extractor_depth: usize,
     /// Linear layers of the point head.

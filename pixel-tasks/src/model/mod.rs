@@ -12,7 +12,7 @@ pub mod vocab;
 
 pub use config::{LmConfig, LmMode, ModelConfig};
 pub use presets::{PixelDims, PixelTiny};
-pub use prompt_feature_extractor::PromptFeatureExtractor;
+pub use prompt_feature_extractor::{PromptFeatureExtractor, PromptFuse};
 pub use vocab::VocabMap;
 
 use crate::error::{Result, TaskError};
@@ -23,7 +23,7 @@ use crate::tasks::Batch;
 use crate::train::{LossParts, TrainStep};
 use dfdx::prelude::*;
 use pixel_core::loss::{label_smoothed_cross_entropy, masked_l1};
-use pixel_core::nn::{Activation, Seq};
+use pixel_core::nn::{sincos_2d, Activation, Seq};
 use pixel_core::params::{count_params, join, list_params, ParamVisitor, Params, Trainable};
 use pixel_lm::generate::GenerateOptions;
 use pixel_lm::presets::T5Dims;
@@ -77,7 +77,7 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         if config.lm.mode == LmMode::Lora {
             language_model.add_lora(dev, config.lm.lora_rank, config.lm.lora_scale);
         }
-        Ok(PixelLlm {
+        let mut model = PixelLlm {
             image_encoder: DualImageEncoder::new(dev, &P::sam(), &P::eva()).map_err(vision)?,
             prompt_encoder: SamPromptEncoder::new(dev, &P::prompt_encoder()),
             prompt_feature_extractor: PromptFeatureExtractor::new(
@@ -85,6 +85,7 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
                 config.output_tokens,
                 config.prompt_feature_extractor_depth,
                 P::two_way(),
+                config.prompt_fuse,
             ),
             language_model,
             point_head: PointHead::new(
@@ -96,7 +97,25 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
             config: config.clone(),
             vocab,
             dev: dev.clone(),
-        })
+        };
+        model.init_absolute_positions();
+        Ok(model)
+    }
+
+    /// Starts the backbones' absolute position embeddings from 2D sine-cosine tables (MAE's
+    /// recipe for ViTs trained from scratch). SAM's reference initialisation is zeros, which a
+    /// frozen SAM that was never pretrained would keep, leaving features that cannot tell where
+    /// anything is. Loading pretrained weights overwrites these tables.
+    fn init_absolute_positions(&mut self) {
+        if let Some(pos) = &mut self.image_encoder.sam.pos_embed {
+            let (_, h, w, _) = *pos.shape();
+            pos.copy_from(&sincos_2d(h, w, P::SamHidden::SIZE));
+        }
+        let eva = &mut self.image_encoder.eva.pos_embed;
+        let grid = ((eva.shape().1 - 1) as f64).sqrt() as usize;
+        let mut table = vec![0.0; P::Eva::SIZE];
+        table.extend(sincos_2d(grid, grid, P::Eva::SIZE));
+        eva.copy_from(&table);
     }
 
     /// `(all parameters, trainable parameters)`.
@@ -157,7 +176,7 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
             sparse,
         );
         // 4. T5: visual tokens first, then the text prompt.
-        let n = self.prompt_feature_extractor.num_outputs();
+        let n = visual.shape().1;
         let context = self
             .language_model
             .embed_tokens::<T>(self.language_model.ids(&batch.context_ids, b));
@@ -246,7 +265,7 @@ impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
 
     fn generate(&self, batch: &Batch, max_new_tokens: usize) -> Result<Vec<Generated>> {
         let out = self.forward(batch, NoneTape)?;
-        let n = self.prompt_feature_extractor.num_outputs();
+        let n = out.encoder_states.shape().1 - batch.context_len;
         let mask = self.encoder_mask(batch, n);
         let generation = self.language_model.generate(
             &out.encoder_states,
@@ -257,28 +276,30 @@ impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
                 length_penalty: 1.0,
             },
         );
-        // Locations come from the same decoder features that chose each token; they are
-        // never fed back into decoding.
-        let corners = self.point_head.forward(generation.hidden).as_vec();
-        let steps = generation
-            .sequences
-            .first()
-            .map_or(0, |s| s.len().saturating_sub(1));
+        // As scenic's inference: the generated text is decoded once more with teacher forcing
+        // and each token's location is read where that token is the decoder's input. The
+        // locations are never fed back into decoding.
+        let len = generation.sequences.first().map_or(0, Vec::len);
+        if generation.sequences.iter().any(|s| s.len() != len) {
+            return Err(TaskError::Invalid("generated sequences differ in length".into()));
+        }
+        let ids: Vec<usize> = generation.sequences.iter().flatten().copied().collect();
+        let hidden = self.language_model.decode::<NoneTape>(
+            self.language_model.ids(&ids, batch.size),
+            out.encoder_states,
+            &mask,
+        );
+        let corners = self.point_head.forward(hidden).as_vec();
         Ok(generation
             .sequences
             .iter()
             .enumerate()
             .map(|(b, seq)| Generated {
                 ids: seq[1..].to_vec(),
-                corners: (0..seq.len() - 1)
+                corners: (1..len)
                     .map(|i| {
-                        let at = (b * steps + i) * 4;
-                        [
-                            corners[at],
-                            corners[at + 1],
-                            corners[at + 2],
-                            corners[at + 3],
-                        ]
+                        let at = (b * len + i) * 4;
+                        [corners[at], corners[at + 1], corners[at + 2], corners[at + 3]]
                     })
                     .collect(),
             })

@@ -1,10 +1,23 @@
 //! The prompt feature extractor (scenic's `PromptAdaptor`): learnable output tokens and the
 //! location prompt attend to the image features through SAM's two-way transformer; each output
-//! token is then mapped by its own linear layer into the language model's embedding space.
+//! token is then mapped by its own linear layer into the language model's embedding space
+//! (`sparse` fusion, the official default), or every updated image token is mapped by one
+//! linear layer (`dense` fusion, scenic's `prompt_fuse_fn = 'dense'`).
 use dfdx::prelude::*;
 use pixel_core::nn::{Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
 use pixel_vision::TwoWayTransformer;
+use serde::{Deserialize, Serialize};
+
+/// Which transformer outputs become the language model's visual tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptFuse {
+    /// The learnable output tokens (N of them).
+    Sparse,
+    /// The prompt-conditioned image tokens (one per grid cell).
+    Dense,
+}
 
 #[derive(Debug, Clone)]
 pub struct PromptFeatureExtractor<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> {
@@ -13,8 +26,10 @@ pub struct PromptFeatureExtractor<V: ConstDim, C: ConstDim, M: ConstDim, D: Devi
     /// Image features (`V` = SAM + EVA02 channels) -> transformer width.
     pub image_projection: Linear<V, C, D>,
     pub transformer: TwoWayTransformer<C, D>,
-    /// One linear map per output token, transformer width -> LM width.
+    /// Sparse fusion: one linear map per output token, transformer width -> LM width.
     pub output_hypernetworks: Vec<Linear<C, M, D>>,
+    /// Dense fusion: one linear map for every image token.
+    pub dense_output: Option<Linear<C, M, D>>,
 }
 
 impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtractor<V, C, M, D> {
@@ -23,17 +38,24 @@ impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtract
         num_outputs: usize,
         depth: usize,
         (heads, mlp, downsample): (usize, usize, usize),
+        fuse: PromptFuse,
     ) -> Self {
+        let sparse = fuse == PromptFuse::Sparse;
         PromptFeatureExtractor {
             output_tokens: dev.sample_normal_like(&(num_outputs, C::default())),
             image_projection: Linear::new(dev, true),
             transformer: TwoWayTransformer::new(dev, depth, heads, mlp, downsample, 1e-6),
-            output_hypernetworks: (0..num_outputs).map(|_| Linear::new(dev, true)).collect(),
+            output_hypernetworks: match fuse {
+                PromptFuse::Sparse => (0..num_outputs).map(|_| Linear::new(dev, true)).collect(),
+                PromptFuse::Dense => Vec::new(),
+            },
+            dense_output: (!sparse).then(|| Linear::new(dev, true)),
         }
     }
 
+    /// Learnable output tokens (queries of the two-way transformer).
     pub fn num_outputs(&self) -> usize {
-        self.output_hypernetworks.len()
+        self.output_tokens.shape().0
     }
 
     /// `image` `[B, HW, V]`, its position encoding `[1, HW, C]`, the dense prompt `[B, HW, C]`
@@ -53,7 +75,12 @@ impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtract
             .retaped::<T>()
             .broadcast_like::<_, Axis<0>>(&(batch, n, C::default()));
         let queries = (outputs, sparse_prompt).concat_along(Axis::<1>);
-        let (hs, _) = self.transformer.forward(src, image_pe, queries);
+        let (hs, keys) = self.transformer.forward(src, image_pe, queries);
+        if let Some(dense) = &self.dense_output {
+            let (out, tape) = dense.forward(keys).split_tape();
+            let (_, hs_tape) = hs.split_tape();
+            return out.put_tape(tape.merge(hs_tape));
+        }
         let mut tokens: Option<Seq<M, D, T>> = None;
         for (i, hyper) in self.output_hypernetworks.iter().enumerate() {
             let token = hyper.forward(hs.retaped::<T>().slice((.., i..i + 1, ..)));
@@ -91,6 +118,7 @@ impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> Params<D>
                 v,
             )?;
         }
-        Ok(())
+        self.dense_output
+            .visit_params(&join(prefix, "dense_output_mlp.layers.0"), v)
     }
 }
