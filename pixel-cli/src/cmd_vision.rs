@@ -186,10 +186,13 @@ fn to_tensor(
     dev.tensor_from_vec(values.clone(), (shape[0], shape[1], shape[2], shape[3]))
 }
 
+/// The SAM model of preset `P` on the default device.
+type PresetSam<P> = SamModel<<P as SamPreset>::Hidden, <P as SamPreset>::Embed, DefaultDevice>;
+
 fn load_sam<P: SamPreset>(
     dev: &DefaultDevice,
     model: &Path,
-) -> Result<SamModel<P::Hidden, P::Embed, DefaultDevice>, Box<dyn Error>> {
+) -> Result<PresetSam<P>, Box<dyn Error>> {
     if model.is_dir() {
         Ok(SamModel::load_hf_dir(dev, model)?)
     } else {
@@ -405,7 +408,7 @@ fn group(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -205,29 +205,30 @@ fn decode(view: &TensorView<'_>) -> std::result::Result<StoredTensor, String> {
     let data = view.data();
     let shape = view.shape().to_vec();
     let dtype = view.dtype();
-    let values =
-        match dtype {
-            SafeDtype::F32 => TensorValues::F32(chunks(data, f32::from_le_bytes)),
-            SafeDtype::F64 => {
-                TensorValues::F32(chunks(data, |b: [u8; 8]| f64::from_le_bytes(b) as f32))
-            }
-            SafeDtype::F16 => TensorValues::F32(chunks(data, |b: [u8; 2]| {
-                half::f16::from_le_bytes(b).to_f32()
-            })),
-            SafeDtype::BF16 => TensorValues::F32(chunks(data, |b: [u8; 2]| {
-                half::bf16::from_le_bytes(b).to_f32()
-            })),
-            SafeDtype::I64 => TensorValues::I64(chunks(data, i64::from_le_bytes)),
-            SafeDtype::I32 => {
-                TensorValues::I64(chunks(data, |b: [u8; 4]| i32::from_le_bytes(b) as i64))
-            }
-            SafeDtype::BOOL | SafeDtype::U8 => {
-                TensorValues::I64(data.iter().map(|&b| b as i64).collect())
-            }
-            other => return Err(format!(
+    let values = match dtype {
+        SafeDtype::F32 => TensorValues::F32(chunks(data, f32::from_le_bytes)),
+        SafeDtype::F64 => {
+            TensorValues::F32(chunks(data, |b: [u8; 8]| f64::from_le_bytes(b) as f32))
+        }
+        SafeDtype::F16 => TensorValues::F32(chunks(data, |b: [u8; 2]| {
+            half::f16::from_le_bytes(b).to_f32()
+        })),
+        SafeDtype::BF16 => TensorValues::F32(chunks(data, |b: [u8; 2]| {
+            half::bf16::from_le_bytes(b).to_f32()
+        })),
+        SafeDtype::I64 => TensorValues::I64(chunks(data, i64::from_le_bytes)),
+        SafeDtype::I32 => {
+            TensorValues::I64(chunks(data, |b: [u8; 4]| i32::from_le_bytes(b) as i64))
+        }
+        SafeDtype::BOOL | SafeDtype::U8 => {
+            TensorValues::I64(data.iter().map(|&b| b as i64).collect())
+        }
+        other => {
+            return Err(format!(
                 "dtype {other:?} is not supported (use f32, f16, bf16, f64, i64, i32, u8 or bool)"
-            )),
-        };
+            ))
+        }
+    };
     Ok(StoredTensor {
         shape,
         values,

@@ -96,8 +96,12 @@ mod tests {
             let max = row.iter().cloned().fold(f32::MIN, f32::max);
             let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
             let logp: Vec<f32> = row.iter().map(|v| v - lse).collect();
-            let others: f32 = (0..vocab).filter(|&v| v != targets[i]).map(|v| -logp[v]).sum();
-            total += weights[i] * ((1.0 - eps) * -logp[targets[i]] + eps / (vocab - 1) as f32 * others);
+            let others: f32 = (0..vocab)
+                .filter(|&v| v != targets[i])
+                .map(|v| -logp[v])
+                .sum();
+            total +=
+                weights[i] * ((1.0 - eps) * -logp[targets[i]] + eps / (vocab - 1) as f32 * others);
         }
         total / weights.iter().sum::<f32>()
     }

@@ -130,7 +130,7 @@ impl Trainable {
             .iter()
             .rev()
             .find(|(pattern, _)| glob_match(pattern, name))
-            .map_or(true, |(_, trainable)| *trainable)
+            .is_none_or(|(_, trainable)| *trainable)
     }
 }
 

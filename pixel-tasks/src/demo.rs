@@ -96,7 +96,7 @@ pub fn training_examples(
     let mut rng =
         rand::rngs::StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let total = mix.trace_captioning + mix.referring_localization + mix.location_captioning;
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return Err(TaskError::Invalid(
             "tasks: at least one task weight must be positive".into(),
         ));
@@ -330,7 +330,10 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let config = DemoConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-                config.model.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                config
+                    .model
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 parsed += 1;
             }
         }
@@ -340,10 +343,18 @@ mod tests {
     #[test]
     fn bad_configs_name_the_key() {
         let unknown = DEFAULT_DEMO_CONFIG.replace("[train]\n", "[train]\nlearning_rate = 1.0\n");
-        let err = pixel_core::config::parse_toml::<DemoConfig>(&unknown, Path::new("bad.toml")).unwrap_err().to_string();
-        assert!(err.contains("bad.toml") && err.contains("train") && err.contains("learning_rate"), "{err}");
-        let wrong_type = DEFAULT_DEMO_CONFIG.replace("output_tokens = 8", "output_tokens = \"eight\"");
-        let err = pixel_core::config::parse_toml::<DemoConfig>(&wrong_type, Path::new("bad.toml")).unwrap_err().to_string();
+        let err = pixel_core::config::parse_toml::<DemoConfig>(&unknown, Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("train") && err.contains("learning_rate"),
+            "{err}"
+        );
+        let wrong_type =
+            DEFAULT_DEMO_CONFIG.replace("output_tokens = 8", "output_tokens = \"eight\"");
+        let err = pixel_core::config::parse_toml::<DemoConfig>(&wrong_type, Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model.output_tokens"), "{err}");
     }
 

@@ -57,7 +57,7 @@ pub fn tokenize_words(tokenizer: &T5Tokenizer, words: &[&str]) -> Result<(Vec<us
         if piece.last() == Some(&EOS_ID) {
             piece.pop();
         }
-        word_of.extend(std::iter::repeat(w).take(piece.len()));
+        word_of.extend(std::iter::repeat_n(w, piece.len()));
         ids.extend(piece);
     }
     Ok((ids, word_of))
@@ -274,7 +274,10 @@ impl Batch {
                 // Position i reads input token i (the start token at 0): as in scenic, a
                 // token's location is regressed where the token is the decoder's input, so
                 // position i carries the box of target token i - 1.
-                match i.checked_sub(1).and_then(|k| e.token_boxes.get(k).copied().flatten()) {
+                match i
+                    .checked_sub(1)
+                    .and_then(|k| e.token_boxes.get(k).copied().flatten())
+                {
                     Some(b) => {
                         batch.location_targets.extend(b.to_array());
                         batch.location_weights.extend([1.0; 4]);

@@ -23,6 +23,9 @@ pub struct LossParts {
     pub location: f32,
 }
 
+/// A scalar loss with the gradient tape of its whole computation.
+pub type TapedScalar<D> = Tensor<(), f32, D, OwnedTape<f32, D>>;
+
 /// A model the loop can train: it computes a scalar loss with gradients recorded on `grads`.
 pub trait TrainStep<D: Device<f32>>: Params<D> {
     type Batch;
@@ -31,7 +34,7 @@ pub trait TrainStep<D: Device<f32>>: Params<D> {
         &self,
         batch: &Self::Batch,
         grads: Gradients<f32, D>,
-    ) -> Result<(Tensor<(), f32, D, OwnedTape<f32, D>>, LossParts)>;
+    ) -> Result<(TapedScalar<D>, LossParts)>;
 }
 
 /// Optimisation settings of a run.
@@ -361,7 +364,7 @@ mod tests {
             &self,
             batch: &Self::Batch,
             grads: Gradients<f32, Cpu>,
-        ) -> Result<(Tensor<(), f32, Cpu, OwnedTape<f32, Cpu>>, LossParts)> {
+        ) -> Result<(TapedScalar<Cpu>, LossParts)> {
             let n = batch.1.len();
             let x = self
                 .dev

@@ -21,7 +21,13 @@ fn fixed_batch(model: &TinyPixelLlm, config: &DemoConfig) -> Batch {
     for i in 0..3 {
         let sample = data.sample(Split::Train, i);
         examples.push(builder.trace_captioning(&sample).unwrap());
-        examples.extend(builder.referring_localization(&sample).unwrap().into_iter().take(1));
+        examples.extend(
+            builder
+                .referring_localization(&sample)
+                .unwrap()
+                .into_iter()
+                .take(1),
+        );
     }
     Batch::new(&examples).unwrap()
 }
@@ -46,7 +52,10 @@ fn tiny_pixel_llm_overfits_a_handful_of_examples() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
     let trainable = config.model.trainable();
-    train(&mut model, &trainable, &train_config, &run, false, |_| Ok(batch.clone())).unwrap();
+    train(&mut model, &trainable, &train_config, &run, false, |_| {
+        Ok(batch.clone())
+    })
+    .unwrap();
     let log = read_log(&run.metrics_log()).unwrap();
     let first = log.first().unwrap().loss;
     let last = log.last().unwrap().loss;
@@ -63,7 +72,10 @@ fn checkpoint_round_trip_gives_identical_outputs() {
     let path = dir.path().join("model.safetensors");
     save_params(&mut model, &path, Default::default()).unwrap();
     let mut other = TinyPixelLlm::build(&config.model, 3).unwrap();
-    assert_ne!(other.teacher_forced(&batch).unwrap().corners, before.corners);
+    assert_ne!(
+        other.teacher_forced(&batch).unwrap().corners,
+        before.corners
+    );
     load_params_file(&mut other, &path).unwrap();
     let after = other.teacher_forced(&batch).unwrap();
     assert_eq!(after, before);
@@ -80,7 +92,10 @@ fn truncated_checkpoint_fails_with_a_clear_message() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let message = load_params_file(&mut model, &path).unwrap_err().to_string();
     assert!(message.contains("model.safetensors"), "{message}");
-    assert!(message.contains("not a valid safetensors file"), "{message}");
+    assert!(
+        message.contains("not a valid safetensors file"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -95,7 +110,13 @@ fn checkpoint_of_another_shape_lists_every_problem() {
     let path = dir.path().join("other.safetensors");
     save_params(&mut other, &path, Default::default()).unwrap();
     let message = load_params_file(&mut model, &path).unwrap_err().to_string();
-    assert!(message.contains("prompt_feature_extractor.output_tokens.weight` has shape"), "{message}");
-    assert!(message.contains("unexpected tensor `prompt_feature_extractor.output_hypernetworks_mlps.8"), "{message}");
+    assert!(
+        message.contains("prompt_feature_extractor.output_tokens.weight` has shape"),
+        "{message}"
+    );
+    assert!(
+        message.contains("unexpected tensor `prompt_feature_extractor.output_hypernetworks_mlps.8"),
+        "{message}"
+    );
     assert!(message.contains("unexpected tensor `language_model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"), "{message}");
 }

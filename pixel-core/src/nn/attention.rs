@@ -49,7 +49,7 @@ pub fn attention<D: Device<f32>, T: Tape<f32, D>>(
 
 /// `softmax(scale * q k^T + bias) v`; `bias` is `[batch, heads, queries, keys]` and may carry
 /// gradients (T5's relative position bias, SAM's decomposed relative positions).
-pub fn attention_with_bias<D: Device<f32>, T: Tape<f32, D>, R: Tape<f32, D>>(
+pub fn attention_with_bias<D: Device<f32>, T, R: Tape<f32, D>>(
     q: Heads<D, T>,
     k: Heads<D, T>,
     v: Heads<D, T>,
@@ -57,7 +57,7 @@ pub fn attention_with_bias<D: Device<f32>, T: Tape<f32, D>, R: Tape<f32, D>>(
     scale: f32,
 ) -> Heads<D, T>
 where
-    T: Merge<R>,
+    T: Tape<f32, D> + Merge<R>,
 {
     let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale;
     (scores + bias).softmax::<Axis<3>>().matmul(v)

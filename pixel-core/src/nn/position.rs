@@ -8,7 +8,7 @@ use dfdx::prelude::*;
 /// the channels, `cos` in the second (the layout of MAE's `get_1d_sincos_pos_embed`).
 pub fn sincos_1d(positions: &[f32], dim: usize) -> Vec<f32> {
     assert!(
-        dim % 2 == 0,
+        dim.is_multiple_of(2),
         "sine-cosine encoding needs an even dim, got {dim}"
     );
     let half = dim / 2;
@@ -26,7 +26,7 @@ pub fn sincos_1d(positions: &[f32], dim: usize) -> Vec<f32> {
 /// MAE's 2D table `[height * width, dim]`: half the channels encode the row, half the column.
 pub fn sincos_2d(height: usize, width: usize, dim: usize) -> Vec<f32> {
     assert!(
-        dim % 4 == 0,
+        dim.is_multiple_of(4),
         "2D sine-cosine encoding needs dim divisible by 4, got {dim}"
     );
     let mut out = Vec::with_capacity(height * width * dim);
@@ -51,7 +51,7 @@ impl<Out: ConstDim, D: Device<f32>> RandomFourierEncoding<Out, D> {
     /// `scale` multiplies the Gaussian (SAM uses 1.0).
     pub fn new(dev: &D, scale: f32) -> Self {
         assert!(
-            Out::SIZE % 2 == 0,
+            Out::SIZE.is_multiple_of(2),
             "Fourier features need an even dim, got {}",
             Out::SIZE
         );

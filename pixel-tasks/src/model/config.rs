@@ -67,7 +67,7 @@ impl ModelConfig {
                 self.label_smoothing
             ));
         }
-        if !(self.location_loss_weight >= 0.0) {
+        if self.location_loss_weight.is_nan() || self.location_loss_weight < 0.0 {
             return Err(format!(
                 "model.location_loss_weight must be >= 0, got {}",
                 self.location_loss_weight

@@ -20,7 +20,7 @@ use crate::eval::{Generated, Predictor, TeacherForced};
 use crate::heads::point::Corners;
 use crate::heads::PointHead;
 use crate::tasks::Batch;
-use crate::train::{LossParts, TrainStep};
+use crate::train::{LossParts, TapedScalar, TrainStep};
 use dfdx::prelude::*;
 use pixel_core::loss::{label_smoothed_cross_entropy, masked_l1};
 use pixel_core::nn::{sincos_2d, Activation, Seq};
@@ -185,7 +185,9 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         let encoder_hidden = self.language_model.encode_embeds(encoder_input, &mask);
         let decoder_ids = self.language_model.ids(&batch.decoder_input_ids, b);
         let encoder_states = encoder_hidden.retaped::<NoneTape>();
-        let hidden = self.language_model.decode(decoder_ids, encoder_hidden, &mask);
+        let hidden = self
+            .language_model
+            .decode(decoder_ids, encoder_hidden, &mask);
         // 5. The vocabulary head and the point head, side by side on the decoder features.
         let corners = self.point_head.forward(hidden.retaped::<T>());
         let logits = self.language_model.lm_logits(hidden);
@@ -201,8 +203,7 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         let s = batch.context_len;
         (0..batch.size)
             .flat_map(|b| {
-                std::iter::repeat(true)
-                    .take(visual_tokens)
+                std::iter::repeat_n(true, visual_tokens)
                     .chain(batch.context_mask[b * s..(b + 1) * s].iter().copied())
             })
             .collect()
@@ -212,11 +213,7 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
 impl<P: PixelDims, D: Device<f32>> TrainStep<D> for PixelLlm<P, D> {
     type Batch = Batch;
 
-    fn loss(
-        &self,
-        batch: &Batch,
-        grads: Gradients<f32, D>,
-    ) -> Result<(Tensor<(), f32, D, OwnedTape<f32, D>>, LossParts)> {
+    fn loss(&self, batch: &Batch, grads: Gradients<f32, D>) -> Result<(TapedScalar<D>, LossParts)> {
         // The tape starts with the slots allocated for the trainable parameters.
         let start: Tensor<(), f32, D> = self.dev.zeros_like(&());
         let (_, tape) = start.traced(grads).split_tape();
@@ -230,11 +227,7 @@ impl<P: PixelDims, D: Device<f32>> TrainStep<D> for PixelLlm<P, D> {
         // As scenic's `point_loss`: L1 on absolute coordinates, in pixels of the model input.
         let side = batch.image_size as f32;
         let pixel_targets: Vec<f32> = batch.location_targets.iter().map(|v| v * side).collect();
-        let location = masked_l1(
-            out.corners * side,
-            &pixel_targets,
-            &batch.location_weights,
-        )?;
+        let location = masked_l1(out.corners * side, &pixel_targets, &batch.location_weights)?;
         let parts = LossParts {
             text: text.as_vec()[0],
             location: location.as_vec()[0],
@@ -281,7 +274,9 @@ impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
         // locations are never fed back into decoding.
         let len = generation.sequences.first().map_or(0, Vec::len);
         if generation.sequences.iter().any(|s| s.len() != len) {
-            return Err(TaskError::Invalid("generated sequences differ in length".into()));
+            return Err(TaskError::Invalid(
+                "generated sequences differ in length".into(),
+            ));
         }
         let ids: Vec<usize> = generation.sequences.iter().flatten().copied().collect();
         let hidden = self.language_model.decode::<NoneTape>(
@@ -299,7 +294,12 @@ impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
                 corners: (1..len)
                     .map(|i| {
                         let at = (b * len + i) * 4;
-                        [corners[at], corners[at + 1], corners[at + 2], corners[at + 3]]
+                        [
+                            corners[at],
+                            corners[at + 1],
+                            corners[at + 2],
+                            corners[at + 3],
+                        ]
                     })
                     .collect(),
             })
@@ -351,7 +351,11 @@ mod tests {
         let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
         let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
         let vocab = model.vocab.clone();
-        let builder = ExampleBuilder { tokenizer: &tok, vocab: &vocab, max_target_tokens: 40 };
+        let builder = ExampleBuilder {
+            tokenizer: &tok,
+            vocab: &vocab,
+            max_target_tokens: 40,
+        };
         let data = ShapesLn::new(config.data.clone(), 0).unwrap();
         let ex = training_examples(&data, &builder, &config.tasks, 2, 0, 0).unwrap();
         let batch = Batch::new(&ex).unwrap();
@@ -363,11 +367,17 @@ mod tests {
         // holds it was dropped on the way to the loss, so no update would reach that parameter.
         struct Check<'a>(&'a Gradients<f32, Cpu>, &'a Trainable, Vec<String>);
         impl<'a> ParamVisitor<Cpu> for Check<'a> {
-            fn visit<S: Shape>(&mut self, name: &str, t: &mut Tensor<S, f32, Cpu>) -> pixel_core::Result<()> {
+            fn visit<S: Shape>(
+                &mut self,
+                name: &str,
+                t: &mut Tensor<S, f32, Cpu>,
+            ) -> pixel_core::Result<()> {
                 if self.1.is_trainable(name) {
                     let g = self.0;
                     let t2 = t.clone();
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.get(&t2))).is_err() {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.get(&t2)))
+                        .is_err()
+                    {
                         self.2.push(name.to_string());
                     }
                 }

@@ -28,7 +28,7 @@ pub struct PromptFeatureExtractor<V: ConstDim, C: ConstDim, M: ConstDim, D: Devi
     pub transformer: TwoWayTransformer<C, D>,
     /// Sparse fusion: one linear map per output token, transformer width -> LM width.
     pub output_hypernetworks: Vec<Linear<C, M, D>>,
-    /// Dense fusion: one linear map for every image token.
+    /// Dense fusion: one linear map for every image token (plus its position encoding).
     pub dense_output: Option<Linear<C, M, D>>,
 }
 
@@ -77,6 +77,9 @@ impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtract
         let queries = (outputs, sparse_prompt).concat_along(Axis::<1>);
         let (hs, keys) = self.transformer.forward(src, image_pe, queries);
         if let Some(dense) = &self.dense_output {
+            // The LM's position bias is relative and 1-D: without the image position encoding a
+            // dense visual token would not say where in the image it lies.
+            let keys = keys + pixel_vision::layers::expand_batch(image_pe, batch);
             let (out, tape) = dense.forward(keys).split_tape();
             let (_, hs_tape) = hs.split_tape();
             return out.put_tape(tape.merge(hs_tape));
