@@ -347,12 +347,20 @@ mod tests {
             );
             let weights = &batch.target_weights[b * t..(b + 1) * t];
             assert_eq!(weights.iter().sum::<f32>() as usize, e.target_ids.len());
-            let eos = e.target_ids.len() - 1;
             assert_eq!(
-                batch.location_weights[(b * t + eos) * 4],
+                batch.location_weights[b * t * 4],
                 0.0,
-                "EOS carries no location"
+                "the start token has no box"
             );
+            // Token k's box sits at position k + 1, where token k is the decoder input; EOS has
+            // none, and neither has any position past the example.
+            for k in 0..t - 1 {
+                let at = (b * t + k + 1) * 4;
+                match e.token_boxes.get(k).copied().flatten() {
+                    Some(bx) => assert_eq!(&batch.location_targets[at..at + 4], &bx.to_array()),
+                    None => assert_eq!(batch.location_weights[at], 0.0, "token {k} has no box"),
+                }
+            }
         }
         assert!(examples[0].context_ids.len() > 3);
     }
