@@ -7,7 +7,7 @@ mod cmd_vision;
 use clap::{Parser, Subcommand};
 
 const EXAMPLES: &str = "Examples:
-  pixel demo                                    train + evaluate the tiny model (~10 min on 2 cores)
+  pixel demo                                    train + evaluate the tiny model (~8 min on 2 cores)
   pixel demo --out runs/demo --resume           continue an interrupted demo
   pixel lm forward --model DIR --inputs IN.safetensors --out OUT.safetensors
   pixel lm generate --model DIR --inputs IN.safetensors --max-new-tokens 20 --num-beams 4 --out OUT.safetensors
