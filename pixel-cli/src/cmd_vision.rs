@@ -96,15 +96,7 @@ pub fn run_vision(cmd: VisionCommand) -> CliResult {
             inputs,
             out,
         } => {
-            let inputs = TensorStore::read(&inputs)?;
-            let pixel_values = images(&inputs, "pixel_values")?;
-            let job = Job {
-                model,
-                inputs,
-                pixel_values,
-                out,
-                multimask: false,
-            };
+            let job = Job::read(model, &inputs, out, false)?;
             match preset.as_deref() {
                 None => {
                     let config = SamConfig::from_file(&job.model.join("config.json")).map_err(|e| {
@@ -131,15 +123,7 @@ pub fn run_sam(cmd: SamCommand) -> CliResult {
             multimask,
             out,
         } => {
-            let inputs = TensorStore::read(&inputs)?;
-            let pixel_values = images(&inputs, "pixel_values")?;
-            let job = Job {
-                model,
-                inputs,
-                pixel_values,
-                out,
-                multimask,
-            };
+            let job = Job::read(model, &inputs, out, multimask)?;
             match preset.as_deref() {
                 None => {
                     let config = SamConfig::from_file(&job.model.join("config.json"))?;
@@ -168,6 +152,26 @@ struct Job {
     pixel_values: (Vec<usize>, Vec<f32>),
     out: PathBuf,
     multimask: bool,
+}
+
+impl Job {
+    /// Reads the input tensors and their `pixel_values`.
+    fn read(
+        model: PathBuf,
+        inputs: &Path,
+        out: PathBuf,
+        multimask: bool,
+    ) -> Result<Job, Box<dyn Error>> {
+        let inputs = TensorStore::read(inputs)?;
+        let pixel_values = images(&inputs, "pixel_values")?;
+        Ok(Job {
+            model,
+            inputs,
+            pixel_values,
+            out,
+            multimask,
+        })
+    }
 }
 
 fn images(store: &TensorStore, name: &str) -> Result<(Vec<usize>, Vec<f32>), Box<dyn Error>> {
