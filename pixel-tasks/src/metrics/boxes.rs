@@ -49,17 +49,7 @@ pub fn refloc_scores(
     gt: &BTreeMap<String, Vec<f64>>,
     preds: &BTreeMap<String, Vec<f64>>,
 ) -> Result<RefLocScores, MetricsError> {
-    if gt.is_empty() {
-        return Err(MetricsError::Empty {
-            what: "the ground-truth set",
-        });
-    }
-    if let Some(id) = preds.keys().find(|k| !gt.contains_key(*k)) {
-        return Err(MetricsError::MissingReference {
-            id: id.clone(),
-            refs: "ground truth".into(),
-        });
-    }
+    super::check_prediction_ids(gt, preds)?;
     let mut hits = 0usize;
     let mut sum = 0.0;
     for (id, g) in gt {

@@ -105,12 +105,7 @@ pub fn cider_d(pairs: &[(String, Vec<String>)]) -> (f64, Vec<f64>) {
         avg *= 10.0;
         scores.push(avg);
     }
-    let mean = if scores.is_empty() {
-        0.0
-    } else {
-        scores.iter().sum::<f64>() / scores.len() as f64
-    };
-    (mean, scores)
+    (super::mean_score(&scores), scores)
 }
 
 #[cfg(test)]

@@ -361,17 +361,7 @@ pub fn refseg_scores(
     gt: &BTreeMap<String, Segmentation>,
     preds: &BTreeMap<String, Segmentation>,
 ) -> Result<RefSegScores, MetricsError> {
-    if gt.is_empty() {
-        return Err(MetricsError::Empty {
-            what: "the ground-truth set",
-        });
-    }
-    if let Some(id) = preds.keys().find(|k| !gt.contains_key(*k)) {
-        return Err(MetricsError::MissingReference {
-            id: id.clone(),
-            refs: "ground truth".into(),
-        });
-    }
+    super::check_prediction_ids(gt, preds)?;
     let (mut si, mut su, mut giou, mut hits) = (0.0f64, 0.0f64, 0.0f64, 0usize);
     for (id, g) in gt {
         let p = preds

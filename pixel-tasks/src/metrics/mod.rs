@@ -124,6 +124,35 @@ impl std::fmt::Display for AnyId {
     }
 }
 
+/// Fails unless `gt` is non-empty and every predicted id has a ground truth; the per-id loops
+/// then report ground truths without a prediction.
+pub(crate) fn check_prediction_ids<G, P>(
+    gt: &std::collections::BTreeMap<String, G>,
+    preds: &std::collections::BTreeMap<String, P>,
+) -> Result<(), MetricsError> {
+    if gt.is_empty() {
+        return Err(MetricsError::Empty {
+            what: "the ground-truth set",
+        });
+    }
+    if let Some(id) = preds.keys().find(|k| !gt.contains_key(*k)) {
+        return Err(MetricsError::MissingReference {
+            id: id.clone(),
+            refs: "ground truth".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The mean of per-pair scores, 0 for none (pycocoevalcap's corpus score for ROUGE-L, CIDEr).
+pub(crate) fn mean_score(scores: &[f64]) -> f64 {
+    if scores.is_empty() {
+        0.0
+    } else {
+        scores.iter().sum::<f64>() / scores.len() as f64
+    }
+}
+
 #[cfg(test)]
 mod properties {
     use proptest::prelude::*;

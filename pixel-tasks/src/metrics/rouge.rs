@@ -42,12 +42,7 @@ pub fn rouge_l_single(candidate: &str, references: &[String]) -> f64 {
 /// Mean ROUGE-L over `(candidate, references)` pairs, and the per-pair scores.
 pub fn rouge_l(pairs: &[(String, Vec<String>)]) -> (f64, Vec<f64>) {
     let scores: Vec<f64> = pairs.iter().map(|(c, r)| rouge_l_single(c, r)).collect();
-    let mean = if scores.is_empty() {
-        0.0
-    } else {
-        scores.iter().sum::<f64>() / scores.len() as f64
-    };
-    (mean, scores)
+    (super::mean_score(&scores), scores)
 }
 
 #[cfg(test)]
