@@ -440,8 +440,8 @@ fn narrative_record(sample: &Sample, index: u64) -> LocalizedNarrative {
             .into_iter()
             .map(|u| TimedUtterance {
                 utterance: u.utterance,
-                start_time: f64::from(u.start_time),
-                end_time: f64::from(u.end_time),
+                start_time: shortest(u.start_time),
+                end_time: shortest(u.end_time),
             })
             .collect(),
         traces: ln
@@ -451,15 +451,22 @@ fn narrative_record(sample: &Sample, index: u64) -> LocalizedNarrative {
                 trace
                     .into_iter()
                     .map(|p| TracePoint {
-                        x: f64::from(p.x),
-                        y: f64::from(p.y),
-                        t: f64::from(p.t),
+                        x: shortest(p.x),
+                        y: shortest(p.y),
+                        t: shortest(p.t),
                     })
                     .collect()
             })
             .collect(),
         voice_recording: None,
     }
+}
+
+/// The f64 nearest to the shortest decimal that reads back as `x` (`0.3`, not
+/// `0.30000001192092896`): half the file size, and the word boxes read back still agree with
+/// the generator's to 1e-5 (tested).
+fn shortest(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 /// An object mask (255 = object) as compressed COCO RLE.
