@@ -1,8 +1,8 @@
 //! Evaluation of the demo tasks against the best constant predictors.
 //!
 //! - Referring localization: the expression is fed teacher-forced (as the official evaluation
-//!   does on RefCOCO), the box is the hull of the valid tokens' predicted points, and a hit is
-//!   IoU strictly above 0.5. The baseline is the constant box with the best training Acc@0.5.
+//!   does on RefCOCO), the box is the hull of the predicted points of the valid tokens (the
+//!   expression's last token, as trained), and a hit is IoU strictly above 0.5. The baseline is the constant box with the best training Acc@0.5.
 //! - Trace captioning: each caption token's two predicted points against its word's box
 //!   corners, mean absolute error in normalized coordinates over valid tokens. The baseline is
 //!   the per-coordinate median of the training token boxes, the constant that minimises L1.
