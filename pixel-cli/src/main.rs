@@ -1,4 +1,5 @@
 //! `pixel`: the PixelLLM command line. It holds no model logic; each subcommand calls a crate.
+mod cmd_ablate;
 mod cmd_demo;
 mod cmd_eval;
 mod cmd_export;
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 const EXAMPLES: &str = "Examples:
   pixel demo                                    train + evaluate the tiny model (~8 min on 2 cores)
   pixel demo --out runs/demo --resume           continue an interrupted demo
+  pixel ablate --config configs/ablations/lm-adaptation.toml --out runs/ablate-lm
   pixel eval --checkpoint runs/demo --out runs/demo/eval
   pixel export-shapes --out runs/shapes-ln-files --train 4000 --val 150
   pixel lm forward --model DIR --inputs IN.safetensors --out OUT.safetensors
@@ -32,6 +34,8 @@ struct Cli {
 enum Command {
     /// Train a tiny PixelLLM on synthetic ShapesLN data, evaluate it, draw loss and samples.
     Demo(cmd_demo::DemoArgs),
+    /// Train and evaluate every variant of an ablation config over seeds; tabulate mean ± std.
+    Ablate(cmd_ablate::AblateArgs),
     /// Evaluate a checkpoint on every configured task; write results.json and results.md.
     Eval(cmd_eval::EvalArgs),
     /// Write ShapesLN as Localized Narratives, RefCOCO (MDETR) and Visual Genome files.
@@ -58,6 +62,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => cmd_demo::run(args),
+        Command::Ablate(args) => cmd_ablate::run(args),
         Command::Eval(args) => cmd_eval::run(args),
         Command::ExportShapes(args) => cmd_export::run(args),
         Command::Lm(cmd) => cmd_lm::run(cmd),

@@ -3,7 +3,8 @@
 use crate::data_source::{DataSource, DatasetConfig, SampleSource};
 use crate::error::{Result, TaskError};
 use crate::eval::{evaluate, Baselines, EvalReport, Predictor};
-use crate::model::{ModelConfig, TinyPixelLlm};
+use crate::model::{ModelConfig, PixelTiny, TinyPixelLlm};
+use crate::pretrain::{install_lm, pretrained_lm, PretrainConfig, PretrainReport};
 use crate::render::{loss_curves_png, samples_png, SamplePanel, Scale};
 use crate::shapes_ln::{Sample, ShapesLnConfig, Split};
 use crate::tasks::{Batch, Example, ExampleBuilder};
@@ -28,6 +29,13 @@ pub struct DemoConfig {
     /// Read samples from files instead of the generator (`data` then sets only the image size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetConfig>,
+    /// Seeds the model's initialisation (and its LM pretraining) instead of `seed`, which then
+    /// seeds only the data: an ablation varies this over seeds and keeps one validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_seed: Option<u64>,
+    /// Pretrain the language model by span corruption before training (`crate::pretrain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<PretrainConfig>,
 }
 
 /// How often each task is drawn when filling a training batch.
@@ -68,6 +76,11 @@ impl DemoConfig {
     pub fn load(path: &Path) -> Result<DemoConfig> {
         Ok(pixel_core::config::load_toml(path)?)
     }
+
+    /// The seed of the model's initialisation and LM pretraining.
+    pub fn model_seed(&self) -> u64 {
+        self.model_seed.unwrap_or(self.seed)
+    }
 }
 
 /// `metrics.json`.
@@ -76,6 +89,9 @@ pub struct DemoMetrics {
     #[serde(flatten)]
     pub eval: EvalReport,
     pub train: TrainSummary,
+    /// The LM's denoising pretraining, when the config has `[pretrain]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<PretrainReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,7 +162,8 @@ pub fn evaluation_examples(
 pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMetrics> {
     let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
     let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
-    let mut model = TinyPixelLlm::build(&config.model, config.seed)?;
+    let mut model = TinyPixelLlm::build(&config.model, config.model_seed())?;
+    let pretrain = pretrain_language_model(config, &mut model, &data, &tokenizer)?;
     let vocab = model.vocab.clone();
     let builder = ExampleBuilder {
         tokenizer: &tokenizer,
@@ -205,11 +222,34 @@ pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMet
             parameters,
             trainable_parameters,
         },
+        pretrain,
     };
     let json =
         serde_json::to_vec_pretty(&metrics).map_err(|e| TaskError::Invalid(e.to_string()))?;
     write_atomic(&out.join("metrics.json"), &json)?;
     Ok(metrics)
+}
+
+/// With `[pretrain]`, replaces `model`'s language model by the pretrained one (from the cache,
+/// or pretrained now and cached).
+pub fn pretrain_language_model(
+    config: &DemoConfig,
+    model: &mut TinyPixelLlm,
+    data: &impl SampleSource,
+    tokenizer: &T5Tokenizer,
+) -> Result<Option<PretrainReport>> {
+    let Some(pretrain) = &config.pretrain else {
+        return Ok(None);
+    };
+    let (lm, report) = pretrained_lm::<PixelTiny>(
+        pretrain,
+        data,
+        tokenizer,
+        &model.vocab,
+        config.model_seed(),
+    )?;
+    install_lm(model, lm);
+    Ok(Some(report))
 }
 
 fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {

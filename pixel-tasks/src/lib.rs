@@ -1,4 +1,5 @@
 //! PixelLLM assembled from its parts, with output heads, tasks, data and evaluation.
+pub mod ablate;
 pub mod data_source;
 pub mod datasets;
 pub mod demo;
@@ -8,6 +9,7 @@ pub mod eval_run;
 pub mod heads;
 pub mod metrics;
 pub mod model;
+pub mod pretrain;
 pub mod render;
 pub mod shapes_ln;
 pub mod tasks;

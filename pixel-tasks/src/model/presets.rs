@@ -121,6 +121,8 @@ impl PixelDims for PixelTiny {
     fn vocabulary_words() -> Option<Vec<&'static str>> {
         let mut words = crate::shapes_ln::vocabulary();
         words.extend(crate::tasks::REFERRING_PREFIX.split_whitespace());
+        // The sentinels of LM pretraining's span corruption.
+        words.extend(crate::pretrain::SENTINELS);
         Some(words)
     }
 }
