@@ -177,6 +177,11 @@ impl Ablation {
             let config = match pixel_core::config::parse_toml::<DemoConfig>(&merged_text, path) {
                 Ok(config) => config,
                 Err(CoreError::Config { key, message, .. }) => {
+                    // The line number would be the merged document's, which no one wrote.
+                    let message = match message.rsplit_once(" (line ") {
+                        Some((text, _)) => text.to_string(),
+                        None => message,
+                    };
                     return Err(invalid(
                         &origin_of(&key, &message, name, patch, &file.overrides, &base_origin),
                         message,
@@ -228,13 +233,15 @@ fn origin_of(
     overrides: &toml::Table,
     base: &Path,
 ) -> String {
-    let full = match message
+    let field = message
         .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
-    {
+        .and_then(|rest| rest.split('`').next());
+    let full = match field {
         Some(field) if key == "<root>" => field.to_string(),
-        Some(field) => format!("{key}.{field}"),
-        None => key.to_string(),
+        Some(field) if key != field && !key.ends_with(&format!(".{field}")) => {
+            format!("{key}.{field}")
+        }
+        _ => key.to_string(),
     };
     if sets(patch, &full) {
         format!("variants.{variant}.{full}")
