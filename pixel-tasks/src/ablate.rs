@@ -172,8 +172,8 @@ impl Ablation {
             let mut merged = base.clone();
             deep_merge(&mut merged, &file.overrides);
             deep_merge(&mut merged, patch);
-            let merged_text =
-                toml::to_string(&merged).map_err(|e| invalid(&format!("variants.{name}"), e.to_string()))?;
+            let merged_text = toml::to_string(&merged)
+                .map_err(|e| invalid(&format!("variants.{name}"), e.to_string()))?;
             let config = match pixel_core::config::parse_toml::<DemoConfig>(&merged_text, path) {
                 Ok(config) => config,
                 Err(CoreError::Config { key, message, .. }) => {
@@ -185,7 +185,7 @@ impl Ablation {
                     return Err(invalid(
                         &origin_of(&key, &message, name, patch, &file.overrides, &base_origin),
                         message,
-                    ))
+                    ));
                 }
                 Err(other) => return Err(other.into()),
             };
@@ -441,7 +441,9 @@ pub fn run_ablation(
     for &(v, seed) in &jobs {
         let config = ablation.run_config(&ablation.variants[v], seed);
         let same_lm = |c: &DemoConfig| {
-            c.pretrain == config.pretrain && c.model_seed == config.model_seed && c.model == config.model
+            c.pretrain == config.pretrain
+                && c.model_seed == config.model_seed
+                && c.model == config.model
         };
         if config.pretrain.is_some() && !pretrains.iter().any(same_lm) {
             pretrains.push(config);
@@ -567,8 +569,8 @@ fn run_one(ablation: &Ablation, variant: &Variant, seed: u64, dir: &Path) -> Res
         serde_json::to_string_pretty(&config).map_err(|e| TaskError::Invalid(e.to_string()))?;
     let metrics_path = dir.join("metrics.json");
     if config_path.exists() {
-        let stored = std::fs::read_to_string(&config_path)
-            .map_err(|e| TaskError::io(&config_path, e))?;
+        let stored =
+            std::fs::read_to_string(&config_path).map_err(|e| TaskError::io(&config_path, e))?;
         if stored != config_json {
             return Err(TaskError::Invalid(format!(
                 "{} was run with another config than variant `{}` now has; use another --out or delete the folder",
@@ -589,7 +591,10 @@ fn run_one(ablation: &Ablation, variant: &Variant, seed: u64, dir: &Path) -> Res
     )
     .ok()
     .and_then(|j| {
-        Some(j.get("train")?.get("train_wall_s")?.as_f64()? + j["train"].get("eval_wall_s")?.as_f64()?)
+        Some(
+            j.get("train")?.get("train_wall_s")?.as_f64()?
+                + j["train"].get("eval_wall_s")?.as_f64()?,
+        )
     })
     .unwrap_or_else(|| started.elapsed().as_secs_f64());
     Ok(RunResult {
@@ -602,8 +607,7 @@ fn run_one(ablation: &Ablation, variant: &Variant, seed: u64, dir: &Path) -> Res
 
 /// `results.json`, `results.md` (the table) and `results.png` (bars with ±std).
 fn write_results(results: &AblationResults, out: &Path) -> Result<()> {
-    let json =
-        serde_json::to_vec_pretty(results).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(results).map_err(|e| TaskError::Invalid(e.to_string()))?;
     write_atomic(&out.join("results.json"), &json)?;
     write_atomic(&out.join("results.md"), markdown(results).as_bytes())?;
     let groups: Vec<BarGroup> = results
@@ -624,7 +628,11 @@ fn write_results(results: &AblationResults, out: &Path) -> Result<()> {
     bar_chart_png(
         &png,
         &groups,
-        &format!("{} (mean ± std over {} seeds)", results.title, results.seeds.len()),
+        &format!(
+            "{} (mean ± std over {} seeds)",
+            results.title,
+            results.seeds.len()
+        ),
     )
     .map_err(|e| TaskError::Invalid(format!("cannot write {}: {e}", png.display())))
 }
@@ -713,7 +721,8 @@ mod tests {
         let mut base = table(
             "seed = 0\n[model]\npreset = \"t\"\nheads = [1, 2]\n[model.lm]\nmode = \"full\"\nlora_rank = 8\n",
         );
-        let patch = table("seed = 3\n[model]\nheads = [7]\nlm.mode = \"lora\"\n[pretrain]\nsteps = 5\n");
+        let patch =
+            table("seed = 3\n[model]\nheads = [7]\nlm.mode = \"lora\"\n[pretrain]\nsteps = 5\n");
         deep_merge(&mut base, &patch);
         let expected = table(
             "seed = 3\n[model]\npreset = \"t\"\nheads = [7]\n[model.lm]\nmode = \"lora\"\nlora_rank = 8\n[pretrain]\nsteps = 5\n",
@@ -734,7 +743,10 @@ mod tests {
         let names: Vec<&str> = ablation.variants.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["zeta", "alpha"]);
         assert_eq!(ablation.variants[0].config.train.steps, 7);
-        assert_eq!(ablation.variants[0].config.model.lm.mode, crate::model::LmMode::Frozen);
+        assert_eq!(
+            ablation.variants[0].config.model.lm.mode,
+            crate::model::LmMode::Frozen
+        );
         assert_eq!(ablation.variants[1].config.train.steps, 9);
         let run = ablation.run_config(&ablation.variants[1], 2);
         assert_eq!((run.seed, run.model_seed(), run.train.seed), (0, 2, 2));
@@ -815,7 +827,10 @@ mod tests {
             wall_s: 1.0,
         };
         let md = markdown(&results);
-        assert!(md.contains("| a | 0.4000 ± 0.2000 | **0.2000 ± 0.1000** |"), "{md}");
+        assert!(
+            md.contains("| a | 0.4000 ± 0.2000 | **0.2000 ± 0.1000** |"),
+            "{md}"
+        );
         assert!(md.contains("**b** leads a by 0.1000"), "{md}");
     }
 

@@ -241,13 +241,8 @@ pub fn pretrain_language_model(
     let Some(pretrain) = &config.pretrain else {
         return Ok(None);
     };
-    let (lm, report) = pretrained_lm::<PixelTiny>(
-        pretrain,
-        data,
-        tokenizer,
-        &model.vocab,
-        config.model_seed(),
-    )?;
+    let (lm, report) =
+        pretrained_lm::<PixelTiny>(pretrain, data, tokenizer, &model.vocab, config.model_seed())?;
     install_lm(model, lm);
     Ok(Some(report))
 }

@@ -14,7 +14,9 @@ use crate::data_source::SampleSource;
 use crate::error::{Result, TaskError};
 use crate::model::{LmMode, PixelDims, PixelLlm, VocabMap};
 use crate::shapes_ln::Split;
-use crate::train::{load_latest_weights, train, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
+use crate::train::{
+    load_latest_weights, train, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep,
+};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::loss::label_smoothed_cross_entropy;
@@ -84,21 +86,28 @@ fn default_true() -> bool {
 impl PretrainConfig {
     /// Checks values no type can rule out, naming the key.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, what: String| Err(TaskError::Invalid(format!("pretrain.{key} {what}")));
+        let bad =
+            |key: &str, what: String| Err(TaskError::Invalid(format!("pretrain.{key} {what}")));
         if self.steps == 0 || self.batch_size == 0 {
             return bad("steps", "and pretrain.batch_size must be at least 1".into());
         }
         if !(self.noise_density > 0.0 && self.noise_density < 1.0) {
-            return bad("noise_density", format!("must be in (0, 1), got {}", self.noise_density));
+            return bad(
+                "noise_density",
+                format!("must be in (0, 1), got {}", self.noise_density),
+            );
         }
-        if !(self.mean_span_length >= 1.0) {
+        if self.mean_span_length.is_nan() || self.mean_span_length < 1.0 {
             return bad(
                 "mean_span_length",
                 format!("must be >= 1, got {}", self.mean_span_length),
             );
         }
         if self.max_tokens < 2 {
-            return bad("max_tokens", format!("must be >= 2, got {}", self.max_tokens));
+            return bad(
+                "max_tokens",
+                format!("must be >= 2, got {}", self.max_tokens),
+            );
         }
         if !(self.peak_lr.is_finite() && self.peak_lr > 0.0) {
             return bad("peak_lr", format!("must be positive, got {}", self.peak_lr));
@@ -181,7 +190,13 @@ pub fn span_corrupt(
     sentinels: &[usize],
     rng: &mut impl Rng,
 ) -> Corrupted {
-    let mask = noise_mask(tokens.len(), density, mean_span_length, sentinels.len(), rng);
+    let mask = noise_mask(
+        tokens.len(),
+        density,
+        mean_span_length,
+        sentinels.len(),
+        rng,
+    );
     let mut inputs = Vec::new();
     let mut targets = Vec::new();
     let mut span = 0;
@@ -243,9 +258,13 @@ impl DenoiseBatch {
             shifted.extend(&row.targets[..row.targets.len() - 1]);
             batch.decoder_input_ids.extend(pad(&shifted, target_len));
             batch.target_ids.extend(pad(&row.targets, target_len));
-            batch
-                .target_weights
-                .extend((0..target_len).map(|i| if i < row.targets.len() { 1.0 } else { 0.0 }));
+            batch.target_weights.extend((0..target_len).map(|i| {
+                if i < row.targets.len() {
+                    1.0
+                } else {
+                    0.0
+                }
+            }));
         }
         Ok(batch)
     }
@@ -257,7 +276,11 @@ struct Denoiser<L: T5Dims, D: Device<f32>> {
 }
 
 impl<L: T5Dims, D: Device<f32>> Params<D> for Denoiser<L, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> pixel_core::Result<()> {
+    fn visit_params<V: ParamVisitor<D>>(
+        &mut self,
+        prefix: &str,
+        v: &mut V,
+    ) -> pixel_core::Result<()> {
         self.lm.visit_params(prefix, v)
     }
 }
@@ -315,14 +338,14 @@ pub fn denoising_batch(
     let mut rows = Vec::with_capacity(config.batch_size);
     while rows.len() < config.batch_size {
         let sample = data.load(Split::Train, rng.gen_range(0..data.images(Split::Train)))?;
-        let text = if config.referring_expressions
-            && !sample.referring.is_empty()
-            && rng.gen_bool(0.5)
-        {
-            sample.referring[rng.gen_range(0..sample.referring.len())].text.clone()
-        } else {
-            sample.caption.clone()
-        };
+        let text =
+            if config.referring_expressions && !sample.referring.is_empty() && rng.gen_bool(0.5) {
+                sample.referring[rng.gen_range(0..sample.referring.len())]
+                    .text
+                    .clone()
+            } else {
+                sample.caption.clone()
+            };
         let mut tokens: Vec<usize> = tokenizer
             .encode(&text)
             .map_err(|e| TaskError::Invalid(e.to_string()))?
@@ -350,9 +373,9 @@ pub fn sentinel_ids(tokenizer: &T5Tokenizer, vocab: &VocabMap) -> Result<Vec<usi
     SENTINELS
         .iter()
         .map(|piece| {
-            let t5 = tokenizer.token_to_id(piece).ok_or_else(|| {
-                TaskError::Invalid(format!("the T5 tokenizer has no `{piece}`"))
-            })?;
+            let t5 = tokenizer
+                .token_to_id(piece)
+                .ok_or_else(|| TaskError::Invalid(format!("the T5 tokenizer has no `{piece}`")))?;
             let id = vocab.to_model(t5);
             if vocab.to_t5(id) != t5 {
                 return Err(TaskError::Invalid(format!(
@@ -381,10 +404,12 @@ pub fn cache_dir(config: &PretrainConfig, seed: u64, preset: &str, vocab: &Vocab
     let mut keyed = config.clone();
     keyed.cache = PathBuf::new();
     let t5_ids: Vec<usize> = (0..vocab.len()).map(|i| vocab.to_t5(i)).collect();
-    let key = serde_json::json!({ "pretrain": keyed, "seed": seed, "preset": preset, "vocab": t5_ids });
-    config
-        .cache
-        .join(format!("{preset}-{:016x}", fnv1a(key.to_string().as_bytes())))
+    let key =
+        serde_json::json!({ "pretrain": keyed, "seed": seed, "preset": preset, "vocab": t5_ids });
+    config.cache.join(format!(
+        "{preset}-{:016x}",
+        fnv1a(key.to_string().as_bytes())
+    ))
 }
 
 /// FNV-1a, 64 bit: a hash that is stable across builds (std's `DefaultHasher` is not promised
@@ -393,13 +418,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-/// Whether the LM of `(config, seed, vocab)` is already in the cache.
-pub fn is_cached(config: &PretrainConfig, seed: u64, preset: &str, vocab: &VocabMap) -> bool {
-    cache_dir(config, seed, preset, vocab)
-        .join("pretrain.json")
-        .exists()
 }
 
 /// The pretrained language model of preset `P`: loaded from the cache, or trained now (an
@@ -448,8 +466,7 @@ pub fn pretrained_lm<P: PixelDims>(
         final_loss: report.last.map(|l| l.loss),
         wall_s: report.wall_s,
     };
-    let json =
-        serde_json::to_vec_pretty(&report).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| TaskError::Invalid(e.to_string()))?;
     write_atomic(&report_path, &json)?;
     Ok((denoiser.lm, report))
 }
@@ -467,25 +484,25 @@ pub fn install_lm<P: PixelDims>(
     model.language_model = lm;
 }
 
-/// Mean denoising loss of `lm` over `batches`, without training.
-pub fn denoising_loss<L: T5Dims>(
-    lm: &T5<L, pixel_core::DefaultDevice>,
-    batches: &[DenoiseBatch],
-) -> Result<f32> {
-    let denoiser = Denoiser { lm: lm.clone() };
-    let mut total = 0.0;
-    for batch in batches {
-        total += denoiser.loss(batch, Gradients::leaky())?.1.text;
-    }
-    Ok(total / batches.len().max(1) as f32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::demo::DemoConfig;
     use crate::model::TinyPixelLlm;
     use crate::shapes_ln::ShapesLn;
+
+    /// Mean denoising loss of `lm` over `batches`, without training.
+    fn denoising_loss<L: T5Dims>(
+        lm: &T5<L, pixel_core::DefaultDevice>,
+        batches: &[DenoiseBatch],
+    ) -> Result<f32> {
+        let denoiser = Denoiser { lm: lm.clone() };
+        let mut total = 0.0;
+        for batch in batches {
+            total += denoiser.loss(batch, Gradients::leaky())?.1.text;
+        }
+        Ok(total / batches.len().max(1) as f32)
+    }
 
     const SENTINEL_IDS: [usize; 8] = [100, 101, 102, 103, 104, 105, 106, 107];
 
@@ -582,7 +599,12 @@ mod tests {
                 .unwrap();
         let after = denoising_loss(&lm, &held_out).unwrap();
         assert!(after < 0.7 * before, "denoising loss {before} -> {after}");
-        assert!(is_cached(&config, 3, "pixel-tiny", &vocab));
+        let in_cache = |c: &PretrainConfig, seed| {
+            cache_dir(c, seed, "pixel-tiny", &vocab)
+                .join("pretrain.json")
+                .exists()
+        };
+        assert!(in_cache(&config, 3));
 
         // The second call loads the cached weights instead of training.
         let (cached, cached_report) =
@@ -591,8 +613,8 @@ mod tests {
         assert_eq!(denoising_loss(&cached, &held_out).unwrap(), after);
         assert_eq!(cached_report.final_loss, report.final_loss);
         // Another seed or setting is another cache entry; the cache path is not part of the key.
-        assert!(!is_cached(&config, 4, "pixel-tiny", &vocab));
-        assert!(!is_cached(&tiny_pretrain(dir.path(), 61), 3, "pixel-tiny", &vocab));
+        assert!(!in_cache(&config, 4));
+        assert!(!in_cache(&tiny_pretrain(dir.path(), 61), 3));
         let mut moved = config.clone();
         moved.cache = dir.path().join("elsewhere");
         assert_eq!(

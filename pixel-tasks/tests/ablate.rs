@@ -48,16 +48,23 @@ fn tiny_ablation_writes_the_table_and_reuses_finished_runs() {
     let results = run_ablation(&ablation, &out, None).unwrap();
     assert_eq!(results.runs.len(), 6);
     assert_eq!(results.summary.len(), 2);
-    assert!(results.summary.iter().all(|s| s.metrics.iter().all(|(_, stat)| stat.n == 3)));
+    assert!(results
+        .summary
+        .iter()
+        .all(|s| s.metrics.iter().all(|(_, stat)| stat.n == 3)));
     assert_eq!(results.winners.len(), 2);
     for file in ["results.json", "results.md", "results.png"] {
         assert!(out.join(file).exists(), "{file}");
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    assert!(md.contains("| lora-pretrained |") && md.contains("Acc@0.5"), "{md}");
+    assert!(
+        md.contains("| lora-pretrained |") && md.contains("Acc@0.5"),
+        "{md}"
+    );
     // One pretrained LM per seed, shared by every variant that pretrains.
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3);
-    let metrics = std::fs::read_to_string(out.join("runs/lora-pretrained/seed-1/metrics.json")).unwrap();
+    let metrics =
+        std::fs::read_to_string(out.join("runs/lora-pretrained/seed-1/metrics.json")).unwrap();
     assert!(metrics.contains("\"pretrain\""), "{metrics}");
 
     // Every run is done: the second invocation only re-reads and re-tabulates.
