@@ -37,11 +37,7 @@ impl<M: ConstDim, H: ConstDim, D: Device<f32>> PointHead<M, H, D> {
 }
 
 impl<M: ConstDim, H: ConstDim, D: Device<f32>> Params<D> for PointHead<M, H, D> {
-    fn visit_params<V: ParamVisitor<D>>(
-        &mut self,
-        prefix: &str,
-        v: &mut V,
-    ) -> pixel_core::Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> pixel_core::Result<()> {
         self.norm.visit_params(&join(prefix, "norm"), v)?;
         self.mlp.visit_params(&join(prefix, "mlp"), v)
     }

@@ -308,11 +308,7 @@ impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
 }
 
 impl<P: PixelDims, D: Device<f32>> Params<D> for PixelLlm<P, D> {
-    fn visit_params<V: ParamVisitor<D>>(
-        &mut self,
-        prefix: &str,
-        v: &mut V,
-    ) -> pixel_core::Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> pixel_core::Result<()> {
         self.image_encoder
             .visit_params(&join(prefix, "image_encoder"), v)?;
         self.prompt_encoder
@@ -367,15 +363,15 @@ mod tests {
         // holds it was dropped on the way to the loss, so no update would reach that parameter.
         struct Check<'a>(&'a Gradients<f32, Cpu>, &'a Trainable, Vec<String>);
         impl<'a> ParamVisitor<Cpu> for Check<'a> {
-            fn visit<S: Shape>(
+            fn visit(
                 &mut self,
                 name: &str,
-                t: &mut Tensor<S, f32, Cpu>,
+                t: &mut dyn pixel_core::params::ParamTensor<Cpu>,
             ) -> pixel_core::Result<()> {
                 if self.1.is_trainable(name) {
                     let g = self.0;
-                    let t2 = t.clone();
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.get(&t2)))
+                    let t = &*t;
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.grad(g)))
                         .is_err()
                     {
                         self.2.push(name.to_string());
