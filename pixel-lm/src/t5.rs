@@ -189,7 +189,11 @@ impl<P: T5Dims, D: Device<f32>> T5Attention<P, D> {
 }
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5Attention<P, D> {
-    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> pixel_core::Result<()> {
+    fn visit_params(
+        &mut self,
+        prefix: &str,
+        v: &mut dyn ParamVisitor<D>,
+    ) -> pixel_core::Result<()> {
         self.q.visit_params(&join(prefix, "q"), v)?;
         self.k.visit_params(&join(prefix, "k"), v)?;
         self.v.visit_params(&join(prefix, "v"), v)?;
@@ -250,7 +254,11 @@ impl<P: T5Dims, D: Device<f32>> T5DenseAct<P, D> {
 }
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5DenseAct<P, D> {
-    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> pixel_core::Result<()> {
+    fn visit_params(
+        &mut self,
+        prefix: &str,
+        v: &mut dyn ParamVisitor<D>,
+    ) -> pixel_core::Result<()> {
         match self {
             T5DenseAct::Plain { wi, wo, .. } => {
                 wi.visit_params(&join(prefix, "wi"), v)?;
@@ -330,7 +338,11 @@ impl<P: T5Dims, D: Device<f32>> T5Block<P, D> {
 }
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5Block<P, D> {
-    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> pixel_core::Result<()> {
+    fn visit_params(
+        &mut self,
+        prefix: &str,
+        v: &mut dyn ParamVisitor<D>,
+    ) -> pixel_core::Result<()> {
         self.self_attention
             .visit_params(&join(prefix, "layer.0.SelfAttention"), v)?;
         self.self_attention_norm
@@ -436,7 +448,11 @@ impl<P: T5Dims, D: Device<f32>> T5Stack<P, D> {
 }
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5Stack<P, D> {
-    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> pixel_core::Result<()> {
+    fn visit_params(
+        &mut self,
+        prefix: &str,
+        v: &mut dyn ParamVisitor<D>,
+    ) -> pixel_core::Result<()> {
         self.block.visit_params(&join(prefix, "block"), v)?;
         self.final_layer_norm
             .visit_params(&join(prefix, "final_layer_norm"), v)
@@ -578,7 +594,11 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5<P, D> {
     /// Also clears the host copies of the weights, since the visitor may change them.
-    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> pixel_core::Result<()> {
+    fn visit_params(
+        &mut self,
+        prefix: &str,
+        v: &mut dyn ParamVisitor<D>,
+    ) -> pixel_core::Result<()> {
         self.host_weights.clear();
         self.shared.visit_params(&join(prefix, "shared"), v)?;
         self.encoder.visit_params(&join(prefix, "encoder"), v)?;

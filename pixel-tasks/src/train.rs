@@ -347,7 +347,11 @@ mod tests {
     }
 
     impl Params<Cpu> for Regressor {
-        fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<Cpu>) -> pixel_core::Result<()> {
+        fn visit_params(
+            &mut self,
+            prefix: &str,
+            v: &mut dyn ParamVisitor<Cpu>,
+        ) -> pixel_core::Result<()> {
             self.layer
                 .visit_params(&pixel_core::params::join(prefix, "layer"), v)
         }

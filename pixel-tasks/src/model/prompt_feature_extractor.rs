@@ -102,7 +102,11 @@ impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtract
 impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> Params<D>
     for PromptFeatureExtractor<V, C, M, D>
 {
-    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> pixel_core::Result<()> {
+    fn visit_params(
+        &mut self,
+        prefix: &str,
+        v: &mut dyn ParamVisitor<D>,
+    ) -> pixel_core::Result<()> {
         v.visit(
             &join(prefix, "output_tokens.weight"),
             &mut self.output_tokens,
