@@ -120,11 +120,13 @@ pub fn mean_box(tokens: &[Option<[f32; 4]>], valid: &[bool]) -> Option<BoxXyxy> 
     let n = boxes.len() as f32;
     let mean = |c: usize| boxes.iter().map(|b| b[c]).sum::<f32>() / n;
     let [x0, y0, x1, y1] = [mean(0), mean(1), mean(2), mean(3)];
-    Some(BoxXyxy::from_corners(
-        pixel_core::geometry::Point::new(x0, y0),
-        pixel_core::geometry::Point::new(x1, y1),
-    ))
-    .map(BoxXyxy::clip_unit)
+    Some(
+        BoxXyxy::from_corners(
+            pixel_core::geometry::Point::new(x0, y0),
+            pixel_core::geometry::Point::new(x1, y1),
+        )
+        .clip_unit(),
+    )
 }
 
 impl<M: ConstDim, H: ConstDim, D: Device<f32>> Params<D> for BoxHead<M, H, D> {
