@@ -12,6 +12,10 @@ Outputs, in pixel-tasks/tests/fixtures/metrics/:
   PTB-tokenized by pycocoevalcap's PTBTokenizer (the CoreNLP jar), and pycocoevalcap's BLEU 1-4,
   ROUGE-L, CIDEr-D and METEOR (meteor-1.5.jar) on the tokenized text, with per-segment
   METEOR scores.
+- captions_vocab.json: the same metrics on captions nobody picked: seeded random sentences
+  over the whole-word pieces of the T5 vocabulary (assets/t5-tokenizer.json, ~20k words, drawn
+  with a skew towards frequent ones), each reference a noisy copy of a hidden "scene" and each
+  prediction a noisier one (some share nothing), with random capitals and punctuation.
 - meteor_pairs.json: single (candidate, references) pairs with the jar's METEOR, for measuring
   the gap of the native METEOR per segment.
 - masks.json: random masks and polygons with pycocotools' compressed RLE strings, areas and IoUs.
@@ -94,6 +98,11 @@ def captions_fixture(rng, n_random=150):
     for i in range(n_random):
         refs[f"r{i}"] = [random_caption(rng) for _ in range(rng.randint(1, 5))]
         preds[f"r{i}"] = random_caption(rng)
+    return score_fixture(refs, preds)
+
+
+def score_fixture(refs, preds):
+    """pycocoevalcap's tokenization and scores of raw refs {id: [caption]} and preds {id: caption}."""
     tok = PTBTokenizer()
     gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in refs.items()})
     res = tok.tokenize({k: [{"caption": v}] for k, v in preds.items()})
@@ -101,11 +110,10 @@ def captions_fixture(rng, n_random=150):
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
     meteor, meteor_per = Meteor().compute_score(gts, res)
-    ids = list(gts.keys())
     return {
         "refs": refs,
         "preds": preds,
-        "ids": ids,
+        "ids": list(gts.keys()),
         "tokenized_refs": gts,
         "tokenized_preds": {k: v[0] for k, v in res.items()},
         "bleu": [float(b) for b in bleu],
@@ -114,6 +122,51 @@ def captions_fixture(rng, n_random=150):
         "meteor": float(meteor),
         "meteor_per_segment": [float(m) for m in meteor_per],
     }
+
+
+def vocabulary_words():
+    """Whole-word ASCII pieces of the T5 vocabulary, in its order (roughly by frequency)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "assets", "t5-tokenizer.json")
+    with open(path) as f:
+        vocab = json.load(f)["model"]["vocab"]
+    return [p[1:] for p, _ in vocab
+            if p.startswith("\u2581") and len(p) > 2 and p[1:].isascii() and p[1:].isalpha()]
+
+
+def vocab_captions_fixture(rng, n=80):
+    words = vocabulary_words()
+
+    def word():
+        # P(rank < k) = (k / len) ** (1/3): frequent words dominate, rare ones still appear.
+        return words[int(len(words) * rng.random() ** 3)]
+
+    def noisy(scene, keep):
+        out = []
+        for w in scene:
+            r = rng.random()
+            if r < keep:
+                out.append(w)
+            elif r < keep + (1 - keep) / 2:
+                out.append(word())
+            if rng.random() < 0.1:
+                out.append(word())
+        out = out or [word()]
+        if rng.random() < 0.3:
+            out[rng.randrange(len(out))] += rng.choice([",", ";", " -", "'s"])
+        s = " ".join(out)
+        if rng.random() < 0.5:
+            s = s[0].upper() + s[1:]
+        return s + rng.choice(["", "", ".", "!", "?"])
+
+    refs, preds = {}, {}
+    for i in range(n):
+        scene = [word() for _ in range(rng.randint(3, 12))]
+        refs[f"v{i}"] = [noisy(scene, 0.75) for _ in range(rng.randint(1, 5))]
+        if rng.random() < 0.1:
+            preds[f"v{i}"] = noisy([word() for _ in range(rng.randint(1, 8))], 1.0)
+        else:
+            preds[f"v{i}"] = noisy(scene[:rng.randint(1, len(scene))], 0.5)
+    return score_fixture(refs, preds)
 
 
 def masks_fixture(rng):
@@ -285,6 +338,9 @@ def main():
     fx = captions_fixture(rng)
     with open(os.path.join(OUT, "captions.json"), "w") as f:
         json.dump(fx, f, indent=0)
+    vfx = vocab_captions_fixture(random.Random(7))
+    with open(os.path.join(OUT, "captions_vocab.json"), "w") as f:
+        json.dump(vfx, f, indent=0)
     with open(os.path.join(OUT, "meteor_pairs.json"), "w") as f:
         json.dump(meteor_pairs_fixture(fx), f, indent=0)
     with open(os.path.join(OUT, "masks.json"), "w") as f:
@@ -294,7 +350,8 @@ def main():
     ln_out = os.path.join(OUT, "..", "datasets", "ln_scenic_reference.json")
     with open(ln_out, "w") as f:
         json.dump(ln_fixture(random.Random(11)), f)
-    print("bleu", fx["bleu"], "rouge", fx["rouge_l"], "cider", fx["cider"], "meteor", fx["meteor"])
+    for name, f in [("captions", fx), ("captions_vocab", vfx)]:
+        print(name, "bleu", f["bleu"], "rouge", f["rouge_l"], "cider", f["cider"], "meteor", f["meteor"])
 
 
 if __name__ == "__main__":

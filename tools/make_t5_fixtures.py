@@ -3,7 +3,13 @@
 
 Regenerate (needs `pip install torch "transformers>=4.40,<5" safetensors`):
 
-    python tools/make_t5_fixtures.py
+    python tools/make_t5_fixtures.py                      # the committed fixtures (seed 0)
+    python tools/make_t5_fixtures.py --seed 7 --out /tmp/t5-7   # fresh ones (tools/check_parity.py)
+
+With `--seed 0` (the default) the output is the committed fixtures. Any other seed also draws
+what the committed fixtures keep fixed, so the parity check meets checkpoints nobody tuned the
+code on: batch size and sequence lengths, the padding, `relative_attention_max_distance`,
+`layer_norm_epsilon`, and which preset is stored as f16 in one file and which as bf16 shards.
 
 For each test preset (`t5-test`: ReLU, tied, 2+2 layers; `flan-t5-test`: gated-GELU, untied,
 3+2 layers; both vocab 32128, d_model 64, 4 heads x 16) it builds a randomly initialised HF
@@ -23,8 +29,10 @@ embedding and LM head are zero (they compress away); EOS's LM-head row is scaled
 sequences end early, which exercises the padding rules of greedy and beam search.
 `buckets.safetensors` holds HF's `_relative_position_bucket` over -300..300 for a few settings.
 """
+import argparse
 import json
 import os
+import random
 import shutil
 
 import torch
@@ -51,11 +59,10 @@ PRESETS = {
 }
 
 
-def build(name, seed):
-    cfg = T5Config(
-        **PRESETS[name], decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-        layer_norm_epsilon=1e-6, dropout_rate=0.0,
-    )
+def build(name, seed, overrides=None):
+    params = dict(PRESETS[name], layer_norm_epsilon=1e-6)
+    params.update(overrides or {})
+    cfg = T5Config(**params, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(cfg).eval()
     with torch.no_grad():
@@ -66,7 +73,10 @@ def build(name, seed):
     return model
 
 
-def make_inputs(seed):
+def make_inputs(seed, shape=None):
+    """The committed fixtures' inputs; with `shape = (batch, source, target)` random ones."""
+    if shape is not None:
+        return random_inputs(seed, *shape)
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(2, LIVE_ROWS, (2, 11), generator=g)
     input_ids[0, -1] = 1
@@ -74,6 +84,20 @@ def make_inputs(seed):
     input_ids[1, 7:] = 0
     attention_mask = (torch.arange(11)[None, :] < torch.tensor([[11], [7]])).long()
     decoder_input_ids = torch.randint(2, LIVE_ROWS, (2, 5), generator=g)
+    decoder_input_ids[:, 0] = 0
+    return dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+
+
+def random_inputs(seed, batch, source, target):
+    """Random ids, every row ending in EOS at a random length; rows after the first padded."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(2, LIVE_ROWS, (batch, source), generator=g)
+    lengths = [source] + torch.randint(1, source + 1, (batch - 1,), generator=g).tolist()
+    for r, n in enumerate(lengths):
+        input_ids[r, n - 1] = 1
+        input_ids[r, n:] = 0
+    attention_mask = (torch.arange(source)[None, :] < torch.tensor(lengths)[:, None]).long()
+    decoder_input_ids = torch.randint(2, LIVE_ROWS, (batch, target), generator=g)
     decoder_input_ids[:, 0] = 0
     return dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
 
@@ -106,18 +130,36 @@ def tune_eos(model, inputs):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0, help="0 = the committed fixtures")
+    parser.add_argument("--out", default=ROOT, help="output folder (default: pixel-lm/tests/fixtures)")
+    args = parser.parse_args()
     torch.set_grad_enabled(False)
-    os.makedirs(ROOT, exist_ok=True)
-    for seed, (name, dtype) in enumerate([("t5-test", torch.float16), ("flan-t5-test", torch.bfloat16)]):
-        print(name)
-        out_dir = os.path.join(ROOT, name)
+    os.makedirs(args.out, exist_ok=True)
+    storage = [("t5-test", torch.float16), ("flan-t5-test", torch.bfloat16)]
+    # Seed 0 keeps the committed fixtures' choices; other seeds draw them.
+    pick = random.Random(args.seed)
+    if args.seed != 0 and pick.random() < 0.5:
+        storage = [("t5-test", torch.bfloat16), ("flan-t5-test", torch.float16)]
+    for i, (name, dtype) in enumerate(storage):
+        print(name, dtype)
+        out_dir = os.path.join(args.out, name)
         shutil.rmtree(out_dir, ignore_errors=True)
-        model = build(name, seed)
-        inputs = make_inputs(100 + seed)
+        seed = args.seed + i
+        overrides, shape = None, None
+        if args.seed != 0:
+            overrides = dict(
+                relative_attention_max_distance=pick.choice([128, 64, 20]),
+                layer_norm_epsilon=pick.choice([1e-6, 1e-5]),
+            )
+            shape = (pick.randint(1, 4), pick.randint(3, 40), pick.randint(1, 12))
+            print(f"  {overrides}, batch/source/target {shape}")
+        model = build(name, seed, overrides)
+        inputs = make_inputs(100 + seed, shape)
         # Round to the storage dtype first, so the reference is what the checkpoint encodes.
         model = model.to(dtype).to(torch.float32)
         tune_eos(model, inputs)
-        if name == "flan-t5-test":
+        if dtype == torch.bfloat16:
             model.to(dtype).save_pretrained(out_dir, safe_serialization=True, max_shard_size="3MB")
         else:
             model.to(dtype).save_pretrained(out_dir, safe_serialization=True)
@@ -154,7 +196,7 @@ def main():
                 rel, bidirectional=bidirectional, num_buckets=nb, max_distance=md
             )[:, 0].contiguous()
     buckets["relative_position"] = rel[:, 0].contiguous()
-    save_file(buckets, os.path.join(ROOT, "buckets.safetensors"))
+    save_file(buckets, os.path.join(args.out, "buckets.safetensors"))
 
 
 if __name__ == "__main__":

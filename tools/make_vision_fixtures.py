@@ -2,7 +2,12 @@
 """Regenerates pixel-vision's parity fixtures (pixel-vision/tests/fixtures/).
 
     pip install torch "transformers>=4.40,<5" timm segment-anything safetensors
-    python tools/make_vision_fixtures.py
+    python tools/make_vision_fixtures.py                          # the committed fixtures (seed 0)
+    python tools/make_vision_fixtures.py --seed 7 --out /tmp/v-7  # fresh ones (tools/check_parity.py)
+
+With `--seed 0` (the default) the output is the committed fixtures. With another seed every
+weight and input is drawn from that seed, and the prompt points and boxes are random too;
+param_counts.json is written only into the default folder.
 
 Everything is randomly initialised from fixed seeds (no downloads):
 
@@ -15,6 +20,7 @@ Everything is randomly initialised from fixed seeds (no downloads):
   image than the RoPE reference shape); eva02_test_io.safetensors: inputs and forward_features.
 - rel_pos.safetensors : segment-anything's get_rel_pos on tables that need interpolation.
 """
+import argparse
 import json
 import math
 import os
@@ -49,7 +55,17 @@ def randomize(model, seed):
                 b.copy_(torch.randn(b.shape, generator=g))
 
 
-def sam_fixtures():
+def random_prompts(g, batch, prompts, points, size):
+    """Random point prompts (labels 1, 0 and the padding label -1 at the end) and boxes."""
+    coords = torch.rand(batch, prompts, points, 2, generator=g) * (size - 1)
+    labels = torch.randint(0, 2, (batch, prompts, points), generator=g)
+    labels[-1, -1, -1] = -1
+    corners = torch.rand(batch, 1, 2, 2, generator=g) * (size - 1)
+    boxes = torch.cat([corners.min(dim=2).values, corners.max(dim=2).values], dim=-1)
+    return coords, labels, boxes
+
+
+def sam_fixtures(out_dir, seed=0):
     from transformers import SamConfig, SamModel
 
     config = SamConfig(
@@ -61,7 +77,7 @@ def sam_fixtures():
                                  iou_head_hidden_dim=32),
     )
     model = SamModel(config).eval()
-    randomize(model, 0)
+    randomize(model, seed)
     with torch.no_grad():
         # At full scale the random decoder is ill-conditioned (float32 and float64 runs of
         # HF's own code differ by 5e-3 relative); half-scale weights make it well-conditioned.
@@ -71,10 +87,10 @@ def sam_fixtures():
     # Tied in HF; keep both copies equal.
     model.prompt_encoder.shared_embedding.positional_embedding.copy_(
         model.shared_image_embedding.positional_embedding)
-    folder = os.path.join(OUT, "sam-vit-test")
+    folder = os.path.join(out_dir, "sam-vit-test")
     model.save_pretrained(folder, safe_serialization=True)
 
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed + 1)
     pixel_values = torch.randn(2, 3, 128, 128, generator=g)
     input_points = torch.tensor([[[[10.0, 20.0], [64.0, 70.0], [120.0, 5.0]]],
                                  [[[33.0, 90.0], [100.0, 100.0], [0.0, 127.0]]]])
@@ -84,6 +100,9 @@ def sam_fixtures():
     input_points2 = torch.tensor([[[[5.0, 6.0], [50.0, 60.0]], [[70.0, 20.0], [20.0, 70.0]]],
                                   [[[90.0, 9.0], [9.0, 90.0]], [[64.0, 64.0], [1.0, 1.0]]]])
     input_labels2 = torch.tensor([[[1, 0], [1, 1]], [[0, 1], [1, -10]]], dtype=torch.int64)
+    if seed != 0:
+        input_points, input_labels, input_boxes = random_prompts(g, 2, 1, 3, 128)
+        input_points2, input_labels2, _ = random_prompts(g, 2, 2, 2, 128)
     # References are computed in float64 (the truth a float32 port should approach).
     model64 = SamModel(config).eval()
     model64.load_state_dict(model.state_dict())
@@ -109,7 +128,7 @@ def sam_fixtures():
                       input_masks=input_masks.to(d), multimask_output=False)
         io["masks_pred_masks"], io["masks_iou_scores"] = out.pred_masks, out.iou_scores
     io = {k: v.float() if v.is_floating_point() else v for k, v in io.items()}
-    save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(OUT, "sam_test_io.safetensors"))
+    save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(out_dir, "sam_test_io.safetensors"))
     return model, io
 
 
@@ -157,7 +176,7 @@ def hf_name(official, iou_depth=3):
     raise KeyError(official)
 
 
-def official_fixtures(hf_model, io):
+def official_fixtures(out_dir, hf_model, io):
     from functools import partial
     from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder,
                                            TwoWayTransformer)
@@ -182,7 +201,7 @@ def official_fixtures(hf_model, io):
         module.load_state_dict(sd)
         module.eval()
     save_file({k: v.contiguous() for k, v in official.items()},
-              os.path.join(OUT, "sam-vit-test-official.safetensors"))
+              os.path.join(out_dir, "sam-vit-test-official.safetensors"))
     out = {}
     # segment-anything's prompt encoder hard-codes float32; it is well conditioned, the
     # encoder and decoder run in float64.
@@ -199,10 +218,10 @@ def official_fixtures(hf_model, io):
             ious.append(i)
         out["points_pred_masks"] = torch.stack(masks)
         out["points_iou_scores"] = torch.stack(ious)
-    save_file({k: v.float().contiguous() for k, v in out.items()}, os.path.join(OUT, "sam_official_io.safetensors"))
+    save_file({k: v.float().contiguous() for k, v in out.items()}, os.path.join(out_dir, "sam_official_io.safetensors"))
 
 
-def eva_fixtures():
+def eva_fixtures(out, seed=0):
     from timm.models.eva import Eva
 
     io = {}
@@ -218,27 +237,27 @@ def eva_fixtures():
                     mlp_ratio=4 * 2 / 3, qkv_fused=v["qkv_fused"], swiglu_mlp=True,
                     scale_mlp=v["scale_mlp"], use_rot_pos_emb=True, ref_feat_shape=(4, 4),
                     num_classes=0).eval()
-        randomize(model, 10 + i)
+        randomize(model, seed + 10 + i)
         save_file({k: t.contiguous() for k, t in model.state_dict().items()},
-                  os.path.join(OUT, f"{name}.safetensors"))
-        g = torch.Generator().manual_seed(20 + i)
+                  os.path.join(out, f"{name}.safetensors"))
+        g = torch.Generator().manual_seed(seed + 20 + i)
         x = torch.randn(2, 3, v["img_size"], v["img_size"], generator=g)
         with torch.no_grad():
             io[f"{name}.pixel_values"] = x
             io[f"{name}.features"] = model.double().forward_features(x.double()).float()
-    save_file({k: t.contiguous() for k, t in io.items()}, os.path.join(OUT, "eva02_test_io.safetensors"))
+    save_file({k: t.contiguous() for k, t in io.items()}, os.path.join(out, "eva02_test_io.safetensors"))
 
 
-def rel_pos_fixtures():
+def rel_pos_fixtures(out_dir, seed=0):
     from segment_anything.modeling.image_encoder import get_rel_pos
 
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator().manual_seed(seed + 5)
     out = {}
     for q, k, length in [(5, 7, 9), (7, 7, 9), (3, 3, 5), (4, 2, 11)]:
         table = torch.randn(length, 4, generator=g)
         out[f"table_{q}_{k}_{length}"] = table
         out[f"rel_{q}_{k}_{length}"] = get_rel_pos(q, k, table)
-    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, "rel_pos.safetensors"))
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(out_dir, "rel_pos.safetensors"))
 
 
 def param_counts():
@@ -268,12 +287,18 @@ def param_counts():
 
 
 if __name__ == "__main__":
-    os.makedirs(OUT, exist_ok=True)
-    torch.manual_seed(0)
-    model, io = sam_fixtures()
-    official_fixtures(model, io)
-    eva_fixtures()
-    rel_pos_fixtures()
+    parser = argparse.ArgumentParser(description="pixel-vision parity fixtures")
+    parser.add_argument("--seed", type=int, default=0, help="0 = the committed fixtures")
+    parser.add_argument("--out", default=OUT, help="output folder (default: pixel-vision/tests/fixtures)")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model, io = sam_fixtures(args.out, args.seed)
+    official_fixtures(args.out, model, io)
+    eva_fixtures(args.out, args.seed)
+    rel_pos_fixtures(args.out, args.seed)
+    if os.path.abspath(args.out) != os.path.abspath(OUT):
+        raise SystemExit(0)
     counts = param_counts()
     with open(os.path.join(OUT, "param_counts.json"), "w") as f:
         json.dump(counts, f, indent=2, sort_keys=True)

@@ -1,5 +1,7 @@
 //! `pixel`: the PixelLLM command line. It holds no model logic; each subcommand calls a crate.
 mod cmd_demo;
+mod cmd_eval;
+mod cmd_export;
 mod cmd_lm;
 mod cmd_metrics;
 mod cmd_vision;
@@ -9,6 +11,8 @@ use clap::{Parser, Subcommand};
 const EXAMPLES: &str = "Examples:
   pixel demo                                    train + evaluate the tiny model (~8 min on 2 cores)
   pixel demo --out runs/demo --resume           continue an interrupted demo
+  pixel eval --checkpoint runs/demo --out runs/demo/eval
+  pixel export-shapes --out runs/shapes-ln-files --train 4000 --val 150
   pixel lm forward --model DIR --inputs IN.safetensors --out OUT.safetensors
   pixel lm generate --model DIR --inputs IN.safetensors --max-new-tokens 20 --num-beams 4 --out OUT.safetensors
   pixel tokenize --tokenizer assets/t5-tokenizer.json \"a man holding a red umbrella\"
@@ -28,6 +32,10 @@ struct Cli {
 enum Command {
     /// Train a tiny PixelLLM on synthetic ShapesLN data, evaluate it, draw loss and samples.
     Demo(cmd_demo::DemoArgs),
+    /// Evaluate a checkpoint on every configured task; write results.json and results.md.
+    Eval(cmd_eval::EvalArgs),
+    /// Write ShapesLN as Localized Narratives, RefCOCO (MDETR) and Visual Genome files.
+    ExportShapes(cmd_export::ExportArgs),
     /// T5 / Flan-T5: tensors in, tensors out, equal to HF transformers.
     #[command(subcommand)]
     Lm(cmd_lm::LmCommand),
@@ -50,6 +58,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => cmd_demo::run(args),
+        Command::Eval(args) => cmd_eval::run(args),
+        Command::ExportShapes(args) => cmd_export::run(args),
         Command::Lm(cmd) => cmd_lm::run(cmd),
         Command::Tokenize(args) => cmd_lm::tokenize(args),
         Command::Vision(cmd) => cmd_vision::run_vision(cmd),

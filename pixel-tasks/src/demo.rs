@@ -1,10 +1,11 @@
 //! The main job: train a tiny PixelLLM on ShapesLN, evaluate it, and write what a person looks
 //! at (`metrics.json`, `loss.png`, `samples.png`) into the run folder.
+use crate::data_source::{DataSource, DatasetConfig, SampleSource};
 use crate::error::{Result, TaskError};
 use crate::eval::{evaluate, referring_boxes, Baselines, EvalReport, Predictor};
 use crate::model::{ModelConfig, TinyPixelLlm};
 use crate::render::{loss_curves_png, samples_png, SamplePanel, Scale};
-use crate::shapes_ln::{Sample, ShapesLn, ShapesLnConfig, Split};
+use crate::shapes_ln::{Sample, ShapesLnConfig, Split};
 use crate::tasks::{Example, ExampleBuilder};
 use crate::train::{read_log, train, RunDir, TrainConfig, TrainReport};
 use pixel_core::checkpoint::write_atomic;
@@ -24,6 +25,9 @@ pub struct DemoConfig {
     pub tasks: TaskMix,
     pub train: TrainConfig,
     pub eval: EvalConfig,
+    /// Read samples from files instead of the generator (`data` then sets only the image size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetConfig>,
 }
 
 /// How often each task is drawn when filling a training batch.
@@ -86,7 +90,7 @@ pub struct TrainSummary {
 
 /// Draws the examples of training step `step`: deterministic in `(seed, step)`.
 pub fn training_examples(
-    data: &ShapesLn,
+    data: &impl SampleSource,
     builder: &ExampleBuilder,
     mix: &TaskMix,
     batch_size: usize,
@@ -103,7 +107,7 @@ pub fn training_examples(
     }
     let mut examples = Vec::with_capacity(batch_size);
     while examples.len() < batch_size {
-        let sample = data.sample(Split::Train, rng.gen_range(0..1_000_000));
+        let sample = data.load(Split::Train, rng.gen_range(0..data.images(Split::Train)))?;
         let pick = rng.gen::<f32>() * total;
         let mut candidates = if pick < mix.trace_captioning {
             vec![builder.trace_captioning(&sample)?]
@@ -112,22 +116,26 @@ pub fn training_examples(
         } else {
             builder.location_captioning(&sample)?
         };
+        if candidates.is_empty() {
+            // A file sample may lack the drawn task (an image without referring expressions).
+            continue;
+        }
         let i = rng.gen_range(0..candidates.len());
         examples.push(candidates.swap_remove(i));
     }
     Ok(examples)
 }
 
-/// Every example of the evaluated tasks for images `0..count` of `split`.
+/// Every example of the evaluated tasks for images `0..count` of `split` (or all it has).
 pub fn evaluation_examples(
-    data: &ShapesLn,
+    data: &impl SampleSource,
     builder: &ExampleBuilder,
     split: Split,
     count: u64,
 ) -> Result<Vec<Example>> {
     let mut examples = Vec::new();
-    for i in 0..count {
-        let sample = data.sample(split, i);
+    for i in 0..count.min(data.images(split)) {
+        let sample = data.load(split, i)?;
         examples.push(builder.trace_captioning(&sample)?);
         examples.extend(builder.referring_localization(&sample)?);
     }
@@ -137,8 +145,7 @@ pub fn evaluation_examples(
 /// Runs the demo into `out`; with `resume`, continues from the run's last checkpoint.
 pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMetrics> {
     let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
-    let data = ShapesLn::new(config.data.clone(), config.seed)
-        .map_err(|e| TaskError::Invalid(format!("data: {e}")))?;
+    let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
     let mut model = TinyPixelLlm::build(&config.model, config.seed)?;
     let vocab = model.vocab.clone();
     let builder = ExampleBuilder {
@@ -232,15 +239,18 @@ fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {
 /// predicted), for the first validation images.
 fn write_samples_png(
     model: &impl Predictor,
-    data: &ShapesLn,
+    data: &impl SampleSource,
     builder: &ExampleBuilder,
     tokenizer: &T5Tokenizer,
     config: &DemoConfig,
     path: &Path,
 ) -> Result<()> {
-    let samples: Vec<Sample> = (0..config.eval.sample_images)
-        .map(|i| data.sample(Split::Validation, i))
-        .collect();
+    let samples: Vec<Sample> = (0..config
+        .eval
+        .sample_images
+        .min(data.images(Split::Validation)))
+        .map(|i| data.load(Split::Validation, i))
+        .collect::<Result<_>>()?;
     let captions: Vec<Example> = samples
         .iter()
         .map(|s| builder.trace_captioning(s))
@@ -307,6 +317,7 @@ pub fn words_with_points(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shapes_ln::ShapesLn;
     use crate::tasks::TaskKind;
 
     #[test]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 pub enum TaskError {
     #[error(transparent)]
     Core(#[from] pixel_core::CoreError),
+    #[error(transparent)]
+    Dataset(#[from] crate::datasets::DatasetError),
     #[error("cannot access `{path}`: {source}")]
     Io {
         path: PathBuf,

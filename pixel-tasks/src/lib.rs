@@ -1,8 +1,10 @@
 //! PixelLLM assembled from its parts, with output heads, tasks, data and evaluation.
+pub mod data_source;
 pub mod datasets;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod eval_run;
 pub mod heads;
 pub mod metrics;
 pub mod model;

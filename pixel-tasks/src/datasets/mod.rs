@@ -7,7 +7,8 @@
 //! | Visual Genome region descriptions | `region_descriptions.json` | [`visual_genome`] | [`RegionSample`] |
 //!
 //! Every reader takes a [`SkipMode`]: [`SkipMode::Strict`] stops at the first malformed record
-//! with an error naming the file and the line (JSON Lines) or record index/key (JSON);
+//! with an error naming the file and the line (JSON Lines), or the record's index or key and
+//! the line it starts on (JSON);
 //! [`SkipMode::SkipAndCount`] skips such records and lists each one in the returned
 //! [`ReadSummary`]. Nothing is dropped silently.
 //!
@@ -73,7 +74,7 @@ pub enum SkipMode {
 /// One record a reader skipped, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedRecord {
-    /// `line 12`, `images[3]`, `refs[7] (ref_id 41)`, ...
+    /// `line 12`, `images[3] (line 40)`, `refs[7] (ref_id 41, line 96)`, ...
     pub location: String,
     pub reason: String,
 }
@@ -135,6 +136,19 @@ pub(crate) fn write_string(path: &Path, text: &str) -> Result<(), DatasetError> 
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The 1-based line of `raw` in `text`, the document it was borrowed from, so that a record
+/// error in a pretty-printed JSON file names its line. Only called on the error path: it counts
+/// newlines from the start of the file.
+pub(crate) fn line_of(text: &str, raw: &serde_json::value::RawValue) -> usize {
+    let offset = (raw.get().as_ptr() as usize)
+        .saturating_sub(text.as_ptr() as usize)
+        .min(text.len());
+    1 + text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
 }
 
 /// `<root>/<file_name>`.

@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{read_to_string, write_string, DatasetError, ReadSummary, SkipMode};
+use super::{line_of, read_to_string, write_string, DatasetError, ReadSummary, SkipMode};
 use crate::metrics::masks::Segmentation;
 
 /// One referring expression and its object.
@@ -121,9 +121,11 @@ fn check_box(b: &[f64; 4]) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `images`/`annotations` element by element, so a bad element names its index.
+/// Parses `images`/`annotations` element by element, so a bad element names its index and line
+/// in `text`, the file they were borrowed from.
 fn parse_elements<T: serde::de::DeserializeOwned>(
     path: &Path,
+    text: &str,
     key: &str,
     raw: &[&RawValue],
     mode: SkipMode,
@@ -133,7 +135,12 @@ fn parse_elements<T: serde::de::DeserializeOwned>(
     for (i, r) in raw.iter().enumerate() {
         match serde_json::from_str::<T>(r.get()) {
             Ok(v) => out.push((i, v)),
-            Err(e) => summary.malformed(mode, path, format!("{key}[{i}]"), e.to_string())?,
+            Err(e) => summary.malformed(
+                mode,
+                path,
+                format!("{key}[{i}] (line {})", line_of(text, r)),
+                e.to_string(),
+            )?,
         }
     }
     Ok(out)
@@ -152,9 +159,15 @@ pub fn read_mdetr_refexp(
     })?;
     let mut summary = ReadSummary::default();
     let images: Vec<(usize, MdetrImage)> =
-        parse_elements(path, "images", &raw.images, mode, &mut summary)?;
-    let anns: Vec<(usize, CocoAnnotation)> =
-        parse_elements(path, "annotations", &raw.annotations, mode, &mut summary)?;
+        parse_elements(path, &text, "images", &raw.images, mode, &mut summary)?;
+    let anns: Vec<(usize, CocoAnnotation)> = parse_elements(
+        path,
+        &text,
+        "annotations",
+        &raw.annotations,
+        mode,
+        &mut summary,
+    )?;
     let mut by_image: HashMap<i64, Vec<&(usize, CocoAnnotation)>> = HashMap::new();
     for a in &anns {
         by_image.entry(a.1.image_id).or_default().push(a);
@@ -165,14 +178,20 @@ pub fn read_mdetr_refexp(
             summary.malformed(
                 mode,
                 path,
-                format!("images[{i}] (id {})", im.id),
+                format!(
+                    "images[{i}] (id {}, line {})",
+                    im.id,
+                    line_of(&text, raw.images[*i])
+                ),
                 "no annotation refers to this expression".into(),
             )?;
             continue;
         };
         for (k, a) in list {
             if let Err(why) = check_box(&a.bbox) {
-                summary.malformed(mode, path, format!("annotations[{k}] (id {})", a.id), why)?;
+                let line = line_of(&text, raw.annotations[*k]);
+                let location = format!("annotations[{k}] (id {}, line {line})", a.id);
+                summary.malformed(mode, path, location, why)?;
                 continue;
             }
             out.push(RefSample {
@@ -248,12 +267,13 @@ pub fn read_refer(
     })?;
     let mut summary = ReadSummary::default();
     let images: HashMap<i64, CocoImage> =
-        parse_elements::<CocoImage>(instances, "images", &raw.images, mode, &mut summary)?
+        parse_elements::<CocoImage>(instances, &text, "images", &raw.images, mode, &mut summary)?
             .into_iter()
             .map(|(_, im)| (im.id, im))
             .collect();
     let anns: HashMap<i64, CocoAnnotation> = parse_elements::<CocoAnnotation>(
         instances,
+        &text,
         "annotations",
         &raw.annotations,
         mode,
@@ -272,11 +292,17 @@ pub fn read_refer(
             source,
         })?;
     let mut out = Vec::new();
-    for (i, r) in parse_elements::<ReferRef>(refs, "refs", &raw_refs, mode, &mut summary)? {
+    for (i, r) in
+        parse_elements::<ReferRef>(refs, &refs_text, "refs", &raw_refs, mode, &mut summary)?
+    {
         if split.is_some_and(|s| s != r.split) {
             continue;
         }
-        let location = format!("refs[{i}] (ref_id {})", r.ref_id);
+        let location = format!(
+            "refs[{i}] (ref_id {}, line {})",
+            r.ref_id,
+            line_of(&refs_text, raw_refs[i])
+        );
         let Some(ann) = anns.get(&r.ann_id) else {
             summary.malformed(
                 mode,

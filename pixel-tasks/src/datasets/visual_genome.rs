@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::value::RawValue;
 
-use super::{read_to_string, write_string, DatasetError, ReadSummary, SkipMode};
+use super::{line_of, read_to_string, write_string, DatasetError, ReadSummary, SkipMode};
 use crate::metrics::densecap::{DensecapGt, DensecapGtAnnotation, DensecapImage};
 use crate::metrics::AnyId;
 
@@ -48,6 +48,16 @@ pub struct VgRegion {
     pub phrase: String,
 }
 
+/// An image entry with its regions left unparsed, so a bad region is reported (or skipped) on
+/// its own, with its line.
+#[derive(serde::Deserialize)]
+struct RawImageRegions<'a> {
+    #[serde(alias = "image_id")]
+    id: i64,
+    #[serde(borrow)]
+    regions: Vec<&'a RawValue>,
+}
+
 /// Reads `region_descriptions.json`, one sample per region.
 pub fn read_vg_regions(
     path: &Path,
@@ -62,20 +72,33 @@ pub fn read_vg_regions(
     let mut summary = ReadSummary::default();
     let mut out = Vec::new();
     for (i, r) in raw.iter().enumerate() {
-        let entry: VgImageRegions = match serde_json::from_str(r.get()) {
+        let entry: RawImageRegions = match serde_json::from_str(r.get()) {
             Ok(e) => e,
             Err(e) => {
-                summary.malformed(mode, path, format!("[{i}]"), e.to_string())?;
+                let location = format!("[{i}] (line {})", line_of(&text, r));
+                summary.malformed(mode, path, location, e.to_string())?;
                 continue;
             }
         };
-        for (k, reg) in entry.regions.iter().enumerate() {
+        for (k, raw_region) in entry.regions.iter().enumerate() {
+            let line = line_of(&text, raw_region);
+            let reg: VgRegion = match serde_json::from_str(raw_region.get()) {
+                Ok(reg) => reg,
+                Err(e) => {
+                    let location = format!("[{i}].regions[{k}] (line {line})");
+                    summary.malformed(mode, path, location, e.to_string())?;
+                    continue;
+                }
+            };
             let b = [reg.x, reg.y, reg.width, reg.height];
             if b.iter().any(|v| !v.is_finite()) || reg.width < 0.0 || reg.height < 0.0 {
                 summary.malformed(
                     mode,
                     path,
-                    format!("[{i}].regions[{k}] (region_id {})", reg.region_id),
+                    format!(
+                        "[{i}].regions[{k}] (region_id {}, line {line})",
+                        reg.region_id
+                    ),
                     format!("box {b:?} must be finite with non-negative width and height"),
                 )?;
                 continue;

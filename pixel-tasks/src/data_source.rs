@@ -1,0 +1,535 @@
+//! Where the demo's samples come from: the ShapesLN generator, or files in the real datasets'
+//! formats read by [`crate::datasets`]: Localized Narratives for captions and word boxes, MDETR
+//! RefCOCO for referring expressions, Visual Genome region descriptions for region captions.
+//!
+//! [`export_shapes`] (`pixel export-shapes`) writes ShapesLN into those three formats, and the
+//! `[dataset]` section of an experiment config ([`DatasetConfig`]) makes training and evaluation
+//! read them back, so the same experiment runs from the generator or from files, and a real
+//! dataset in these formats plugs into the same place.
+//!
+//! Within a split, the three files are joined on the image id: a narrative's `image_id`, a
+//! referring expression's COCO image id (MDETR `original_id`) and a Visual Genome image `id`
+//! (COCO ids in Localized Narratives and RefCOCO agree, so real COCO files join as they are).
+//! The narratives define the images of the split, in file order.
+use crate::datasets::{
+    load_image,
+    narratives::{write_narrative_records, LocalizedNarrative, TimedUtterance, TracePoint},
+    read_mdetr_refexp, read_narratives, read_vg_regions, resolve_image, write_mdetr_refexp,
+    write_vg_regions, NarrativeSample, RefSample, RegionSample, SkipMode,
+};
+use crate::error::{Result, TaskError};
+use crate::metrics::masks::{Rle, RleCounts, Segmentation};
+use crate::shapes_ln::{
+    ReferringExpression, RegionCaption, Sample, ShapesLn, ShapesLnConfig, Split, TracedWord,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Images in each split of the generator; training draws uniformly among them.
+pub const GENERATED_IMAGES: u64 = 1_000_000;
+
+/// A source of samples, indexed per split.
+pub trait SampleSource {
+    /// Number of images in `split`; [`SampleSource::load`] takes indices below it.
+    fn images(&self, split: Split) -> u64;
+    /// Image `index` of `split` with its annotations.
+    fn load(&self, split: Split, index: u64) -> Result<Sample>;
+}
+
+impl SampleSource for ShapesLn {
+    fn images(&self, _split: Split) -> u64 {
+        GENERATED_IMAGES
+    }
+
+    fn load(&self, split: Split, index: u64) -> Result<Sample> {
+        Ok(self.sample(split, index))
+    }
+}
+
+/// The `[dataset]` section of an experiment config: the files of each split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub train: SplitFiles,
+    pub validation: SplitFiles,
+    /// Images named after their id (Localized Narratives, Visual Genome) are
+    /// `<images>/<image_id>.<image_extension>`; COCO ids are zero-padded to 12 digits.
+    #[serde(default = "default_image_extension")]
+    pub image_extension: String,
+}
+
+fn default_image_extension() -> String {
+    "jpg".into()
+}
+
+/// The three annotation files of one split and the folder of its images. Relative paths are
+/// relative to the working directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFiles {
+    pub images: PathBuf,
+    /// Localized Narratives JSON Lines.
+    pub narratives: PathBuf,
+    /// RefCOCO in MDETR's COCO-style json.
+    pub refexp: PathBuf,
+    /// Visual Genome `region_descriptions.json`.
+    pub regions: PathBuf,
+}
+
+/// The generator, or files.
+#[derive(Debug)]
+pub enum DataSource {
+    Generator(ShapesLn),
+    Files(FileDataset),
+}
+
+impl DataSource {
+    /// The files of `dataset` when the config has that section, otherwise the generator.
+    pub fn new(data: &ShapesLnConfig, seed: u64, dataset: Option<&DatasetConfig>) -> Result<Self> {
+        match dataset {
+            Some(files) => Ok(DataSource::Files(FileDataset::open(
+                files,
+                data.image_size,
+            )?)),
+            None => Ok(DataSource::Generator(
+                ShapesLn::new(data.clone(), seed)
+                    .map_err(|e| TaskError::Invalid(format!("data: {e}")))?,
+            )),
+        }
+    }
+
+    /// One line for reports: which data the numbers are on.
+    pub fn describe(&self) -> String {
+        match self {
+            DataSource::Generator(g) => format!("ShapesLN generator (seed {})", g.seed()),
+            DataSource::Files(f) => format!(
+                "files: {} ({} images), {} ({} images)",
+                f.train.files.narratives.display(),
+                f.train.entries.len(),
+                f.validation.files.narratives.display(),
+                f.validation.entries.len()
+            ),
+        }
+    }
+}
+
+impl SampleSource for DataSource {
+    fn images(&self, split: Split) -> u64 {
+        match self {
+            DataSource::Generator(g) => g.images(split),
+            DataSource::Files(f) => f.images(split),
+        }
+    }
+
+    fn load(&self, split: Split, index: u64) -> Result<Sample> {
+        match self {
+            DataSource::Generator(g) => g.load(split, index),
+            DataSource::Files(f) => f.load(split, index),
+        }
+    }
+}
+
+/// Samples read from annotation files; pixels are decoded when a sample is loaded.
+#[derive(Debug)]
+pub struct FileDataset {
+    train: FileSplit,
+    validation: FileSplit,
+    /// Images of another size are resized to this square (boxes are normalized, so they hold).
+    image_size: u32,
+}
+
+#[derive(Debug)]
+struct FileSplit {
+    files: SplitFiles,
+    entries: Vec<FileEntry>,
+}
+
+/// One image of a split and every annotation of it.
+#[derive(Debug)]
+struct FileEntry {
+    file_name: String,
+    narrative: NarrativeSample,
+    referring: Vec<RefSample>,
+    regions: Vec<RegionSample>,
+}
+
+impl FileDataset {
+    /// Reads the annotation files of both splits (strictly: a malformed record is an error naming
+    /// its file and line) and checks that every image exists.
+    pub fn open(config: &DatasetConfig, image_size: u32) -> Result<FileDataset> {
+        Ok(FileDataset {
+            train: FileSplit::open(&config.train, &config.image_extension)?,
+            validation: FileSplit::open(&config.validation, &config.image_extension)?,
+            image_size,
+        })
+    }
+
+    fn split(&self, split: Split) -> &FileSplit {
+        match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.validation,
+        }
+    }
+}
+
+impl FileSplit {
+    fn open(files: &SplitFiles, extension: &str) -> Result<FileSplit> {
+        let (narratives, _) = read_narratives(&files.narratives, SkipMode::Strict)?;
+        let (refs, _) = read_mdetr_refexp(&files.refexp, SkipMode::Strict)?;
+        let (regions, _) = read_vg_regions(&files.regions, SkipMode::Strict)?;
+        if narratives.is_empty() {
+            return Err(TaskError::Invalid(format!(
+                "`{}` has no narrative; the narratives define the images of a split",
+                files.narratives.display()
+            )));
+        }
+        let mut refs_by_image: HashMap<String, Vec<RefSample>> = HashMap::new();
+        for r in refs {
+            refs_by_image
+                .entry(r.image_id.to_string())
+                .or_default()
+                .push(r);
+        }
+        let mut regions_by_image: HashMap<String, Vec<RegionSample>> = HashMap::new();
+        for r in regions {
+            regions_by_image
+                .entry(r.image_id.to_string())
+                .or_default()
+                .push(r);
+        }
+        let mut entries = Vec::with_capacity(narratives.len());
+        for narrative in narratives {
+            let file_name = Path::new(&narrative.image_file_name())
+                .with_extension(extension)
+                .to_string_lossy()
+                .into_owned();
+            let path = resolve_image(&files.images, &file_name);
+            if !path.is_file() {
+                return Err(crate::datasets::DatasetError::MissingImage { path }.into());
+            }
+            entries.push(FileEntry {
+                referring: refs_by_image
+                    .remove(&narrative.image_id)
+                    .unwrap_or_default(),
+                regions: regions_by_image
+                    .remove(&narrative.image_id)
+                    .unwrap_or_default(),
+                file_name,
+                narrative,
+            });
+        }
+        // Training draws an image, then a task; every task must be available on some image.
+        let none = |what: &str, path: &Path| {
+            TaskError::Invalid(format!(
+                "no image of `{}` has {what} in `{}`; the image ids must agree across the files",
+                files.narratives.display(),
+                path.display()
+            ))
+        };
+        if entries.iter().all(|e| e.referring.is_empty()) {
+            return Err(none("a referring expression", &files.refexp));
+        }
+        if entries.iter().all(|e| e.regions.is_empty()) {
+            return Err(none("a region", &files.regions));
+        }
+        Ok(FileSplit {
+            files: files.clone(),
+            entries,
+        })
+    }
+}
+
+impl SampleSource for FileDataset {
+    fn images(&self, split: Split) -> u64 {
+        self.split(split).entries.len() as u64
+    }
+
+    fn load(&self, split: Split, index: u64) -> Result<Sample> {
+        let part = self.split(split);
+        let entry = usize::try_from(index)
+            .ok()
+            .and_then(|i| part.entries.get(i))
+            .ok_or_else(|| {
+                TaskError::Invalid(format!(
+                    "image {index} of {} is out of range ({} images)",
+                    part.files.narratives.display(),
+                    part.entries.len()
+                ))
+            })?;
+        let decoded = load_image(&part.files.images, &entry.file_name)?;
+        let (width, height) = (decoded.width(), decoded.height());
+        for r in &entry.referring {
+            if (r.width, r.height) != (width, height) {
+                return Err(TaskError::Invalid(format!(
+                    "`{}` gives image {} as {}x{} but `{}` is {width}x{height}",
+                    part.files.refexp.display(),
+                    r.image_id,
+                    r.width,
+                    r.height,
+                    resolve_image(&part.files.images, &entry.file_name).display()
+                )));
+            }
+        }
+        let mut image = decoded.to_rgb8();
+        if (width, height) != (self.image_size, self.image_size) {
+            image = image::imageops::resize(
+                &image,
+                self.image_size,
+                self.image_size,
+                image::imageops::FilterType::Triangle,
+            );
+        }
+        let n = &entry.narrative;
+        let words = n
+            .utterances
+            .iter()
+            .flat_map(|u| {
+                u.utterance.split_whitespace().map(|w| TracedWord {
+                    word: w.to_string(),
+                    bbox: u.bbox,
+                    point: u.center,
+                    object: None,
+                })
+            })
+            .collect();
+        Ok(Sample {
+            image_id: n.image_id.clone(),
+            image,
+            objects: Vec::new(),
+            caption: n.caption.clone(),
+            words,
+            trace: Vec::new(),
+            timed_caption: Vec::new(),
+            referring: entry
+                .referring
+                .iter()
+                .enumerate()
+                .map(|(k, r)| ReferringExpression {
+                    text: r.expression.clone(),
+                    object: k,
+                    bbox: normalized_box(r.bbox_xywh, width, height),
+                })
+                .collect(),
+            regions: entry
+                .regions
+                .iter()
+                .enumerate()
+                .map(|(k, r)| RegionCaption {
+                    bbox: normalized_box(r.bbox_xywh, width, height),
+                    caption: r.phrase.clone(),
+                    object: k,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// `[x, y, w, h]` in pixels -> normalized `[x0, y0, x1, y1]`, clipped to the image (COCO boxes
+/// may overhang it by rounding).
+fn normalized_box(xywh: [f64; 4], width: u32, height: u32) -> [f32; 4] {
+    let (w, h) = (f64::from(width), f64::from(height));
+    let [x, y, bw, bh] = xywh;
+    [x / w, y / h, (x + bw) / w, (y + bh) / h].map(|v| v.clamp(0.0, 1.0) as f32)
+}
+
+/// Normalized `[x0, y0, x1, y1]` -> `[x, y, w, h]` in pixels; [`normalized_box`] inverts it
+/// exactly for power-of-two image sizes.
+fn pixel_box(b: [f32; 4], width: u32, height: u32) -> [f64; 4] {
+    let (w, h) = (f64::from(width), f64::from(height));
+    let [x0, y0, x1, y1] = b.map(f64::from);
+    [x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h]
+}
+
+/// Where [`export_shapes`] puts the files of a split under `out`.
+fn split_files(out: &Path, split: Split) -> SplitFiles {
+    let dir = out.join(split.prefix());
+    SplitFiles {
+        images: out.join("images").join(split.prefix()),
+        narratives: dir.join("localized_narratives.jsonl"),
+        refexp: dir.join("refcoco_mdetr.json"),
+        regions: dir.join("region_descriptions.json"),
+    }
+}
+
+/// Writes images `0..train` and `0..validation` of the generator as
+/// `out/images/{train,val}/<index>.png` with, per split, `out/{train,val}/`
+/// `localized_narratives.jsonl` (the generator's mouse traces), `refcoco_mdetr.json` (one
+/// expression per object, with its mask as COCO RLE) and `region_descriptions.json` (one region
+/// per object). Image ids are the indices within the split. Returns the `[dataset]` section that
+/// reads the export back.
+pub fn export_shapes(
+    data: &ShapesLn,
+    out: &Path,
+    train: u64,
+    validation: u64,
+) -> Result<DatasetConfig> {
+    let progress = indicatif::ProgressBar::new(train + validation);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} export [{elapsed_precise}] {bar:30} {pos}/{len} images (eta {eta})",
+        )
+        .map_err(|e| TaskError::Invalid(e.to_string()))?,
+    );
+    let config = DatasetConfig {
+        train: split_files(out, Split::Train),
+        validation: split_files(out, Split::Validation),
+        image_extension: "png".into(),
+    };
+    for (split, count, files) in [
+        (Split::Train, train, &config.train),
+        (Split::Validation, validation, &config.validation),
+    ] {
+        std::fs::create_dir_all(&files.images).map_err(|e| TaskError::io(&files.images, e))?;
+        let mut narratives = Vec::new();
+        let mut refs = Vec::new();
+        let mut regions = Vec::new();
+        for index in 0..count {
+            let sample = data.sample(split, index);
+            let file_name = format!("{index}.png");
+            let path = files.images.join(&file_name);
+            sample
+                .image
+                .save(&path)
+                .map_err(|e| TaskError::Invalid(format!("cannot write {}: {e}", path.display())))?;
+            narratives.push(narrative_record(&sample, index));
+            let (width, height) = sample.image.dimensions();
+            for r in &sample.referring {
+                refs.push(RefSample {
+                    image_id: index as i64,
+                    file_name: file_name.clone(),
+                    height,
+                    width,
+                    expression: r.text.clone(),
+                    bbox_xywh: pixel_box(r.bbox, width, height),
+                    mask: sample.objects.get(r.object).map(|o| rle_mask(&o.mask)),
+                    tokens_positive: vec![[0, r.text.len()]],
+                    ref_id: None,
+                    sentence_id: None,
+                    split: Some(split.prefix().into()),
+                });
+            }
+            for r in &sample.regions {
+                regions.push(RegionSample {
+                    image_id: index as i64,
+                    region_id: regions.len() as i64,
+                    bbox_xywh: pixel_box(r.bbox, width, height),
+                    phrase: r.caption.clone(),
+                });
+            }
+            progress.inc(1);
+        }
+        write_narrative_records(&files.narratives, &narratives)?;
+        write_mdetr_refexp(&files.refexp, &refs)?;
+        write_vg_regions(&files.regions, &regions)?;
+    }
+    progress.finish_and_clear();
+    Ok(config)
+}
+
+/// The sample's narrative with its mouse trace, under image id `index`.
+fn narrative_record(sample: &Sample, index: u64) -> LocalizedNarrative {
+    let ln = sample.localized_narrative();
+    LocalizedNarrative {
+        dataset_id: ln.dataset_id,
+        image_id: index.to_string(),
+        annotator_id: i64::from(ln.annotator_id),
+        caption: ln.caption,
+        timed_caption: ln
+            .timed_caption
+            .into_iter()
+            .map(|u| TimedUtterance {
+                utterance: u.utterance,
+                start_time: shortest(u.start_time),
+                end_time: shortest(u.end_time),
+            })
+            .collect(),
+        traces: ln
+            .traces
+            .into_iter()
+            .map(|trace| {
+                trace
+                    .into_iter()
+                    .map(|p| TracePoint {
+                        x: shortest(p.x),
+                        y: shortest(p.y),
+                        t: shortest(p.t),
+                    })
+                    .collect()
+            })
+            .collect(),
+        voice_recording: None,
+    }
+}
+
+/// The f64 nearest to the shortest decimal that reads back as `x` (`0.3`, not
+/// `0.30000001192092896`): half the file size, and the word boxes read back still agree with
+/// the generator's to 1e-5 (tested).
+fn shortest(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
+/// An object mask (255 = object) as compressed COCO RLE.
+fn rle_mask(mask: &image::GrayImage) -> Segmentation {
+    let (w, h) = (mask.width() as usize, mask.height() as usize);
+    // COCO RLE runs over the mask in column-major order.
+    let column_major: Vec<bool> = (0..w * h)
+        .map(|i| mask.get_pixel((i / h) as u32, (i % h) as u32)[0] > 127)
+        .collect();
+    Segmentation::Rle {
+        size: [h, w],
+        counts: RleCounts::Compressed(Rle::encode(h, w, &column_major).to_compressed()),
+    }
+}
+
+impl DatasetConfig {
+    /// The `[dataset]` section as TOML, for pasting into an experiment config.
+    pub fn to_toml_section(&self) -> String {
+        let quoted = |p: &Path| {
+            let s = p.to_string_lossy();
+            format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+        };
+        let mut text = format!(
+            "[dataset]\nimage_extension = {}\n",
+            quoted(Path::new(&self.image_extension))
+        );
+        for (name, files) in [("train", &self.train), ("validation", &self.validation)] {
+            text.push_str(&format!(
+                "\n[dataset.{name}]\nimages = {}\nnarratives = {}\nrefexp = {}\nregions = {}\n",
+                quoted(&files.images),
+                quoted(&files.narratives),
+                quoted(&files.refexp),
+                quoted(&files.regions)
+            ));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixel_boxes_invert_exactly_for_power_of_two_sizes() {
+        let b = [0.123_456_7, 0.5, 0.876_543_2, 0.999_9];
+        assert_eq!(normalized_box(pixel_box(b, 64, 128), 64, 128), b);
+    }
+
+    #[test]
+    fn toml_section_parses_back() {
+        let config = DatasetConfig {
+            train: split_files(Path::new("runs/x \"y\""), Split::Train),
+            validation: split_files(Path::new("runs/x"), Split::Validation),
+            image_extension: "png".into(),
+        };
+        #[derive(Deserialize)]
+        struct Wrapper {
+            dataset: DatasetConfig,
+        }
+        let back: Wrapper =
+            pixel_core::config::parse_toml(&config.to_toml_section(), Path::new("t.toml"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.dataset, config);
+    }
+}

@@ -1,0 +1,330 @@
+//! `pixel eval`: a model from a training checkpoint, every configured task on the validation
+//! split of the experiment's data (the generator or files), written as `results.json` and a
+//! readable `results.md` table.
+//!
+//! Referring localization and trace point L1 come from [`crate::eval::evaluate`], next to the
+//! best constant predictors fitted on training images. Captioning tasks also generate text and
+//! score it against the reference captions with pycocoevalcap's metrics ([`crate::metrics`]:
+//! PTB tokenization, BLEU-1..4, METEOR with exact and stem matching, ROUGE-L, CIDEr-D).
+use crate::data_source::{DataSource, SampleSource};
+use crate::demo::{evaluation_examples, DemoConfig};
+use crate::error::{Result, TaskError};
+use crate::eval::{evaluate, Baselines, EvalReport, Predictor};
+use crate::metrics::captions::{score_captions, CaptionScores, Predictions, References};
+use crate::metrics::Meteor;
+use crate::model::TinyPixelLlm;
+use crate::shapes_ln::{Sample, Split};
+use crate::tasks::{Example, ExampleBuilder};
+use crate::train::RunDir;
+use pixel_core::checkpoint::{load_params_file, write_atomic};
+use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `results.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalResults {
+    /// The weights file evaluated, and its training step when the checkpoint folder names it.
+    pub weights: PathBuf,
+    pub step: Option<u64>,
+    /// Which data the numbers are on.
+    pub data: String,
+    pub validation_images: u64,
+    pub baseline_images: u64,
+    #[serde(flatten)]
+    pub eval: EvalReport,
+    /// Generated trace captions against the reference captions.
+    pub trace_captions: CaptionScores,
+    /// Captions generated from region boxes, when location captioning is in the task mix.
+    pub location_captions: Option<CaptionScores>,
+    /// The table of `results.md`.
+    pub rows: Vec<ResultRow>,
+    pub wall_s: f64,
+}
+
+/// One line of the results table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub task: String,
+    pub metric: String,
+    pub value: f64,
+    /// The best constant predictor's value, where the metric has one.
+    pub baseline: Option<f64>,
+}
+
+/// The weights file `checkpoint` names, with its step when known: a run folder (its latest
+/// checkpoint), a checkpoint folder (`step-NNNNNNN/`), or a `.safetensors` file.
+pub fn resolve_checkpoint(checkpoint: &Path) -> Result<(PathBuf, Option<u64>)> {
+    let step_of = |dir: &Path| {
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    if checkpoint.is_file() {
+        let step = checkpoint.parent().and_then(step_of);
+        return Ok((checkpoint.to_path_buf(), step));
+    }
+    let dir = if checkpoint.join("model.safetensors").is_file() {
+        checkpoint.to_path_buf()
+    } else if let Some(latest) = RunDir::new(checkpoint).latest_checkpoint()? {
+        latest
+    } else {
+        return Err(TaskError::Invalid(format!(
+            "`{}` is not a checkpoint\n  help: give a run folder (with checkpoints/latest), a checkpoint folder (with model.safetensors) or a .safetensors file",
+            checkpoint.display()
+        )));
+    };
+    Ok((dir.join("model.safetensors"), step_of(&dir)))
+}
+
+/// Evaluates the checkpoint on the data of `config` and writes `out/results.json` and
+/// `out/results.md`.
+pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<EvalResults> {
+    let started = std::time::Instant::now();
+    let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
+    let mut model = TinyPixelLlm::build(&config.model, config.seed)?;
+    let (weights, step) = resolve_checkpoint(checkpoint)?;
+    load_params_file(&mut model, &weights)?;
+    let vocab = model.vocab.clone();
+    let builder = ExampleBuilder {
+        tokenizer: &tokenizer,
+        vocab: &vocab,
+        max_target_tokens: config.tasks.max_target_tokens,
+    };
+    let e = &config.eval;
+
+    let baseline_images = e.baseline_images.min(data.images(Split::Train));
+    let baselines = Baselines::fit(&evaluation_examples(
+        &data,
+        &builder,
+        Split::Train,
+        baseline_images,
+    )?);
+    let validation_images = e.validation_images.min(data.images(Split::Validation));
+    let validation = evaluation_examples(&data, &builder, Split::Validation, validation_images)?;
+    let eval = evaluate(&model, &validation, &baselines, e.batch_size)?;
+
+    let samples: Vec<Sample> = (0..validation_images)
+        .map(|i| data.load(Split::Validation, i))
+        .collect::<Result<_>>()?;
+    let meteor = Meteor::default();
+    let mut trace = CaptionSet::default();
+    let mut examples = Vec::with_capacity(samples.len());
+    for s in &samples {
+        trace.add_reference(&s.image_id, &s.caption);
+        examples.push(builder.trace_captioning(s)?);
+    }
+    let generated = generate_texts(&model, &examples, &builder, &tokenizer, config)?;
+    for (s, text) in samples.iter().zip(generated) {
+        trace.add_prediction(&s.image_id, text);
+    }
+    let trace_captions = trace.score(&meteor)?;
+
+    let location_captions = if config.tasks.location_captioning > 0.0 {
+        let mut regions = CaptionSet::default();
+        let mut examples = Vec::new();
+        for s in &samples {
+            for (k, r) in s.regions.iter().enumerate() {
+                regions.add_reference(&format!("{}#{k}", s.image_id), &r.caption);
+            }
+            examples.extend(builder.location_captioning(s)?);
+        }
+        let keys: Vec<String> = samples
+            .iter()
+            .flat_map(|s| (0..s.regions.len()).map(|k| format!("{}#{k}", s.image_id)))
+            .collect();
+        let generated = generate_texts(&model, &examples, &builder, &tokenizer, config)?;
+        for (key, text) in keys.iter().zip(generated) {
+            regions.add_prediction(key, text);
+        }
+        Some(regions.score(&meteor)?)
+    } else {
+        None
+    };
+
+    let rows = result_rows(&eval, &trace_captions, location_captions.as_ref());
+    let results = EvalResults {
+        weights,
+        step,
+        data: data.describe(),
+        validation_images,
+        baseline_images,
+        eval,
+        trace_captions,
+        location_captions,
+        rows,
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
+    let json =
+        serde_json::to_vec_pretty(&results).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    write_atomic(&out.join("results.json"), &json)?;
+    write_atomic(
+        &out.join("results.md"),
+        results_markdown(&results).as_bytes(),
+    )?;
+    Ok(results)
+}
+
+/// References and predictions keyed by image (or region): an image with several narratives
+/// gets all their captions as references and its first generation as prediction.
+#[derive(Default)]
+struct CaptionSet {
+    refs: References,
+    preds: Predictions,
+}
+
+impl CaptionSet {
+    fn add_reference(&mut self, key: &str, caption: &str) {
+        self.refs
+            .entry(key.to_string())
+            .or_default()
+            .push(caption.to_string());
+    }
+
+    fn add_prediction(&mut self, key: &str, text: String) {
+        self.preds.entry(key.to_string()).or_insert(text);
+    }
+
+    fn score(&self, meteor: &Meteor) -> Result<CaptionScores> {
+        score_captions(&self.refs, &self.preds, meteor)
+            .map_err(|e| TaskError::Invalid(format!("caption metrics: {e}")))
+    }
+}
+
+/// Greedy generations of `examples`, decoded to text up to the first EOS.
+fn generate_texts(
+    model: &impl Predictor,
+    examples: &[Example],
+    builder: &ExampleBuilder,
+    tokenizer: &T5Tokenizer,
+    config: &DemoConfig,
+) -> Result<Vec<String>> {
+    let mut texts = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(config.eval.batch_size.max(1)) {
+        for g in model.generate(&model.batch(chunk)?, config.eval.max_new_tokens)? {
+            let ids: Vec<usize> = g
+                .ids
+                .iter()
+                .map(|&id| builder.vocab.to_t5(id))
+                .take_while(|&id| id != EOS_ID && id != PAD_ID)
+                .collect();
+            texts.push(
+                tokenizer
+                    .decode(&ids)
+                    .map_err(|e| TaskError::Invalid(e.to_string()))?,
+            );
+        }
+    }
+    Ok(texts)
+}
+
+fn result_rows(
+    eval: &EvalReport,
+    trace: &CaptionScores,
+    location: Option<&CaptionScores>,
+) -> Vec<ResultRow> {
+    let row = |task: &str, metric: &str, value: f64, baseline: Option<f64>| ResultRow {
+        task: task.into(),
+        metric: metric.into(),
+        value,
+        baseline,
+    };
+    let r = &eval.referring_localization;
+    let t = &eval.trace_captioning;
+    let mut rows = vec![
+        row(
+            "referring localization",
+            "Acc@0.5",
+            r.acc50.into(),
+            Some(r.baseline_acc50.into()),
+        ),
+        row(
+            "referring localization",
+            "mIoU",
+            r.miou.into(),
+            Some(r.baseline_miou.into()),
+        ),
+        row(
+            "trace captioning",
+            "point L1 (lower is better)",
+            t.point_l1.into(),
+            Some(t.baseline_point_l1.into()),
+        ),
+        row(
+            "trace captioning",
+            "token accuracy",
+            t.token_accuracy.into(),
+            None,
+        ),
+    ];
+    let mut captions = |task: &str, s: &CaptionScores| {
+        for (k, b) in s.bleu.iter().enumerate() {
+            rows.push(row(task, &format!("BLEU-{}", k + 1), *b, None));
+        }
+        rows.push(row(task, "METEOR", s.meteor, None));
+        rows.push(row(task, "ROUGE-L", s.rouge_l, None));
+        rows.push(row(task, "CIDEr-D", s.cider, None));
+    };
+    captions("trace captioning", trace);
+    if let Some(s) = location {
+        captions("location captioning", s);
+    }
+    rows
+}
+
+/// `results.md`: what was evaluated, then one table row per metric.
+pub fn results_markdown(results: &EvalResults) -> String {
+    let step = results
+        .step
+        .map(|s| format!(" (step {s})"))
+        .unwrap_or_default();
+    let mut text = format!(
+        "# Evaluation\n\n- weights: `{}`{step}\n- data: {}\n- validation images: {}; baselines \
+         are the best constant predictors on {} training images\n- {} referring expressions, {} \
+         caption tokens\n\n| task | metric | value | baseline |\n| --- | --- | --- | --- |\n",
+        results.weights.display(),
+        results.data,
+        results.validation_images,
+        results.baseline_images,
+        results.eval.referring_localization.count,
+        results.eval.trace_captioning.tokens,
+    );
+    for r in &results.rows {
+        let baseline = r
+            .baseline
+            .map(|b| format!("{b:.4}"))
+            .unwrap_or_else(|| "—".into());
+        text.push_str(&format!(
+            "| {} | {} | {:.4} | {baseline} |\n",
+            r.task, r.metric, r.value
+        ));
+    }
+    text.push_str(
+        "\nCaption metrics: greedy generations against the reference captions, PTB-tokenized, \
+         BLEU/ROUGE-L/CIDEr-D as pycocoevalcap, METEOR native (exact and stem matching).\n",
+    );
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_folder_names_its_step_and_missing_checkpoint_says_what_to_give() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ckpt = dir.path().join("checkpoints/step-0000042");
+        std::fs::create_dir_all(&ckpt).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(ckpt.join("model.safetensors"), b"").unwrap_or_else(|e| panic!("{e}"));
+        let (weights, step) = resolve_checkpoint(&ckpt).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((weights, step), (ckpt.join("model.safetensors"), Some(42)));
+        let err = resolve_checkpoint(&dir.path().join("nowhere"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("nowhere") && err.contains("help"), "{err}");
+    }
+}
