@@ -655,4 +655,38 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn evaluation_scores_a_box_head_and_a_text_head() {
+        for heads in [
+            "[[model.heads]]\nkind = \"box\"\nweight = 0.1\n",
+            "[[model.heads]]\nkind = \"string\"\ndecimals = 1\n",
+        ] {
+            let config = crate::heads::registry::tests::config_with(heads).unwrap();
+            let model = TinyPixelLlm::build(&config.model, 0).unwrap();
+            let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
+            let builder = ExampleBuilder {
+                tokenizer: &tok,
+                vocab: &model.vocab,
+                max_target_tokens: 20,
+            };
+            let data = ShapesLn::new(config.data.clone(), 0).unwrap();
+            let examples = crate::demo::evaluation_examples(
+                &data,
+                &builder,
+                crate::shapes_ln::Split::Validation,
+                2,
+            )
+            .unwrap();
+            let referring = examples
+                .iter()
+                .filter(|e| e.task == crate::tasks::TaskKind::ReferringLocalization)
+                .count();
+            let baselines = crate::eval::Baselines::fit(&examples);
+            let report = crate::eval::evaluate(&model, &examples, &baselines, 8).unwrap();
+            assert_eq!(report.referring_localization.count, referring, "{heads}");
+            assert!(report.trace_captioning.tokens > 0, "{heads}");
+            assert!(report.trace_captioning.point_l1.is_finite(), "{heads}");
+        }
+    }
 }
