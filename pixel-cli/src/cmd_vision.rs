@@ -3,6 +3,7 @@
 use pixel_core::checkpoint::{StoredTensor, TensorStore};
 use pixel_core::params::{list_params, ParamInfo, Params};
 use pixel_core::DefaultDevice;
+use pixel_vision::conv::check_images;
 use pixel_vision::eva02::Eva02;
 use pixel_vision::presets::{
     with_eva02_preset, with_sam_preset, with_sam_widths, Eva02Preset, Eva02PresetVisitor,
@@ -148,6 +149,7 @@ pub fn run_inspect(args: InspectArgs) -> CliResult {
 
 struct Job {
     model: PathBuf,
+    inputs_path: PathBuf,
     inputs: TensorStore,
     pixel_values: (Vec<usize>, Vec<f32>),
     out: PathBuf,
@@ -162,11 +164,13 @@ impl Job {
         out: PathBuf,
         multimask: bool,
     ) -> Result<Job, Box<dyn Error>> {
-        let inputs = TensorStore::read(inputs)?;
-        let pixel_values = images(&inputs, "pixel_values")?;
+        let store = TensorStore::read(inputs)?;
+        let t = store.require("pixel_values")?;
+        let pixel_values = (t.shape.clone(), t.to_f32());
         Ok(Job {
             model,
-            inputs,
+            inputs_path: inputs.to_path_buf(),
+            inputs: store,
             pixel_values,
             out,
             multimask,
@@ -174,20 +178,99 @@ impl Job {
     }
 }
 
-fn images(store: &TensorStore, name: &str) -> Result<(Vec<usize>, Vec<f32>), Box<dyn Error>> {
-    let t = store.require(name)?;
-    if t.shape.len() != 4 {
-        return Err(format!("`{name}` must be [B,C,H,W], got {:?}", t.shape).into());
+impl Job {
+    /// An error about the inputs file.
+    fn invalid(&self, message: impl std::fmt::Display) -> Box<dyn Error> {
+        format!("inputs `{}`: {message}", self.inputs_path.display()).into()
     }
-    Ok((t.shape.clone(), t.to_f32()))
-}
 
-fn to_tensor(
-    dev: &DefaultDevice,
-    (shape, values): &(Vec<usize>, Vec<f32>),
-) -> Images<DefaultDevice> {
-    use dfdx::tensor::TensorFromVec;
-    dev.tensor_from_vec(values.clone(), (shape[0], shape[1], shape[2], shape[3]))
+    /// `pixel_values` as a tensor, after checking that it is `[B, channels, size, size]`.
+    fn pixel_tensor(
+        &self,
+        dev: &DefaultDevice,
+        channels: usize,
+        size: usize,
+    ) -> Result<Images<DefaultDevice>, Box<dyn Error>> {
+        use dfdx::tensor::TensorFromVec;
+        let (shape, values) = &self.pixel_values;
+        check_images("pixel_values", shape, channels, size).map_err(|e| self.invalid(e))?;
+        Ok(dev.tensor_from_vec(values.clone(), (shape[0], shape[1], shape[2], shape[3])))
+    }
+
+    /// The prompts of `pixel sam predict`, each tensor's shape checked against the batch of
+    /// `batch` images and masks of `mask_side` pixels.
+    fn sam_prompts(&self, batch: usize, mask_side: usize) -> Result<SamPrompts, Box<dyn Error>> {
+        let shape_error = |name: &str, expected: String, actual: &[usize]| {
+            self.invalid(format!("`{name}` must be {expected}, it is {actual:?}"))
+        };
+        let points = self.inputs.get("input_points");
+        let boxes = self.inputs.get("input_boxes");
+        let mut prompts = None;
+        let points = match points {
+            Some(p) => {
+                let &[b, n_prompts, n, 2] = &p.shape[..] else {
+                    return Err(shape_error(
+                        "input_points",
+                        format!("[{batch}, P, N, 2]"),
+                        &p.shape,
+                    ));
+                };
+                if b != batch {
+                    return Err(shape_error(
+                        "input_points",
+                        format!("[{batch}, P, N, 2]"),
+                        &p.shape,
+                    ));
+                }
+                let labels = self
+                    .inputs
+                    .get("input_labels")
+                    .ok_or_else(|| self.invalid("`input_points` needs `input_labels` [B, P, N]"))?;
+                if labels.shape != [batch, n_prompts, n] {
+                    let expected = format!("[{batch}, {n_prompts}, {n}] (as input_points)");
+                    return Err(shape_error("input_labels", expected, &labels.shape));
+                }
+                let labels: Vec<i64> = match labels.as_i64() {
+                    Some(l) => l.to_vec(),
+                    None => labels.to_f32().iter().map(|&v| v as i64).collect(),
+                };
+                prompts = Some(n_prompts);
+                Some((p.to_f32(), labels))
+            }
+            None => None,
+        };
+        if let Some(b) = boxes {
+            let expected = match prompts {
+                Some(n) => format!("[{batch}, {n}, 4] (as input_points)"),
+                None => format!("[{batch}, P, 4]"),
+            };
+            match (&b.shape[..], prompts) {
+                (&[bb, p, 4], None) if bb == batch => prompts = Some(p),
+                (&[bb, p, 4], Some(n)) if bb == batch && p == n => {}
+                _ => return Err(shape_error("input_boxes", expected, &b.shape)),
+            }
+        }
+        let prompts = prompts.ok_or_else(|| {
+            self.invalid(
+                "give input_points [B,P,N,2] (+ input_labels [B,P,N]) or input_boxes [B,P,4]",
+            )
+        })?;
+        let masks = match self.inputs.get("input_masks") {
+            Some(m) if m.shape == [batch, 1, mask_side, mask_side] => Some(m.to_f32()),
+            Some(m) => {
+                let expected = format!("[{batch}, 1, {mask_side}, {mask_side}]");
+                return Err(shape_error("input_masks", expected, &m.shape));
+            }
+            None => None,
+        };
+        Ok(SamPrompts {
+            points,
+            boxes: boxes.map(|b| b.to_f32()),
+            masks,
+            batch,
+            prompts,
+        })
+    }
 }
 
 /// The SAM model of preset `P` on the default device.
@@ -227,7 +310,9 @@ impl SamPresetVisitor for SamForward {
         let job = self.0;
         let dev = DefaultDevice::default();
         let sam = load_sam::<P>(&dev, &job.model)?;
-        let emb = sam.image_embeddings(to_tensor(&dev, &job.pixel_values));
+        let v = &sam.vision_encoder.config;
+        let pixels = job.pixel_tensor(&dev, v.num_channels, v.image_size)?;
+        let emb = sam.try_image_embeddings(pixels)?;
         let (b, h, w) = (emb.batch(), emb.height, emb.width);
         let nchw = emb.to_nchw();
         let c = nchw.shape().1.size();
@@ -248,7 +333,8 @@ impl Eva02PresetVisitor for EvaForward {
         let dev = DefaultDevice::default();
         let mut eva: Eva02<P::Dim, DefaultDevice> = P::build(&dev)?;
         eva.load_store(&TensorStore::read(&job.model)?)?;
-        let (features, _) = eva.forward_features(to_tensor(&dev, &job.pixel_values));
+        let pixels = job.pixel_tensor(&dev, 3, eva.config.img_size)?;
+        let (features, _) = eva.try_forward_features(pixels)?;
         let (b, n, c) = *features.shape();
         write(
             &job.out,
@@ -266,40 +352,13 @@ impl SamPresetVisitor for SamPredict {
         let job = self.0;
         let dev = DefaultDevice::default();
         let sam = load_sam::<P>(&dev, &job.model)?;
+        let v = &sam.vision_encoder.config;
+        let pixels = job.pixel_tensor(&dev, v.num_channels, v.image_size)?;
         let batch = job.pixel_values.0[0];
-        let points = job.inputs.get("input_points");
-        let boxes = job.inputs.get("input_boxes");
-        let prompts_per_image =
-            match (points, boxes) {
-                (Some(p), _) if p.shape.len() == 4 => p.shape[1],
-                (_, Some(b)) if b.shape.len() == 3 => b.shape[1],
-                _ => return Err(
-                    "give input_points [B,P,N,2] (+ input_labels [B,P,N]) or input_boxes [B,P,4]"
-                        .into(),
-                ),
-            };
-        let points = match points {
-            Some(p) => {
-                let labels = job
-                    .inputs
-                    .get("input_labels")
-                    .ok_or("input_points needs input_labels [B,P,N]")?;
-                let labels: Vec<i64> = match labels.as_i64() {
-                    Some(l) => l.to_vec(),
-                    None => labels.to_f32().iter().map(|&v| v as i64).collect(),
-                };
-                Some((p.to_f32(), labels))
-            }
-            None => None,
-        };
-        let prompts = SamPrompts {
-            points,
-            boxes: boxes.map(|b| b.to_f32()),
-            masks: job.inputs.get("input_masks").map(|m| m.to_f32()),
-            batch,
-            prompts: prompts_per_image,
-        };
-        let out = sam.predict(to_tensor(&dev, &job.pixel_values), &prompts, job.multimask)?;
+        let mask_side = 4 * sam.prompt_encoder.image_embedding_size;
+        let prompts = job.sam_prompts(batch, mask_side)?;
+        let prompts_per_image = prompts.prompts;
+        let out = sam.predict(pixels, &prompts, job.multimask)?;
         let (_, m, h, w) = *out.masks.shape();
         write(
             &job.out,

@@ -35,6 +35,8 @@ impl<D: Device<f32>> AnyT5<D> {
 
 /// Token ids and masks read from the inputs.
 struct Inputs {
+    /// The file they came from, for error messages.
+    origin: std::path::PathBuf,
     input_ids: Vec<usize>,
     mask: Vec<bool>,
     batch: usize,
@@ -62,6 +64,15 @@ fn ids(store: &TensorStore, name: &str) -> Result<Option<(Vec<usize>, [usize; 2]
             format!("`{name}` must be [batch, tokens], it is {:?}", t.shape),
         ));
     };
+    if b == 0 || n == 0 {
+        return Err(invalid(
+            store,
+            format!(
+                "`{name}` must be [batch, tokens] with at least one row and one token, it is {:?}",
+                t.shape
+            ),
+        ));
+    }
     if values.iter().any(|&v| v < 0) {
         return Err(invalid(store, format!("`{name}` has negative entries")));
     }
@@ -77,7 +88,7 @@ impl Inputs {
             Some((_, s)) => {
                 return Err(invalid(
                     store,
-                    format!("`attention_mask` is {s:?}, `input_ids` is {shape:?}"),
+                    format!("`attention_mask` must be {shape:?} (as `input_ids`), it is {s:?}"),
                 ))
             }
             None => vec![true; input_ids.len()],
@@ -88,14 +99,15 @@ impl Inputs {
                 return Err(invalid(
                     store,
                     format!(
-                        "`decoder_input_ids` has batch {}, `input_ids` {}",
-                        s[0], shape[0]
+                        "`decoder_input_ids` must be [{}, tokens] (the batch of `input_ids`), it is {s:?}",
+                        shape[0]
                     ),
                 ))
             }
             None => None,
         };
         Ok(Inputs {
+            origin: store.origin.clone(),
             input_ids,
             mask,
             batch: shape[0],
@@ -104,13 +116,20 @@ impl Inputs {
     }
 }
 
-fn check_vocab<P: T5Dims>(ids: &[usize], name: &str) -> Result<()> {
-    match ids.iter().find(|&&i| i >= P::Vocab::SIZE) {
-        Some(i) => Err(LmError::Invalid(format!(
-            "`{name}` holds id {i}, the vocabulary has {}",
-            P::Vocab::SIZE
-        ))),
-        None => Ok(()),
+impl Inputs {
+    /// An error about these inputs, naming their file.
+    fn invalid(&self, message: String) -> LmError {
+        LmError::Invalid(format!("inputs `{}`: {message}", self.origin.display()))
+    }
+
+    fn check_vocab<P: T5Dims>(&self, ids: &[usize], name: &str) -> Result<()> {
+        match ids.iter().find(|&&i| i >= P::Vocab::SIZE) {
+            Some(i) => Err(self.invalid(format!(
+                "`{name}` holds id {i}, the vocabulary has {}",
+                P::Vocab::SIZE
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -120,10 +139,10 @@ fn f32_tensor<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> StoredTensor {
 
 fn forward<P: T5Dims, D: Device<f32>>(model: &T5<P, D>, inputs: &Inputs) -> Result<TensorStore> {
     let dec = inputs.decoder_input_ids.as_ref().ok_or_else(|| {
-        LmError::Invalid("the forward pass needs `decoder_input_ids` in the inputs".into())
+        inputs.invalid("the forward pass needs `decoder_input_ids` [batch, tokens]".into())
     })?;
-    check_vocab::<P>(&inputs.input_ids, "input_ids")?;
-    check_vocab::<P>(dec, "decoder_input_ids")?;
+    inputs.check_vocab::<P>(&inputs.input_ids, "input_ids")?;
+    inputs.check_vocab::<P>(dec, "decoder_input_ids")?;
     let enc = model.encode::<NoneTape>(model.ids(&inputs.input_ids, inputs.batch), &inputs.mask);
     let hidden = model.decode::<NoneTape>(model.ids(dec, inputs.batch), enc.clone(), &inputs.mask);
     let logits = model.lm_logits(hidden.clone());
@@ -139,7 +158,7 @@ fn generate<P: T5Dims, D: Device<f32>>(
     inputs: &Inputs,
     options: &GenerateOptions,
 ) -> Result<TensorStore> {
-    check_vocab::<P>(&inputs.input_ids, "input_ids")?;
+    inputs.check_vocab::<P>(&inputs.input_ids, "input_ids")?;
     let enc = model.encode::<NoneTape>(model.ids(&inputs.input_ids, inputs.batch), &inputs.mask);
     let out = model.generate(&enc, &inputs.mask, options);
     let len = out.sequences.first().map_or(0, Vec::len);

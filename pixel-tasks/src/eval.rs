@@ -4,9 +4,10 @@
 //!
 //! - Referring localization: a hit is IoU strictly above 0.5. A regression head (point, box) is
 //!   fed the expression teacher-forced (as the official evaluation does on RefCOCO) and its box
-//!   is the head's box over the valid tokens (the hull of the point head's points); a text head
-//!   (bins, string) generates its box, which is parsed (the whole image when it does not parse).
-//!   The baseline is the constant box with the best training Acc@0.5.
+//!   is the head's box over the valid tokens (the expression's last token, as trained; the hull
+//!   of the point head's points); a text head (bins, string) generates its box, which is parsed
+//!   (the whole image when it does not parse). The baseline is the constant box with the best
+//!   training Acc@0.5.
 //! - Trace captioning: each caption token's two predicted points (or box corners) against its
 //!   word's box corners, mean absolute error in normalized coordinates over valid tokens,
 //!   teacher-forced. The baseline is the per-coordinate median of the training token boxes, the

@@ -2,8 +2,8 @@
 //! and a text prompt), what its decoder must say, and where each said token lies.
 //!
 //! Prompts follow the official configs: referring localization prompts with
-//! `"where is " + expression` and teaches the decoder to repeat the expression while every token
-//! regresses the object's box; trace captioning has no text prompt and supervises each word with
+//! `"where is " + expression` and teaches the decoder to repeat the expression, whose last token
+//! regresses the object's box (scenic's `point_output_ignore = '^end-1'`); trace captioning has no text prompt and supervises each word with
 //! its mouse-trace box; location-conditioned captioning prompts with a box.
 use crate::error::{Result, TaskError};
 use crate::heads::Scored;
@@ -135,7 +135,12 @@ impl<'a> ExampleBuilder<'a> {
                 let context_ids = self.to_model(&context);
                 let words: Vec<&str> = r.text.split_whitespace().collect();
                 let mut ids = self.to_model(&tokenize_words(self.tokenizer, &words)?.0);
-                let mut token_boxes = vec![Some(target); ids.len()];
+                // As scenic's `point_output_ignore = '^end-1'`: only the expression's last
+                // token, read once the whole expression is known, regresses the box.
+                let mut token_boxes = vec![None; ids.len()];
+                if let Some(last) = token_boxes.last_mut() {
+                    *last = Some(target);
+                }
                 ids.push(EOS_ID);
                 token_boxes.push(None);
                 Ok(Example {

@@ -23,6 +23,25 @@ pub struct FeatureMap<C: Dim, D: Device<f32>, T = NoneTape> {
 /// An NCHW image batch `[batch, channels, height, width]` (PyTorch's `pixel_values`).
 pub type Images<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T>;
 
+/// Checks that an image batch called `name` of `shape` is `[B, channels, size, size]` with
+/// `B >= 1`, as a backbone built for `size`-pixel images takes it (HF's and timm's encoders
+/// reject other sizes too). The error names the tensor, the expected and the actual shape.
+pub fn check_images(
+    name: &str,
+    shape: &[usize],
+    channels: usize,
+    size: usize,
+) -> crate::VisionResult<()> {
+    let fits = matches!(shape, &[b, c, h, w] if b >= 1 && c == channels && h == size && w == size);
+    if fits {
+        Ok(())
+    } else {
+        Err(crate::VisionError::Input(format!(
+            "`{name}` must be [B, {channels}, {size}, {size}] with B >= 1, it is {shape:?}"
+        )))
+    }
+}
+
 impl<C: Dim, D: Device<f32>, T: Tape<f32, D>> FeatureMap<C, D, T> {
     pub fn new(tokens: Tokens<C, D, T>, height: usize, width: usize) -> Self {
         assert_eq!(

@@ -4,7 +4,7 @@
 //! biases (fused `qkv` + `q_bias`/`v_bias` for tiny/small, separate `q_proj`/`k_proj`/`v_proj`
 //! for base/large), SwiGLU (packed `fc1`, or `fc1_g`/`fc1_x` with the inner `norm` when
 //! `scale_mlp`), and `fc_norm` (applied by timm after pooling, not in `forward_features`).
-use crate::conv::{Conv2d, FeatureMap, Images};
+use crate::conv::{check_images, Conv2d, FeatureMap, Images};
 use crate::error::{VisionError, VisionResult};
 use crate::layers::{
     from_heads, slice_channels, slice_tokens, to_heads, Dense, Heads, Norm, Tokens,
@@ -479,6 +479,18 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
             x = block.forward(x, &rope);
         }
         (x, (h, w))
+    }
+
+    /// [`Self::forward_features`] for user input: `images` must be `[B, 3, S, S]` with `B >= 1`
+    /// and `S` the config's `img_size` (as timm's `Eva` with its default strict image size),
+    /// else an error naming the expected and the actual shape.
+    pub fn try_forward_features(
+        &self,
+        images: Images<D>,
+    ) -> VisionResult<(Seq<C, D>, (usize, usize))> {
+        let (b, c, h, w) = *images.shape();
+        check_images("pixel_values", &[b, c, h, w], 3, self.config.img_size)?;
+        Ok(self.forward_features(images))
     }
 
     /// The position embedding for an `h x w` grid (resized when it differs from the config's).

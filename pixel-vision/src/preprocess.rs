@@ -45,9 +45,12 @@ impl Preprocessed {
     }
 }
 
-/// Decodes a PNG or JPEG file to RGB.
+/// Decodes a PNG or JPEG file to RGB; the format is read from the bytes, not the extension.
+/// A file that cannot be read and one that cannot be decoded (a truncated one included) are
+/// different errors, both naming the path.
 pub fn load_rgb(path: &Path) -> VisionResult<RgbImage> {
-    let img = image::open(path).map_err(|e| VisionError::Image {
+    let bytes = std::fs::read(path).map_err(|e| VisionError::io(path, e))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| VisionError::Image {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -127,6 +130,34 @@ mod tests {
             .unwrap();
         let img = load_rgb(&path).unwrap();
         assert_eq!((img.width(), img.height()), (3, 5));
-        assert!(load_rgb(&dir.path().join("missing.png")).is_err());
+    }
+
+    #[test]
+    fn a_missing_image_is_an_error_naming_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.png");
+        let err = load_rgb(&path).unwrap_err();
+        assert!(matches!(err, VisionError::Io { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("missing.png"), "{message}");
+    }
+
+    #[test]
+    fn an_undecodable_image_is_an_error_naming_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // A PNG signature followed by garbage, and a file that is no image at all.
+        let garbage = dir.path().join("garbage.png");
+        let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+        bytes.extend_from_slice(b"this is not a png chunk stream");
+        std::fs::write(&garbage, bytes).unwrap();
+        let text = dir.path().join("notes.png");
+        std::fs::write(&text, "hello").unwrap();
+        for path in [garbage, text] {
+            let err = load_rgb(&path).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, VisionError::Image { .. }), "{message}");
+            assert!(message.contains(&*path.to_string_lossy()), "{message}");
+            assert!(message.starts_with("cannot decode image"), "{message}");
+        }
     }
 }

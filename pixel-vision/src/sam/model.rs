@@ -1,6 +1,6 @@
 //! The whole SAM (HF `SamModel`): loading HF folders and official checkpoints, image
 //! embeddings, and mask prediction from point / box prompts.
-use crate::conv::{FeatureMap, Images};
+use crate::conv::{check_images, FeatureMap, Images};
 use crate::error::{VisionError, VisionResult};
 use crate::sam::config::SamConfig;
 use crate::sam::image_encoder::SamImageEncoder;
@@ -107,6 +107,24 @@ impl<H: ConstDim, C: ConstDim, D: Device<f32>> SamModel<H, C, D> {
         self.vision_encoder.forward(pixel_values)
     }
 
+    /// [`Self::image_embeddings`] for user input: `pixel_values` must be `[B, 3, S, S]` with
+    /// `B >= 1` and `S` the config's `image_size` (as HF's `SamPatchEmbeddings` requires), else
+    /// an error naming the expected and the actual shape.
+    pub fn try_image_embeddings(&self, pixel_values: Images<D>) -> VisionResult<FeatureMap<C, D>> {
+        self.check_pixel_values(&pixel_values)?;
+        Ok(self.image_embeddings(pixel_values))
+    }
+
+    /// The check of [`Self::try_image_embeddings`].
+    pub fn check_pixel_values<T: Tape<f32, D>>(
+        &self,
+        pixel_values: &Images<D, T>,
+    ) -> VisionResult<()> {
+        let (b, c, h, w) = *pixel_values.shape();
+        let v = &self.vision_encoder.config;
+        check_images("pixel_values", &[b, c, h, w], v.num_channels, v.image_size)
+    }
+
     /// `get_image_wide_positional_embeddings` as tokens `[1, h*w, C]`.
     pub fn image_pe(&self) -> Seq<C, D> {
         self.prompt_encoder.dense_pe()
@@ -192,14 +210,15 @@ impl<H: ConstDim, C: ConstDim, D: Device<f32>> SamModel<H, C, D> {
             .forward(image_embeddings, &pe, sparse, dense, multimask))
     }
 
-    /// HF `SamModel.forward` on `pixel_values` (`pred_masks` low-res, `iou_scores`).
+    /// HF `SamModel.forward` on `pixel_values` (`pred_masks` low-res, `iou_scores`);
+    /// `pixel_values` is checked as in [`Self::try_image_embeddings`].
     pub fn predict(
         &self,
         pixel_values: Images<D>,
         prompts: &SamPrompts,
         multimask: bool,
     ) -> VisionResult<MaskPrediction<D>> {
-        let embeddings = self.image_embeddings(pixel_values);
+        let embeddings = self.try_image_embeddings(pixel_values)?;
         self.predict_from_embeddings(embeddings, prompts, multimask)
     }
 }

@@ -1,0 +1,56 @@
+//! One training step of the demo's model (`pixel-tiny`, the built-in `configs/demo.toml`) on
+//! a demo batch of 16: the loss forward alone, and forward + backward. The demo's wall time is
+//! about `steps x (forward + backward + optimizer)`, so this is the number to push down.
+//!
+//! Run: `cargo bench -p pixel-benches --bench train_step`.
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use dfdx::prelude::*;
+use pixel_core::optim::alloc_grads;
+use pixel_lm::tokenizer::T5Tokenizer;
+use pixel_tasks::demo::{training_examples, DemoConfig};
+use pixel_tasks::model::TinyPixelLlm;
+use pixel_tasks::shapes_ln::ShapesLn;
+use pixel_tasks::tasks::ExampleBuilder;
+use pixel_tasks::train::TrainStep;
+use std::time::Duration;
+
+fn bench(c: &mut Criterion) {
+    let config = DemoConfig::builtin().unwrap();
+    let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
+    let tokenizer = T5Tokenizer::bundled().unwrap();
+    let vocab = model.vocab.clone();
+    let builder = ExampleBuilder {
+        tokenizer: &tokenizer,
+        vocab: &vocab,
+        max_target_tokens: config.tasks.max_target_tokens,
+    };
+    let data = ShapesLn::new(config.data.clone(), config.seed).unwrap();
+    let batch_size = config.train.batch_size;
+    let examples = training_examples(&data, &builder, &config.tasks, batch_size, 0, 0).unwrap();
+    let trainable = config.model.trainable();
+    // Fresh gradient slots for every iteration, cloned from one allocation.
+    let grads = alloc_grads(&mut model, &trainable).unwrap();
+
+    let mut g = c.benchmark_group(format!("pixel-tiny train step b{batch_size}"));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(8));
+    g.bench_function("loss forward", |b| {
+        b.iter_batched(
+            || grads.clone(),
+            |grads| model.loss(&examples, grads).unwrap(),
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("loss forward + backward", |b| {
+        b.iter_batched(
+            || grads.clone(),
+            |grads| model.loss(&examples, grads).unwrap().0.backward(),
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
