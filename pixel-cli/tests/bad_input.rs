@@ -35,6 +35,9 @@ fn inputs(dir: &Path, tensors: Vec<(&str, StoredTensor)>) -> PathBuf {
     path
 }
 
+/// Input tensors and the parts the error message must contain.
+type Case = (Vec<(&'static str, StoredTensor)>, &'static [&'static str]);
+
 fn f32s(shape: &[usize]) -> StoredTensor {
     let n = shape.iter().product();
     StoredTensor::f32(
