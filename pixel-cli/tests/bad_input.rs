@@ -5,9 +5,6 @@ use pixel_core::checkpoint::{StoredTensor, TensorStore};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Named input tensors and the fragments the error must contain.
-type Case<'a> = (Vec<(&'a str, StoredTensor)>, &'a [&'a str]);
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
