@@ -3,16 +3,38 @@
 //! included), and one decoding step with and without a point head (PixelLLM's 4-layer MLP,
 //! hidden 512 -> 4, on the decoder features). `tools/time_hf_t5.py` times HF on the same work.
 //!
+//! A decoding step at batch 1 reads every decoder and LM-head weight once (154 MB in f32), far
+//! more than the caches hold, so its floor is those bytes over the memory bandwidth of one
+//! thread. "stream the step's weight bytes" measures that floor in the same run: a summing
+//! read of a buffer of the same size.
+//!
 //! Run: `cargo bench -p pixel-benches --bench t5_decode`.
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use dfdx::prelude::*;
 use pixel_core::nn::{Activation, Mlp};
+use pixel_lm::host_decoder::HostMlp;
 use pixel_lm::presets::FlanT5Small;
 use pixel_lm::{T5Config, T5};
 use std::time::Duration;
 
 const INPUT_TOKENS: usize = 64;
 const NEW_TOKENS: usize = 32;
+
+/// f32 values a decoding step reads: per decoder block self-attention q, k, v, o and
+/// cross-attention q, o (`d_model x inner` each), the gated FFN (`3 x d_model x d_ff`), and the
+/// LM head (`vocab x d_model`). Norms and the cached keys/values are small next to these.
+const STEP_WEIGHTS: usize = 8 * (6 * 512 * 384 + 3 * 512 * 1024) + 32128 * 512;
+
+/// Sum with 16 independent lanes (as the decoder's dot products), so the read is the limit.
+fn stream(values: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    for c in values.chunks_exact(16) {
+        for l in 0..16 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum()
+}
 
 /// flan-t5-small's config.json.
 fn flan_t5_small() -> T5Config {
@@ -72,7 +94,16 @@ fn bench(c: &mut Criterion) {
         model.decode_step(&[t], &mut cache);
     }
     let point_head = Mlp::<Const<512>, Const<512>, Const<4>, Cpu>::new(&dev, 4, Activation::Relu);
+    let host_point_head = HostMlp::new(&point_head);
     let next = [out.sequences[0][16]];
+    let weights: Vec<f32> = (0..STEP_WEIGHTS).map(|i| (i % 7) as f32).collect();
+    g.bench_function(
+        format!(
+            "stream the step's weight bytes ({} MB)",
+            STEP_WEIGHTS * 4 / 1_000_000
+        ),
+        |b| b.iter(|| stream(std::hint::black_box(&weights))),
+    );
     g.bench_function("one decoding step", |b| {
         b.iter_batched(
             || host.clone(),
@@ -80,7 +111,17 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    g.bench_function("one decoding step + point head", |b| {
+    g.bench_function("one decoding step + point head (host MLP)", |b| {
+        b.iter_batched(
+            || host.clone(),
+            |mut host| {
+                let (hidden, logits) = model.host_step(&mut host, &next);
+                (logits, host_point_head.forward(&hidden))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("one decoding step + point head (dfdx MLP)", |b| {
         b.iter_batched(
             || host.clone(),
             |mut host| {

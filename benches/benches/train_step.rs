@@ -10,7 +10,7 @@ use pixel_lm::tokenizer::T5Tokenizer;
 use pixel_tasks::demo::{training_examples, DemoConfig};
 use pixel_tasks::model::TinyPixelLlm;
 use pixel_tasks::shapes_ln::ShapesLn;
-use pixel_tasks::tasks::{Batch, ExampleBuilder};
+use pixel_tasks::tasks::ExampleBuilder;
 use pixel_tasks::train::TrainStep;
 use std::time::Duration;
 
@@ -27,8 +27,9 @@ fn bench(c: &mut Criterion) {
     let data = ShapesLn::new(config.data.clone(), config.seed).unwrap();
     let batch_size = config.train.batch_size;
     let examples = training_examples(&data, &builder, &config.tasks, batch_size, 0, 0).unwrap();
-    let batch = Batch::new(&examples).unwrap();
     let trainable = config.model.trainable();
+    // Fresh gradient slots for every iteration, cloned from one allocation.
+    let grads = alloc_grads(&mut model, &trainable).unwrap();
 
     let mut g = c.benchmark_group(format!("pixel-tiny train step b{batch_size}"));
     g.sample_size(10)
@@ -36,15 +37,15 @@ fn bench(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(8));
     g.bench_function("loss forward", |b| {
         b.iter_batched(
-            || alloc_grads(&mut model.clone(), &trainable).unwrap(),
-            |grads| model.loss(&batch, grads).unwrap(),
+            || grads.clone(),
+            |grads| model.loss(&examples, grads).unwrap(),
             BatchSize::LargeInput,
         )
     });
     g.bench_function("loss forward + backward", |b| {
         b.iter_batched(
-            || alloc_grads(&mut model.clone(), &trainable).unwrap(),
-            |grads| model.loss(&batch, grads).unwrap().0.backward(),
+            || grads.clone(),
+            |grads| model.loss(&examples, grads).unwrap().0.backward(),
             BatchSize::LargeInput,
         )
     });

@@ -32,6 +32,9 @@ fn inputs(dir: &Path, tensors: Vec<(&str, StoredTensor)>) -> PathBuf {
     path
 }
 
+/// Input tensors and the parts the error message must contain.
+type Case = (Vec<(&'static str, StoredTensor)>, &'static [&'static str]);
+
 fn f32s(shape: &[usize]) -> StoredTensor {
     let n = shape.iter().product();
     StoredTensor::f32(
@@ -166,7 +169,7 @@ fn sam_predict_rejects_pixel_values_of_the_wrong_shape() {
 #[test]
 fn sam_predict_rejects_prompts_of_the_wrong_shape() {
     let pixels = || ("pixel_values", f32s(&[2, 3, 128, 128]));
-    let cases: Vec<(Vec<(&str, StoredTensor)>, &[&str])> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec![
                 pixels(),
@@ -230,7 +233,7 @@ fn sam_predict_rejects_prompts_of_the_wrong_shape() {
 #[test]
 fn lm_forward_rejects_ids_of_the_wrong_rank_dtype_or_batch() {
     let dec = || ("decoder_input_ids", ids(&[2, 3]));
-    let cases: Vec<(Vec<(&str, StoredTensor)>, &[&str])> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec![("input_ids", ids(&[11])), dec()],
             &["`input_ids` must be [batch, tokens], it is [11]"],
@@ -296,7 +299,7 @@ fn lm_forward_rejects_ids_of_the_wrong_rank_dtype_or_batch() {
 
 #[test]
 fn lm_generate_rejects_ids_of_the_wrong_rank_or_shape() {
-    let cases: Vec<(Vec<(&str, StoredTensor)>, &[&str])> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec![("input_ids", ids(&[1, 2, 5]))],
             &["`input_ids` must be [batch, tokens], it is [1, 2, 5]"],

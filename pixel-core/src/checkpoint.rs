@@ -4,7 +4,7 @@
 //! fixing a converted checkpoint sees the whole list at once. Half-precision tensors (f16, bf16)
 //! are converted to f32 on load, since dfdx computes in f32 here.
 use crate::error::{CoreError, Result};
-use crate::params::{glob_match, shape_of, ParamVisitor, Params};
+use crate::params::{glob_match, ParamTensor, ParamVisitor, Params};
 use ::safetensors::tensor::{Dtype as SafeDtype, SafeTensors, TensorView};
 use dfdx::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -296,19 +296,19 @@ struct Loader<'a> {
 }
 
 impl<'a, D: Device<f32>> ParamVisitor<D> for Loader<'a> {
-    fn visit<S: Shape>(&mut self, name: &str, tensor: &mut Tensor<S, f32, D>) -> Result<()> {
+    fn visit(&mut self, name: &str, tensor: &mut dyn ParamTensor<D>) -> Result<()> {
         let stored_name = crate::params::join(self.prefix, name);
         let Some(stored) = self.store.get(&stored_name) else {
             if !self.allow_missing {
                 self.problems.push(format!(
                     "missing tensor `{stored_name}` (shape {:?})",
-                    shape_of(tensor)
+                    tensor.dims()
                 ));
             }
             return Ok(());
         };
         self.used.push(stored_name.clone());
-        let expected = shape_of(tensor);
+        let expected = tensor.dims();
         if stored.shape != expected {
             self.problems.push(format!(
                 "tensor `{stored_name}` has shape {:?}, the model expects {expected:?}",
@@ -317,7 +317,7 @@ impl<'a, D: Device<f32>> ParamVisitor<D> for Loader<'a> {
             return Ok(());
         }
         match &stored.values {
-            TensorValues::F32(v) => tensor.copy_from(v),
+            TensorValues::F32(v) => tensor.set_values(v)?,
             TensorValues::I64(_) => self.problems.push(format!(
                 "tensor `{stored_name}` holds integers ({}), the model expects floats",
                 stored.disk_dtype
@@ -332,7 +332,7 @@ impl<'a, D: Device<f32>> ParamVisitor<D> for Loader<'a> {
 /// Every problem (missing, unexpected, misshapen, wrong dtype) is gathered into one
 /// [`CoreError::CheckpointMismatch`]. Unexpected tensors are those under `prefix` that the module
 /// does not have. On error the module may be partly loaded.
-pub fn load_params<D: Device<f32>, M: Params<D>>(
+pub fn load_params<D: Device<f32>, M: Params<D> + ?Sized>(
     module: &mut M,
     store: &TensorStore,
     prefix: &str,
@@ -376,17 +376,17 @@ struct Collector<'a> {
 }
 
 impl<'a, D: Device<f32>> ParamVisitor<D> for Collector<'a> {
-    fn visit<S: Shape>(&mut self, name: &str, tensor: &mut Tensor<S, f32, D>) -> Result<()> {
+    fn visit(&mut self, name: &str, tensor: &mut dyn ParamTensor<D>) -> Result<()> {
         self.store.insert(
             crate::params::join(self.prefix, name),
-            StoredTensor::f32(shape_of(tensor), tensor.as_vec()),
+            StoredTensor::f32(tensor.dims(), tensor.values()),
         );
         Ok(())
     }
 }
 
 /// Copies every parameter of `module` into `store` as `prefix.<name>`.
-pub fn collect_params<D: Device<f32>, M: Params<D>>(
+pub fn collect_params<D: Device<f32>, M: Params<D> + ?Sized>(
     module: &mut M,
     store: &mut TensorStore,
     prefix: &str,
@@ -395,7 +395,7 @@ pub fn collect_params<D: Device<f32>, M: Params<D>>(
 }
 
 /// Saves all parameters of `module` (and `metadata`) to `path`, atomically.
-pub fn save_params<D: Device<f32>, M: Params<D>>(
+pub fn save_params<D: Device<f32>, M: Params<D> + ?Sized>(
     module: &mut M,
     path: &Path,
     metadata: HashMap<String, String>,
@@ -410,7 +410,7 @@ pub fn save_params<D: Device<f32>, M: Params<D>>(
 }
 
 /// Loads all parameters of `module` from the file at `path`, strictly.
-pub fn load_params_file<D: Device<f32>, M: Params<D>>(
+pub fn load_params_file<D: Device<f32>, M: Params<D> + ?Sized>(
     module: &mut M,
     path: &Path,
 ) -> Result<TensorStore> {

@@ -5,13 +5,13 @@
 //! in one plain place.
 use crate::checkpoint::{StoredTensor, TensorStore};
 use crate::error::{CoreError, Result};
-use crate::params::{shape_of, ParamVisitor, Params, Trainable};
+use crate::params::{ParamTensor, ParamVisitor, Params, Trainable};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Gradients with a slot for every trainable parameter of `model`, ready for `x.traced(grads)`.
-pub fn alloc_grads<D: Device<f32>, M: Params<D>>(
+pub fn alloc_grads<D: Device<f32>, M: Params<D> + ?Sized>(
     model: &mut M,
     trainable: &Trainable,
 ) -> Result<Gradients<f32, D>> {
@@ -20,11 +20,10 @@ pub fn alloc_grads<D: Device<f32>, M: Params<D>>(
         trainable: &'a Trainable,
     }
     impl<'a, D: Device<f32>> ParamVisitor<D> for Alloc<'a, D> {
-        fn visit<S: Shape>(&mut self, name: &str, t: &mut Tensor<S, f32, D>) -> Result<()> {
+        fn visit(&mut self, name: &str, t: &mut dyn ParamTensor<D>) -> Result<()> {
             if self.trainable.is_trainable(name) {
-                self.grads.try_alloc_for(&*t).map_err(|e| {
-                    CoreError::Invalid(format!("cannot allocate the gradient of `{name}`: {e:?}"))
-                })?;
+                t.alloc_grad(&mut self.grads)
+                    .map_err(|e| CoreError::Invalid(format!("`{name}`: {e}")))?;
             }
             Ok(())
         }
@@ -89,7 +88,7 @@ impl AdamW {
 
     /// Updates the trainable parameters of `model` from `grads` with learning rate `lr`.
     /// Errors, changing nothing, when a gradient is not finite.
-    pub fn update<D: Device<f32>, M: Params<D>>(
+    pub fn update<D: Device<f32>, M: Params<D> + ?Sized>(
         &mut self,
         model: &mut M,
         grads: &Gradients<f32, D>,
@@ -102,10 +101,9 @@ impl AdamW {
             found: Vec<(String, Vec<f32>)>,
         }
         impl<'a, D: Device<f32>> ParamVisitor<D> for Gather<'a, D> {
-            fn visit<S: Shape>(&mut self, name: &str, t: &mut Tensor<S, f32, D>) -> Result<()> {
+            fn visit(&mut self, name: &str, t: &mut dyn ParamTensor<D>) -> Result<()> {
                 if self.trainable.is_trainable(name) {
-                    self.found
-                        .push((name.to_string(), self.grads.get(&*t).as_vec()));
+                    self.found.push((name.to_string(), t.grad(self.grads)));
                 }
                 Ok(())
             }
@@ -191,12 +189,12 @@ struct Apply<'a> {
 }
 
 impl<'a, D: Device<f32>> ParamVisitor<D> for Apply<'a> {
-    fn visit<S: Shape>(&mut self, name: &str, t: &mut Tensor<S, f32, D>) -> Result<()> {
+    fn visit(&mut self, name: &str, t: &mut dyn ParamTensor<D>) -> Result<()> {
         let Some(grad) = self.grads.get(name) else {
             return Ok(());
         };
         let c = self.opt.config;
-        let mut values = t.as_vec();
+        let mut values = t.values();
         let (m, v) = self
             .opt
             .moments
@@ -212,7 +210,7 @@ impl<'a, D: Device<f32>> ParamVisitor<D> for Apply<'a> {
         let step = self.opt.step as i32;
         let bias1 = 1.0 - c.beta1.powi(step);
         let bias2 = 1.0 - c.beta2.powi(step);
-        let decay = if shape_of(t).len() >= 2 {
+        let decay = if t.dims().len() >= 2 {
             c.weight_decay
         } else {
             0.0
@@ -224,8 +222,7 @@ impl<'a, D: Device<f32>> ParamVisitor<D> for Apply<'a> {
             let update = (m[i] / bias1) / ((v[i] / bias2).sqrt() + c.eps);
             values[i] -= self.lr * (update + decay * values[i]);
         }
-        t.copy_from(&values);
-        Ok(())
+        t.set_values(&values)
     }
 }
 

@@ -4,19 +4,83 @@
 //! parameter counts. A module visits its fields in forward order with the names the reference
 //! implementation uses (`encoder.block.0.layer.0.SelfAttention.q.weight`), so a reader can check
 //! code against a checkpoint line by line.
-use crate::error::Result;
+use crate::error::{CoreError, Result};
 use dfdx::prelude::*;
+
+/// One parameter tensor as visitors see it, whatever its shape.
+///
+/// An object-safe view, so that [`Params`] and [`ParamVisitor`] are object-safe too: a model can
+/// hold parts it knows only as trait objects (output heads registered by name) and still list,
+/// load, save and optimise them like its typed parts.
+pub trait ParamTensor<D: Device<f32>> {
+    /// The dims of the tensor.
+    fn dims(&self) -> Vec<usize>;
+    /// The number of scalars.
+    fn numel(&self) -> usize {
+        self.dims().iter().product()
+    }
+    /// The values, row-major, on the host.
+    fn values(&self) -> Vec<f32>;
+    /// Overwrites the values (row-major); errors when `values` has the wrong length.
+    fn set_values(&mut self, values: &[f32]) -> Result<()>;
+    /// Adds this tensor's slot to `grads`, so a backward pass records its gradient.
+    fn alloc_grad(&self, grads: &mut Gradients<f32, D>) -> Result<()>;
+    /// This tensor's gradient in `grads`, on the host.
+    ///
+    /// Panics, as dfdx's `Gradients::get` does, when `grads` has no slot for the tensor.
+    fn grad(&self, grads: &Gradients<f32, D>) -> Vec<f32>;
+}
+
+impl<S: Shape, D: Device<f32>> ParamTensor<D> for Tensor<S, f32, D> {
+    fn dims(&self) -> Vec<usize> {
+        shape_of(self)
+    }
+
+    fn values(&self) -> Vec<f32> {
+        self.as_vec()
+    }
+
+    fn set_values(&mut self, values: &[f32]) -> Result<()> {
+        if values.len() != self.shape().num_elements() {
+            return Err(CoreError::Shape(format!(
+                "{} values for a tensor of shape {:?}",
+                values.len(),
+                shape_of(self)
+            )));
+        }
+        self.copy_from(values);
+        Ok(())
+    }
+
+    fn alloc_grad(&self, grads: &mut Gradients<f32, D>) -> Result<()> {
+        grads
+            .try_alloc_for(self)
+            .map_err(|e| CoreError::Invalid(format!("cannot allocate a gradient: {e:?}")))
+    }
+
+    fn grad(&self, grads: &Gradients<f32, D>) -> Vec<f32> {
+        grads.get(self).as_vec()
+    }
+}
 
 /// Something that is shown every named tensor of a module.
 pub trait ParamVisitor<D: Device<f32>> {
     /// `name` is the full dotted path of the tensor.
-    fn visit<S: Shape>(&mut self, name: &str, tensor: &mut Tensor<S, f32, D>) -> Result<()>;
+    fn visit(&mut self, name: &str, tensor: &mut dyn ParamTensor<D>) -> Result<()>;
 }
 
-/// A module with named parameters.
+/// A module with named parameters. Object-safe: `Box<dyn Params<D>>` and trait objects with
+/// `Params` as a supertrait work with checkpoints and optimizers.
 pub trait Params<D: Device<f32>> {
     /// Shows each tensor to `visitor`, named `prefix.<own name>`.
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, visitor: &mut V) -> Result<()>;
+    fn visit_params(&mut self, prefix: &str, visitor: &mut dyn ParamVisitor<D>) -> Result<()>;
+}
+
+/// A boxed module (a trait object, typically) has the parameters of what it holds.
+impl<D: Device<f32>, M: Params<D> + ?Sized> Params<D> for Box<M> {
+    fn visit_params(&mut self, prefix: &str, visitor: &mut dyn ParamVisitor<D>) -> Result<()> {
+        (**self).visit_params(prefix, visitor)
+    }
 }
 
 /// Joins a prefix and a name with a dot, skipping an empty prefix.
@@ -29,14 +93,14 @@ pub fn join(prefix: &str, name: &str) -> String {
 }
 
 impl<D: Device<f32>, S: Shape> Params<D> for Tensor<S, f32, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, visitor: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, visitor: &mut dyn ParamVisitor<D>) -> Result<()> {
         visitor.visit(prefix, self)
     }
 }
 
 /// A stack of layers is named `prefix.0`, `prefix.1`, ... as in PyTorch's `ModuleList`.
 impl<D: Device<f32>, M: Params<D>> Params<D> for Vec<M> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, visitor: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, visitor: &mut dyn ParamVisitor<D>) -> Result<()> {
         for (i, m) in self.iter_mut().enumerate() {
             m.visit_params(&join(prefix, &i.to_string()), visitor)?;
         }
@@ -46,7 +110,7 @@ impl<D: Device<f32>, M: Params<D>> Params<D> for Vec<M> {
 
 /// An optional submodule has no tensors when absent.
 impl<D: Device<f32>, M: Params<D>> Params<D> for Option<M> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, visitor: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, visitor: &mut dyn ParamVisitor<D>) -> Result<()> {
         match self {
             Some(m) => m.visit_params(prefix, visitor),
             None => Ok(()),
@@ -70,17 +134,17 @@ impl ParamInfo {
 struct Lister(Vec<ParamInfo>);
 
 impl<D: Device<f32>> ParamVisitor<D> for Lister {
-    fn visit<S: Shape>(&mut self, name: &str, tensor: &mut Tensor<S, f32, D>) -> Result<()> {
+    fn visit(&mut self, name: &str, tensor: &mut dyn ParamTensor<D>) -> Result<()> {
         self.0.push(ParamInfo {
             name: name.to_string(),
-            shape: shape_of(tensor),
+            shape: tensor.dims(),
         });
         Ok(())
     }
 }
 
 /// Every parameter of `module` with its shape, in visiting order.
-pub fn list_params<D: Device<f32>, M: Params<D>>(module: &mut M) -> Vec<ParamInfo> {
+pub fn list_params<D: Device<f32>, M: Params<D> + ?Sized>(module: &mut M) -> Vec<ParamInfo> {
     let mut lister = Lister(Vec::new());
     // Listing cannot fail: the visitor never returns an error.
     let _ = module.visit_params("", &mut lister);
@@ -88,7 +152,7 @@ pub fn list_params<D: Device<f32>, M: Params<D>>(module: &mut M) -> Vec<ParamInf
 }
 
 /// Total number of scalars in the parameters of `module`.
-pub fn count_params<D: Device<f32>, M: Params<D>>(module: &mut M) -> usize {
+pub fn count_params<D: Device<f32>, M: Params<D> + ?Sized>(module: &mut M) -> usize {
     list_params(module).iter().map(ParamInfo::numel).sum()
 }
 

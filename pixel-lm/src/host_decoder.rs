@@ -10,7 +10,7 @@
 use crate::presets::T5Dims;
 use crate::t5::{relative_position_bucket, T5Attention, T5DenseAct, T5};
 use dfdx::prelude::*;
-use pixel_core::nn::{Activation, Linear, LoraLinear, RmsNorm, Seq};
+use pixel_core::nn::{Activation, Linear, LoraLinear, Mlp, RmsNorm, Seq};
 use std::sync::Arc;
 
 const MASKED: f32 = pixel_core::nn::attention::MASKED;
@@ -172,6 +172,42 @@ fn attend_head(
         let p = s / sum;
         let vr = &v[j * inner + off..j * inner + off + dk];
         out.iter_mut().zip(vr).for_each(|(o, v)| *o += p * v);
+    }
+}
+
+/// A [`Mlp`] on host vectors, with the decoder step's matrix-vector products: an output head
+/// that runs at every decoding step (PixelLLM's point head) then costs about the bytes of its
+/// weights, where a dfdx graph per step cost several times that (tensor set-up and a general
+/// matmul for one row).
+pub struct HostMlp {
+    layers: Vec<HostLinear>,
+    activation: Activation,
+}
+
+impl HostMlp {
+    /// Host copies of `mlp`'s weights; make again after the weights change.
+    pub fn new<I: ConstDim, H: ConstDim, O: ConstDim, D: Device<f32>>(
+        mlp: &Mlp<I, H, O, D>,
+    ) -> Self {
+        let mut layers = vec![HostLinear::new(&mlp.first)];
+        layers.extend(mlp.middle.iter().map(HostLinear::new));
+        layers.push(HostLinear::new(&mlp.last));
+        HostMlp {
+            layers,
+            activation: mlp.activation,
+        }
+    }
+
+    /// `x` is `[rows, in]` (e.g. the hidden states of [`T5::host_step`]); returns `[rows, out]`,
+    /// as [`Mlp::forward`] computes it.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let (last, hidden) = self.layers.split_last().expect("an MLP has layers");
+        let mut h = x.to_vec();
+        for layer in hidden {
+            h = layer.forward(&h);
+            activate(self.activation, &mut h);
+        }
+        last.forward(&h)
     }
 }
 
@@ -509,6 +545,29 @@ mod tests {
             (-2.0, -0.995_322_265_0),
         ] {
             assert!((erf(x) - want).abs() < 2e-7, "erf({x})");
+        }
+    }
+
+    #[test]
+    fn host_mlp_equals_the_dfdx_mlp() {
+        let dev = Cpu::seed_from_u64(0);
+        for act in [
+            Activation::Relu,
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::Silu,
+        ] {
+            let mlp = Mlp::<Const<24>, Const<40>, Const<4>, Cpu>::new(&dev, 4, act);
+            let x = dev.sample_normal_like(&(2usize, 3usize, Const::<24>));
+            let want = mlp.forward(x.clone()).as_vec();
+            let got = HostMlp::new(&mlp).forward(&x.as_vec());
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{act:?}: {g} vs {w}"
+                );
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use crate::presets::T5Dims;
 use crate::t5::T5;
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{load_params, save_params, LoadOptions, StoredTensor, TensorStore};
-use pixel_core::params::{shape_of, ParamVisitor, Params};
+use pixel_core::params::{ParamTensor, ParamVisitor, Params};
 use pixel_core::CoreError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -212,10 +212,10 @@ struct LoraCollector<'a> {
 }
 
 impl<D: Device<f32>> ParamVisitor<D> for LoraCollector<'_> {
-    fn visit<S: Shape>(&mut self, name: &str, t: &mut Tensor<S, f32, D>) -> pixel_core::Result<()> {
+    fn visit(&mut self, name: &str, t: &mut dyn ParamTensor<D>) -> pixel_core::Result<()> {
         if is_lora(name) {
             self.store
-                .insert(name, StoredTensor::f32(shape_of(t), t.as_vec()));
+                .insert(name, StoredTensor::f32(t.dims(), t.values()));
         }
         Ok(())
     }
@@ -228,21 +228,21 @@ struct LoraLoader<'a> {
 }
 
 impl<D: Device<f32>> ParamVisitor<D> for LoraLoader<'_> {
-    fn visit<S: Shape>(&mut self, name: &str, t: &mut Tensor<S, f32, D>) -> pixel_core::Result<()> {
+    fn visit(&mut self, name: &str, t: &mut dyn ParamTensor<D>) -> pixel_core::Result<()> {
         if !is_lora(name) {
             return Ok(());
         }
         match self.store.get(name) {
             None => self
                 .problems
-                .push(format!("missing tensor `{name}` (shape {:?})", shape_of(t))),
-            Some(stored) if stored.shape != shape_of(t) => self.problems.push(format!(
+                .push(format!("missing tensor `{name}` (shape {:?})", t.dims())),
+            Some(stored) if stored.shape != t.dims() => self.problems.push(format!(
                 "tensor `{name}` has shape {:?}, the model expects {:?}",
                 stored.shape,
-                shape_of(t)
+                t.dims()
             )),
             Some(stored) => {
-                t.copy_from(&stored.to_f32());
+                t.set_values(&stored.to_f32())?;
                 self.used.push(name.to_string());
             }
         }

@@ -189,10 +189,10 @@ impl<P: T5Dims, D: Device<f32>> T5Attention<P, D> {
 }
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5Attention<P, D> {
-    fn visit_params<V: ParamVisitor<D>>(
+    fn visit_params(
         &mut self,
         prefix: &str,
-        v: &mut V,
+        v: &mut dyn ParamVisitor<D>,
     ) -> pixel_core::Result<()> {
         self.q.visit_params(&join(prefix, "q"), v)?;
         self.k.visit_params(&join(prefix, "k"), v)?;
@@ -254,10 +254,10 @@ impl<P: T5Dims, D: Device<f32>> T5DenseAct<P, D> {
 }
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5DenseAct<P, D> {
-    fn visit_params<V: ParamVisitor<D>>(
+    fn visit_params(
         &mut self,
         prefix: &str,
-        v: &mut V,
+        v: &mut dyn ParamVisitor<D>,
     ) -> pixel_core::Result<()> {
         match self {
             T5DenseAct::Plain { wi, wo, .. } => {
@@ -338,10 +338,10 @@ impl<P: T5Dims, D: Device<f32>> T5Block<P, D> {
 }
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5Block<P, D> {
-    fn visit_params<V: ParamVisitor<D>>(
+    fn visit_params(
         &mut self,
         prefix: &str,
-        v: &mut V,
+        v: &mut dyn ParamVisitor<D>,
     ) -> pixel_core::Result<()> {
         self.self_attention
             .visit_params(&join(prefix, "layer.0.SelfAttention"), v)?;
@@ -448,10 +448,10 @@ impl<P: T5Dims, D: Device<f32>> T5Stack<P, D> {
 }
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5Stack<P, D> {
-    fn visit_params<V: ParamVisitor<D>>(
+    fn visit_params(
         &mut self,
         prefix: &str,
-        v: &mut V,
+        v: &mut dyn ParamVisitor<D>,
     ) -> pixel_core::Result<()> {
         self.block.visit_params(&join(prefix, "block"), v)?;
         self.final_layer_norm
@@ -594,10 +594,10 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
 
 impl<P: T5Dims, D: Device<f32>> Params<D> for T5<P, D> {
     /// Also clears the host copies of the weights, since the visitor may change them.
-    fn visit_params<V: ParamVisitor<D>>(
+    fn visit_params(
         &mut self,
         prefix: &str,
-        v: &mut V,
+        v: &mut dyn ParamVisitor<D>,
     ) -> pixel_core::Result<()> {
         self.host_weights.clear();
         self.shared.visit_params(&join(prefix, "shared"), v)?;

@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{StoredTensor, TensorStore};
 use pixel_core::optim::alloc_grads;
-use pixel_core::params::{list_params, ParamVisitor, Params, Trainable};
+use pixel_core::params::{list_params, ParamTensor, ParamVisitor, Params, Trainable};
 use pixel_core::testing::assert_close;
 use pixel_lm::presets::{FlanT5Test, T5Test};
 use pixel_lm::{AnyT5, GenerateOptions, T5Config, T5Dims, T5};
@@ -286,12 +286,8 @@ struct GradNorms<'a> {
 }
 
 impl ParamVisitor<Cpu> for GradNorms<'_> {
-    fn visit<S: Shape>(
-        &mut self,
-        name: &str,
-        t: &mut Tensor<S, f32, Cpu>,
-    ) -> pixel_core::Result<()> {
-        let g = self.grads.get(&*t).as_vec();
+    fn visit(&mut self, name: &str, t: &mut dyn ParamTensor<Cpu>) -> pixel_core::Result<()> {
+        let g = t.grad(self.grads);
         self.norms.push((
             name.to_string(),
             g.iter().map(|v| v * v).sum::<f32>().sqrt(),

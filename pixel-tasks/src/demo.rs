@@ -2,12 +2,12 @@
 //! at (`metrics.json`, `loss.png`, `samples.png`) into the run folder.
 use crate::data_source::{DataSource, DatasetConfig, SampleSource};
 use crate::error::{Result, TaskError};
-use crate::eval::{evaluate, Baselines, EvalReport, Predictor};
+use crate::eval::{evaluate, referring_boxes, Baselines, EvalReport, Predictor};
 use crate::model::{ModelConfig, PixelTiny, TinyPixelLlm};
 use crate::pretrain::{install_lm, pretrained_lm, PretrainConfig, PretrainReport};
 use crate::render::{loss_curves_png, samples_png, SamplePanel, Scale};
 use crate::shapes_ln::{Sample, ShapesLnConfig, Split};
-use crate::tasks::{Batch, Example, ExampleBuilder};
+use crate::tasks::{Example, ExampleBuilder};
 use crate::train::{read_log, train, RunDir, TrainConfig, TrainReport};
 use pixel_core::checkpoint::write_atomic;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
@@ -179,15 +179,14 @@ pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMet
         &run,
         resume,
         |step| {
-            let examples = training_examples(
+            training_examples(
                 &data,
                 &builder,
                 &config.tasks,
                 config.train.batch_size,
                 config.train.seed,
                 step,
-            )?;
-            Batch::new(&examples)
+            )
         },
     )?;
 
@@ -291,7 +290,7 @@ fn write_samples_png(
         .iter()
         .map(|s| builder.trace_captioning(s))
         .collect::<Result<_>>()?;
-    let generated = model.generate(&Batch::new(&captions)?, config.eval.max_new_tokens)?;
+    let generated = model.generate(&model.batch(&captions)?, config.eval.max_new_tokens)?;
     let mut panels = Vec::new();
     for (sample, generation) in samples.iter().zip(&generated) {
         let t5_ids: Vec<usize> = generation
@@ -303,12 +302,7 @@ fn write_samples_png(
         let mut boxes = Vec::new();
         let referring = builder.referring_localization(sample)?;
         if let Some(first) = referring.first() {
-            let batch = Batch::new(std::slice::from_ref(first))?;
-            let out = model.teacher_forced(&batch)?;
-            let valid: Vec<bool> = (0..batch.target_len)
-                .map(|i| batch.location_weights[i * 4] > 0.0)
-                .collect();
-            let predicted = crate::heads::box_from_token_points(&out.corners, &valid)?;
+            let predicted = referring_boxes(model, std::slice::from_ref(first))?[0];
             let text = sample.referring[0].text.clone();
             if let Some(truth) = first.target_box {
                 boxes.push((truth.to_array(), format!("gt: {text}"), [0, 160, 0]));

@@ -31,6 +31,9 @@ pub enum TaskError {
         message: String,
         checkpoint: Option<PathBuf>,
     },
+    /// A config value that is wrong on its own or next to another one, by key path.
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
     #[error("{0}")]
     Invalid(String),
 }

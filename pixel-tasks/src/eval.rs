@@ -1,36 +1,69 @@
 //! Evaluation of the demo tasks against the best constant predictors.
 //!
-//! - Referring localization: the expression is fed teacher-forced (as the official evaluation
-//!   does on RefCOCO), the box is the hull of the predicted points of the valid tokens (the
-//!   expression's last token, as trained), and a hit is IoU strictly above 0.5. The baseline is the constant box with the best training Acc@0.5.
-//! - Trace captioning: each caption token's two predicted points against its word's box
-//!   corners, mean absolute error in normalized coordinates over valid tokens. The baseline is
-//!   the per-coordinate median of the training token boxes, the constant that minimises L1.
+//! Locations are the scored head's: the first configured head that locates tokens.
+//!
+//! - Referring localization: a hit is IoU strictly above 0.5. A regression head (point, box) is
+//!   fed the expression teacher-forced (as the official evaluation does on RefCOCO) and its box
+//!   is the head's box over the valid tokens (the expression's last token, as trained; the hull
+//!   of the point head's points); a text head (bins, string) generates its box, which is parsed
+//!   (the whole image when it does not parse). The baseline is the constant box with the best
+//!   training Acc@0.5.
+//! - Trace captioning: each caption token's two predicted points (or box corners) against its
+//!   word's box corners, mean absolute error in normalized coordinates over valid tokens,
+//!   teacher-forced. The baseline is the per-coordinate median of the training token boxes, the
+//!   constant that minimises L1.
 use crate::error::Result;
-use crate::heads::box_from_token_points;
+use crate::heads::{HeadPrediction, Reads};
 use crate::tasks::{Batch, Example, TaskKind};
 use pixel_core::geometry::BoxXyxy;
 use serde::{Deserialize, Serialize};
 
-/// Teacher-forced outputs for a batch: `[B * T]` argmax ids and `[B * T * 4]` corners.
+/// Teacher-forced outputs for a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TeacherForced {
+    /// `[B * T]` argmax ids.
     pub argmax: Vec<usize>,
+    /// `[B * T * 4]` the scored head's corners at each position (the whole image where it read
+    /// none).
     pub corners: Vec<f32>,
+    /// `[B][head]` what each head read, heads in config order.
+    pub heads: Vec<Vec<HeadPrediction>>,
 }
 
-/// A generated sequence (without the start token) and the corners predicted for each token.
+/// A generated sequence (without the start token) and the locations of its tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generated {
     pub ids: Vec<usize>,
+    /// The scored head's corners for each generated token.
     pub corners: Vec<[f32; 4]>,
+    /// What each head read (positions count from the start token), heads in config order.
+    pub heads: Vec<HeadPrediction>,
 }
 
 /// What evaluation needs from a model.
 pub trait Predictor {
+    /// The batch of `examples` with the model's targets (a text-coordinate head writes boxes
+    /// into the target text).
+    fn batch(&self, examples: &[Example]) -> Result<Batch> {
+        Batch::new(examples)
+    }
+
+    /// How the scored head reads locations: teacher-forced regression or generated text.
+    fn reads(&self) -> Reads {
+        Reads::DecoderFeatures
+    }
+
     fn teacher_forced(&self, batch: &Batch) -> Result<TeacherForced>;
     fn generate(&self, batch: &Batch, max_new_tokens: usize) -> Result<Vec<Generated>>;
 }
+
+/// The prediction of the scored head: the first that locates tokens.
+pub fn scored(heads: &[HeadPrediction]) -> Option<&HeadPrediction> {
+    heads.iter().find(|h| h.reads.locates_tokens())
+}
+
+/// Room a text head gets to write a referring box: the prepared target's length plus a margin.
+const GENERATION_MARGIN: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ReferringReport {
@@ -151,6 +184,28 @@ pub fn acc50_and_miou(predictions: &[BoxXyxy], targets: &[BoxXyxy]) -> (f32, f32
     )
 }
 
+/// The scored head's box for each referring example (one batch): teacher-forced for a
+/// regression head, generated and parsed for a text head; the whole image where it gives none.
+pub fn referring_boxes(model: &impl Predictor, examples: &[Example]) -> Result<Vec<BoxXyxy>> {
+    let batch = model.batch(examples)?;
+    let heads: Vec<Vec<HeadPrediction>> = match model.reads() {
+        Reads::Text => model
+            .generate(&batch, batch.target_len + GENERATION_MARGIN)?
+            .into_iter()
+            .map(|g| g.heads)
+            .collect(),
+        _ => model.teacher_forced(&batch)?.heads,
+    };
+    Ok(heads
+        .iter()
+        .map(|h| {
+            scored(h)
+                .and_then(|p| p.object)
+                .unwrap_or_else(BoxXyxy::whole_image)
+        })
+        .collect())
+}
+
 /// Evaluates `model` on validation examples, `batch_size` at a time.
 pub fn evaluate(
     model: &impl Predictor,
@@ -171,19 +226,8 @@ pub fn evaluate(
     let mut targets = Vec::new();
     for chunk in referring.chunks(batch_size.max(1)) {
         let owned: Vec<Example> = chunk.iter().map(|e| (*e).clone()).collect();
-        let batch = Batch::new(&owned)?;
-        let out = model.teacher_forced(&batch)?;
-        let t = batch.target_len;
-        for (b, e) in owned.iter().enumerate() {
-            let valid: Vec<bool> = (0..t)
-                .map(|i| batch.location_weights[(b * t + i) * 4] > 0.0)
-                .collect();
-            predicted.push(box_from_token_points(
-                &out.corners[b * t * 4..(b + 1) * t * 4],
-                &valid,
-            )?);
-            targets.extend(e.target_box);
-        }
+        predicted.extend(referring_boxes(model, &owned)?);
+        targets.extend(owned.iter().filter_map(|e| e.target_box));
     }
     let (acc50, miou) = acc50_and_miou(&predicted, &targets);
     let constant = vec![baselines.referring_box; targets.len()];
@@ -193,7 +237,7 @@ pub fn evaluate(
     let (mut correct, mut tokens) = (0usize, 0usize);
     for chunk in traces.chunks(batch_size.max(1)) {
         let owned: Vec<Example> = chunk.iter().map(|e| (*e).clone()).collect();
-        let batch = Batch::new(&owned)?;
+        let batch = model.batch(&owned)?;
         let out = model.teacher_forced(&batch)?;
         for i in 0..batch.size * batch.target_len {
             if batch.target_weights[i] > 0.0 {

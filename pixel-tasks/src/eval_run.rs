@@ -14,7 +14,7 @@ use crate::metrics::captions::{score_captions, CaptionScores, Predictions, Refer
 use crate::metrics::Meteor;
 use crate::model::TinyPixelLlm;
 use crate::shapes_ln::{Sample, Split};
-use crate::tasks::{Batch, Example, ExampleBuilder};
+use crate::tasks::{Example, ExampleBuilder};
 use crate::train::RunDir;
 use pixel_core::checkpoint::{load_params_file, write_atomic};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
@@ -204,7 +204,7 @@ fn generate_texts(
 ) -> Result<Vec<String>> {
     let mut texts = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(config.eval.batch_size.max(1)) {
-        for g in model.generate(&Batch::new(chunk)?, config.eval.max_new_tokens)? {
+        for g in model.generate(&model.batch(chunk)?, config.eval.max_new_tokens)? {
             let ids: Vec<usize> = g
                 .ids
                 .iter()

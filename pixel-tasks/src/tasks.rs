@@ -6,9 +6,10 @@
 //! regresses the object's box (scenic's `point_output_ignore = '^end-1'`); trace captioning has no text prompt and supervises each word with
 //! its mouse-trace box; location-conditioned captioning prompts with a box.
 use crate::error::{Result, TaskError};
+use crate::heads::Scored;
 use crate::model::VocabMap;
 use crate::shapes_ln::Sample;
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use pixel_core::geometry::BoxXyxy;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,10 @@ pub struct Example {
     pub token_boxes: Vec<Option<BoxXyxy>>,
     /// For referring localization: the box to find.
     pub target_box: Option<BoxXyxy>,
+    /// For referring localization: the object's mask (image size), when the sample has it.
+    pub target_mask: Option<GrayImage>,
+    /// Every object's box in the image: what a detection head should propose.
+    pub object_boxes: Vec<BoxXyxy>,
 }
 
 /// Token ids of `words` and, for each token, the index of the word it came from.
@@ -69,6 +74,11 @@ fn lm_error(e: pixel_lm::error::LmError) -> TaskError {
 
 fn boxed(b: [f32; 4]) -> Result<BoxXyxy> {
     Ok(BoxXyxy::from_array(b)?)
+}
+
+/// The boxes of the sample's regions (one per object): the detection targets.
+fn object_boxes(sample: &Sample) -> Result<Vec<BoxXyxy>> {
+    sample.regions.iter().map(|r| boxed(r.bbox)).collect()
 }
 
 /// Builds examples of each task from synthetic samples.
@@ -106,6 +116,8 @@ impl<'a> ExampleBuilder<'a> {
             target_ids: ids,
             token_boxes,
             target_box: None,
+            target_mask: None,
+            object_boxes: object_boxes(sample)?,
         })
     }
 
@@ -139,6 +151,8 @@ impl<'a> ExampleBuilder<'a> {
                     target_ids: ids,
                     token_boxes,
                     target_box: Some(target),
+                    target_mask: sample.objects.get(r.object).map(|o| o.mask.clone()),
+                    object_boxes: object_boxes(sample)?,
                 })
             })
             .collect()
@@ -164,7 +178,28 @@ impl<'a> ExampleBuilder<'a> {
                     target_ids: ids,
                     token_boxes,
                     target_box: Some(b),
+                    target_mask: None,
+                    object_boxes: object_boxes(sample)?,
                 })
+            })
+            .collect()
+    }
+
+    /// Dense captioning's second step: one location-captioning example per proposal of a
+    /// detection head, the proposal as the location prompt and no target text (EOS only).
+    pub fn location_prompts(&self, image: &RgbImage, proposals: &[Scored]) -> Vec<Example> {
+        proposals
+            .iter()
+            .map(|p| Example {
+                task: TaskKind::LocationCaptioning,
+                image: image.clone(),
+                prompt_box: p.bbox,
+                context_ids: vec![EOS_ID],
+                target_ids: vec![EOS_ID],
+                token_boxes: vec![None],
+                target_box: Some(p.bbox),
+                target_mask: None,
+                object_boxes: Vec::new(),
             })
             .collect()
     }
@@ -194,6 +229,12 @@ pub struct Batch {
     pub location_targets: Vec<f32>,
     pub location_weights: Vec<f32>,
     pub tasks: Vec<TaskKind>,
+    /// `[B]` each example's target box (referring localization, location captioning).
+    pub target_boxes: Vec<Option<BoxXyxy>>,
+    /// `[B]` each example's target mask, at image size.
+    pub target_masks: Vec<Option<GrayImage>>,
+    /// `[B]` the boxes of every object in each image.
+    pub object_boxes: Vec<Vec<BoxXyxy>>,
 }
 
 impl Batch {
@@ -234,6 +275,9 @@ impl Batch {
             location_targets: Vec::with_capacity(size * target_len * 4),
             location_weights: Vec::with_capacity(size * target_len * 4),
             tasks: Vec::with_capacity(size),
+            target_boxes: examples.iter().map(|e| e.target_box).collect(),
+            target_masks: examples.iter().map(|e| e.target_mask.clone()).collect(),
+            object_boxes: examples.iter().map(|e| e.object_boxes.clone()).collect(),
         };
         for e in examples {
             if e.image.dimensions() != (w, h) {

@@ -347,10 +347,10 @@ mod tests {
     }
 
     impl Params<Cpu> for Regressor {
-        fn visit_params<V: ParamVisitor<Cpu>>(
+        fn visit_params(
             &mut self,
             prefix: &str,
-            v: &mut V,
+            v: &mut dyn ParamVisitor<Cpu>,
         ) -> pixel_core::Result<()> {
             self.layer
                 .visit_params(&pixel_core::params::join(prefix, "layer"), v)

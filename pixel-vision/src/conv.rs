@@ -266,7 +266,7 @@ impl<I: Dim, O: Dim, D: Device<f32>> Conv2d<I, O, D> {
 }
 
 impl<I: Dim, O: Dim, D: Device<f32>> Params<D> for Conv2d<I, O, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "weight"), &mut self.weight)?;
         self.bias.visit_params(&join(prefix, "bias"), v)
     }
@@ -319,7 +319,7 @@ impl<I: Dim, O: Dim, D: Device<f32>> ConvTranspose2d<I, O, D> {
 }
 
 impl<I: Dim, O: Dim, D: Device<f32>> Params<D> for ConvTranspose2d<I, O, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "weight"), &mut self.weight)?;
         self.bias.visit_params(&join(prefix, "bias"), v)
     }

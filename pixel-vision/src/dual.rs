@@ -96,7 +96,7 @@ impl<SH: ConstDim, SO: ConstDim, E: ConstDim, Cat: ConstDim, D: Device<f32>>
 impl<SH: ConstDim, SO: ConstDim, E: ConstDim, Cat: ConstDim, D: Device<f32>> Params<D>
     for DualImageEncoder<SH, SO, E, Cat, D>
 {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.sam.visit_params(&join(prefix, "sam"), v)?;
         self.eva.visit_params(&join(prefix, "eva"), v)
     }

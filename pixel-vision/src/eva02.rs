@@ -282,7 +282,7 @@ impl<C: ConstDim, D: Device<f32>> EvaAttention<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for EvaAttention<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.q_bias.visit_params(&join(prefix, "q_bias"), v)?;
         self.v_bias.visit_params(&join(prefix, "v_bias"), v)?;
         self.qkv.visit_params(&join(prefix, "qkv"), v)?;
@@ -342,7 +342,7 @@ impl<C: ConstDim, D: Device<f32>> SwiGlu<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for SwiGlu<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.fc1.visit_params(&join(prefix, "fc1"), v)?;
         self.fc1_g.visit_params(&join(prefix, "fc1_g"), v)?;
         self.fc1_x.visit_params(&join(prefix, "fc1_x"), v)?;
@@ -372,7 +372,7 @@ impl<C: ConstDim, D: Device<f32>> EvaBlock<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for EvaBlock<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.norm1.visit_params(&join(prefix, "norm1"), v)?;
         self.attn.visit_params(&join(prefix, "attn"), v)?;
         self.norm2.visit_params(&join(prefix, "norm2"), v)?;
@@ -516,7 +516,7 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for Eva02<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "cls_token"), &mut self.cls_token)?;
         v.visit(&join(prefix, "pos_embed"), &mut self.pos_embed)?;
         self.patch_embed

@@ -51,7 +51,7 @@ impl<I: Dim, O: Dim, D: Device<f32>> Dense<I, O, D> {
 }
 
 impl<I: Dim, O: Dim, D: Device<f32>> Params<D> for Dense<I, O, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "weight"), &mut self.weight)?;
         self.bias.visit_params(&join(prefix, "bias"), v)
     }
@@ -90,7 +90,7 @@ impl<C: Dim, D: Device<f32>> Norm<C, D> {
 }
 
 impl<C: Dim, D: Device<f32>> Params<D> for Norm<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "weight"), &mut self.weight)?;
         v.visit(&join(prefix, "bias"), &mut self.bias)
     }
@@ -120,7 +120,7 @@ impl<C: Dim, D: Device<f32>> MlpBlock<C, D> {
 }
 
 impl<C: Dim, D: Device<f32>> Params<D> for MlpBlock<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.lin1.visit_params(&join(prefix, "lin1"), v)?;
         self.lin2.visit_params(&join(prefix, "lin2"), v)
     }
@@ -161,7 +161,7 @@ impl<I: Dim, O: Dim, D: Device<f32>> FeedForward<I, O, D> {
 }
 
 impl<I: Dim, O: Dim, D: Device<f32>> Params<D> for FeedForward<I, O, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.proj_in.visit_params(&join(prefix, "proj_in"), v)?;
         self.layers.visit_params(&join(prefix, "layers"), v)?;
         self.proj_out.visit_params(&join(prefix, "proj_out"), v)

@@ -51,7 +51,7 @@ fn sam_predict_rejects_images_of_the_wrong_shape() {
     for shape in WRONG_SAM_SHAPES {
         let prompts = SamPrompts {
             points: None,
-            boxes: Some(vec![1.0, 2.0, 30.0, 40.0].repeat(shape.0)),
+            boxes: Some([1.0, 2.0, 30.0, 40.0].repeat(shape.0)),
             masks: None,
             batch: shape.0,
             prompts: 1,

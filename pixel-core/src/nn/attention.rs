@@ -166,7 +166,7 @@ impl<M: ConstDim, Inner: ConstDim, D: Device<f32>> MultiHeadAttention<M, Inner, 
 }
 
 impl<M: ConstDim, Inner: ConstDim, D: Device<f32>> Params<D> for MultiHeadAttention<M, Inner, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.q_proj.visit_params(&join(prefix, "q_proj"), v)?;
         self.k_proj.visit_params(&join(prefix, "k_proj"), v)?;
         self.v_proj.visit_params(&join(prefix, "v_proj"), v)?;

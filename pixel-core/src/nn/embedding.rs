@@ -25,7 +25,7 @@ impl<V: ConstDim, M: ConstDim, D: Device<f32>> Embedding<V, M, D> {
 }
 
 impl<V: ConstDim, M: ConstDim, D: Device<f32>> Params<D> for Embedding<V, M, D> {
-    fn visit_params<Vis: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut Vis) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "weight"), &mut self.weight)
     }
 }

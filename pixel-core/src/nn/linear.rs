@@ -37,7 +37,7 @@ impl<I: ConstDim, O: ConstDim, D: Device<f32>> Linear<I, O, D> {
 }
 
 impl<I: ConstDim, O: ConstDim, D: Device<f32>> Params<D> for Linear<I, O, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "weight"), &mut self.weight)?;
         self.bias.visit_params(&join(prefix, "bias"), v)
     }
@@ -77,7 +77,7 @@ impl<I: ConstDim, O: ConstDim, D: Device<f32>> LoraAdapter<I, O, D> {
 }
 
 impl<I: ConstDim, O: ConstDim, D: Device<f32>> Params<D> for LoraAdapter<I, O, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "lora_A.weight"), &mut self.a)?;
         v.visit(&join(prefix, "lora_B.weight"), &mut self.b)
     }
@@ -116,7 +116,7 @@ impl<I: ConstDim, O: ConstDim, D: Device<f32>> LoraLinear<I, O, D> {
 }
 
 impl<I: ConstDim, O: ConstDim, D: Device<f32>> Params<D> for LoraLinear<I, O, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.base.visit_params(prefix, v)?;
         self.lora.visit_params(prefix, v)
     }

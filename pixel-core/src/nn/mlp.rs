@@ -72,7 +72,7 @@ impl<In: ConstDim, Hidden: ConstDim, Out: ConstDim, D: Device<f32>> Mlp<In, Hidd
 impl<In: ConstDim, Hidden: ConstDim, Out: ConstDim, D: Device<f32>> Params<D>
     for Mlp<In, Hidden, Out, D>
 {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.first.visit_params(&join(prefix, "layers.0"), v)?;
         for (i, layer) in self.middle.iter_mut().enumerate() {
             layer.visit_params(&join(prefix, &format!("layers.{}", i + 1)), v)?;

@@ -30,7 +30,7 @@ impl<C: ConstDim, D: Device<f32>> LayerNorm<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for LayerNorm<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "weight"), &mut self.weight)?;
         v.visit(&join(prefix, "bias"), &mut self.bias)
     }
@@ -61,7 +61,7 @@ impl<C: ConstDim, D: Device<f32>> RmsNorm<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for RmsNorm<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "weight"), &mut self.weight)
     }
 }

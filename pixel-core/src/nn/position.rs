@@ -85,7 +85,7 @@ impl<Out: ConstDim, D: Device<f32>> RandomFourierEncoding<Out, D> {
 }
 
 impl<Out: ConstDim, D: Device<f32>> Params<D> for RandomFourierEncoding<Out, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(
             &join(prefix, "positional_encoding_gaussian_matrix"),
             &mut self.gaussian_matrix,

@@ -1,26 +1,84 @@
 //! PixelLLM's point head: a small MLP on each decoder feature that regresses the token's
 //! location as two points (the corners of its box), in parallel with the vocabulary head.
 //!
-//! As in scenic's `MlpPointPredictor`: optional LayerNorm (eps 1e-6), an MLP of `depth` layers,
-//! and `coords = (p + 1) / 2`, so an output of 0 maps to the image centre.
+//! As in scenic's `MlpPointPredictor`: optional LayerNorm (eps 1e-6), an MLP of `depth` layers
+//! (GELU), and `coords = (p + 1) / 2`, so an output of 0 maps to the image centre. A referring
+//! expression's box is the box around its tokens' points. Config (`kind = "point"`): `depth`
+//! (default 3; 4 in the paper), `pre_norm` (default true).
 use crate::error::{Result, TaskError};
+use crate::heads::registry::{options, HeadBuild};
+use crate::heads::{
+    pixel_l1, rows_of_four, DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads,
+};
+use crate::model::presets::LmWidth;
+use crate::model::PixelDims;
+use crate::train::TapedScalar;
 use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
+use serde::Deserialize;
 
 /// Four numbers per token: `(x0, y0, x1, y1)`, two corner points.
 pub type Corners = Const<4>;
 
 #[derive(Debug, Clone)]
 pub struct PointHead<M: ConstDim, H: ConstDim, D: Device<f32>> {
+    pub name: String,
     pub norm: Option<LayerNorm<M, D>>,
     pub mlp: Mlp<M, H, Corners, D>,
 }
 
+/// The point head's keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointOptions {
+    /// Linear layers of the MLP (at least 2).
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+    /// LayerNorm before the MLP.
+    #[serde(default = "default_pre_norm")]
+    pub pre_norm: bool,
+}
+
+fn default_depth() -> usize {
+    3
+}
+
+fn default_pre_norm() -> bool {
+    true
+}
+
+impl PointOptions {
+    /// Parses and checks the keys of the head at `build.key`.
+    pub fn parse<D>(build: &HeadBuild<'_, D>, table: &toml::Table) -> Result<Self> {
+        let o: PointOptions = options(table, &build.key)?;
+        if o.depth < 2 {
+            return Err(build.error("depth", format!("must be at least 2, got {}", o.depth)));
+        }
+        Ok(o)
+    }
+}
+
+/// The registry's constructor for `kind = "point"`.
+pub fn build<P: PixelDims, D: Device<f32>>(
+    build: &HeadBuild<'_, D>,
+    table: &toml::Table,
+) -> Result<Box<dyn OutputHead<P, D>>> {
+    let o = PointOptions::parse(build, table)?;
+    Ok(Box::new(PointHead::<LmWidth<P>, P::PointHidden, D>::new(
+        build.dev,
+        &build.name,
+        o.depth,
+        o.pre_norm,
+        Activation::Gelu,
+    )))
+}
+
 impl<M: ConstDim, H: ConstDim, D: Device<f32>> PointHead<M, H, D> {
-    pub fn new(dev: &D, depth: usize, pre_norm: bool, activation: Activation) -> Self {
+    pub fn new(dev: &D, name: &str, depth: usize, pre_norm: bool, activation: Activation) -> Self {
         PointHead {
+            name: name.to_string(),
             norm: pre_norm.then(|| LayerNorm::new(dev, 1e-6)),
             mlp: Mlp::new(dev, depth, activation),
         }
@@ -36,11 +94,50 @@ impl<M: ConstDim, H: ConstDim, D: Device<f32>> PointHead<M, H, D> {
     }
 }
 
+impl<P: PixelDims, H: ConstDim, D: Device<f32>> OutputHead<P, D> for PointHead<LmWidth<P>, H, D> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn reads(&self) -> Reads {
+        Reads::DecoderFeatures
+    }
+
+    fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Option<TapedScalar<D>>> {
+        let corners = self.forward(inputs.decoder.retaped::<OwnedTape<f32, D>>());
+        pixel_l1(corners, inputs.batch)
+    }
+
+    fn decode(
+        &self,
+        inputs: &HeadInputs<P, D>,
+        tokens: &DecodedTokens,
+        _earlier: &[Vec<HeadPrediction>],
+    ) -> Result<Vec<HeadPrediction>> {
+        let (b, t, _) = *inputs.decoder.shape();
+        let corners = self.forward(inputs.decoder.clone()).as_vec();
+        (0..b)
+            .map(|row| {
+                let mut p = HeadPrediction::empty(&self.name, Reads::DecoderFeatures, t);
+                p.tokens = rows_of_four(&corners, row, t);
+                let valid = &tokens.valid[row];
+                if valid.iter().any(|&v| v) {
+                    p.object = Some(box_from_token_points(
+                        &corners[row * t * 4..(row + 1) * t * 4],
+                        valid,
+                    )?);
+                }
+                Ok(p)
+            })
+            .collect()
+    }
+}
+
 impl<M: ConstDim, H: ConstDim, D: Device<f32>> Params<D> for PointHead<M, H, D> {
-    fn visit_params<V: ParamVisitor<D>>(
+    fn visit_params(
         &mut self,
         prefix: &str,
-        v: &mut V,
+        v: &mut dyn ParamVisitor<D>,
     ) -> pixel_core::Result<()> {
         self.norm.visit_params(&join(prefix, "norm"), v)?;
         self.mlp.visit_params(&join(prefix, "mlp"), v)
@@ -86,7 +183,8 @@ mod tests {
     #[test]
     fn zero_output_maps_to_the_image_centre() {
         let dev: Cpu = Cpu::seed_from_u64(0);
-        let mut head = PointHead::<Const<8>, Const<16>, Cpu>::new(&dev, 3, true, Activation::Gelu);
+        let mut head =
+            PointHead::<Const<8>, Const<16>, Cpu>::new(&dev, "point", 3, true, Activation::Gelu);
         head.mlp.last.weight = dev.zeros_like(head.mlp.last.weight.shape());
         head.mlp.last.bias = Some(dev.zeros_like(&(Corners::default(),)));
         let out = head

@@ -1,4 +1,6 @@
-//! Run-time settings of a PixelLLM: which preset, how many output tokens, which parts train.
+//! Run-time settings of a PixelLLM: which preset, how many output tokens, which heads, which
+//! parts train.
+use crate::heads::HeadConfig;
 use pixel_core::params::Trainable;
 use serde::{Deserialize, Serialize};
 
@@ -35,18 +37,14 @@ pub struct ModelConfig {
     pub prompt_fuse: crate::model::PromptFuse,
     /// Two-way transformer blocks of the prompt feature extractor (2 officially).
     pub prompt_feature_extractor_depth: usize,
-    /// Linear layers of the point head.
-    pub point_head_depth: usize,
-    /// LayerNorm before the point head's MLP.
-    pub point_head_pre_norm: bool,
     /// Label smoothing of the text loss (0.1 officially).
     pub label_smoothing: f32,
-    /// Weight of the L1 location loss, which is in pixels of the model input as in scenic (0.1
-    /// officially).
-    pub location_loss_weight: f32,
     /// Freeze the SAM backbone (as the paper does); EVA02 always trains.
     pub freeze_sam: bool,
     pub lm: LmConfig,
+    /// The output heads besides the vocabulary head (`[[model.heads]]`), each with its loss
+    /// weight; the paper's is one `point` head with weight 0.1 (its L1 is in pixels).
+    pub heads: Vec<HeadConfig>,
 }
 
 impl ModelConfig {
@@ -54,9 +52,6 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.output_tokens == 0 {
             return Err("model.output_tokens must be at least 1".into());
-        }
-        if self.point_head_depth < 2 {
-            return Err("model.point_head_depth must be at least 2".into());
         }
         if self.prompt_feature_extractor_depth == 0 {
             return Err("model.prompt_feature_extractor_depth must be at least 1".into());
@@ -67,11 +62,8 @@ impl ModelConfig {
                 self.label_smoothing
             ));
         }
-        if self.location_loss_weight.is_nan() || self.location_loss_weight < 0.0 {
-            return Err(format!(
-                "model.location_loss_weight must be >= 0, got {}",
-                self.location_loss_weight
-            ));
+        if self.heads.is_empty() {
+            return Err("model.heads: configure at least one output head ([[model.heads]])".into());
         }
         if self.lm.mode == LmMode::Lora
             && (self.lm.lora_rank == 0 || !self.lm.lora_scale.is_finite())

@@ -4,7 +4,8 @@
 //! 2. location prompt encoder: SAM's prompt encoder on the prompt box (whole image if none);
 //! 3. prompt feature extractor: learnable output tokens through SAM's two-way transformer;
 //! 4. language model: T5 whose encoder reads the visual tokens, then the text prompt;
-//! 5. output heads: the vocabulary head and, on the same decoder features, the point head.
+//! 5. output heads: the vocabulary head and, on the same decoder features, the configured heads
+//!    (`crate::heads`; the paper's is the point head).
 pub mod config;
 pub mod presets;
 pub mod prompt_feature_extractor;
@@ -17,32 +18,35 @@ pub use vocab::VocabMap;
 
 use crate::error::{Result, TaskError};
 use crate::eval::{Generated, Predictor, TeacherForced};
-use crate::heads::point::Corners;
-use crate::heads::PointHead;
-use crate::tasks::Batch;
+use crate::heads::{
+    DecodeMode, DecodedTokens, HeadInputs, HeadPrediction, HeadRegistry, OutputHead, Reads,
+};
+use crate::tasks::{Batch, Example};
 use crate::train::{LossParts, TapedScalar, TrainStep};
 use dfdx::prelude::*;
-use pixel_core::loss::{label_smoothed_cross_entropy, masked_l1};
-use pixel_core::nn::{sincos_2d, Activation, Seq};
+use pixel_core::geometry::BoxXyxy;
+use pixel_core::loss::label_smoothed_cross_entropy;
+use pixel_core::nn::{sincos_2d, Seq};
 use pixel_core::params::{count_params, join, list_params, ParamVisitor, Params, Trainable};
 use pixel_lm::generate::GenerateOptions;
-use pixel_lm::presets::T5Dims;
 use pixel_lm::t5::T5;
+use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use pixel_vision::preprocess::{Normalization, CLIP_NORMALIZATION, SAM_NORMALIZATION};
-use pixel_vision::{DualImageEncoder, Images, SamPromptEncoder};
+use pixel_vision::{DualImageEncoder, FeatureMap, Images, SamPromptEncoder};
+use presets::{LmVocab, LmWidth};
+use std::sync::Arc;
 
 type Lm<P> = <P as PixelDims>::Lm;
-type LmWidth<P> = <<P as PixelDims>::Lm as T5Dims>::Model;
-type LmVocab<P> = <<P as PixelDims>::Lm as T5Dims>::Vocab;
 
 /// A PixelLLM with the widths of preset `P`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PixelLlm<P: PixelDims, D: Device<f32>> {
     pub image_encoder: DualImageEncoder<P::SamHidden, P::SamOut, P::Eva, P::Visual, D>,
     pub prompt_encoder: SamPromptEncoder<P::Prompt, D>,
     pub prompt_feature_extractor: PromptFeatureExtractor<P::Visual, P::Prompt, LmWidth<P>, D>,
     pub language_model: T5<Lm<P>, D>,
-    pub point_head: PointHead<LmWidth<P>, P::PointHidden, D>,
+    /// The configured output heads, in config order; tensors under `heads.<name>.`.
+    pub heads: Vec<Box<dyn OutputHead<P, D>>>,
     pub config: ModelConfig,
     pub vocab: VocabMap,
     dev: D,
@@ -52,16 +56,20 @@ pub struct PixelLlm<P: PixelDims, D: Device<f32>> {
 pub type TinyPixelLlm = PixelLlm<PixelTiny, pixel_core::DefaultDevice>;
 
 /// Everything a forward pass computes that a loss or a prediction reads.
-struct Outputs<V: ConstDim, M: ConstDim, D: Device<f32>, T> {
-    logits: Seq<V, D, T>,
-    corners: Seq<Corners, D, T>,
+struct Outputs<P: PixelDims, D: Device<f32>, T> {
+    logits: Seq<LmVocab<P>, D, T>,
+    /// Decoder features without a tape (same tensor ids as on the logits' tape), for the heads.
+    decoder: Seq<LmWidth<P>, D>,
+    /// Image features without a tape, for the heads.
+    image: FeatureMap<P::Visual, D>,
     /// The T5 encoder's output, for generation (no tape: its ops are on the logits' tape).
-    encoder_states: Seq<M, D>,
+    encoder_states: Seq<LmWidth<P>, D>,
 }
 
 impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
-    /// A randomly initialised model on `dev`.
-    pub fn new(dev: &D, config: &ModelConfig, vocab: VocabMap) -> Result<Self> {
+    /// A randomly initialised model on `dev` whose heads `registry` builds from `config.heads`.
+    /// A sub-vocabulary preset's vocabulary holds its corpus's pieces and what the heads write.
+    pub fn new(dev: &D, config: &ModelConfig, registry: &HeadRegistry<P, D>) -> Result<Self> {
         config.validate().map_err(TaskError::Invalid)?;
         if config.preset != P::NAME {
             return Err(TaskError::Invalid(format!(
@@ -70,6 +78,11 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
                 P::NAME
             )));
         }
+        let tokenizer =
+            Arc::new(T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?);
+        let image_grid = P::prompt_encoder().image_embedding_size();
+        let heads = registry.build(dev, &config.heads, Some(image_grid), tokenizer.clone())?;
+        let vocab = Self::vocabulary(&tokenizer, &heads)?;
         let vision =
             |e: pixel_vision::VisionError| TaskError::Invalid(format!("image encoder: {e}"));
         let mut language_model = T5::new(dev, &P::language_model())
@@ -88,18 +101,41 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
                 config.prompt_fuse,
             ),
             language_model,
-            point_head: PointHead::new(
-                dev,
-                config.point_head_depth,
-                config.point_head_pre_norm,
-                Activation::Gelu,
-            ),
+            heads,
             config: config.clone(),
             vocab,
             dev: dev.clone(),
         };
         model.init_absolute_positions();
         Ok(model)
+    }
+
+    /// The preset's words plus what each head writes; all of T5 for full-vocabulary presets.
+    /// A head whose pieces overflow the preset's vocabulary is named.
+    fn vocabulary(
+        tokenizer: &T5Tokenizer,
+        heads: &[Box<dyn OutputHead<P, D>>],
+    ) -> Result<VocabMap> {
+        let capacity = LmVocab::<P>::SIZE;
+        let Some(words) = P::vocabulary_words() else {
+            return Ok(VocabMap::identity(capacity));
+        };
+        let mut words: Vec<String> = words.into_iter().map(String::from).collect();
+        let mut vocab = VocabMap::from_words(tokenizer, &as_strs(&words), capacity)?;
+        for (i, head) in heads.iter().enumerate() {
+            let extra = head.vocabulary();
+            if extra.is_empty() {
+                continue;
+            }
+            words.extend(extra);
+            vocab = VocabMap::from_words(tokenizer, &as_strs(&words), capacity).map_err(|e| {
+                TaskError::Config {
+                    key: format!("model.heads[{i}]"),
+                    message: format!("the head's tokens do not fit {}: {e}", P::NAME),
+                }
+            })?;
+        }
+        Ok(vocab)
     }
 
     /// Starts the backbones' absolute position embeddings from 2D sine-cosine tables (MAE's
@@ -129,6 +165,15 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         (all, train)
     }
 
+    /// The head whose locations evaluation scores: the first that locates tokens (the
+    /// registry refuses a config without one).
+    fn scored_head(&self) -> usize {
+        self.heads
+            .iter()
+            .position(|h| h.reads().locates_tokens())
+            .unwrap_or(0)
+    }
+
     /// Each backbone's input: the batch's `[0, 1]` pixels normalized by its mean and std.
     fn pixel_values(&self, batch: &Batch, normalization: &Normalization) -> Images<D> {
         let s = batch.image_size as usize;
@@ -145,7 +190,7 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         &self,
         batch: &Batch,
         tape: T,
-    ) -> Result<Outputs<LmVocab<P>, LmWidth<P>, D, T>> {
+    ) -> Result<Outputs<P, D, T>> {
         let expected = P::sam().image_size as u32;
         if batch.image_size != expected {
             return Err(TaskError::Invalid(format!(
@@ -158,7 +203,12 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         // 1. Image encoder: SAM without a tape (frozen), EVA02 on the training tape.
         let sam_pixels = self.pixel_values(batch, &SAM_NORMALIZATION);
         let eva_pixels = self.pixel_values(batch, &CLIP_NORMALIZATION).put_tape(tape);
-        let features = self.image_encoder.forward(sam_pixels, eva_pixels).tokens;
+        let features = self.image_encoder.forward(sam_pixels, eva_pixels);
+        let image = FeatureMap::new(
+            features.tokens.retaped::<NoneTape>(),
+            features.height,
+            features.width,
+        );
         // 2. Location prompt: the prompt box's corners in the prompt encoder's pixel frame.
         let side = self.prompt_encoder.input_image_size as f32;
         let boxes: Vec<f32> = batch
@@ -170,7 +220,7 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         let dense = self.prompt_encoder.dense_without_mask::<T>(b);
         // 3. Prompt feature extractor -> visual tokens in the LM's embedding space.
         let visual = self.prompt_feature_extractor.forward(
-            features,
+            features.tokens,
             &self.prompt_encoder.dense_pe(),
             dense,
             sparse,
@@ -188,12 +238,13 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         let hidden = self
             .language_model
             .decode(decoder_ids, encoder_hidden, &mask);
-        // 5. The vocabulary head and the point head, side by side on the decoder features.
-        let corners = self.point_head.forward(hidden.retaped::<T>());
+        // 5. The vocabulary head here; the output heads read the same decoder features.
+        let decoder = hidden.retaped::<NoneTape>();
         let logits = self.language_model.lm_logits(hidden);
         Ok(Outputs {
             logits,
-            corners,
+            decoder,
+            image,
             encoder_states,
         })
     }
@@ -208,40 +259,120 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
             })
             .collect()
     }
+
+    fn head_inputs<'a>(
+        &'a self,
+        decoder: &'a Seq<LmWidth<P>, D>,
+        image: &'a FeatureMap<P::Visual, D>,
+        batch: &'a Batch,
+    ) -> HeadInputs<'a, P, D> {
+        HeadInputs {
+            decoder,
+            image,
+            prompt_encoder: &self.prompt_encoder,
+            batch,
+            vocab: &self.vocab,
+        }
+    }
+
+    /// Every head's predictions, `[example][head]`, heads in config order (each sees the ones
+    /// before it).
+    fn decode_heads(
+        &self,
+        inputs: &HeadInputs<P, D>,
+        tokens: &DecodedTokens,
+    ) -> Result<Vec<Vec<HeadPrediction>>> {
+        let mut by_head: Vec<Vec<HeadPrediction>> = Vec::with_capacity(self.heads.len());
+        for head in &self.heads {
+            let predictions = head.decode(inputs, tokens, &by_head)?;
+            if predictions.len() != inputs.batch.size {
+                return Err(TaskError::Invalid(format!(
+                    "head \"{}\" decoded {} examples of a batch of {}",
+                    head.name(),
+                    predictions.len(),
+                    inputs.batch.size
+                )));
+            }
+            by_head.push(predictions);
+        }
+        Ok((0..inputs.batch.size)
+            .map(|b| by_head.iter().map(|preds| preds[b].clone()).collect())
+            .collect())
+    }
+
+    /// The scored head's location at each position of one example, the whole image where it
+    /// read none (a text head whose output does not parse).
+    fn scored_corners(&self, heads: &[HeadPrediction]) -> Vec<[f32; 4]> {
+        heads[self.scored_head()]
+            .tokens
+            .iter()
+            .map(|c| c.unwrap_or(BoxXyxy::whole_image().to_array()))
+            .collect()
+    }
+}
+
+fn as_strs(words: &[String]) -> Vec<&str> {
+    words.iter().map(String::as_str).collect()
 }
 
 impl<P: PixelDims, D: Device<f32>> TrainStep<D> for PixelLlm<P, D> {
-    type Batch = Batch;
+    /// Raw examples: the model's heads turn them into their targets (see [`Predictor::batch`]).
+    type Batch = Vec<Example>;
 
-    fn loss(&self, batch: &Batch, grads: Gradients<f32, D>) -> Result<(TapedScalar<D>, LossParts)> {
+    fn loss(
+        &self,
+        examples: &Vec<Example>,
+        grads: Gradients<f32, D>,
+    ) -> Result<(TapedScalar<D>, LossParts)> {
+        let batch = self.batch(examples)?;
         // The tape starts with the slots allocated for the trainable parameters.
         let start: Tensor<(), f32, D> = self.dev.zeros_like(&());
         let (_, tape) = start.traced(grads).split_tape();
-        let out = self.forward(batch, tape)?;
+        let out = self.forward(&batch, tape)?;
         let text = label_smoothed_cross_entropy(
             out.logits,
             &batch.target_ids,
             &batch.target_weights,
             self.config.label_smoothing,
         )?;
-        // As scenic's `point_loss`: L1 on absolute coordinates, in pixels of the model input.
-        let side = batch.image_size as f32;
-        let pixel_targets: Vec<f32> = batch.location_targets.iter().map(|v| v * side).collect();
-        let location = masked_l1(out.corners * side, &pixel_targets, &batch.location_weights)?;
-        let parts = LossParts {
+        let mut parts = LossParts {
             text: text.as_vec()[0],
-            location: location.as_vec()[0],
+            location: 0.0,
         };
-        Ok((text + location * self.config.location_loss_weight, parts))
+        let inputs = self.head_inputs(&out.decoder, &out.image, &batch);
+        let mut total = text;
+        for (head, config) in self.heads.iter().zip(&self.config.heads) {
+            if let Some(loss) = head.loss(&inputs)? {
+                parts.location += loss.as_vec()[0];
+                total = total + loss * config.weight;
+            }
+        }
+        Ok((total, parts))
     }
 }
 
 impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
+    fn batch(&self, examples: &[Example]) -> Result<Batch> {
+        let prepared = examples
+            .iter()
+            .map(|e| {
+                self.heads
+                    .iter()
+                    .try_fold(e.clone(), |e, head| head.prepare(e, &self.vocab))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Batch::new(&prepared)
+    }
+
+    fn reads(&self) -> Reads {
+        self.heads[self.scored_head()].reads()
+    }
+
     fn teacher_forced(&self, batch: &Batch) -> Result<TeacherForced> {
         let out = self.forward(batch, NoneTape)?;
         let v = LmVocab::<P>::SIZE;
         let logits = out.logits.as_vec();
-        let argmax = logits
+        let argmax: Vec<usize> = logits
             .chunks(v)
             .map(|row| {
                 row.iter()
@@ -250,9 +381,27 @@ impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
                     .map_or(0, |(i, _)| i)
             })
             .collect();
+        let t = batch.target_len;
+        let tokens = DecodedTokens {
+            mode: DecodeMode::TeacherForced,
+            said: argmax.chunks(t).map(<[usize]>::to_vec).collect(),
+            valid: batch
+                .location_weights
+                .chunks(t * 4)
+                .map(|row| row.chunks(4).map(|w| w[0] > 0.0).collect())
+                .collect(),
+        };
+        let inputs = self.head_inputs(&out.decoder, &out.image, batch);
+        let heads = self.decode_heads(&inputs, &tokens)?;
+        let corners = heads
+            .iter()
+            .flat_map(|h| self.scored_corners(h))
+            .flatten()
+            .collect();
         Ok(TeacherForced {
             argmax,
-            corners: out.corners.as_vec(),
+            corners,
+            heads,
         })
     }
 
@@ -284,34 +433,45 @@ impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
             out.encoder_states,
             &mask,
         );
-        let corners = self.point_head.forward(hidden).as_vec();
+        let tokens = DecodedTokens {
+            mode: DecodeMode::Generated,
+            said: generation
+                .sequences
+                .iter()
+                .map(|s| s[1..].to_vec())
+                .collect(),
+            valid: generation
+                .sequences
+                .iter()
+                .map(|s| {
+                    let end = s[1..]
+                        .iter()
+                        .position(|&id| id == EOS_ID || id == PAD_ID)
+                        .map_or(s.len(), |k| k + 1);
+                    (0..s.len()).map(|i| i >= 1 && i < end).collect()
+                })
+                .collect(),
+        };
+        let inputs = self.head_inputs(&hidden, &out.image, batch);
+        let heads = self.decode_heads(&inputs, &tokens)?;
         Ok(generation
             .sequences
             .iter()
-            .enumerate()
-            .map(|(b, seq)| Generated {
+            .zip(heads)
+            .map(|(seq, heads)| Generated {
                 ids: seq[1..].to_vec(),
-                corners: (1..len)
-                    .map(|i| {
-                        let at = (b * len + i) * 4;
-                        [
-                            corners[at],
-                            corners[at + 1],
-                            corners[at + 2],
-                            corners[at + 3],
-                        ]
-                    })
-                    .collect(),
+                corners: self.scored_corners(&heads)[1..].to_vec(),
+                heads,
             })
             .collect())
     }
 }
 
 impl<P: PixelDims, D: Device<f32>> Params<D> for PixelLlm<P, D> {
-    fn visit_params<V: ParamVisitor<D>>(
+    fn visit_params(
         &mut self,
         prefix: &str,
-        v: &mut V,
+        v: &mut dyn ParamVisitor<D>,
     ) -> pixel_core::Result<()> {
         self.image_encoder
             .visit_params(&join(prefix, "image_encoder"), v)?;
@@ -321,19 +481,28 @@ impl<P: PixelDims, D: Device<f32>> Params<D> for PixelLlm<P, D> {
             .visit_params(&join(prefix, "prompt_feature_extractor"), v)?;
         self.language_model
             .visit_params(&join(prefix, "language_model"), v)?;
-        self.point_head.visit_params(&join(prefix, "point_head"), v)
+        for head in &mut self.heads {
+            let name = join(prefix, &format!("heads.{}", head.name()));
+            head.visit_params(&name, v)?;
+        }
+        Ok(())
     }
 }
 
 impl TinyPixelLlm {
-    /// The demo's model: `pixel-tiny` on the default device, seeded.
+    /// The demo's model: `pixel-tiny` on the default device, seeded, with the built-in heads.
     pub fn build(config: &ModelConfig, seed: u64) -> Result<Self> {
+        Self::build_with(config, seed, &HeadRegistry::builtin())
+    }
+
+    /// As [`TinyPixelLlm::build`], with the head kinds of `registry`.
+    pub fn build_with(
+        config: &ModelConfig,
+        seed: u64,
+        registry: &HeadRegistry<PixelTiny, pixel_core::DefaultDevice>,
+    ) -> Result<Self> {
         let dev = pixel_core::DefaultDevice::seed_from_u64(seed);
-        let tokenizer = pixel_lm::tokenizer::T5Tokenizer::bundled()
-            .map_err(|e| TaskError::Invalid(e.to_string()))?;
-        let words = PixelTiny::vocabulary_words().unwrap_or_default();
-        let vocab = VocabMap::from_words(&tokenizer, &words, LmVocab::<PixelTiny>::SIZE)?;
-        PixelLlm::new(&dev, config, vocab)
+        PixelLlm::new(&dev, config, registry)
     }
 }
 
@@ -345,38 +514,25 @@ mod tests {
     use crate::tasks::ExampleBuilder;
     use pixel_core::optim::alloc_grads;
 
-    #[test]
-    fn every_trainable_parameter_gets_a_gradient() {
-        let config = DemoConfig::builtin().unwrap();
-        let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
-        let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
-        let vocab = model.vocab.clone();
-        let builder = ExampleBuilder {
-            tokenizer: &tok,
-            vocab: &vocab,
-            max_target_tokens: 40,
-        };
-        let data = ShapesLn::new(config.data.clone(), 0).unwrap();
-        let ex = training_examples(&data, &builder, &config.tasks, 2, 0, 0).unwrap();
-        let batch = Batch::new(&ex).unwrap();
-        let trainable = config.model.trainable();
-        let grads = alloc_grads(&mut model, &trainable).unwrap();
-        let (loss, _) = model.loss(&batch, grads).unwrap();
-        let grads = loss.backward();
+    /// Names of the trainable parameters of `model` that `grads` has no gradient for.
+    fn without_gradient(
+        model: &mut TinyPixelLlm,
+        grads: &Gradients<f32, Cpu>,
+        trainable: &Trainable,
+    ) -> Vec<String> {
         // dfdx's `Gradients::get` panics on a missing slot; a slot is missing when the tape that
         // holds it was dropped on the way to the loss, so no update would reach that parameter.
         struct Check<'a>(&'a Gradients<f32, Cpu>, &'a Trainable, Vec<String>);
         impl<'a> ParamVisitor<Cpu> for Check<'a> {
-            fn visit<S: Shape>(
+            fn visit(
                 &mut self,
                 name: &str,
-                t: &mut Tensor<S, f32, Cpu>,
+                t: &mut dyn pixel_core::params::ParamTensor<Cpu>,
             ) -> pixel_core::Result<()> {
                 if self.1.is_trainable(name) {
                     let g = self.0;
-                    let t2 = t.clone();
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.get(&t2)))
-                        .is_err()
+                    let t = &*t;
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.grad(g))).is_err()
                     {
                         self.2.push(name.to_string());
                     }
@@ -384,8 +540,153 @@ mod tests {
                 Ok(())
             }
         }
-        let mut c = Check(&grads, &trainable, vec![]);
+        let mut c = Check(grads, trainable, vec![]);
         model.visit_params("", &mut c).unwrap();
-        assert!(c.2.is_empty(), "{:?}", c.2);
+        c.2
+    }
+
+    fn examples(config: &DemoConfig, vocab: &VocabMap, count: usize) -> Vec<Example> {
+        let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
+        let builder = ExampleBuilder {
+            tokenizer: &tok,
+            vocab,
+            max_target_tokens: 40,
+        };
+        let data = ShapesLn::new(config.data.clone(), 0).unwrap();
+        training_examples(&data, &builder, &config.tasks, count, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn every_trainable_parameter_gets_a_gradient() {
+        let config = DemoConfig::builtin().unwrap();
+        let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
+        let ex = examples(&config, &model.vocab.clone(), 2);
+        let trainable = config.model.trainable();
+        let grads = alloc_grads(&mut model, &trainable).unwrap();
+        let (loss, _) = model.loss(&ex, grads).unwrap();
+        let missing = without_gradient(&mut model, &loss.backward(), &trainable);
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
+    #[test]
+    fn every_built_in_head_trains_and_decodes_side_by_side() {
+        let heads = "[[model.heads]]\nkind = \"point\"\nweight = 0.1\n\
+                     [[model.heads]]\nkind = \"box\"\nweight = 0.1\n\
+                     [[model.heads]]\nkind = \"bins\"\nbins = 16\n\
+                     [[model.heads]]\nkind = \"mask\"\nprompt = \"point\"\n\
+                     [[model.heads]]\nkind = \"detection\"\n";
+        let mut config = crate::heads::registry::tests::config_with(heads).unwrap();
+        config.tasks.trace_captioning = 0.3;
+        config.tasks.referring_localization = 0.7;
+        let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
+        let ex = examples(&config, &model.vocab.clone(), 4);
+        assert!(ex
+            .iter()
+            .any(|e| e.task == crate::tasks::TaskKind::ReferringLocalization));
+        let trainable = config.model.trainable();
+        let grads = alloc_grads(&mut model, &trainable).unwrap();
+        let (loss, parts) = model.loss(&ex, grads).unwrap();
+        assert!(parts.location > 0.0 && parts.text > 0.0, "{parts:?}");
+        let missing = without_gradient(&mut model, &loss.backward(), &trainable);
+        assert!(missing.is_empty(), "{missing:?}");
+
+        let batch = model.batch(&ex).unwrap();
+        let out = model.teacher_forced(&batch).unwrap();
+        let names: Vec<&str> = out.heads[0].iter().map(|h| h.head.as_str()).collect();
+        assert_eq!(names, ["point", "box", "bins", "mask", "detection"]);
+        for example in &out.heads {
+            assert!(example[0].tokens.iter().all(Option::is_some));
+            let mask = example[3].mask.as_ref().unwrap();
+            assert_eq!(mask.dimensions(), (64, 64));
+            // The mask is prompted by the point head's box (the whole image when the point head
+            // has none: a referring target the bins head rewrote has no token boxes).
+            let prompt = example[0].object.unwrap_or_else(BoxXyxy::whole_image);
+            assert_eq!(example[3].object, Some(prompt));
+        }
+        let generated = model.generate(&batch, 6).unwrap();
+        assert_eq!(generated.len(), batch.size);
+        assert!(generated.iter().all(|g| g.heads.len() == 5));
+        assert_eq!(model.reads(), Reads::DecoderFeatures);
+    }
+
+    #[test]
+    fn a_text_head_reads_back_the_boxes_it_wrote() {
+        let heads = "[[model.heads]]\nkind = \"bins\"\nbins = 50\n";
+        let config = crate::heads::registry::tests::config_with(heads).unwrap();
+        let model = TinyPixelLlm::build(&config.model, 0).unwrap();
+        let ex = examples(&config, &model.vocab, 6);
+        let batch = model.batch(&ex).unwrap();
+        // Teacher forcing with the targets themselves as what the model said.
+        let tokens = DecodedTokens {
+            mode: DecodeMode::TeacherForced,
+            said: batch
+                .target_ids
+                .chunks(batch.target_len)
+                .map(<[usize]>::to_vec)
+                .collect(),
+            valid: vec![vec![true; batch.target_len]; batch.size],
+        };
+        let decoder: Seq<LmWidth<PixelTiny>, Cpu> =
+            model.dev.zeros_like(&(batch.size, batch.target_len, Const));
+        let image = FeatureMap::new(model.dev.zeros_like(&(batch.size, 64, Const)), 8, 8);
+        let inputs = model.head_inputs(&decoder, &image, &batch);
+        let read = model.heads[0].decode(&inputs, &tokens, &[]).unwrap();
+        let half_bin = 0.5 / 50.0 + 1e-6;
+        let close =
+            |a: [f32; 4], b: [f32; 4]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= half_bin);
+        for (b, (e, p)) in ex.iter().zip(&read).enumerate() {
+            if let Some(target) = e.target_box {
+                assert!(
+                    close(p.object.unwrap().to_array(), target.to_array()),
+                    "{p:?}"
+                );
+            }
+            // Every supervised word token carries its word's box, read back from the text.
+            let t = batch.target_len;
+            for i in 0..t {
+                if batch.location_weights[(b * t + i) * 4] > 0.0 {
+                    let truth = &batch.location_targets[(b * t + i) * 4..(b * t + i + 1) * 4];
+                    let got = p.tokens[i].unwrap();
+                    assert!(
+                        close(got, [truth[0], truth[1], truth[2], truth[3]]),
+                        "{got:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn evaluation_scores_a_box_head_and_a_text_head() {
+        for heads in [
+            "[[model.heads]]\nkind = \"box\"\nweight = 0.1\n",
+            "[[model.heads]]\nkind = \"string\"\ndecimals = 1\n",
+        ] {
+            let config = crate::heads::registry::tests::config_with(heads).unwrap();
+            let model = TinyPixelLlm::build(&config.model, 0).unwrap();
+            let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
+            let builder = ExampleBuilder {
+                tokenizer: &tok,
+                vocab: &model.vocab,
+                max_target_tokens: 20,
+            };
+            let data = ShapesLn::new(config.data.clone(), 0).unwrap();
+            let examples = crate::demo::evaluation_examples(
+                &data,
+                &builder,
+                crate::shapes_ln::Split::Validation,
+                2,
+            )
+            .unwrap();
+            let referring = examples
+                .iter()
+                .filter(|e| e.task == crate::tasks::TaskKind::ReferringLocalization)
+                .count();
+            let baselines = crate::eval::Baselines::fit(&examples);
+            let report = crate::eval::evaluate(&model, &examples, &baselines, 8).unwrap();
+            assert_eq!(report.referring_localization.count, referring, "{heads}");
+            assert!(report.trace_captioning.tokens > 0, "{heads}");
+            assert!(report.trace_captioning.point_l1.is_finite(), "{heads}");
+        }
     }
 }

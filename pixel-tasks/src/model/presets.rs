@@ -6,6 +6,11 @@ use pixel_vision::eva02::Eva02Config;
 use pixel_vision::sam::config::SamPromptEncoderConfig;
 use pixel_vision::sam::SamVisionConfig;
 
+/// The language model's width of preset `P` (the decoder features every head reads).
+pub type LmWidth<P> = <<P as PixelDims>::Lm as T5Dims>::Model;
+/// The language model's vocabulary of preset `P`.
+pub type LmVocab<P> = <<P as PixelDims>::Lm as T5Dims>::Vocab;
+
 /// The widths of a PixelLLM as types, and its parts' run-time configs.
 pub trait PixelDims: 'static + Copy + Clone + Default + std::fmt::Debug {
     const NAME: &'static str;
@@ -20,7 +25,7 @@ pub trait PixelDims: 'static + Copy + Clone + Default + std::fmt::Debug {
     type Prompt: ConstDim;
     /// The language model.
     type Lm: T5Dims;
-    /// Hidden width of the point head.
+    /// Hidden width of the point head (and of the other built-in heads' MLPs).
     type PointHidden: ConstDim;
 
     fn sam() -> SamVisionConfig;
@@ -34,13 +39,14 @@ pub trait PixelDims: 'static + Copy + Clone + Default + std::fmt::Debug {
 }
 
 /// The tiny language model of `pixel-tiny`: Flan-T5's architecture (gated GELU, untied head)
-/// with d_model 128 over a 64-piece sub-vocabulary.
+/// with d_model 128 over a 256-piece sub-vocabulary: ShapesLN's pieces (about 60) and room for
+/// what a text-coordinate head writes (up to 100 bin tokens, or about 130 number pieces).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PixelTinyLm;
 
 impl T5Dims for PixelTinyLm {
     const NAME: &'static str = "pixel-tiny-t5";
-    type Vocab = Const<64>;
+    type Vocab = Const<256>;
     type Model = Const<128>;
     type Inner = Const<128>;
     type Ff = Const<256>;
@@ -98,7 +104,7 @@ impl PixelDims for PixelTiny {
 
     fn language_model() -> T5Config {
         serde_json::from_value(serde_json::json!({
-            "vocab_size": 64,
+            "vocab_size": 256,
             "d_model": 128,
             "d_kv": 32,
             "d_ff": 256,

@@ -102,10 +102,10 @@ impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtract
 impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> Params<D>
     for PromptFeatureExtractor<V, C, M, D>
 {
-    fn visit_params<Vis: ParamVisitor<D>>(
+    fn visit_params(
         &mut self,
         prefix: &str,
-        v: &mut Vis,
+        v: &mut dyn ParamVisitor<D>,
     ) -> pixel_core::Result<()> {
         v.visit(
             &join(prefix, "output_tokens.weight"),

@@ -206,7 +206,7 @@ impl<C: ConstDim, D: Device<f32>> SamVisionAttention<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for SamVisionAttention<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.rel_pos_h.visit_params(&join(prefix, "rel_pos_h"), v)?;
         self.rel_pos_w.visit_params(&join(prefix, "rel_pos_w"), v)?;
         self.qkv.visit_params(&join(prefix, "qkv"), v)?;
@@ -248,7 +248,7 @@ impl<C: ConstDim, D: Device<f32>> SamVisionLayer<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for SamVisionLayer<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.layer_norm1
             .visit_params(&join(prefix, "layer_norm1"), v)?;
         self.attn.visit_params(&join(prefix, "attn"), v)?;
@@ -284,7 +284,7 @@ impl<C: ConstDim, O: ConstDim, D: Device<f32>> SamNeck<C, O, D> {
 }
 
 impl<C: ConstDim, O: ConstDim, D: Device<f32>> Params<D> for SamNeck<C, O, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.conv1.visit_params(&join(prefix, "conv1"), v)?;
         self.layer_norm1
             .visit_params(&join(prefix, "layer_norm1"), v)?;
@@ -394,7 +394,7 @@ impl<C: ConstDim, O: ConstDim, D: Device<f32>> SamImageEncoder<C, O, D> {
 }
 
 impl<C: ConstDim, O: ConstDim, D: Device<f32>> Params<D> for SamImageEncoder<C, O, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.pos_embed.visit_params(&join(prefix, "pos_embed"), v)?;
         self.patch_embed
             .visit_params(&join(prefix, "patch_embed.projection"), v)?;

@@ -136,7 +136,7 @@ impl<C: ConstDim, D: Device<f32>> SamMaskDecoder<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for SamMaskDecoder<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(&join(prefix, "iou_token.weight"), &mut self.iou_token)?;
         v.visit(&join(prefix, "mask_tokens.weight"), &mut self.mask_tokens)?;
         self.transformer

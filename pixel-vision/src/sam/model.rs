@@ -224,7 +224,7 @@ impl<H: ConstDim, C: ConstDim, D: Device<f32>> SamModel<H, C, D> {
 }
 
 impl<H: ConstDim, C: ConstDim, D: Device<f32>> Params<D> for SamModel<H, C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(
             &join(prefix, "shared_image_embedding.positional_embedding"),
             &mut self.prompt_encoder.shared_embedding.gaussian_matrix,

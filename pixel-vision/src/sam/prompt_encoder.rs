@@ -45,7 +45,7 @@ impl<C: ConstDim, D: Device<f32>> SamMaskEmbedding<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for SamMaskEmbedding<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.conv1.visit_params(&join(prefix, "conv1"), v)?;
         self.conv2.visit_params(&join(prefix, "conv2"), v)?;
         self.conv3.visit_params(&join(prefix, "conv3"), v)?;
@@ -216,7 +216,7 @@ impl<C: ConstDim, D: Device<f32>> SamPromptEncoder<C, D> {
 
     /// Visits everything but the shared position encoding (which [`crate::sam::SamModel`]
     /// names at the top level, as HF's checkpoints do).
-    pub fn visit_own_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    pub fn visit_own_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.mask_embed
             .visit_params(&join(prefix, "mask_embed"), v)?;
         v.visit(
@@ -234,7 +234,7 @@ impl<C: ConstDim, D: Device<f32>> SamPromptEncoder<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for SamPromptEncoder<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         v.visit(
             &join(prefix, "shared_embedding.positional_embedding"),
             &mut self.shared_embedding.gaussian_matrix,

@@ -63,7 +63,7 @@ impl<C: ConstDim, D: Device<f32>> DownsampledAttention<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for DownsampledAttention<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.q_proj.visit_params(&join(prefix, "q_proj"), v)?;
         self.k_proj.visit_params(&join(prefix, "k_proj"), v)?;
         self.v_proj.visit_params(&join(prefix, "v_proj"), v)?;
@@ -152,7 +152,7 @@ impl<C: ConstDim, D: Device<f32>> TwoWayAttentionBlock<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for TwoWayAttentionBlock<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.self_attn.visit_params(&join(prefix, "self_attn"), v)?;
         self.layer_norm1
             .visit_params(&join(prefix, "layer_norm1"), v)?;
@@ -245,7 +245,7 @@ impl<C: ConstDim, D: Device<f32>> TwoWayTransformer<C, D> {
 }
 
 impl<C: ConstDim, D: Device<f32>> Params<D> for TwoWayTransformer<C, D> {
-    fn visit_params<V: ParamVisitor<D>>(&mut self, prefix: &str, v: &mut V) -> Result<()> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
         self.layers.visit_params(&join(prefix, "layers"), v)?;
         self.final_attn_token_to_image
             .visit_params(&join(prefix, "final_attn_token_to_image"), v)?;
