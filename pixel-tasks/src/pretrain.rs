@@ -276,10 +276,10 @@ struct Denoiser<L: T5Dims, D: Device<f32>> {
 }
 
 impl<L: T5Dims, D: Device<f32>> Params<D> for Denoiser<L, D> {
-    fn visit_params<V: ParamVisitor<D>>(
+    fn visit_params(
         &mut self,
         prefix: &str,
-        v: &mut V,
+        v: &mut dyn ParamVisitor<D>,
     ) -> pixel_core::Result<()> {
         self.lm.visit_params(prefix, v)
     }
