@@ -431,8 +431,11 @@ pub fn run_ablation(
     let started = Instant::now();
     std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
     let workers = parallel.unwrap_or(ablation.parallel).max(1);
-    let jobs: Vec<(usize, u64)> = (0..ablation.variants.len())
-        .flat_map(|v| ablation.seeds.iter().map(move |&s| (v, s)))
+    // Seed-major: every finished seed is a complete comparison of the variants.
+    let jobs: Vec<(usize, u64)> = ablation
+        .seeds
+        .iter()
+        .flat_map(|&s| (0..ablation.variants.len()).map(move |v| (v, s)))
         .collect();
 
     // Pretrain first, once per distinct (variant config, seed) with `[pretrain]`, so that two
