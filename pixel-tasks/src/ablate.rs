@@ -471,7 +471,7 @@ pub fn run_ablation(
         let variant = &ablation.variants[v];
         let dir = run_dir(out, &variant.name, seed);
         let result = run_one(ablation, variant, seed, &dir)?;
-        progress.println(format!(
+        let line = format!(
             "{} seed {seed}: {} ({:.0} s)",
             variant.name,
             result
@@ -481,7 +481,9 @@ pub fn run_ablation(
                 .collect::<Vec<_>>()
                 .join(", "),
             result.wall_s
-        ));
+        );
+        // Printed even when the bar is hidden (output not a terminal), unlike `println`.
+        progress.suspend(|| eprintln!("{line}"));
         progress.inc(1);
         results
             .lock()

@@ -253,17 +253,23 @@ fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {
         .iter()
         .map(|l| (l.step as f64, l.text_loss as f64))
         .collect();
+    // Text-coordinate heads (bins, string) have no regression loss: a log axis cannot show its
+    // zeros, so the curve is drawn only where it is positive, and left out when it never is.
     let location: Vec<(f64, f64)> = log
         .iter()
+        .filter(|l| l.location_loss > 0.0)
         .map(|l| (l.step as f64, l.location_loss as f64))
         .collect();
+    let mut series = vec![
+        ("total", total.as_slice()),
+        ("text (label-smoothed CE)", text.as_slice()),
+    ];
+    if !location.is_empty() {
+        series.push(("location (L1, px)", location.as_slice()));
+    }
     loss_curves_png(
         path,
-        &[
-            ("total", &total),
-            ("text (label-smoothed CE)", &text),
-            ("location (L1, px)", &location),
-        ],
+        &series,
         "PixelLLM tiny on ShapesLN: training loss",
         Scale::Log,
     )

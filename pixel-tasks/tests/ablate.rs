@@ -1,5 +1,5 @@
-//! A tiny ablation end to end: 2 variants (one with LM pretraining) x 3 seeds x a few steps,
-//! then the same command again, which reuses every finished run.
+//! A tiny ablation end to end: 2 variants (bin-token coordinates; LoRA on a pretrained LM) x 3
+//! seeds x a few steps, then the same command again, which reuses every finished run.
 use pixel_tasks::ablate::{run_ablation, Ablation};
 use std::path::Path;
 
@@ -30,8 +30,8 @@ key = "trace_captioning.point_l1"
 label = "point L1"
 higher_is_better = false
 
-[variants.full]
-model.lm.mode = "full"
+[variants.bins]
+model.heads = [{ kind = "bins", bins = 8 }]
 
 [variants.lora-pretrained]
 model.lm.mode = "lora"
