@@ -634,7 +634,7 @@ fn write_results(results: &AblationResults, out: &Path) -> Result<()> {
         &png,
         &groups,
         &format!(
-            "{} (mean ± std over {} seeds)",
+            "{} (mean +/- std over {} seeds)",
             results.title,
             results.seeds.len()
         ),
