@@ -17,6 +17,7 @@ use crate::heads::{HeadPrediction, Reads};
 use crate::tasks::{Batch, Example, TaskKind};
 use pixel_core::geometry::BoxXyxy;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Teacher-forced outputs for a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,13 +66,17 @@ pub fn scored(heads: &[HeadPrediction]) -> Option<&HeadPrediction> {
 /// Room a text head gets to write a referring box: the prepared target's length plus a margin.
 const GENERATION_MARGIN: usize = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReferringReport {
     pub acc50: f32,
     pub miou: f32,
     pub baseline_acc50: f32,
     pub baseline_miou: f32,
     pub count: usize,
+    /// Acc@0.5 over the expressions of images with `n` objects, by `n`: one object needs no
+    /// reading of the expression, several need its words bound to the right object.
+    #[serde(default)]
+    pub acc50_by_objects: BTreeMap<usize, f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -83,7 +88,7 @@ pub struct TraceReport {
     pub tokens: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     pub referring_localization: ReferringReport,
     pub trace_captioning: TraceReport,
@@ -184,6 +189,24 @@ pub fn acc50_and_miou(predictions: &[BoxXyxy], targets: &[BoxXyxy]) -> (f32, f32
     )
 }
 
+/// Acc@0.5 within each group of `groups` (one key per prediction), by key.
+pub fn acc50_by_group(
+    predictions: &[BoxXyxy],
+    targets: &[BoxXyxy],
+    groups: &[usize],
+) -> BTreeMap<usize, f32> {
+    let mut tally: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for ((p, t), g) in predictions.iter().zip(targets).zip(groups) {
+        let entry = tally.entry(*g).or_default();
+        entry.0 += usize::from(p.iou(*t) > 0.5);
+        entry.1 += 1;
+    }
+    tally
+        .into_iter()
+        .map(|(g, (hits, n))| (g, hits as f32 / n as f32))
+        .collect()
+}
+
 /// The scored head's box for each referring example (one batch): teacher-forced for a
 /// regression head, generated and parsed for a text head; the whole image where it gives none.
 pub fn referring_boxes(model: &impl Predictor, examples: &[Example]) -> Result<Vec<BoxXyxy>> {
@@ -230,6 +253,8 @@ pub fn evaluate(
         targets.extend(owned.iter().filter_map(|e| e.target_box));
     }
     let (acc50, miou) = acc50_and_miou(&predicted, &targets);
+    let objects: Vec<usize> = referring.iter().map(|e| e.object_boxes.len()).collect();
+    let acc50_by_objects = acc50_by_group(&predicted, &targets, &objects);
     let constant = vec![baselines.referring_box; targets.len()];
     let (baseline_acc50, baseline_miou) = acc50_and_miou(&constant, &targets);
 
@@ -267,6 +292,7 @@ pub fn evaluate(
             baseline_acc50,
             baseline_miou,
             count: targets.len(),
+            acc50_by_objects,
         },
         trace_captioning: TraceReport {
             point_l1: per_point(l1_sum),
@@ -298,6 +324,16 @@ mod tests {
         let (acc, miou) = acc50_and_miou(&[half, t], &[t, t]);
         assert_eq!(acc, 0.5);
         assert!((miou - 0.75).abs() < 1e-6);
+    }
+
+    #[test]
+    fn acc50_by_group_scores_each_group_alone() {
+        let t = BoxXyxy::new(0.0, 0.0, 1.0, 1.0).unwrap();
+        let miss = BoxXyxy::new(0.0, 0.0, 0.2, 0.2).unwrap();
+        let by = acc50_by_group(&[t, miss, t, t], &[t, t, t, t], &[3, 3, 1, 3]);
+        assert_eq!(by.len(), 2);
+        assert_eq!(by[&1], 1.0);
+        assert!((by[&3] - 2.0 / 3.0).abs() < 1e-6);
     }
 
     proptest! {
