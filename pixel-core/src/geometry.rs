@@ -74,6 +74,16 @@ impl BoxXyxy {
         }
     }
 
+    /// The box of centre `centre` and size `width` x `height` (a negative size counts as its
+    /// absolute value): how box regressors and detectors parameterize boxes.
+    pub fn from_centre_size(centre: Point, width: f32, height: f32) -> Self {
+        let (hw, hh) = (width.abs() / 2.0, height.abs() / 2.0);
+        BoxXyxy::from_corners(
+            Point::new(centre.x - hw, centre.y - hh),
+            Point::new(centre.x + hw, centre.y + hh),
+        )
+    }
+
     /// The two corners `[(x0, y0), (x1, y1)]`.
     pub fn corners(self) -> [Point; 2] {
         [Point::new(self.x0, self.y0), Point::new(self.x1, self.y1)]
@@ -223,6 +233,14 @@ mod tests {
             let ab = a.iou(b);
             prop_assert!((0.0..=1.0).contains(&ab));
             prop_assert!((ab - b.iou(a)).abs() < 1e-6);
+        }
+
+        #[test]
+        fn box_to_centre_size_to_box_round_trips(b in unit_box()) {
+            let back = BoxXyxy::from_centre_size(b.center(), b.width(), b.height());
+            for (x, y) in back.to_array().into_iter().zip(b.to_array()) {
+                prop_assert!((x - y).abs() < 1e-5, "{b:?} -> {back:?}");
+            }
         }
 
         #[test]

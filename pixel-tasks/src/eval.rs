@@ -15,7 +15,7 @@
 use crate::error::Result;
 use crate::heads::{HeadPrediction, Reads};
 use crate::tasks::{Batch, Example, TaskKind};
-use pixel_core::geometry::BoxXyxy;
+use pixel_core::geometry::{BoxXyxy, Point};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -153,11 +153,7 @@ pub fn best_constant_box(targets: &[BoxXyxy]) -> BoxXyxy {
     for &cx in &steps {
         for &cy in &steps {
             for &s in &sizes {
-                let b = BoxXyxy::from_corners(
-                    pixel_core::geometry::Point::new(cx - s / 2.0, cy - s / 2.0),
-                    pixel_core::geometry::Point::new(cx + s / 2.0, cy + s / 2.0),
-                )
-                .clip_unit();
+                let b = BoxXyxy::from_centre_size(Point::new(cx, cy), s, s).clip_unit();
                 candidates.push(b);
             }
         }

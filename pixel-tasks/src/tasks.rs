@@ -225,7 +225,9 @@ pub struct Batch {
     pub target_weights: Vec<f32>,
     pub target_len: usize,
     /// `[B, T, 4]` corner targets and their weights (0 where a token has no box), aligned with
-    /// `decoder_input_ids`: position i holds the box of the token read at position i.
+    /// `decoder_input_ids`: position i holds the box of the token read at position i. The
+    /// weights sum to 1, each task in the batch getting an equal share (see
+    /// `balance_location_weights`).
     pub location_targets: Vec<f32>,
     pub location_weights: Vec<f32>,
     pub tasks: Vec<TaskKind>,
@@ -339,7 +341,41 @@ impl Batch {
             }
             batch.tasks.push(e.task);
         }
+        batch.balance_location_weights();
         Ok(batch)
+    }
+}
+
+impl Batch {
+    /// Gives each task in the batch the same total location weight, spread evenly over its
+    /// supervised coordinates. A referring example supervises one token and a caption about
+    /// thirty, so one average over all of a mixed batch's tokens would leave referring with a
+    /// few percent of the location gradient; per task, the loss is what a batch of that task
+    /// alone would give, and the tasks count equally.
+    fn balance_location_weights(&mut self) {
+        let per_example = self.target_len * 4;
+        let mut totals: Vec<(TaskKind, f32)> = Vec::new();
+        for (b, task) in self.tasks.iter().enumerate() {
+            let sum: f32 = self.location_weights[b * per_example..(b + 1) * per_example]
+                .iter()
+                .sum();
+            match totals.iter_mut().find(|(t, _)| t == task) {
+                Some((_, total)) => *total += sum,
+                None => totals.push((*task, sum)),
+            }
+        }
+        let present = totals.iter().filter(|(_, total)| *total > 0.0).count() as f32;
+        for (b, task) in self.tasks.iter().enumerate() {
+            let total = totals
+                .iter()
+                .find(|(t, _)| t == task)
+                .map_or(0.0, |(_, total)| *total);
+            if total > 0.0 {
+                for w in &mut self.location_weights[b * per_example..(b + 1) * per_example] {
+                    *w /= total * present;
+                }
+            }
+        }
     }
 }
 
@@ -412,5 +448,55 @@ mod tests {
             }
         }
         assert!(examples[0].context_ids.len() > 3);
+    }
+
+    #[test]
+    fn each_task_gets_an_equal_share_of_the_location_weight() {
+        let tok = tokenizer();
+        let data = ShapesLn::new(ShapesLnConfig::default(), 2).unwrap();
+        let vocab = VocabMap::identity(32128);
+        let builder = ExampleBuilder {
+            tokenizer: &tok,
+            vocab: &vocab,
+            max_target_tokens: 64,
+        };
+        let mut examples = Vec::new();
+        for i in 0..3 {
+            let s = data.sample(Split::Train, i);
+            examples.push(builder.trace_captioning(&s).unwrap());
+            examples.extend(builder.referring_localization(&s).unwrap());
+        }
+        let batch = Batch::new(&examples).unwrap();
+        let per_example = batch.target_len * 4;
+        let share = |task: TaskKind| -> f32 {
+            (0..batch.size)
+                .filter(|&b| batch.tasks[b] == task)
+                .map(|b| {
+                    batch.location_weights[b * per_example..(b + 1) * per_example]
+                        .iter()
+                        .sum::<f32>()
+                })
+                .sum()
+        };
+        assert!((share(TaskKind::TraceCaptioning) - 0.5).abs() < 1e-5);
+        assert!((share(TaskKind::ReferringLocalization) - 0.5).abs() < 1e-5);
+        // Within a task every supervised coordinate weighs the same.
+        let referring: Vec<f32> = batch
+            .location_weights
+            .iter()
+            .enumerate()
+            .filter(|(i, &w)| {
+                w > 0.0 && batch.tasks[i / per_example] == TaskKind::ReferringLocalization
+            })
+            .map(|(_, &w)| w)
+            .collect();
+        assert!(referring.windows(2).all(|p| (p[0] - p[1]).abs() < 1e-9));
+
+        let alone = Batch::new(&examples[..1]).unwrap();
+        let total: f32 = alone.location_weights.iter().sum();
+        assert!(
+            (total - 1.0).abs() < 1e-5,
+            "one task alone: weights sum to 1, got {total}"
+        );
     }
 }

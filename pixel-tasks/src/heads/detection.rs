@@ -141,11 +141,7 @@ impl<P: PixelDims, D: Device<f32>> DetectionHead<P, D> {
                 let cx = (col as f32 + sigmoid(o[1])) / w as f32;
                 let cy = (row as f32 + sigmoid(o[2])) / h as f32;
                 let (bw, bh) = (sigmoid(o[3]), sigmoid(o[4]));
-                let bbox = BoxXyxy::from_corners(
-                    Point::new(cx - bw / 2.0, cy - bh / 2.0),
-                    Point::new(cx + bw / 2.0, cy + bh / 2.0),
-                )
-                .clip_unit();
+                let bbox = BoxXyxy::from_centre_size(Point::new(cx, cy), bw, bh).clip_unit();
                 Some(Scored { bbox, score })
             })
             .collect();

@@ -16,10 +16,9 @@ pub mod point;
 pub mod registry;
 pub mod text;
 
-pub use boxes::BoxHead;
 pub use detection::DetectionHead;
 pub use mask::MaskHead;
-pub use point::{box_from_token_points, PointHead};
+pub use point::{box_from_token_points, CornerHead, CornerKind};
 pub use registry::{options, HeadBuild, HeadConfig, HeadConstructor, HeadRegistry, HeadTable};
 pub use text::{BinCodec, StringCodec, TextHead};
 

@@ -22,11 +22,28 @@ use serde::Deserialize;
 /// Four numbers per token: `(x0, y0, x1, y1)`, two corner points.
 pub type Corners = Const<4>;
 
+/// How a corner head reads its MLP's four outputs per token, and how one example's box follows
+/// from its tokens: the two regression heads differ only there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CornerKind {
+    /// The paper's point head: two points, `coords = (p + 1) / 2`; an example's box is the box
+    /// around all its valid tokens' points (scenic's `points_to_boxes`).
+    Points,
+    /// The box head: `(cx, cy, w, h)` through a sigmoid, so every output is a box inside the
+    /// image; an example's box is the mean of its valid tokens' boxes.
+    Box,
+}
+
+/// A per-token regression head: LayerNorm, an MLP, four numbers per decoder position read as
+/// two corners; trained with the pixel L1 on the tokens that have a box.
 #[derive(Debug, Clone)]
-pub struct PointHead<M: ConstDim, H: ConstDim, D: Device<f32>> {
+pub struct CornerHead<M: ConstDim, H: ConstDim, D: Device<f32>> {
     pub name: String,
+    pub kind: CornerKind,
     pub norm: Option<LayerNorm<M, D>>,
     pub mlp: Mlp<M, H, Corners, D>,
+    /// [`CornerKind::Box`]: `(cx, cy, w, h) -> (x0, y0, x1, y1)` as a constant matrix.
+    centre_size_to_corners: Option<Tensor<Rank2<4, 4>, f32, D>>,
 }
 
 /// The point head's keys.
@@ -65,36 +82,64 @@ pub fn build<P: PixelDims, D: Device<f32>>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
+    build_corner_head::<P, D>(build, table, CornerKind::Points)
+}
+
+/// A corner head of `kind` from the keys of the head at `build.key`.
+pub fn build_corner_head<P: PixelDims, D: Device<f32>>(
+    build: &HeadBuild<'_, D>,
+    table: &toml::Table,
+    kind: CornerKind,
+) -> Result<Box<dyn OutputHead<P, D>>> {
     let o = PointOptions::parse(build, table)?;
-    Ok(Box::new(PointHead::<LmWidth<P>, P::PointHidden, D>::new(
+    Ok(Box::new(CornerHead::<LmWidth<P>, P::PointHidden, D>::new(
         build.dev,
         &build.name,
+        kind,
         o.depth,
         o.pre_norm,
-        Activation::Gelu,
     )))
 }
 
-impl<M: ConstDim, H: ConstDim, D: Device<f32>> PointHead<M, H, D> {
-    pub fn new(dev: &D, name: &str, depth: usize, pre_norm: bool, activation: Activation) -> Self {
-        PointHead {
+impl<M: ConstDim, H: ConstDim, D: Device<f32>> CornerHead<M, H, D> {
+    pub fn new(dev: &D, name: &str, kind: CornerKind, depth: usize, pre_norm: bool) -> Self {
+        CornerHead {
             name: name.to_string(),
+            kind,
             norm: pre_norm.then(|| LayerNorm::new(dev, 1e-6)),
-            mlp: Mlp::new(dev, depth, activation),
+            mlp: Mlp::new(dev, depth, Activation::Gelu),
+            centre_size_to_corners: (kind == CornerKind::Box)
+                .then(|| crate::heads::boxes::centre_size_to_corners(dev)),
         }
     }
 
-    /// `[batch, tokens, M]` decoder features -> `[batch, tokens, 4]` normalized corner coords.
+    /// `[batch, tokens, M]` decoder features -> `[batch, tokens, 4]` corners in normalized image
+    /// units (a box head's corners may pass the border by up to half the box).
     pub fn forward<T: Tape<f32, D>>(&self, features: Seq<M, D, T>) -> Seq<Corners, D, T> {
         let x = match &self.norm {
             Some(norm) => norm.forward(features),
             None => features,
         };
-        (self.mlp.forward(x) + 1.0) * 0.5
+        let out = self.mlp.forward(x);
+        match &self.centre_size_to_corners {
+            Some(matrix) => out.sigmoid().matmul(matrix.clone()),
+            None => (out + 1.0) * 0.5,
+        }
+    }
+
+    /// The example's one box from its tokens' corners `[T * 4]` and which tokens count.
+    fn object(&self, corners: &[f32], valid: &[bool]) -> Result<Option<BoxXyxy>> {
+        if !valid.iter().any(|&v| v) {
+            return Ok(None);
+        }
+        Ok(Some(match self.kind {
+            CornerKind::Points => box_from_token_points(corners, valid)?,
+            CornerKind::Box => crate::heads::boxes::mean_box(corners, valid),
+        }))
     }
 }
 
-impl<P: PixelDims, H: ConstDim, D: Device<f32>> OutputHead<P, D> for PointHead<LmWidth<P>, H, D> {
+impl<P: PixelDims, H: ConstDim, D: Device<f32>> OutputHead<P, D> for CornerHead<LmWidth<P>, H, D> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -120,20 +165,15 @@ impl<P: PixelDims, H: ConstDim, D: Device<f32>> OutputHead<P, D> for PointHead<L
             .map(|row| {
                 let mut p = HeadPrediction::empty(&self.name, Reads::DecoderFeatures, t);
                 p.tokens = rows_of_four(&corners, row, t);
-                let valid = &tokens.valid[row];
-                if valid.iter().any(|&v| v) {
-                    p.object = Some(box_from_token_points(
-                        &corners[row * t * 4..(row + 1) * t * 4],
-                        valid,
-                    )?);
-                }
+                p.object =
+                    self.object(&corners[row * t * 4..(row + 1) * t * 4], &tokens.valid[row])?;
                 Ok(p)
             })
             .collect()
     }
 }
 
-impl<M: ConstDim, H: ConstDim, D: Device<f32>> Params<D> for PointHead<M, H, D> {
+impl<M: ConstDim, H: ConstDim, D: Device<f32>> Params<D> for CornerHead<M, H, D> {
     fn visit_params(
         &mut self,
         prefix: &str,
@@ -184,7 +224,7 @@ mod tests {
     fn zero_output_maps_to_the_image_centre() {
         let dev: Cpu = Cpu::seed_from_u64(0);
         let mut head =
-            PointHead::<Const<8>, Const<16>, Cpu>::new(&dev, "point", 3, true, Activation::Gelu);
+            CornerHead::<Const<8>, Const<16>, Cpu>::new(&dev, "point", CornerKind::Points, 3, true);
         head.mlp.last.weight = dev.zeros_like(head.mlp.last.weight.shape());
         head.mlp.last.bias = Some(dev.zeros_like(&(Corners::default(),)));
         let out = head
