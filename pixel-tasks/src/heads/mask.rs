@@ -4,7 +4,8 @@
 //! by `prompt`) is embedded by the model's location prompt encoder and SAM's mask decoder turns
 //! it into a mask over the image features (projected to the prompt width). Training prompts
 //! with the true box (teacher forcing, as SAM trains) and scores the low-resolution mask logits
-//! with sigmoid cross-entropy against the object's mask, area-averaged to that resolution.
+//! with sigmoid cross-entropy against the object's mask, area-averaged to that resolution, plus,
+//! as SAM, the squared error of the predicted IoU against the IoU the mask actually has.
 //! Config (`kind = "mask"`): `prompt` (required: an earlier head that gives a box), `depth`
 //! (two-way blocks, default 2).
 use crate::error::Result;
@@ -17,7 +18,7 @@ use image::{GrayImage, Luma};
 use pixel_core::geometry::BoxXyxy;
 use pixel_core::nn::{Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
-use pixel_vision::sam::SamMaskDecoderConfig;
+use pixel_vision::sam::{MaskPrediction, SamMaskDecoderConfig};
 use pixel_vision::{FeatureMap, Images, SamMaskDecoder, SamPromptEncoder};
 use serde::Deserialize;
 
@@ -94,13 +95,14 @@ pub fn build<P: PixelDims, D: Device<f32>>(
 }
 
 impl<P: PixelDims, D: Device<f32>> MaskHead<P, D> {
-    /// Low-resolution mask logits `[B, 1, 4h, 4w]` for one box prompt per image.
+    /// Low-resolution mask logits `[B, 1, 4h, 4w]` and predicted IoU `[B, 1]` for one box
+    /// prompt per image (the tape rides on the masks).
     pub fn forward<T: Tape<f32, D>>(
         &self,
         image: &FeatureMap<P::Visual, D>,
         prompt_encoder: &SamPromptEncoder<P::Prompt, D>,
         prompts: &[BoxXyxy],
-    ) -> Images<D, T> {
+    ) -> MaskPrediction<D, T> {
         let b = prompts.len();
         let side = prompt_encoder.input_image_size as f32;
         let pixels: Vec<f32> = prompts
@@ -113,7 +115,6 @@ impl<P: PixelDims, D: Device<f32>> MaskHead<P, D> {
         let dense = prompt_encoder.dense_without_mask::<T>(b);
         self.decoder
             .forward(features, &prompt_encoder.dense_pe(), sparse, dense, false)
-            .masks
     }
 }
 
@@ -131,6 +132,40 @@ pub fn area_average(mask: &GrayImage, h: usize, w: usize) -> Vec<f32> {
         .zip(&counts)
         .map(|(s, c)| if *c > 0.0 { s / c } else { 0.0 })
         .collect()
+}
+
+/// SAM's IoU-prediction targets: for each image with a mask, the IoU of its predicted mask
+/// (logits > 0) with the true one (area fraction > 0.5), each cell of `cells`; weights average
+/// over those images and skip the rest.
+fn actual_ious(
+    logits: &[f32],
+    targets: &[f32],
+    masks: &[Option<GrayImage>],
+    cells: usize,
+    with_mask: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    masks
+        .iter()
+        .enumerate()
+        .map(|(b, mask)| {
+            if mask.is_none() {
+                return (0.0, 0.0);
+            }
+            let range = b * cells..(b + 1) * cells;
+            let (mut inter, mut union) = (0usize, 0usize);
+            for (x, t) in logits[range.clone()].iter().zip(&targets[range]) {
+                let (p, t) = (*x > 0.0, *t > 0.5);
+                inter += usize::from(p && t);
+                union += usize::from(p || t);
+            }
+            let iou = if union == 0 {
+                0.0
+            } else {
+                inter as f32 / union as f32
+            };
+            (iou, 1.0 / with_mask as f32)
+        })
+        .unzip()
 }
 
 /// Mask logits `[h * w]` upsampled (nearest) to `size x size` and thresholded at 0.
@@ -161,8 +196,10 @@ impl<P: PixelDims, D: Device<f32>> OutputHead<P, D> for MaskHead<P, D> {
             .iter()
             .map(|b| b.unwrap_or_else(BoxXyxy::whole_image))
             .collect();
-        let logits: Images<D, OwnedTape<f32, D>> =
-            self.forward(inputs.image, inputs.prompt_encoder, &prompts);
+        let MaskPrediction {
+            masks: logits,
+            iou_scores,
+        } = self.forward::<OwnedTape<f32, D>>(inputs.image, inputs.prompt_encoder, &prompts);
         let shape = *logits.shape();
         let (h, w) = (shape.2, shape.3);
         let scale = 1.0 / (with_mask * h * w) as f32;
@@ -180,13 +217,23 @@ impl<P: PixelDims, D: Device<f32>> OutputHead<P, D> for MaskHead<P, D> {
             }
         }
         let dev = logits.device().clone();
+        let (iou_targets, iou_weights) = actual_ious(
+            &logits.as_vec(),
+            &targets,
+            &batch.target_masks,
+            h * w,
+            with_mask,
+        );
         let targets = dev.tensor_from_vec(targets, shape);
         let weights = dev.tensor_from_vec(weights, shape);
         // Sigmoid cross-entropy in its stable form: max(x, 0) - x t + ln(1 + e^-|x|).
         let positive = logits.retaped::<OwnedTape<f32, D>>().relu();
         let soft = (logits.retaped::<OwnedTape<f32, D>>().abs().negate().exp() + 1.0).ln();
         let bce = positive + soft - logits * targets;
-        Ok(Some((bce * weights).sum()))
+        let iou_shape = *iou_scores.shape();
+        let iou_error = (iou_scores - dev.tensor_from_vec(iou_targets, iou_shape)).square()
+            * dev.tensor_from_vec(iou_weights, iou_shape);
+        Ok(Some((bce * weights).sum() + iou_error.sum()))
     }
 
     fn decode(
@@ -206,7 +253,9 @@ impl<P: PixelDims, D: Device<f32>> OutputHead<P, D> for MaskHead<P, D> {
                     .unwrap_or_else(BoxXyxy::whole_image)
             })
             .collect();
-        let logits: Images<D> = self.forward(inputs.image, inputs.prompt_encoder, &prompts);
+        let logits: Images<D> = self
+            .forward(inputs.image, inputs.prompt_encoder, &prompts)
+            .masks;
         let (_, _, h, w) = *logits.shape();
         let values = logits.as_vec();
         let positions = inputs.decoder.shape().1;

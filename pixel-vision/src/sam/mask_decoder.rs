@@ -11,6 +11,10 @@ use pixel_core::Result;
 
 /// Masks and their predicted quality.
 #[derive(Debug)]
+///
+/// In training, the tape of every recorded op rides on `masks`; `iou_scores` carries an empty
+/// one. A loss on the IoU scores must read them alongside a loss on the masks and be summed
+/// with it, or the decoder's ops never reach the backward pass.
 pub struct MaskPrediction<D: Device<f32>, T = NoneTape> {
     /// Low-resolution mask logits `[B * P, masks, 4h, 4w]`.
     pub masks: Tensor<(usize, usize, usize, usize), f32, D, T>,
@@ -127,7 +131,7 @@ impl<C: ConstDim, D: Device<f32>> SamMaskDecoder<C, D> {
             .forward(slice_tokens(hs, 0..1))
             .reshape_like(&(bp, nm));
         let (lo, hi) = if multimask { (1, nm) } else { (0, 1) };
-        let (iou, masks) = crate::layers::merge_tapes(iou, masks);
+        let (masks, iou) = crate::layers::merge_tapes(masks, iou);
         MaskPrediction {
             masks: masks.slice((.., lo..hi, .., ..)),
             iou_scores: iou.slice((.., lo..hi)),
