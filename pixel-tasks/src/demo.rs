@@ -60,6 +60,15 @@ pub struct EvalConfig {
     pub sample_images: u64,
     pub max_new_tokens: usize,
     pub batch_size: usize,
+    /// Dense captioning (with a `detection` head): at most this many proposals of an image,
+    /// best first, are captioned and scored; the head's own `max_proposals` caps them too.
+    #[serde(default = "default_densecap_max_proposals")]
+    pub densecap_max_proposals: usize,
+}
+
+/// The detection head's own default `max_proposals`: more than a ShapesLN image has objects.
+fn default_densecap_max_proposals() -> usize {
+    10
 }
 
 /// The built-in demo config; `configs/demo.toml` is the same file.
@@ -371,19 +380,29 @@ mod tests {
     #[test]
     fn every_shipped_config_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-        let mut parsed = 0;
+        let mut kinds = std::collections::BTreeMap::new();
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let config = DemoConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-                config
-                    .model
-                    .validate()
+                // Building the model checks each head's own keys, which parsing leaves alone.
+                TinyPixelLlm::build(&config.model, 0)
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                parsed += 1;
+                let name = path.file_stem().unwrap().to_string_lossy().to_string();
+                let heads: Vec<String> =
+                    config.model.heads.iter().map(|h| h.kind.clone()).collect();
+                kinds.insert(name, (heads, config.tasks.location_captioning));
             }
         }
-        assert!(parsed >= 1);
+        assert!(kinds.contains_key("demo"));
+        // The examples of `pixel eval`'s head scores have the heads (and the task) they show.
+        let (heads, _) = &kinds["refseg"];
+        assert!(heads.contains(&"mask".to_string()), "{heads:?}");
+        let (heads, location) = &kinds["densecap"];
+        assert!(
+            heads.contains(&"detection".to_string()) && *location > 0.0,
+            "{heads:?}"
+        );
     }
 
     #[test]
@@ -402,6 +421,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("model.output_tokens"), "{err}");
+    }
+
+    #[test]
+    fn new_eval_keys_default_and_misspelt_ones_fail() {
+        let config = DemoConfig::builtin().unwrap();
+        assert_eq!(config.eval.densecap_max_proposals, 10);
+        let misspelt =
+            DEFAULT_DEMO_CONFIG.replace("[eval]\n", "[eval]\ndensecap_max_proposal = 3\n");
+        let err = pixel_core::config::parse_toml::<DemoConfig>(&misspelt, Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("eval") && err.contains("densecap_max_proposal"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -75,8 +75,24 @@ pub struct ReferringReport {
     pub count: usize,
     /// Acc@0.5 over the expressions of images with `n` objects, by `n`: one object needs no
     /// reading of the expression, several need its words bound to the right object.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "usize_keys")]
     pub acc50_by_objects: BTreeMap<usize, f32>,
+}
+
+/// A map with integer keys read from JSON's string keys. `results.json` and `metrics.json`
+/// flatten the report into their top level, and serde's flatten hands the keys on as strings,
+/// which a `usize` key does not parse (serde-rs/serde#1183).
+fn usize_keys<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<usize, f32>, D::Error> {
+    BTreeMap::<String, f32>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| {
+            k.parse::<usize>()
+                .map(|k| (k, v))
+                .map_err(|e| serde::de::Error::custom(format!("key `{k}`: {e}")))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -223,6 +239,24 @@ pub fn referring_boxes(model: &impl Predictor, examples: &[Example]) -> Result<V
                 .unwrap_or_else(BoxXyxy::whole_image)
         })
         .collect())
+}
+
+/// What every head read off each referring example (one batch), `[example][head]`, from the
+/// decode [`referring_boxes`] uses: teacher-forced for a regression head, generated for a text
+/// head. A mask head's mask is then prompted by the box of that same decode.
+pub fn referring_head_predictions(
+    model: &impl Predictor,
+    examples: &[Example],
+) -> Result<Vec<Vec<HeadPrediction>>> {
+    let batch = model.batch(examples)?;
+    Ok(match model.reads() {
+        Reads::Text => model
+            .generate(&batch, batch.target_len + GENERATION_MARGIN)?
+            .into_iter()
+            .map(|g| g.heads)
+            .collect(),
+        _ => model.teacher_forced(&batch)?.heads,
+    })
 }
 
 /// Evaluates `model` on validation examples, `batch_size` at a time.

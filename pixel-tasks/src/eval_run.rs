@@ -6,16 +6,24 @@
 //! best constant predictors fitted on training images. Captioning tasks also generate text and
 //! score it against the reference captions with pycocoevalcap's metrics ([`crate::metrics`]:
 //! PTB tokenization, BLEU-1..4, METEOR with exact and stem matching, ROUGE-L, CIDEr-D).
+//! The heads that read the image are scored when configured ([`crate::eval_heads`]): a `mask`
+//! head on referring segmentation, a `detection` head on dense captioning.
 use crate::data_source::{DataSource, SampleSource};
 use crate::demo::{evaluation_examples, DemoConfig};
 use crate::error::{Result, TaskError};
-use crate::eval::{evaluate, Baselines, EvalReport, Predictor};
+use crate::eval::{evaluate, referring_head_predictions, Baselines, EvalReport, Predictor};
+use crate::eval_heads::{
+    dense_captioning_report, segmentation_report, DenseCaptioningReport, Detection,
+    SegmentationReport,
+};
+use crate::heads::{HeadConfig, HeadPrediction, Scored};
 use crate::metrics::captions::{score_captions, CaptionScores, Predictions, References};
 use crate::metrics::Meteor;
 use crate::model::TinyPixelLlm;
 use crate::shapes_ln::{Sample, Split};
-use crate::tasks::{Example, ExampleBuilder};
+use crate::tasks::{Example, ExampleBuilder, TaskKind};
 use crate::train::RunDir;
+use image::GrayImage;
 use pixel_core::checkpoint::{load_params_file, write_atomic};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use serde::{Deserialize, Serialize};
@@ -37,6 +45,13 @@ pub struct EvalResults {
     pub trace_captions: CaptionScores,
     /// Captions generated from region boxes, when location captioning is in the task mix.
     pub location_captions: Option<CaptionScores>,
+    /// The mask head's masks for the referring expressions, when a `mask` head is configured
+    /// (and the objects have masks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referring_segmentation: Option<SegmentationReport>,
+    /// The detection head's proposals, captioned, when a `detection` head is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_captioning: Option<DenseCaptioningReport>,
     /// The table of `results.md`.
     pub rows: Vec<ResultRow>,
     pub wall_s: f64,
@@ -82,6 +97,12 @@ pub fn resolve_checkpoint(checkpoint: &Path) -> Result<(PathBuf, Option<u64>)> {
 /// `out/results.md`.
 pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<EvalResults> {
     let started = std::time::Instant::now();
+    if config.eval.densecap_max_proposals == 0 {
+        return Err(TaskError::Config {
+            key: "eval.densecap_max_proposals".into(),
+            message: "must be at least 1".into(),
+        });
+    }
     let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
     let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
     let mut model = TinyPixelLlm::build(&config.model, config.seed)?;
@@ -105,6 +126,10 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
     let validation_images = e.validation_images.min(data.images(Split::Validation));
     let validation = evaluation_examples(&data, &builder, Split::Validation, validation_images)?;
     let eval = evaluate(&model, &validation, &baselines, e.batch_size)?;
+    let referring_segmentation = match head_of_kind(config, "mask") {
+        Some(head) => referring_segmentation(&model, &validation, head, &baselines, e.batch_size)?,
+        None => None,
+    };
 
     let samples: Vec<Sample> = (0..validation_images)
         .map(|i| data.load(Split::Validation, i))
@@ -144,7 +169,20 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
         None
     };
 
-    let rows = result_rows(&eval, &trace_captions, location_captions.as_ref());
+    let dense_captioning = match head_of_kind(config, "detection") {
+        Some(head) => dense_captioning(
+            &model, &builder, &tokenizer, config, &samples, head, &meteor,
+        )?,
+        None => None,
+    };
+
+    let rows = result_rows(
+        &eval,
+        &trace_captions,
+        location_captions.as_ref(),
+        referring_segmentation.as_ref(),
+        dense_captioning.as_ref(),
+    );
     let results = EvalResults {
         weights,
         step,
@@ -154,6 +192,8 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
         eval,
         trace_captions,
         location_captions,
+        referring_segmentation,
+        dense_captioning,
         rows,
         wall_s: started.elapsed().as_secs_f64(),
     };
@@ -166,6 +206,103 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
         results_markdown(&results).as_bytes(),
     )?;
     Ok(results)
+}
+
+/// The name of the first configured head of `kind`.
+fn head_of_kind<'c>(config: &'c DemoConfig, kind: &str) -> Option<&'c str> {
+    config
+        .model
+        .heads
+        .iter()
+        .find(|h| h.kind == kind)
+        .map(HeadConfig::name)
+}
+
+/// What head `name` read off one example, from all heads' predictions for it.
+fn prediction_of(heads: Vec<HeadPrediction>, name: &str) -> Result<HeadPrediction> {
+    heads
+        .into_iter()
+        .find(|h| h.head == name)
+        .ok_or_else(|| TaskError::Invalid(format!("head \"{name}\" gave no prediction")))
+}
+
+/// Referring segmentation: the mask head's mask for each validation expression whose object
+/// has a mask, from the decode that gives the referring boxes (the mask is prompted by the
+/// predicted box); `None` when no object has a mask (dataset files without masks).
+fn referring_segmentation(
+    model: &impl Predictor,
+    validation: &[Example],
+    mask_head: &str,
+    baselines: &Baselines,
+    batch_size: usize,
+) -> Result<Option<SegmentationReport>> {
+    let referring: Vec<Example> = validation
+        .iter()
+        .filter(|e| e.task == TaskKind::ReferringLocalization && e.target_mask.is_some())
+        .cloned()
+        .collect();
+    if referring.is_empty() {
+        return Ok(None);
+    }
+    let mut predicted = Vec::with_capacity(referring.len());
+    for chunk in referring.chunks(batch_size.max(1)) {
+        for heads in referring_head_predictions(model, chunk)? {
+            let mask = prediction_of(heads, mask_head)?
+                .mask
+                .ok_or_else(|| TaskError::Invalid(format!("head \"{mask_head}\" gave no mask")))?;
+            predicted.push(mask);
+        }
+    }
+    let targets: Vec<GrayImage> = referring
+        .iter()
+        .filter_map(|e| e.target_mask.clone())
+        .collect();
+    segmentation_report(&predicted, &targets, baselines.referring_box).map(Some)
+}
+
+/// Dense captioning as the paper does it: each image's detection proposals (the best
+/// `eval.densecap_max_proposals`) become location prompts, each prompt is captioned by greedy
+/// generation, and the captioned boxes are scored against the image's region captions.
+fn dense_captioning(
+    model: &impl Predictor,
+    builder: &ExampleBuilder,
+    tokenizer: &T5Tokenizer,
+    config: &DemoConfig,
+    samples: &[Sample],
+    detection_head: &str,
+    meteor: &Meteor,
+) -> Result<Option<DenseCaptioningReport>> {
+    let max = config.eval.densecap_max_proposals;
+    // The detection head reads only the image, so any example of an image gives its proposals.
+    let carriers: Vec<Example> = samples
+        .iter()
+        .map(|s| builder.trace_captioning(s))
+        .collect::<Result<_>>()?;
+    let mut proposals: Vec<Vec<Scored>> = Vec::with_capacity(samples.len());
+    for chunk in carriers.chunks(config.eval.batch_size.max(1)) {
+        for heads in model.teacher_forced(&model.batch(chunk)?)?.heads {
+            let mut found = prediction_of(heads, detection_head)?.proposals;
+            found.truncate(max);
+            proposals.push(found);
+        }
+    }
+    let prompts: Vec<Example> = samples
+        .iter()
+        .zip(&proposals)
+        .flat_map(|(s, found)| builder.location_prompts(&s.image, found))
+        .collect();
+    let mut captions = generate_texts(model, &prompts, builder, tokenizer, config)?.into_iter();
+    let detections: Vec<Vec<Detection>> = proposals
+        .into_iter()
+        .map(|found| {
+            found
+                .into_iter()
+                .zip(captions.by_ref())
+                .map(|(proposal, caption)| Detection { proposal, caption })
+                .collect()
+        })
+        .collect();
+    dense_captioning_report(samples, &detections, max, meteor)
 }
 
 /// References and predictions keyed by image (or region): an image with several narratives
@@ -225,6 +362,8 @@ fn result_rows(
     eval: &EvalReport,
     trace: &CaptionScores,
     location: Option<&CaptionScores>,
+    segmentation: Option<&SegmentationReport>,
+    dense: Option<&DenseCaptioningReport>,
 ) -> Vec<ResultRow> {
     let row = |task: &str, metric: &str, value: f64, baseline: Option<f64>| ResultRow {
         task: task.into(),
@@ -260,6 +399,12 @@ fn result_rows(
             None,
         ),
     ];
+    if let Some(s) = segmentation {
+        let task = "referring segmentation";
+        rows.push(row(task, "cIoU", s.ciou, Some(s.baseline_ciou)));
+        rows.push(row(task, "gIoU", s.giou, Some(s.baseline_giou)));
+        rows.push(row(task, "mask Acc@0.5", s.acc50, Some(s.baseline_acc50)));
+    }
     let mut captions = |task: &str, s: &CaptionScores| {
         for (k, b) in s.bleu.iter().enumerate() {
             rows.push(row(task, &format!("BLEU-{}", k + 1), *b, None));
@@ -271,6 +416,15 @@ fn result_rows(
     captions("trace captioning", trace);
     if let Some(s) = location {
         captions("location captioning", s);
+    }
+    if let Some(d) = dense {
+        rows.push(row("dense captioning", "mAP", d.map, None));
+        rows.push(row(
+            "dense captioning",
+            "detection mAP",
+            d.map_detection,
+            None,
+        ));
     }
     rows
 }
@@ -284,7 +438,7 @@ pub fn results_markdown(results: &EvalResults) -> String {
     let mut text = format!(
         "# Evaluation\n\n- weights: `{}`{step}\n- data: {}\n- validation images: {}; baselines \
          are the best constant predictors on {} training images\n- {} referring expressions, {} \
-         caption tokens\n\n| task | metric | value | baseline |\n| --- | --- | --- | --- |\n",
+         caption tokens\n",
         results.weights.display(),
         results.data,
         results.validation_images,
@@ -292,6 +446,21 @@ pub fn results_markdown(results: &EvalResults) -> String {
         results.eval.referring_localization.count,
         results.eval.trace_captioning.tokens,
     );
+    if let Some(s) = &results.referring_segmentation {
+        text.push_str(&format!(
+            "- {} referring masks from the mask head; its baseline is the constant box filled \
+             as a mask\n",
+            s.count
+        ));
+    }
+    if let Some(d) = &results.dense_captioning {
+        text.push_str(&format!(
+            "- dense captioning: {} proposals (at most {} an image) captioned on {} images \
+             against {} regions, PixelLLM's protocol (IoU 0.3..0.7 x METEOR 0..0.25)\n",
+            d.proposals, d.max_proposals, d.images, d.regions
+        ));
+    }
+    text.push_str("\n| task | metric | value | baseline |\n| --- | --- | --- | --- |\n");
     for r in &results.rows {
         let baseline = r
             .baseline
@@ -312,6 +481,38 @@ pub fn results_markdown(results: &EvalResults) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::{ReferringReport, TraceReport};
+
+    #[test]
+    fn a_flattened_report_reads_back_with_its_integer_keys() {
+        #[derive(Serialize, Deserialize)]
+        struct Flat {
+            #[serde(flatten)]
+            eval: EvalReport,
+        }
+        let report = EvalReport {
+            referring_localization: ReferringReport {
+                acc50: 0.5,
+                miou: 0.4,
+                baseline_acc50: 0.3,
+                baseline_miou: 0.2,
+                count: 4,
+                acc50_by_objects: [(1, 1.0), (3, 0.25)].into(),
+            },
+            trace_captioning: TraceReport {
+                point_l1: 0.1,
+                baseline_point_l1: 0.2,
+                token_accuracy: 0.5,
+                tokens: 10,
+            },
+        };
+        let json = serde_json::to_string(&Flat {
+            eval: report.clone(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let back: Flat = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        assert_eq!(back.eval, report);
+    }
 
     #[test]
     fn checkpoint_folder_names_its_step_and_missing_checkpoint_says_what_to_give() {
