@@ -126,6 +126,12 @@ fn eval_scores_the_mask_and_detection_heads_of_a_tiny_model() {
     assert_eq!(dense.proposals, MAX_PROPOSALS * dense.images, "{dense:?}");
     assert!(unit(dense.map) && unit(dense.map_detection), "{dense:?}");
 
+    // What a person looks at: captioned proposals and masks over their images.
+    for png in ["densecap.png", "masks.png"] {
+        let image = image::open(out.join(png)).unwrap();
+        assert!(image.width() > 256 && image.height() > 256, "{png}");
+    }
+
     let table = std::fs::read_to_string(out.join("results.md")).unwrap();
     for row in [
         "| referring segmentation | cIoU |",

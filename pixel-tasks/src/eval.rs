@@ -219,19 +219,10 @@ pub fn acc50_by_group(
         .collect()
 }
 
-/// The scored head's box for each referring example (one batch): teacher-forced for a
-/// regression head, generated and parsed for a text head; the whole image where it gives none.
+/// The scored head's box for each referring example (one batch), from
+/// [`referring_head_predictions`]; the whole image where it gives none.
 pub fn referring_boxes(model: &impl Predictor, examples: &[Example]) -> Result<Vec<BoxXyxy>> {
-    let batch = model.batch(examples)?;
-    let heads: Vec<Vec<HeadPrediction>> = match model.reads() {
-        Reads::Text => model
-            .generate(&batch, batch.target_len + GENERATION_MARGIN)?
-            .into_iter()
-            .map(|g| g.heads)
-            .collect(),
-        _ => model.teacher_forced(&batch)?.heads,
-    };
-    Ok(heads
+    Ok(referring_head_predictions(model, examples)?
         .iter()
         .map(|h| {
             scored(h)
@@ -241,9 +232,9 @@ pub fn referring_boxes(model: &impl Predictor, examples: &[Example]) -> Result<V
         .collect())
 }
 
-/// What every head read off each referring example (one batch), `[example][head]`, from the
-/// decode [`referring_boxes`] uses: teacher-forced for a regression head, generated for a text
-/// head. A mask head's mask is then prompted by the box of that same decode.
+/// What every head read off each referring example (one batch), `[example][head]`:
+/// teacher-forced for a regression head, generated and parsed for a text head. A mask head's
+/// mask is prompted by the box of that same decode.
 pub fn referring_head_predictions(
     model: &impl Predictor,
     examples: &[Example],

@@ -20,6 +20,7 @@ use crate::heads::{HeadConfig, HeadPrediction, Scored};
 use crate::metrics::captions::{score_captions, CaptionScores, Predictions, References};
 use crate::metrics::Meteor;
 use crate::model::TinyPixelLlm;
+use crate::render::{mask_overlay, palette, samples_png, RenderError, SamplePanel, GREY};
 use crate::shapes_ln::{Sample, Split};
 use crate::tasks::{Example, ExampleBuilder, TaskKind};
 use crate::train::RunDir;
@@ -126,8 +127,16 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
     let validation_images = e.validation_images.min(data.images(Split::Validation));
     let validation = evaluation_examples(&data, &builder, Split::Validation, validation_images)?;
     let eval = evaluate(&model, &validation, &baselines, e.batch_size)?;
+    std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
     let referring_segmentation = match head_of_kind(config, "mask") {
-        Some(head) => referring_segmentation(&model, &validation, head, &baselines, e.batch_size)?,
+        Some(head) => referring_segmentation(
+            &model,
+            &validation,
+            head,
+            &baselines,
+            config,
+            &out.join("masks.png"),
+        )?,
         None => None,
     };
 
@@ -171,7 +180,14 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
 
     let dense_captioning = match head_of_kind(config, "detection") {
         Some(head) => dense_captioning(
-            &model, &builder, &tokenizer, config, &samples, head, &meteor,
+            &model,
+            &builder,
+            &tokenizer,
+            config,
+            &samples,
+            head,
+            &meteor,
+            &out.join("densecap.png"),
         )?,
         None => None,
     };
@@ -197,7 +213,6 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
         rows,
         wall_s: started.elapsed().as_secs_f64(),
     };
-    std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
     let json =
         serde_json::to_vec_pretty(&results).map_err(|e| TaskError::Invalid(e.to_string()))?;
     write_atomic(&out.join("results.json"), &json)?;
@@ -228,14 +243,17 @@ fn prediction_of(heads: Vec<HeadPrediction>, name: &str) -> Result<HeadPredictio
 
 /// Referring segmentation: the mask head's mask for each validation expression whose object
 /// has a mask, from the decode that gives the referring boxes (the mask is prompted by the
-/// predicted box); `None` when no object has a mask (dataset files without masks).
+/// predicted box); `None` when no object has a mask (dataset files without masks). The first
+/// `eval.sample_images` masks are drawn into `png` over their images, with the true box.
 fn referring_segmentation(
     model: &impl Predictor,
     validation: &[Example],
     mask_head: &str,
     baselines: &Baselines,
-    batch_size: usize,
+    config: &DemoConfig,
+    png: &Path,
 ) -> Result<Option<SegmentationReport>> {
+    let batch_size = config.eval.batch_size;
     let referring: Vec<Example> = validation
         .iter()
         .filter(|e| e.task == TaskKind::ReferringLocalization && e.target_mask.is_some())
@@ -257,12 +275,32 @@ fn referring_segmentation(
         .iter()
         .filter_map(|e| e.target_mask.clone())
         .collect();
+    referring
+        .iter()
+        .zip(&predicted)
+        .take(config.eval.sample_images as usize)
+        .enumerate()
+        .map(|(i, (example, mask))| {
+            let image = mask_overlay(&example.image, mask, palette(0), 0.5)?;
+            let truth = example.target_box.map(|b| (b.to_array(), "truth".to_string(), GREY));
+            Ok(SamplePanel {
+                image,
+                words: Vec::new(),
+                boxes: truth.into_iter().collect(),
+                title: format!("expression {i}: mask (colour), true box (grey)"),
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, RenderError>>()
+        .and_then(|panels| samples_png(png, &panels))
+        .map_err(|e| TaskError::Invalid(format!("{}: {e}", png.display())))?;
     segmentation_report(&predicted, &targets, baselines.referring_box).map(Some)
 }
 
 /// Dense captioning as the paper does it: each image's detection proposals (the best
 /// `eval.densecap_max_proposals`) become location prompts, each prompt is captioned by greedy
-/// generation, and the captioned boxes are scored against the image's region captions.
+/// generation, and the captioned boxes are scored against the image's region captions. The
+/// first `eval.sample_images` images are drawn into `png` with their captioned boxes.
+#[allow(clippy::too_many_arguments)]
 fn dense_captioning(
     model: &impl Predictor,
     builder: &ExampleBuilder,
@@ -271,6 +309,7 @@ fn dense_captioning(
     samples: &[Sample],
     detection_head: &str,
     meteor: &Meteor,
+    png: &Path,
 ) -> Result<Option<DenseCaptioningReport>> {
     let max = config.eval.densecap_max_proposals;
     // The detection head reads only the image, so any example of an image gives its proposals.
@@ -302,6 +341,25 @@ fn dense_captioning(
                 .collect()
         })
         .collect();
+    let panels: Vec<SamplePanel> = samples
+        .iter()
+        .zip(&detections)
+        .take(config.eval.sample_images as usize)
+        .map(|(sample, found)| SamplePanel {
+            image: sample.image.clone(),
+            words: Vec::new(),
+            boxes: found
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let label = format!("{:.2} {}", d.proposal.score, d.caption);
+                    (d.proposal.bbox.to_array(), label, palette(i))
+                })
+                .collect(),
+            title: format!("{}: {} regions", sample.image_id, sample.regions.len()),
+        })
+        .collect();
+    samples_png(png, &panels).map_err(|e| TaskError::Invalid(format!("{}: {e}", png.display())))?;
     dense_captioning_report(samples, &detections, max, meteor)
 }
 
