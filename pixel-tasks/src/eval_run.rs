@@ -281,13 +281,14 @@ fn referring_segmentation(
         .take(config.eval.sample_images as usize)
         .enumerate()
         .map(|(i, (example, mask))| {
-            let image = mask_overlay(&example.image, mask, palette(0), 0.5)?;
+            // Dark shows on every ShapesLN colour; a palette colour would vanish on its twin.
+            let image = mask_overlay(&example.image, mask, [0, 0, 0], 0.55)?;
             let truth = example.target_box.map(|b| (b.to_array(), "truth".to_string(), GREY));
             Ok(SamplePanel {
                 image,
                 words: Vec::new(),
                 boxes: truth.into_iter().collect(),
-                title: format!("expression {i}: mask (colour), true box (grey)"),
+                title: format!("expr {i}: mask dark, truth box"),
             })
         })
         .collect::<std::result::Result<Vec<_>, RenderError>>()
