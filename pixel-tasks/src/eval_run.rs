@@ -283,7 +283,9 @@ fn referring_segmentation(
         .map(|(i, (example, mask))| {
             // Dark shows on every ShapesLN colour; a palette colour would vanish on its twin.
             let image = mask_overlay(&example.image, mask, [0, 0, 0], 0.55)?;
-            let truth = example.target_box.map(|b| (b.to_array(), "truth".to_string(), GREY));
+            let truth = example
+                .target_box
+                .map(|b| (b.to_array(), "truth".to_string(), GREY));
             Ok(SamplePanel {
                 image,
                 words: Vec::new(),
