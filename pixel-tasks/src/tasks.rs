@@ -13,6 +13,7 @@ use image::{GrayImage, RgbImage};
 use pixel_core::geometry::BoxXyxy;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// The tasks PixelLLM is trained and evaluated on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -354,26 +355,23 @@ impl Batch {
     /// alone would give, and the tasks count equally.
     fn balance_location_weights(&mut self) {
         let per_example = self.target_len * 4;
-        let mut totals: Vec<(TaskKind, f32)> = Vec::new();
-        for (b, task) in self.tasks.iter().enumerate() {
-            let sum: f32 = self.location_weights[b * per_example..(b + 1) * per_example]
-                .iter()
-                .sum();
-            match totals.iter_mut().find(|(t, _)| t == task) {
-                Some((_, total)) => *total += sum,
-                None => totals.push((*task, sum)),
-            }
+        let mut totals: HashMap<TaskKind, f32> = HashMap::new();
+        for (task, weights) in self
+            .tasks
+            .iter()
+            .zip(self.location_weights.chunks(per_example))
+        {
+            *totals.entry(*task).or_default() += weights.iter().sum::<f32>();
         }
-        let present = totals.iter().filter(|(_, total)| *total > 0.0).count() as f32;
-        for (b, task) in self.tasks.iter().enumerate() {
-            let total = totals
-                .iter()
-                .find(|(t, _)| t == task)
-                .map_or(0.0, |(_, total)| *total);
+        let present = totals.values().filter(|&&total| total > 0.0).count() as f32;
+        for (task, weights) in self
+            .tasks
+            .iter()
+            .zip(self.location_weights.chunks_mut(per_example))
+        {
+            let total = totals[task];
             if total > 0.0 {
-                for w in &mut self.location_weights[b * per_example..(b + 1) * per_example] {
-                    *w /= total * present;
-                }
+                weights.iter_mut().for_each(|w| *w /= total * present);
             }
         }
     }
