@@ -26,6 +26,7 @@ mod narrative;
 mod shape;
 
 use image::{GrayImage, Rgb, RgbImage};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,18 @@ impl SizeClass {
     }
 }
 
+/// The order in which a caption describes the objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptionOrder {
+    /// Left to right by box centre: the caption is a function of the image.
+    #[default]
+    LeftToRight,
+    /// A random order per image, as a real narrator's: a word's location then follows from
+    /// what it names, not from how many objects came before it.
+    Random,
+}
+
 /// Generator settings. Every field has a default, so `[shapes_ln]` with no keys is valid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -139,6 +152,11 @@ pub struct ShapesLnConfig {
     pub background_tint: u8,
     /// Each object's channels move from the nominal colour by up to ± this much. Default 10.
     pub colour_jitter: u8,
+    /// Order of the objects in the caption. Default left to right.
+    pub caption_order: CaptionOrder,
+    /// Referring expressions name the colour even where kind (and size) single the object out,
+    /// as speakers over-specify colour. Default false: the shortest unique description.
+    pub always_name_colour: bool,
 }
 
 impl Default for ShapesLnConfig {
@@ -156,6 +174,8 @@ impl Default for ShapesLnConfig {
             order_margin: 0.04,
             background_tint: 30,
             colour_jitter: 10,
+            caption_order: CaptionOrder::LeftToRight,
+            always_name_colour: false,
         }
     }
 }
@@ -351,7 +371,7 @@ pub struct Sample {
     /// Unique within a generator, e.g. `train-000042`.
     pub image_id: String,
     pub image: RgbImage,
-    /// In caption order: left to right by box centre.
+    /// Left to right by box centre (the caption's order unless `caption_order` is random).
     pub objects: Vec<ShapeObject>,
     pub caption: String,
     /// One per whitespace word of `caption`, in order.
@@ -604,15 +624,26 @@ impl ShapesLn {
             });
         }
 
-        let narrated: Vec<_> = placed
+        // `order[k]` is the object the caption describes k-th.
+        let mut order: Vec<usize> = (0..placed.len()).collect();
+        if cfg.caption_order == CaptionOrder::Random {
+            order.shuffle(&mut rng);
+        }
+        let narrated: Vec<_> = order
             .iter()
-            .map(|p| narrative::Narrated {
-                geometry: p.geometry,
-                attributes: [p.size.word(), p.colour.word(), p.geometry.kind.word()],
+            .map(|&i| {
+                let p = &placed[i];
+                narrative::Narrated {
+                    geometry: p.geometry,
+                    attributes: [p.size.word(), p.colour.word(), p.geometry.kind.word()],
+                }
             })
             .collect();
-        let story = narrative::narrate(&narrated);
-        let referring = referring_expressions(&objects);
+        let mut story = narrative::narrate(&narrated);
+        for w in &mut story.words {
+            w.object = w.object.map(|k| order[k]);
+        }
+        let referring = referring_expressions(&objects, cfg.always_name_colour);
         let regions = objects
             .iter()
             .enumerate()
@@ -636,9 +667,10 @@ impl ShapesLn {
     }
 }
 
-/// The shortest description among kind, colour+kind, size+kind, size+colour+kind that matches
-/// one object only. Objects of one image differ in (size, colour, kind), so the last always does.
-fn referring_expressions(objects: &[ShapeObject]) -> Vec<ReferringExpression> {
+/// The shortest description among kind, colour+kind, size+kind, size+colour+kind (only those
+/// with the colour when `name_colour`) that matches one object only. Objects of one image differ
+/// in (size, colour, kind), so the last always does.
+fn referring_expressions(objects: &[ShapeObject], name_colour: bool) -> Vec<ReferringExpression> {
     objects
         .iter()
         .enumerate()
@@ -647,6 +679,7 @@ fn referring_expressions(objects: &[ShapeObject]) -> Vec<ReferringExpression> {
                 [(false, false), (false, true), (true, false), (true, true)];
             let (use_size, use_colour) = candidates
                 .into_iter()
+                .filter(|&(_, use_colour)| use_colour || !name_colour)
                 .find(|&(use_size, use_colour)| {
                     objects.iter().enumerate().all(|(j, p)| {
                         j == i
@@ -846,9 +879,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn object_words_lie_on_their_object() {
-        let g = generator();
+    /// Every word that names an object has the object's box and a point on the object.
+    fn assert_object_words_lie_on_their_object(g: &ShapesLn) {
         for i in 0..100 {
             let s = g.sample(Split::Train, i);
             let size = s.image.width() as f32;
@@ -867,6 +899,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn object_words_lie_on_their_object() {
+        assert_object_words_lie_on_their_object(&generator());
+    }
+
+    #[test]
+    fn random_caption_order_moves_only_the_caption() {
+        let random = ShapesLnConfig {
+            caption_order: CaptionOrder::Random,
+            ..ShapesLnConfig::default()
+        };
+        let g = ShapesLn::new(random, 7).unwrap();
+        assert_object_words_lie_on_their_object(&g);
+        let left_to_right = generator();
+        let mut reordered = 0;
+        for i in 0..100 {
+            let s = g.sample(Split::Train, i);
+            let l = left_to_right.sample(Split::Train, i);
+            assert_eq!(s.image, l.image);
+            assert_eq!(s.referring, l.referring);
+            let mut named: Vec<usize> = s.words.iter().filter_map(|w| w.object).collect();
+            named.dedup();
+            let mut sorted = named.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..s.objects.len()).collect::<Vec<_>>());
+            reordered += usize::from(named != sorted);
+        }
+        assert!(reordered > 20, "only {reordered} of 100 captions reordered");
     }
 
     #[test]
@@ -889,23 +951,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn referring_expressions_are_unique_within_an_image() {
-        let g = generator();
+    /// Expressions are unique within each image, end with the kind and, with `name_colour`,
+    /// name the colour.
+    fn assert_expressions_pick_one_object(g: &ShapesLn, name_colour: bool) {
         for i in 0..300 {
             let s = g.sample(Split::Train, i);
             let texts: HashSet<_> = s.referring.iter().map(|r| r.text.as_str()).collect();
             assert_eq!(texts.len(), s.objects.len(), "{:?}", s.referring);
             for r in &s.referring {
-                assert_eq!(r.bbox, s.objects[r.object].bbox);
                 let o = &s.objects[r.object];
+                assert_eq!(r.bbox, o.bbox);
                 assert!(r.text.ends_with(o.kind.word()));
+                if name_colour {
+                    assert!(r.text.split_whitespace().any(|w| w == o.colour.word()));
+                }
             }
         }
     }
 
     #[test]
-    fn referring_expression_is_shortest_unique_description() {
+    fn referring_expressions_are_unique_within_an_image() {
+        assert_expressions_pick_one_object(&generator(), false);
+        let config = ShapesLnConfig {
+            always_name_colour: true,
+            ..ShapesLnConfig::default()
+        };
+        assert_expressions_pick_one_object(&ShapesLn::new(config, 7).unwrap(), true);
+    }
+
+    /// The expressions for a small red circle, a large red circle, a large blue circle and a
+    /// large blue square.
+    fn four_object_expressions(name_colour: bool) -> Vec<String> {
         let obj = |kind, colour, size| ShapeObject {
             kind,
             colour,
@@ -919,17 +995,34 @@ mod tests {
             obj(ShapeKind::Circle, Colour::Blue, SizeClass::Large),
             obj(ShapeKind::Square, Colour::Blue, SizeClass::Large),
         ];
-        let texts: Vec<_> = referring_expressions(&objects)
+        referring_expressions(&objects, name_colour)
             .into_iter()
             .map(|r| r.text)
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn referring_expression_is_shortest_unique_description() {
         assert_eq!(
-            texts,
+            four_object_expressions(false),
             [
                 "the small circle",
                 "the large red circle",
                 "the blue circle",
                 "the square"
+            ]
+        );
+    }
+
+    #[test]
+    fn always_naming_the_colour_adds_size_only_where_needed() {
+        assert_eq!(
+            four_object_expressions(true),
+            [
+                "the small red circle",
+                "the large red circle",
+                "the blue circle",
+                "the blue square"
             ]
         );
     }
