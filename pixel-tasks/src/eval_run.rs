@@ -12,6 +12,7 @@ use crate::data_source::{DataSource, SampleSource};
 use crate::demo::{evaluation_examples, DemoConfig};
 use crate::error::{Result, TaskError};
 use crate::eval::{evaluate, referring_head_predictions, Baselines, EvalReport, Predictor};
+use crate::eval_attention::{referring_attention, BindingReport, RegionShares};
 use crate::eval_heads::{
     dense_captioning_report, segmentation_report, DenseCaptioningReport, Detection,
     SegmentationReport,
@@ -53,6 +54,10 @@ pub struct EvalResults {
     /// The detection head's proposals, captioned, when a `detection` head is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dense_captioning: Option<DenseCaptioningReport>,
+    /// Where the decoder looks when it places a referring box in an image with several
+    /// objects (dense fusion only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referring_attention: Option<BindingReport>,
     /// The table of `results.md`.
     pub rows: Vec<ResultRow>,
     pub wall_s: f64,
@@ -192,6 +197,7 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
         None => None,
     };
 
+    let referring_attention = referring_attention(&model, &validation, e.batch_size)?;
     let rows = result_rows(
         &eval,
         &trace_captions,
@@ -210,6 +216,7 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
         location_captions,
         referring_segmentation,
         dense_captioning,
+        referring_attention,
         rows,
         wall_s: started.elapsed().as_secs_f64(),
     };
@@ -536,6 +543,33 @@ pub fn results_markdown(results: &EvalResults) -> String {
         "\nCaption metrics: greedy generations against the reference captions, PTB-tokenized, \
          BLEU/ROUGE-L/CIDEr-D as pycocoevalcap, METEOR native (exact and stem matching).\n",
     );
+    if let Some(a) = &results.referring_attention {
+        text.push_str(&binding_markdown(a));
+    }
+    text
+}
+
+/// The cross-attention table: one row per decoder block and head, then uniform attention.
+fn binding_markdown(report: &BindingReport) -> String {
+    let mut text = format!(
+        "\nDecoder cross-attention where the box is regressed, {} expressions in images with \
+         two or more objects: a decoder that reads the named object puts more on it than \
+         uniform attention would.\n\n| block | head | named object | other objects | \
+         background | text prompt |\n| --- | --- | --- | --- | --- | --- |\n",
+        report.expressions
+    );
+    let row = |block: &str, head: &str, s: &RegionShares| {
+        format!(
+            "| {block} | {head} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            s.named, s.others, s.background, s.text
+        )
+    };
+    for (block, heads) in report.attention.iter().enumerate() {
+        for (head, s) in heads.iter().enumerate() {
+            text.push_str(&row(&block.to_string(), &head.to_string(), s));
+        }
+    }
+    text.push_str(&row("uniform", "—", &report.uniform));
     text
 }
 

@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod eval_attention;
 pub mod eval_heads;
 pub mod eval_run;
 pub mod heads;

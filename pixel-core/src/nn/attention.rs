@@ -1,5 +1,6 @@
 //! Scaled dot-product attention with an additive bias, and SAM-style multi-head attention.
 use crate::error::Result;
+use crate::nn::recording::note_attention;
 use crate::nn::{Heads, Linear, Seq};
 use crate::params::{join, ParamVisitor, Params};
 use dfdx::prelude::*;
@@ -44,7 +45,9 @@ pub fn attention<D: Device<f32>, T: Tape<f32, D>>(
     scale: f32,
 ) -> Heads<D, T> {
     let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale;
-    scores.softmax::<Axis<3>>().matmul(v)
+    let probs = scores.softmax::<Axis<3>>();
+    note_attention(&probs);
+    probs.matmul(v)
 }
 
 /// `softmax(scale * q k^T + bias) v`; `bias` is `[batch, heads, queries, keys]` and may carry
@@ -60,7 +63,9 @@ where
     T: Tape<f32, D> + Merge<R>,
 {
     let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale;
-    (scores + bias).softmax::<Axis<3>>().matmul(v)
+    let probs = (scores + bias).softmax::<Axis<3>>();
+    note_attention(&probs);
+    probs.matmul(v)
 }
 
 /// Bias `[batch, heads, queries, keys]` that hides padded keys; `keep[b * keys + j]` is true

@@ -8,6 +8,7 @@ pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod position;
+pub mod recording;
 
 use dfdx::prelude::*;
 
@@ -26,3 +27,4 @@ pub use linear::{Linear, LoraAdapter, LoraLinear};
 pub use mlp::{Activation, Mlp};
 pub use norm::{LayerNorm, RmsNorm};
 pub use position::{sincos_1d, sincos_2d, RandomFourierEncoding};
+pub use recording::{record_attention, AttentionMap};

@@ -26,7 +26,7 @@ use crate::train::{LossParts, TapedScalar, TrainStep};
 use dfdx::prelude::*;
 use pixel_core::geometry::BoxXyxy;
 use pixel_core::loss::label_smoothed_cross_entropy;
-use pixel_core::nn::{sincos_2d, Seq};
+use pixel_core::nn::{record_attention, sincos_2d, AttentionMap, Seq};
 use pixel_core::params::{count_params, join, list_params, ParamVisitor, Params, Trainable};
 use pixel_lm::generate::GenerateOptions;
 use pixel_lm::t5::T5;
@@ -56,6 +56,16 @@ pub struct PixelLlm<P: PixelDims, D: Device<f32>> {
 pub type TinyPixelLlm = PixelLlm<PixelTiny, pixel_core::DefaultDevice>;
 
 /// Everything a forward pass computes that a loss or a prediction reads.
+/// The encoder side of a forward pass.
+struct Encoded<P: PixelDims, D: Device<f32>, T> {
+    /// Image features without a tape, for the heads.
+    image: FeatureMap<P::Visual, D>,
+    /// The T5 encoder's output over the visual tokens and the text prompt.
+    hidden: Seq<LmWidth<P>, D, T>,
+    /// `[B * (N + S)]`, true for a real token.
+    mask: Vec<bool>,
+}
+
 struct Outputs<P: PixelDims, D: Device<f32>, T> {
     logits: Seq<LmVocab<P>, D, T>,
     /// Decoder features without a tape (same tensor ids as on the logits' tape), for the heads.
@@ -186,11 +196,12 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         self.dev.tensor_from_vec(values, (batch.size, 3, s, s))
     }
 
-    fn forward<T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
+    /// Steps 1-4 of a forward pass: image features and the T5 encoder's states with their mask.
+    fn encode<T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         batch: &Batch,
         tape: T,
-    ) -> Result<Outputs<P, D, T>> {
+    ) -> Result<Encoded<P, D, T>> {
         let expected = P::sam().image_size as u32;
         if batch.image_size != expected {
             return Err(TaskError::Invalid(format!(
@@ -232,7 +243,25 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
             .embed_tokens::<T>(self.language_model.ids(&batch.context_ids, b));
         let encoder_input = (visual, context).concat_along(Axis::<1>);
         let mask = self.encoder_mask(batch, n);
-        let encoder_hidden = self.language_model.encode_embeds(encoder_input, &mask);
+        let hidden = self.language_model.encode_embeds(encoder_input, &mask);
+        Ok(Encoded {
+            image,
+            hidden,
+            mask,
+        })
+    }
+
+    fn forward<T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        batch: &Batch,
+        tape: T,
+    ) -> Result<Outputs<P, D, T>> {
+        let b = batch.size;
+        let Encoded {
+            image,
+            hidden: encoder_hidden,
+            mask,
+        } = self.encode(batch, tape)?;
         let decoder_ids = self.language_model.ids(&batch.decoder_input_ids, b);
         let encoder_states = encoder_hidden.retaped::<NoneTape>();
         let hidden = self
@@ -247,6 +276,28 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
             image,
             encoder_states,
         })
+    }
+
+    /// The decoder's cross-attention `[B, heads, target tokens, N + S]` over the encoder tokens
+    /// (the visual tokens, then the text prompt), one map per decoder block: what each position
+    /// reads, for diagnostics such as `crate::eval_attention`.
+    pub fn decoder_cross_attention(&self, batch: &Batch) -> Result<Vec<AttentionMap>> {
+        let Encoded { hidden, mask, .. } = self.encode(batch, NoneTape)?;
+        let keys = hidden.shape().1;
+        let ids = self
+            .language_model
+            .ids(&batch.decoder_input_ids, batch.size);
+        let (_, maps) = record_attention(|| self.language_model.decode(ids, hidden, &mask));
+        // Each decoder block attends to the target first, then to the encoder.
+        let cross: Vec<AttentionMap> = maps.into_iter().skip(1).step_by(2).collect();
+        let blocks = self.language_model.decoder.block.len();
+        if cross.len() != blocks || cross.iter().any(|m| m.shape.3 != keys) {
+            return Err(TaskError::Invalid(format!(
+                "expected {blocks} cross-attention maps over {keys} encoder tokens, recorded {:?}",
+                cross.iter().map(|m| m.shape).collect::<Vec<_>>()
+            )));
+        }
+        Ok(cross)
     }
 
     /// `[B * (N + S)]`: the visual tokens are always real, the text prompt may be padded.
