@@ -112,27 +112,25 @@ pub fn referring_attention<P: PixelDims, D: Device<f32>>(
     }
     let sam = P::sam();
     let grid = sam.image_size / sam.patch_size;
-    let chosen: Vec<&Example> = examples
+    let chosen: Vec<Example> = examples
         .iter()
         .filter(|e| e.task == TaskKind::ReferringLocalization && e.object_boxes.len() >= 2)
+        .cloned()
         .collect();
     let mut sums: Vec<Vec<RegionShares>> = Vec::new();
     let mut uniform = RegionShares::default();
     let mut expressions = 0;
     for part in chosen.chunks(batch_size.max(1)) {
-        let owned: Vec<Example> = part.iter().map(|e| (*e).clone()).collect();
-        let batch = model.batch(&owned)?;
+        let batch = model.batch(part)?;
         let maps = model.decoder_cross_attention(&batch)?;
         let t = batch.target_len;
-        for (b, example) in owned.iter().enumerate() {
+        for (b, example) in part.iter().enumerate() {
             let position = (0..t).find(|&q| batch.location_weights[(b * t + q) * 4] > 0.0);
             let (Some(position), Some(named)) = (position, example.target_box) else {
                 continue;
             };
             let cells = cell_regions(grid, named, &example.object_boxes);
-            for &cell in &cells {
-                uniform.add(cell, 1.0 / cells.len() as f32);
-            }
+            uniform += split_row(&vec![1.0 / cells.len() as f32; cells.len()], &cells);
             add_heads(&mut sums, &maps, b, position, &cells);
             expressions += 1;
         }

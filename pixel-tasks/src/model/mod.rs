@@ -55,7 +55,6 @@ pub struct PixelLlm<P: PixelDims, D: Device<f32>> {
 /// The preset `pixel demo` trains.
 pub type TinyPixelLlm = PixelLlm<PixelTiny, pixel_core::DefaultDevice>;
 
-/// Everything a forward pass computes that a loss or a prediction reads.
 /// The encoder side of a forward pass.
 struct Encoded<P: PixelDims, D: Device<f32>, T> {
     /// Image features without a tape, for the heads.
@@ -66,6 +65,7 @@ struct Encoded<P: PixelDims, D: Device<f32>, T> {
     mask: Vec<bool>,
 }
 
+/// Everything a forward pass computes that a loss or a prediction reads.
 struct Outputs<P: PixelDims, D: Device<f32>, T> {
     logits: Seq<LmVocab<P>, D, T>,
     /// Decoder features without a tape (same tensor ids as on the logits' tape), for the heads.
