@@ -3,6 +3,7 @@ mod cmd_ablate;
 mod cmd_demo;
 mod cmd_eval;
 mod cmd_export;
+mod cmd_grads;
 mod cmd_lm;
 mod cmd_metrics;
 mod cmd_vision;
@@ -15,6 +16,7 @@ const EXAMPLES: &str = "Examples:
   pixel ablate --config configs/ablations/lm-adaptation.toml --out runs/ablate-lm
   pixel eval --checkpoint runs/demo --out runs/demo/eval
   pixel export-shapes --out runs/shapes-ln-files --train 4000 --val 150
+  pixel grads --config configs/demo.toml --seed 0 --out runs/grads   (then tools/twin/grads.py)
   pixel lm forward --model DIR --inputs IN.safetensors --out OUT.safetensors
   pixel lm generate --model DIR --inputs IN.safetensors --max-new-tokens 20 --num-beams 4 --out OUT.safetensors
   pixel tokenize --tokenizer assets/t5-tokenizer.json \"a man holding a red umbrella\"
@@ -40,6 +42,8 @@ enum Command {
     Eval(cmd_eval::EvalArgs),
     /// Write ShapesLN as Localized Narratives, RefCOCO (MDETR) and Visual Genome files.
     ExportShapes(cmd_export::ExportArgs),
+    /// One training step's initial weights, batch and gradients, for the PyTorch twin.
+    Grads(cmd_grads::GradsArgs),
     /// T5 / Flan-T5: tensors in, tensors out, equal to HF transformers.
     #[command(subcommand)]
     Lm(cmd_lm::LmCommand),
@@ -65,6 +69,7 @@ fn main() {
         Command::Ablate(args) => cmd_ablate::run(args),
         Command::Eval(args) => cmd_eval::run(args),
         Command::ExportShapes(args) => cmd_export::run(args),
+        Command::Grads(args) => cmd_grads::run(args),
         Command::Lm(cmd) => cmd_lm::run(cmd),
         Command::Tokenize(args) => cmd_lm::tokenize(args),
         Command::Vision(cmd) => cmd_vision::run_vision(cmd),

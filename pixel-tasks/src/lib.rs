@@ -8,6 +8,7 @@ pub mod eval;
 pub mod eval_attention;
 pub mod eval_heads;
 pub mod eval_run;
+pub mod grads;
 pub mod heads;
 pub mod metrics;
 pub mod model;

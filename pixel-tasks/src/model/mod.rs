@@ -375,30 +375,66 @@ impl<P: PixelDims, D: Device<f32>> TrainStep<D> for PixelLlm<P, D> {
         examples: &Vec<Example>,
         grads: Gradients<f32, D>,
     ) -> Result<(TapedScalar<D>, LossParts)> {
-        let batch = self.batch(examples)?;
+        let (total, terms) = self.loss_terms(&self.batch(examples)?, grads)?;
+        let mut parts = LossParts::default();
+        for term in &terms {
+            match term.name.as_str() {
+                TEXT_LOSS => parts.text = term.value,
+                _ => parts.location += term.value,
+            }
+        }
+        Ok((total, parts))
+    }
+}
+
+/// The name of the vocabulary head's loss among [`LossTerm`]s.
+pub const TEXT_LOSS: &str = "text";
+
+/// One part of the training loss, unweighted: the vocabulary head's label-smoothed
+/// cross-entropy (named [`TEXT_LOSS`]) or an output head's loss (named after the head).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossTerm {
+    pub name: String,
+    pub value: f32,
+    /// The factor it enters the total with.
+    pub weight: f32,
+}
+
+impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
+    /// The training loss of `batch` with its gradient tape (slots from `grads`), and its terms.
+    pub fn loss_terms(
+        &self,
+        batch: &Batch,
+        grads: Gradients<f32, D>,
+    ) -> Result<(TapedScalar<D>, Vec<LossTerm>)> {
         // The tape starts with the slots allocated for the trainable parameters.
         let start: Tensor<(), f32, D> = self.dev.zeros_like(&());
         let (_, tape) = start.traced(grads).split_tape();
-        let out = self.forward(&batch, tape)?;
+        let out = self.forward(batch, tape)?;
         let text = label_smoothed_cross_entropy(
             out.logits,
             &batch.target_ids,
             &batch.target_weights,
             self.config.label_smoothing,
         )?;
-        let mut parts = LossParts {
-            text: text.as_vec()[0],
-            location: 0.0,
-        };
-        let inputs = self.head_inputs(&out.decoder, &out.image, &batch);
+        let mut terms = vec![LossTerm {
+            name: TEXT_LOSS.to_string(),
+            value: text.as_vec()[0],
+            weight: 1.0,
+        }];
+        let inputs = self.head_inputs(&out.decoder, &out.image, batch);
         let mut total = text;
         for (head, config) in self.heads.iter().zip(&self.config.heads) {
             if let Some(loss) = head.loss(&inputs)? {
-                parts.location += loss.as_vec()[0];
+                terms.push(LossTerm {
+                    name: head.name().to_string(),
+                    value: loss.as_vec()[0],
+                    weight: config.weight,
+                });
                 total = total + loss * config.weight;
             }
         }
-        Ok((total, parts))
+        Ok((total, terms))
     }
 }
 
