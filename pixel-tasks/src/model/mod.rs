@@ -676,6 +676,60 @@ mod tests {
         assert!(missing.is_empty(), "{missing:?}");
     }
 
+    /// Every parameter's values by name.
+    fn snapshot(model: &mut TinyPixelLlm) -> Vec<(String, Vec<f32>)> {
+        let mut store = pixel_core::checkpoint::TensorStore::default();
+        pixel_core::checkpoint::collect_params(model, &mut store, "").unwrap();
+        store
+            .tensors
+            .into_iter()
+            .map(|(name, t)| (name, t.to_f32()))
+            .collect()
+    }
+
+    /// Two optimizer steps in each LM mode: frozen tensors never move, and every trainable
+    /// tensor has a non-zero gradient at the second step and has moved after it (LoRA's B starts
+    /// at zero, so its A gets no gradient before B has had one update).
+    #[test]
+    fn each_lm_mode_updates_what_trains_and_nothing_frozen() {
+        for mode in [LmMode::Full, LmMode::Lora, LmMode::Frozen] {
+            let mut config = DemoConfig::builtin().unwrap();
+            config.model.lm.mode = mode;
+            let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
+            let ex = examples(&config, &model.vocab.clone(), 2);
+            let trainable = config.model.trainable();
+            let before = snapshot(&mut model);
+            let mut optimizer = pixel_core::optim::AdamW::new(Default::default());
+            for step in 0..2 {
+                let grads = alloc_grads(&mut model, &trainable).unwrap();
+                let (loss, _) = model.loss(&ex, grads).unwrap();
+                let grads = loss.backward();
+                if step == 1 {
+                    let missing = without_gradient(&mut model, &grads, &trainable);
+                    assert!(missing.is_empty(), "{mode:?}: {missing:?}");
+                }
+                optimizer
+                    .update(&mut model, &grads, &trainable, 1e-3)
+                    .unwrap();
+            }
+            let after = snapshot(&mut model);
+            for ((name, old), (_, new)) in before.iter().zip(&after) {
+                let moved = old != new;
+                if trainable.is_trainable(name) {
+                    let unused = UNUSED_BY_DESIGN.iter().any(|p| name.starts_with(p));
+                    assert!(moved || unused, "{mode:?}: trainable `{name}` did not move");
+                } else {
+                    assert!(!moved, "{mode:?}: frozen `{name}` moved");
+                }
+            }
+            let lm_moved = before
+                .iter()
+                .zip(&after)
+                .any(|((name, old), (_, new))| name.starts_with("language_model.") && old != new);
+            assert_eq!(lm_moved, mode != LmMode::Frozen, "{mode:?}");
+        }
+    }
+
     #[test]
     fn every_built_in_head_trains_and_decodes_side_by_side() {
         let heads = "[[model.heads]]\nkind = \"point\"\nweight = 0.1\n\

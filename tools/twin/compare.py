@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Compares two gradient files of `pixel grads` / tools/twin/grads.py (B is the reference).
+
+    python3 tools/twin/compare.py A.safetensors B.safetensors [--top 10] [--tol 1e-4] [--loss-tol 1e-5]
+
+Per tensor: relative error max|a - b| / max(max|b|, floor * G), G the largest |b| of any
+tensor (--floor, default 1e-5: a gradient that small is float32 rounding noise in the Rust
+reference, such as the key-bias gradients attention makes exactly zero); a tensor whose b is
+all zeros is judged by max|a - b| / G. Per loss term `loss/*`: |a - b|. Prints the worst tensors and every loss. Exit status 1 when a
+tensor's error exceeds --tol, a loss differs by more than --loss-tol, or the name sets or
+shapes differ. Trainable tensors whose reference gradient is all zeros are listed as warnings
+(parameters no loss reaches in that config); --strict-zeros makes them failures.
+"""
+import argparse
+import sys
+
+import torch
+from safetensors import safe_open
+
+
+def load(path):
+    with safe_open(path, "pt") as f:
+        return {k: f.get_tensor(k).to(torch.float64) for k in f.keys()}, f.metadata() or {}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("a")
+    ap.add_argument("b", help="the reference")
+    ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--loss-tol", type=float, default=1e-5)
+    ap.add_argument("--floor", type=float, default=1e-5)
+    ap.add_argument("--strict-zeros", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="only the summary line")
+    args = ap.parse_args()
+    a, meta_a = load(args.a)
+    b, meta_b = load(args.b)
+    failed = False
+
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if only_a or only_b:
+        failed = True
+        for k in only_a:
+            print(f"NAME only in {args.a}: {k}")
+        for k in only_b:
+            print(f"NAME only in {args.b}: {k}")
+
+    rows, losses, zeros = [], [], []
+    G = max((v.abs().max().item() for k, v in b.items() if not k.startswith("loss/") and v.numel()), default=0.0)
+    floor = args.floor * G
+    for k in sorted(set(a) & set(b)):
+        x, y = a[k], b[k]
+        if x.shape != y.shape:
+            print(f"SHAPE {k}: {tuple(x.shape)} vs {tuple(y.shape)}")
+            failed = True
+            continue
+        diff = (x - y).abs().max().item() if x.numel() else 0.0
+        if k.startswith("loss/"):
+            losses.append((k, x.item(), y.item(), diff))
+            continue
+        scale = y.abs().max().item() if y.numel() else 0.0
+        if scale == 0.0:
+            zeros.append(k)
+        denominator = max(scale, floor)
+        rel = diff / denominator if denominator > 0 else diff
+        rows.append((rel, k, scale, diff))
+
+    rows.sort(reverse=True)
+    bad = [r for r in rows if r[0] > args.tol]
+    if not args.quiet:
+        print(f"{'rel err':>10}  {'max|ref|':>10}  {'max|diff|':>10}  tensor")
+        for rel, k, scale, diff in rows[: args.top]:
+            flag = "  FAIL" if rel > args.tol else ""
+            print(f"{rel:10.3e}  {scale:10.3e}  {diff:10.3e}  {k}{flag}")
+        for rel, k, scale, diff in bad[args.top :]:
+            print(f"{rel:10.3e}  {scale:10.3e}  {diff:10.3e}  {k}  FAIL")
+        print()
+        for k, x, y, diff in losses:
+            flag = "  FAIL" if diff > args.loss_tol else ""
+            print(f"{k:24s} {x:14.8f} {y:14.8f}  |diff| {diff:.3e}{flag}")
+        for k in sorted(set(meta_a) | set(meta_b)):
+            va, vb = meta_a.get(k), meta_b.get(k)
+            if va is None or vb is None or abs(float(va) - float(vb)) > 1e-7:
+                print(f"METADATA {k}: {va} vs {vb}")
+                failed = True
+        if zeros:
+            print(f"\nWARNING: {len(zeros)} trainable tensors have an all-zero reference gradient:")
+            for k in zeros:
+                nonzero = a[k].abs().max().item()
+                print(f"  {k}" + (f"  (A is not zero: max|a| {nonzero:.3e})" if nonzero else ""))
+    if bad:
+        failed = True
+    loss_bad = [l for l in losses if l[3] > args.loss_tol]
+    if loss_bad:
+        failed = True
+    if args.strict_zeros and zeros:
+        failed = True
+    worst = rows[0][0] if rows else 0.0
+    worst_loss = max((l[3] for l in losses), default=0.0)
+    print(
+        f"{'FAIL' if failed else 'OK'}: {len(rows)} tensors, worst relative error {worst:.3e}"
+        f" ({rows[0][1] if rows else '-'}), {len(bad)} over {args.tol:g}; "
+        f"{len(losses)} losses, worst |diff| {worst_loss:.3e}; {len(zeros)} all-zero references"
+    )
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
