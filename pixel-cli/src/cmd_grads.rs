@@ -18,6 +18,10 @@ pub struct GradsArgs {
     /// The training step whose batch is drawn.
     #[arg(long, default_value_t = 0)]
     pub step: u64,
+    /// Also write the batches of training steps 0..N and the validation batches (for
+    /// `tools/twin/train.py`).
+    #[arg(long, default_value_t = 0)]
+    pub train_steps: u64,
     /// Folder for config.toml, init.safetensors, batch.safetensors and grads.safetensors.
     #[arg(long)]
     pub out: PathBuf,
@@ -34,7 +38,7 @@ pub fn run(args: GradsArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(size) = args.batch_size {
         config.train.batch_size = size;
     }
-    let report = write_grads(&config, args.step, &args.out)?;
+    let report = write_grads(&config, args.step, args.train_steps, &args.out)?;
     let losses: Vec<String> = report
         .losses
         .iter()

@@ -7,8 +7,13 @@
 //! - `batch.safetensors`: the step's batch ([`batch_tensors`] lists the names);
 //! - `grads.safetensors`: the gradient of every trainable parameter under its name, and each
 //!   loss term as a scalar `loss/<term>` (unweighted; `loss/total` is the weighted sum), with
-//!   each term's weight as metadata `weight/<term>`.
-use crate::demo::{pretrain_language_model, training_examples, DemoConfig};
+//!   each term's weight as metadata `weight/<term>`;
+//! - with `train_steps` > 0, the batches of training steps `0..train_steps` in
+//!   `train/step-NNNNNNN.safetensors` (the demo's own, in its order) and the validation
+//!   examples of each evaluated task as one batch each, `val-referring.safetensors` and
+//!   `val-trace.safetensors`, so the twin can train on what the demo trains on and be scored on
+//!   what the demo is scored on.
+use crate::demo::{evaluation_examples, pretrain_language_model, training_examples, DemoConfig};
 use crate::error::{Result, TaskError};
 use crate::eval::Predictor;
 use crate::model::TinyPixelLlm;
@@ -32,7 +37,12 @@ pub struct GradsReport {
 
 /// Builds the model of `config` (seeded as `pixel demo` seeds it, LM pretraining included),
 /// draws training step `step`'s batch and writes the step's inputs and gradients into `out`.
-pub fn write_grads(config: &DemoConfig, step: u64, out: &Path) -> Result<GradsReport> {
+pub fn write_grads(
+    config: &DemoConfig,
+    step: u64,
+    train_steps: u64,
+    out: &Path,
+) -> Result<GradsReport> {
     std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
     let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
     let data =
@@ -53,6 +63,42 @@ pub fn write_grads(config: &DemoConfig, step: u64, out: &Path) -> Result<GradsRe
         step,
     )?;
     let batch = model.batch(&examples)?;
+    if train_steps > 0 {
+        let train = out.join("train");
+        std::fs::create_dir_all(&train).map_err(|e| TaskError::io(&train, e))?;
+        for k in 0..train_steps {
+            let examples = training_examples(
+                &data,
+                &builder,
+                &config.tasks,
+                config.train.batch_size,
+                config.train.seed,
+                k,
+            )?;
+            let path = train.join(format!("step-{k:07}.safetensors"));
+            batch_tensors(&model.batch(&examples)?, &path)?;
+        }
+        let validation = evaluation_examples(
+            &data,
+            &builder,
+            crate::shapes_ln::Split::Validation,
+            config.eval.validation_images,
+        )?;
+        for (task, name) in [
+            (TaskKind::ReferringLocalization, "val-referring"),
+            (TaskKind::TraceCaptioning, "val-trace"),
+        ] {
+            let chosen: Vec<_> = validation
+                .iter()
+                .filter(|e| e.task == task)
+                .cloned()
+                .collect();
+            batch_tensors(
+                &model.batch(&chosen)?,
+                &out.join(format!("{name}.safetensors")),
+            )?;
+        }
+    }
 
     let toml = toml::to_string(config).map_err(|e| TaskError::Invalid(e.to_string()))?;
     let config_path = out.join("config.toml");

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# tools/gpu_check.sh: build the workspace's `cuda` feature test binaries on a machine WITHOUT a
+# GPU, then run them on a machine WITH one (no Rust toolchain needed there).
+#
+#   tools/gpu_check.sh setup   # here: nvcc 13.0 + headers from PyPI wheels, a libcuda link stub,
+#                              # a fake nvidia-smi (dfdx's build.rs asks it for the compute cap)
+#   tools/gpu_check.sh build   # here: cargo test --no-run with pixel-cli/cuda into target-cuda/,
+#                              # then pack the test binaries into target-cuda/gpu-pack.tar.xz
+#   tools/gpu_check.sh run [OUT]   # there, from the repo root: unpack, run every test binary,
+#                                  # log to OUT/log.txt and OUT/summary.txt (OUT defaults to $OUT)
+#
+# `run` needs the binaries built exactly as `build` builds them: the paths below are baked into
+# them by env!() (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_pixel, dfdx's OUT_DIR and CUDA_INCLUDE_DIR),
+# so the checkout must have been at $BUILD_ROOT (/work/main) when building; `run` symlinks
+# $BUILD_ROOT (and $SRC_ROOT, if the sources built were a copy elsewhere: pass the same
+# SRC_ROOT to `build` and `run`) to the checkout it runs from when they differ.
+# dfdx compiles some kernels at run time with NVRTC against $BUILD_ROOT/cuda-root/include (CUDA 13.0 headers, copied by `setup`).
+# Its .cu kernels are compiled to PTX at build time for sm_$CUDA_COMPUTE_CAP (default 90, H200)
+# with nvcc 13.0, so the driver there must support CUDA >= 13.0 (driver >= 580).
+# The binaries link libcuda.so.1, libnvrtc.so.13, libcublas.so.13 and libcublasLt.so.13: `run`
+# takes them from the driver and from the python3 `nvidia` wheels (torch cu130) on that machine.
+#
+# With the `run` tool of this workplace (ignored paths travel only when carried):
+#   carry: target-cuda/gpu-pack.tar.xz, cuda-root/include
+#   command: bash tools/gpu_check.sh run "$OUT"
+set -uo pipefail
+
+BUILD_ROOT=${BUILD_ROOT:-/work/main}      # checkout holding target-cuda/ and cuda-root/
+SRC_ROOT=${SRC_ROOT:-$BUILD_ROOT}          # sources cargo builds (a patched copy, say)
+CAP=${CUDA_COMPUTE_CAP:-90}
+DEPS=${CUDA_DEPS:-/work/cuda-deps}          # pip --target prefix for the nvcc wheels (here)
+TARGET=$BUILD_ROOT/target-cuda
+PACK=$TARGET/gpu-pack.tar.xz
+CUDA_V=13.0
+
+die() { echo "gpu_check: $*" >&2; exit 1; }
+
+cmd_setup() {
+    cd "$BUILD_ROOT" || die "no $BUILD_ROOT"
+    local nv=$DEPS/nvidia/cu13 tmp
+    if [ ! -x "$nv/bin/nvcc" ] || [ ! -d "$nv/nvvm" ] || [ ! -e "$nv/include/nv/target" ]; then
+        # pip --target will not merge into an existing nvidia/ folder: install each wheel apart.
+        for w in nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 \
+                 nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85; do
+            tmp=$(mktemp -d)
+            python3 -m pip install -q --no-deps --target "$tmp" "$w" || die "pip $w"
+            mkdir -p "$nv" && cp -a "$tmp/nvidia/cu13/." "$nv/" && rm -rf "$tmp"
+        done
+    fi
+    # Link-time libraries: the CUDA 13 runtime wheels of any python here (torch cu130 brings them).
+    local sp
+    sp=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null)/cu13/lib
+    if [ ! -e "$sp/libcublasLt.so.13" ]; then
+        python3 -m pip install -q --no-deps --target "$DEPS/libs" nvidia-cublas==13.0.0.19 \
+            nvidia-cuda-nvrtc==13.0.88 || die "pip cublas/nvrtc"
+        sp=$DEPS/libs/nvidia/cu13/lib
+    fi
+    mkdir -p cuda-root/lib cuda-root/bin cuda-root/include
+    # NVRTC include dir baked into dfdx (cccl left out; cuda_fp16.h only needs nv/).
+    (cd "$nv/include" && tar cf - --exclude=./cccl .) | tar xf - -C cuda-root/include
+    ln -sf "$sp/libnvrtc.so.13" cuda-root/lib/libnvrtc.so
+    ln -sf "$sp/libcublas.so.13" cuda-root/lib/libcublas.so
+    ln -sf "$sp/libcublasLt.so.13" cuda-root/lib/libcublasLt.so
+    # libcuda.so.1 stub: every driver function cudarc 0.9 binds; the real one comes from the driver.
+    local sys
+    sys=$(ls -d ~/.cargo/registry/src/*/cudarc-0.9.*/src/driver/sys.rs | tail -1)
+    grep -oE 'pub fn cu[A-Za-z0-9_]+' "$sys" | awk '{print $3}' | sort -u |
+        awk '{print "int "$1"(void){return 999;}"}' > cuda-root/lib/cuda_stub.c
+    gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o cuda-root/lib/libcuda.so cuda-root/lib/cuda_stub.c ||
+        die "stub"
+    rm cuda-root/lib/cuda_stub.c
+    printf '#!/bin/sh\n# fake nvidia-smi for dfdx build.rs (no GPU here)\necho compute_cap\necho %s\n' \
+        "${CAP:0:-1}.${CAP: -1}" > cuda-root/bin/nvidia-smi
+    chmod +x cuda-root/bin/nvidia-smi
+    grep -qx '/cuda-root/' .git/info/exclude 2>/dev/null || echo /cuda-root/ >> .git/info/exclude
+    grep -qx '/target-cuda/' .git/info/exclude 2>/dev/null || echo /target-cuda/ >> .git/info/exclude
+    echo "setup done"
+}
+
+cmd_build() {
+    cd "$BUILD_ROOT" || die "no $BUILD_ROOT"
+    [ -x cuda-root/bin/nvidia-smi ] || die "run setup first"
+    unset CUDA_PATH CUDA_TOOLKIT_ROOT_DIR CUDNN_LIB
+    export CARGO_TARGET_DIR=$TARGET CUDA_ROOT=$BUILD_ROOT/cuda-root CUDA_COMPUTE_CAP=$CAP
+    export PATH=$BUILD_ROOT/cuda-root/bin:$DEPS/nvidia/cu13/bin:$PATH
+    local json=$TARGET/gpu-build.json
+    mkdir -p "$TARGET"
+    cd "$SRC_ROOT" || die "no $SRC_ROOT"
+    cargo test --workspace --release --no-run --features pixel-cli/cuda ${JOBS:+-j $JOBS} \
+        --message-format=json-render-diagnostics > "$json" || die "cargo build failed"
+    # manifest: <crate dir relative to BUILD_ROOT> <binary relative to target-cuda> <target name>
+    python3 - "$json" "$SRC_ROOT" "$TARGET" > "$TARGET/gpu-manifest.txt" <<'EOF' || die manifest
+import json, os, sys
+root, target = sys.argv[2], sys.argv[3]
+seen = set()
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("profile", {}).get("test"):
+        continue
+    exe = m.get("executable")
+    if not exe or exe in seen:
+        continue
+    seen.add(exe)
+    crate = os.path.relpath(os.path.dirname(m["manifest_path"]), root)
+    kind = m["target"]["kind"][0]
+    print(crate, os.path.relpath(exe, target), f'{m["target"]["name"]}:{kind}')
+EOF
+    local outdir files
+    outdir=$(ls -d "$TARGET"/release/build/dfdx-*/out | while read -r d; do
+        [ -e "$d/cuda_utils.cuh" ] && echo "$d"; done | head -1)
+    [ -n "$outdir" ] || die "no dfdx OUT_DIR with kernels"
+    files=$(awk '{print $2}' "$TARGET/gpu-manifest.txt")
+    (cd "$TARGET" && tar cf - gpu-manifest.txt release/pixel ${files} "${outdir#$TARGET/}" |
+        xz -T1 -9 --lzma2=dict=256MiB > "$PACK") || die "pack"
+    cat "$TARGET/gpu-manifest.txt"
+    ls -la "$PACK"
+}
+
+cmd_run() {
+    local out=${1:-${OUT:-$PWD/gpu-out}} here
+    mkdir -p "$out"
+    here=$(pwd -P)
+    exec > >(tee -a "$out/log.txt") 2>&1
+    echo "== $(date -u) gpu_check run in $here"
+    nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv
+    local r
+    for r in "$BUILD_ROOT" "$SRC_ROOT"; do
+        [ "$(readlink -f "$r")" = "$here" ] && continue
+        [ -e "$r" ] && die "$r exists and is not this checkout"
+        mkdir -p "$(dirname "$r")" && ln -s "$here" "$r" || die "symlink $r"
+        echo "linked $r -> $here"
+    done
+    [ -f "$here/target-cuda/gpu-pack.tar.xz" ] || die "no target-cuda/gpu-pack.tar.xz (carry it)"
+    [ -e "$here/cuda-root/include/cuda_fp16.h" ] || die "no cuda-root/include (carry it)"
+    if command -v xz >/dev/null; then
+        (cd "$here/target-cuda" && xz -dc gpu-pack.tar.xz | tar xf -) || die "unpack"
+    else
+        (cd "$here/target-cuda" && python3 -c \
+            'import tarfile; tarfile.open("gpu-pack.tar.xz").extractall()') || die "unpack"
+    fi
+    # CUDA 13 libraries: the python `nvidia` wheels (torch cu130); libcuda from the driver.
+    local libs
+    libs=$(python3 - <<'EOF'
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except Exception:
+    roots = []
+dirs = []
+for r in roots:
+    for pat in ("libcublas.so.13*", "libcublasLt.so.13*", "libnvrtc.so.13*", "libnvrtc-builtins.so*"):
+        for f in glob.glob(os.path.join(r, "**", pat), recursive=True):
+            d = os.path.dirname(f)
+            if d not in dirs:
+                dirs.append(d)
+print(":".join(dirs))
+EOF
+)
+    for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu; do
+        [ -e "$d/libcuda.so.1" ] && libs=$libs:$d && break
+    done
+    export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    local first
+    first=$(awk 'NR==1{print $2}' "$here/target-cuda/gpu-manifest.txt")
+    ldd "$here/target-cuda/$first" | grep -E 'cuda|cublas|nvrtc|not found'
+    local budget=${GPU_CHECK_BUDGET_S:-300} per=${GPU_CHECK_PER_BIN_S:-120} start=$SECONDS
+    local crate bin name rc t0 line
+    : > "$out/summary.txt"
+    while read -r crate bin name; do
+        if (( SECONDS - start > budget )); then
+            echo "SKIPPED (budget) $name" | tee -a "$out/summary.txt"; continue
+        fi
+        echo; echo "==== $name ($crate, $bin)"
+        t0=$SECONDS
+        (cd "$SRC_ROOT/$crate" && RUST_BACKTRACE=1 timeout -k 5 "$per" \
+            "$BUILD_ROOT/target-cuda/$bin" --test-threads="${TEST_THREADS:-4}" ${GPU_CHECK_ARGS:-}) \
+            > "$out/cur.txt" 2>&1
+        rc=$?
+        cat "$out/cur.txt"
+        line=$(grep -E '^test result:' "$out/cur.txt" | tail -1)
+        echo "$name rc=$rc $((SECONDS - t0))s ${line:-no test result line}" | tee -a "$out/summary.txt"
+        grep -E '^test .* FAILED$|^    [^ ].*$' "$out/cur.txt" | grep -E 'FAILED|^    ' |
+            sed 's/^/    /' >> "$out/summary.txt"
+    done < <(awk '$3 ~ /:lib$/' "$here/target-cuda/gpu-manifest.txt"; \
+             awk '$3 !~ /:lib$/' "$here/target-cuda/gpu-manifest.txt")   # unit tests first
+    rm -f "$out/cur.txt"
+    echo; echo "== summary"; cat "$out/summary.txt"
+}
+
+case "${1:-}" in
+    setup) cmd_setup ;;
+    build) cmd_build ;;
+    run) shift; cmd_run "$@" ;;
+    *) sed -n '2,25p' "$0"; exit 2 ;;
+esac
