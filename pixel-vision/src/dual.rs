@@ -69,11 +69,11 @@ impl<SH: ConstDim, SO: ConstDim, E: ConstDim, Cat: ConstDim, D: Device<f32>>
         Ok((to_images(dev, &sam)?, to_images(dev, &eva)?))
     }
 
-    /// Features `[B, h*w, Cat]` on SAM's grid. SAM runs without a tape (frozen); EVA02 records
-    /// on `eva_pixels`' tape.
-    pub fn forward<T: Tape<f32, D>>(
+    /// Features `[B, h*w, Cat]` on SAM's grid. Each branch records on its pixels' tape: a frozen
+    /// SAM gets untaped pixels (`S = NoneTape`), so its ops cost nothing in the backward pass.
+    pub fn forward<S: Tape<f32, D>, T: Tape<f32, D> + Merge<S>>(
         &self,
-        sam_pixels: Images<D>,
+        sam_pixels: Images<D, S>,
         eva_pixels: Images<D, T>,
     ) -> FeatureMap<Cat, D, T> {
         let sam = self.sam.forward(sam_pixels);
@@ -84,11 +84,12 @@ impl<SH: ConstDim, SO: ConstDim, E: ConstDim, Cat: ConstDim, D: Device<f32>>
             w,
             ResizeKernel::Bicubic,
         );
-        let sam: Tensor<(usize, usize, usize), f32, D> = realize(sam.tokens);
+        let sam: Tensor<(usize, usize, usize), f32, D, S> = realize(sam.tokens);
         let eva: Tensor<(usize, usize, usize), f32, D, T> = realize(eva.tokens);
-        // SAM first; the tape moves onto it so the concatenation is recorded.
+        // SAM first; both tapes move onto it so the concatenation is recorded.
+        let (sam, sam_tape) = sam.split_tape();
         let (eva, tape) = eva.split_tape();
-        let tokens = (sam.put_tape(tape), eva).concat_along(Axis::<2>);
+        let tokens = (sam.put_tape(tape.merge(sam_tape)), eva).concat_along(Axis::<2>);
         FeatureMap::new(realize(tokens), h, w)
     }
 }

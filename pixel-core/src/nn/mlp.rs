@@ -25,7 +25,7 @@ impl Activation {
     ) -> Tensor<S, f32, D, T> {
         match self {
             Activation::Relu => x.relu(),
-            Activation::Gelu => x.accurate_gelu(),
+            Activation::Gelu => gelu(x),
             Activation::GeluTanh => x.fast_gelu(),
             Activation::Silu => {
                 let gate = x.retaped::<T>().sigmoid();
@@ -33,6 +33,27 @@ impl Activation {
             }
         }
     }
+}
+
+/// Exact GELU, `x * Phi(x)`, with the true derivative `Phi(x) + x * phi(x)`.
+///
+/// dfdx 0.13's `accurate_gelu` computes the value right but back-propagates
+/// `Phi(x) + x * exp(-x^2 / 2) / sqrt(pi)`, missing the chain factor `1 / sqrt(2)` of
+/// `erf(x / sqrt(2))` (found by the PyTorch twin, `tools/twin/`). With a tape this adds
+/// `c * exp(-x^2 / 2)` and subtracts the same value off the tape, which leaves the value
+/// as it is and corrects the derivative by `-c * x * exp(-x^2 / 2)`, with
+/// `c = (1 - 1 / sqrt(2)) / sqrt(pi)`.
+pub fn gelu<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
+    x: Tensor<S, f32, D, T>,
+) -> Tensor<S, f32, D, T> {
+    if !T::OWNS_TAPE {
+        return x.accurate_gelu();
+    }
+    let c = (1.0 - std::f32::consts::FRAC_1_SQRT_2) / std::f32::consts::PI.sqrt();
+    let off_tape = (x.retaped::<NoneTape>().square() * -0.5).exp() * c;
+    let on_tape = (x.retaped::<T>().square() * -0.5).exp() * c;
+    let correction = on_tape - off_tape;
+    x.accurate_gelu() + correction
 }
 
 /// SAM's `MLP`: `layers.0 .. layers.{n-1}`, activation between layers, none after the last.
@@ -84,6 +105,25 @@ impl<In: ConstDim, Hidden: ConstDim, Out: ConstDim, D: Device<f32>> Params<D>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gelu_has_the_exact_value_and_derivative() {
+        use dfdx::prelude::*;
+        let dev: Cpu = Default::default();
+        let xs = [-3.0f32, -1.0, -0.3, 0.0, 0.5, 1.0, 2.5];
+        let x = dev.tensor(xs);
+        let y = super::gelu(x.leaky_trace());
+        let values = y.as_vec();
+        let grads = y.sum().backward();
+        let dx = grads.get(&x).as_vec();
+        for (i, &v) in xs.iter().enumerate() {
+            let v = v as f64;
+            let cdf = 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            assert!((values[i] as f64 - v * cdf).abs() < 1e-6, "gelu({v})");
+            assert!((dx[i] as f64 - (cdf + v * pdf)).abs() < 1e-6, "gelu'({v}) = {}", dx[i]);
+        }
+    }
+
     use super::*;
     use crate::params::list_params;
 

@@ -24,7 +24,7 @@ pub use attention::{
 };
 pub use embedding::Embedding;
 pub use linear::{Linear, LoraAdapter, LoraLinear};
-pub use mlp::{Activation, Mlp};
+pub use mlp::{gelu, Activation, Mlp};
 pub use norm::{LayerNorm, RmsNorm};
 pub use position::{sincos_1d, sincos_2d, RandomFourierEncoding};
 pub use recording::{record_attention, AttentionMap};

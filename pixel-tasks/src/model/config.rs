@@ -76,7 +76,11 @@ impl ModelConfig {
     /// Which parameters train: everything but the frozen SAM branch, the fixed Fourier
     /// matrices, and the LM weights the LM mode freezes.
     pub fn trainable(&self) -> Trainable {
-        let mut t = Trainable::all().freeze("*positional_encoding_gaussian_matrix");
+        // SAM's random Fourier matrix is a fixed buffer in segment-anything; PixelLlm names it
+        // `prompt_encoder.shared_embedding.positional_embedding` (HF's name).
+        let mut t = Trainable::all()
+            .freeze("*positional_encoding_gaussian_matrix")
+            .freeze("*shared_embedding.positional_embedding");
         if self.freeze_sam {
             t = t.freeze("image_encoder.sam.*");
         }

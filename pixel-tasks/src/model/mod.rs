@@ -211,10 +211,16 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
             )));
         }
         let b = batch.size;
-        // 1. Image encoder: SAM without a tape (frozen), EVA02 on the training tape.
+        // 1. Image encoder: EVA02 on the training tape; SAM too unless it is frozen (then
+        // without a tape, so its ops are not replayed backwards).
         let sam_pixels = self.pixel_values(batch, &SAM_NORMALIZATION);
         let eva_pixels = self.pixel_values(batch, &CLIP_NORMALIZATION).put_tape(tape);
-        let features = self.image_encoder.forward(sam_pixels, eva_pixels);
+        let features = if self.config.freeze_sam {
+            self.image_encoder.forward(sam_pixels, eva_pixels)
+        } else {
+            self.image_encoder
+                .forward(sam_pixels.retaped::<T>(), eva_pixels)
+        };
         let image = FeatureMap::new(
             features.tokens.retaped::<NoneTape>(),
             features.height,
@@ -634,13 +640,11 @@ mod tests {
         c.2
     }
 
-    /// Parameters no loss reaches in these configs, by design: SAM's random Fourier matrix (a
-    /// buffer in segment-anything), the prompt encoder's mask and point-label embeddings (the
+    /// Parameters no loss reaches in these configs, by design: the prompt encoder's mask and point-label embeddings (the
     /// prompts are boxes), EVA02's pooling norm (the model reads feature maps), the two-way
     /// transformer's last token-to-image attention (dense fusion reads the image tokens) and
     /// the mask decoder's multimask outputs (the mask head asks for one mask).
     const UNUSED_BY_DESIGN: &[&str] = &[
-        "prompt_encoder.shared_embedding.positional_embedding",
         "prompt_encoder.mask_embed.",
         "prompt_encoder.point_embed.0.",
         "prompt_encoder.point_embed.1.",
@@ -666,14 +670,21 @@ mod tests {
 
     #[test]
     fn every_trainable_parameter_gets_a_gradient() {
-        let config = DemoConfig::builtin().unwrap();
-        let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
-        let ex = examples(&config, &model.vocab.clone(), 2);
-        let trainable = config.model.trainable();
-        let grads = alloc_grads(&mut model, &trainable).unwrap();
-        let (loss, _) = model.loss(&ex, grads).unwrap();
-        let missing = without_gradient(&mut model, &loss.backward(), &trainable);
-        assert!(missing.is_empty(), "{missing:?}");
+        for freeze_sam in [true, false] {
+            let mut config = DemoConfig::builtin().unwrap();
+            config.model.freeze_sam = freeze_sam;
+            let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
+            let ex = examples(&config, &model.vocab.clone(), 2);
+            let trainable = config.model.trainable();
+            assert_eq!(
+                trainable.is_trainable("image_encoder.sam.neck.conv1.weight"),
+                !freeze_sam
+            );
+            let grads = alloc_grads(&mut model, &trainable).unwrap();
+            let (loss, _) = model.loss(&ex, grads).unwrap();
+            let missing = without_gradient(&mut model, &loss.backward(), &trainable);
+            assert!(missing.is_empty(), "freeze_sam = {freeze_sam}: {missing:?}");
+        }
     }
 
     /// Every parameter's values by name.

@@ -113,8 +113,8 @@ impl<C: ConstDim, D: Device<f32>> SamMaskDecoder<C, D> {
         let (hs, src) = self.transformer.forward(src, image_pe, tokens);
 
         let up = self.upscale_conv1.forward(FeatureMap::new(src, h, w));
-        let up = up.map(|t| self.upscale_layer_norm.forward(t).accurate_gelu());
-        let up = self.upscale_conv2.forward(up).map(|t| t.accurate_gelu());
+        let up = up.map(|t| pixel_core::nn::gelu(self.upscale_layer_norm.forward(t)));
+        let up = self.upscale_conv2.forward(up).map(pixel_core::nn::gelu);
         let (uh, uw) = (up.height, up.width);
         let hyper = self
             .output_hypernetworks_mlps

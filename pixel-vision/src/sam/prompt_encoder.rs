@@ -37,9 +37,9 @@ impl<C: ConstDim, D: Device<f32>> SamMaskEmbedding<C, D> {
 
     pub fn forward<T: Tape<f32, D>>(&self, masks: Images<D, T>) -> FeatureMap<C, D, T> {
         let x = self.conv1.forward_images(masks);
-        let x = x.map(|t| self.layer_norm1.forward(t).accurate_gelu());
+        let x = x.map(|t| pixel_core::nn::gelu(self.layer_norm1.forward(t)));
         let x = self.conv2.forward(x);
-        let x = x.map(|t| self.layer_norm2.forward(t).accurate_gelu());
+        let x = x.map(|t| pixel_core::nn::gelu(self.layer_norm2.forward(t)));
         self.conv3.forward(x)
     }
 }
