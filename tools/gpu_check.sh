@@ -14,15 +14,17 @@
 # so the checkout must have been at $BUILD_ROOT (/work/main) when building; `run` symlinks
 # $BUILD_ROOT (and $SRC_ROOT, if the sources built were a copy elsewhere: pass the same
 # SRC_ROOT to `build` and `run`) to the checkout it runs from when they differ.
-# dfdx compiles some kernels at run time with NVRTC against $BUILD_ROOT/cuda-root/include (CUDA 13.0 headers, copied by `setup`).
+# dfdx compiles some kernels at run time with NVRTC against $BUILD_ROOT/cuda-root/include
+# (CUDA 13.0 headers, copied there by `setup`).
 # Its .cu kernels are compiled to PTX at build time for sm_$CUDA_COMPUTE_CAP (default 90, H200)
 # with nvcc 13.0, so the driver there must support CUDA >= 13.0 (driver >= 580).
 # The binaries link libcuda.so.1, libnvrtc.so.13, libcublas.so.13 and libcublasLt.so.13: `run`
 # takes them from the driver and from the python3 `nvidia` wheels (torch cu130) on that machine.
 #
 # With the `run` tool of this workplace (ignored paths travel only when carried):
-#   carry: target-cuda/gpu-pack.tar.xz, cuda-root/include
-#   command: bash tools/gpu_check.sh run "$OUT"
+#   carry: target-cuda/gpu-pack.tar.xz, cuda-root/include (and target-cuda/gpu-src.tar.xz, which
+#          `build` writes when SRC_ROOT is a copy)
+#   command: bash tools/gpu_check.sh run "$OUT"   (with the same BUILD_ROOT/SRC_ROOT as `build`)
 set -uo pipefail
 
 BUILD_ROOT=${BUILD_ROOT:-/work/main}      # checkout holding target-cuda/ and cuda-root/
@@ -112,8 +114,14 @@ EOF
     files=$(awk '{print $2}' "$TARGET/gpu-manifest.txt")
     (cd "$TARGET" && tar cf - gpu-manifest.txt release/pixel ${files} "${outdir#$TARGET/}" |
         xz -T1 -9 --lzma2=dict=256MiB > "$PACK") || die "pack"
+    # Sources built from a copy: its configs, assets and fixtures travel too (the tests read them).
+    rm -f "$TARGET/gpu-src.tar.xz"
+    if [ "$(readlink -f "$SRC_ROOT")" != "$(readlink -f "$BUILD_ROOT")" ]; then
+        (cd "$SRC_ROOT" && tar cf - --exclude='./target*' --exclude=./.git . | xz -T1 -6 \
+            > "$TARGET/gpu-src.tar.xz") || die "pack sources"
+    fi
     cat "$TARGET/gpu-manifest.txt"
-    ls -la "$PACK"
+    ls -la "$TARGET"/gpu-*.tar.xz
 }
 
 cmd_run() {
@@ -123,12 +131,17 @@ cmd_run() {
     exec > >(tee -a "$out/log.txt") 2>&1
     echo "== $(date -u) gpu_check run in $here"
     nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv
-    local r
-    for r in "$BUILD_ROOT" "$SRC_ROOT"; do
-        [ "$(readlink -f "$r")" = "$here" ] && continue
-        [ -e "$r" ] && die "$r exists and is not this checkout"
-        mkdir -p "$(dirname "$r")" && ln -s "$here" "$r" || die "symlink $r"
-        echo "linked $r -> $here"
+    local r src=$here
+    if [ -f "$here/target-cuda/gpu-src.tar.xz" ]; then    # the copy the binaries were built from
+        src=$here/target-cuda/src
+        rm -rf "$src" && mkdir -p "$src" && xz -dc "$here/target-cuda/gpu-src.tar.xz" |
+            tar xf - -C "$src" || die "unpack sources"
+    fi
+    for r in "$BUILD_ROOT:$here" "$SRC_ROOT:$src"; do
+        [ "$(readlink -f "${r%%:*}")" = "$(readlink -f "${r#*:}")" ] && continue
+        [ -e "${r%%:*}" ] && die "${r%%:*} exists and is not ${r#*:}"
+        mkdir -p "$(dirname "${r%%:*}")" && ln -s "${r#*:}" "${r%%:*}" || die "symlink $r"
+        echo "linked ${r%%:*} -> ${r#*:}"
     done
     [ -f "$here/target-cuda/gpu-pack.tar.xz" ] || die "no target-cuda/gpu-pack.tar.xz (carry it)"
     [ -e "$here/cuda-root/include/cuda_fp16.h" ] || die "no cuda-root/include (carry it)"
@@ -162,30 +175,59 @@ EOF
     done
     export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-    local first
-    first=$(awk 'NR==1{print $2}' "$here/target-cuda/gpu-manifest.txt")
-    ldd "$here/target-cuda/$first" | grep -E 'cuda|cublas|nvrtc|not found'
-    local budget=${GPU_CHECK_BUDGET_S:-300} per=${GPU_CHECK_PER_BIN_S:-120} start=$SECONDS
-    local crate bin name rc t0 line
+    ldd "$here/target-cuda/release/pixel" | grep -E 'cuda|cublas|nvrtc|not found'
+    local budget=${GPU_CHECK_BUDGET_S:-300} per=${GPU_CHECK_PER_BIN_S:-150} start=$SECONDS
+    local threads=${TEST_THREADS:-4} crate bin name rc t0 line left exe m=$here/target-cuda/gpu-manifest.txt
+    export RUST_BACKTRACE=${RUST_BACKTRACE:-0}
     : > "$out/summary.txt"
+    # Order: binaries that link libcuda (they use the GPU; lib tests first), then pixel-cli's tests
+    # (they run the `pixel` binary, which links it), then the CPU-only rest.
+    local order
+    order=$(while read -r crate bin name; do
+        if grep -q libcuda.so.1 "$here/target-cuda/$bin"; then k=0; else k=2; fi
+        [ "$crate" = pixel-cli ] && [ $k = 2 ] && k=1
+        case $name in *:lib) k=${k}0 ;; *) k=${k}1 ;; esac
+        echo "$k $crate $bin $name"
+    done < "$m" | sort -s -k1,1 | cut -d' ' -f2-)
     while read -r crate bin name; do
-        if (( SECONDS - start > budget )); then
-            echo "SKIPPED (budget) $name" | tee -a "$out/summary.txt"; continue
+        left=$(( budget - (SECONDS - start) ))
+        if (( left < 10 )); then
+            echo "SKIPPED (out of time) $name ($crate)" | tee -a "$out/summary.txt"; continue
         fi
-        echo; echo "==== $name ($crate, $bin)"
+        (( left > per )) && left=$per
+        exe=$BUILD_ROOT/target-cuda/$bin
+        echo; echo "==== $name ($crate, $bin), limit ${left}s"
         t0=$SECONDS
-        (cd "$SRC_ROOT/$crate" && RUST_BACKTRACE=1 timeout -k 5 "$per" \
-            "$BUILD_ROOT/target-cuda/$bin" --test-threads="${TEST_THREADS:-4}" ${GPU_CHECK_ARGS:-}) \
-            > "$out/cur.txt" 2>&1
+        (cd "$SRC_ROOT/$crate" && timeout -k 5 "$left" "$exe" --test-threads="$threads" \
+            ${GPU_CHECK_ARGS:-}) > "$out/cur.txt" 2>&1
         rc=$?
         cat "$out/cur.txt"
         line=$(grep -E '^test result:' "$out/cur.txt" | tail -1)
-        echo "$name rc=$rc $((SECONDS - t0))s ${line:-no test result line}" | tee -a "$out/summary.txt"
-        grep -E '^test .* FAILED$|^    [^ ].*$' "$out/cur.txt" | grep -E 'FAILED|^    ' |
-            sed 's/^/    /' >> "$out/summary.txt"
-    done < <(awk '$3 ~ /:lib$/' "$here/target-cuda/gpu-manifest.txt"; \
-             awk '$3 !~ /:lib$/' "$here/target-cuda/gpu-manifest.txt")   # unit tests first
-    rm -f "$out/cur.txt"
+        echo "$name ($crate) rc=$rc $((SECONDS - t0))s ${line:-NO RESULT LINE}" |
+            tee -a "$out/summary.txt"
+        grep -E '^test .* FAILED$' "$out/cur.txt" | sed 's/^/    /' >> "$out/summary.txt"
+        grep -E -A4 "^---- .* stdout ----$" "$out/cur.txt" | grep -v '^--$' | cut -c1-300 |
+            sed 's/^/      /' >> "$out/summary.txt"
+        # A CUDA error can abort the whole binary (a panic inside a panic): then run its tests one
+        # by one, 4 at a time, to tell which ones fail.
+        left=$(( budget - (SECONDS - start) ))
+        if [ -z "$line" ] && [ "$rc" != 124 ] && (( left > 20 )); then
+            echo "  per-test rerun of $name, ${left}s left" | tee -a "$out/summary.txt"
+            (cd "$SRC_ROOT/$crate" && "$exe" --list --format=terse 2>/dev/null |
+                sed -n 's/: test$//p' > "$out/names.txt")
+            (cd "$SRC_ROOT/$crate" && export exe out && timeout -k 5 "$left" xargs -a "$out/names.txt" -d '\n' -P "$threads" \
+                -I{} timeout -k 5 $(( left > 60 ? 60 : left )) bash -c \
+                'o=$("$exe" --exact "$1" --test-threads=1 2>&1); r=$?
+                 if [ $r = 0 ]; then echo "ok $1"; else echo "FAIL($r) $1";
+                 echo "$o" | grep -E -A3 "panicked|error" | head -6 | cut -c1-300 | sed "s/^/        /"; fi' _ {}) \
+                > "$out/pertest.txt" 2>&1
+            cat "$out/pertest.txt"
+            echo "    per-test: $(grep -c '^ok ' "$out/pertest.txt") ok, $(grep -c '^FAIL' "$out/pertest.txt") failed of $(wc -l < "$out/names.txt")" |
+                tee -a "$out/summary.txt"
+            grep -v '^ok ' "$out/pertest.txt" | sed 's/^/    /' >> "$out/summary.txt"
+        fi
+    done <<< "$order"
+    rm -f "$out/cur.txt" "$out/names.txt" "$out/pertest.txt"
     echo; echo "== summary"; cat "$out/summary.txt"
 }
 

@@ -62,8 +62,10 @@ fn tiny_pixel_llm_overfits_a_handful_of_examples() {
     assert!(last < first / 10.0, "loss fell from {first} to {last} only");
 }
 
+/// Equal outputs after a save and load: the same tokens, and locations equal up to the order of
+/// float sums (exact on the CPU; CUDA's atomic reductions may differ in the last bit).
 #[test]
-fn checkpoint_round_trip_gives_identical_outputs() {
+fn checkpoint_round_trip_gives_the_same_outputs() {
     let config = DemoConfig::builtin().unwrap();
     let mut model = TinyPixelLlm::build(&config.model, 2).unwrap();
     let batch = model.batch(&fixed_examples(&model, &config)).unwrap();
@@ -78,7 +80,14 @@ fn checkpoint_round_trip_gives_identical_outputs() {
     );
     load_params_file(&mut other, &path).unwrap();
     let after = other.teacher_forced(&batch).unwrap();
-    assert_eq!(after, before);
+    assert_eq!(after.argmax, before.argmax);
+    assert_eq!(after.corners.len(), before.corners.len());
+    let worst = after
+        .corners
+        .iter()
+        .zip(&before.corners)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 1e-6, "locations differ by up to {worst}");
 }
 
 #[test]

@@ -610,18 +610,22 @@ mod tests {
     /// Names of the trainable parameters of `model` that `grads` has no gradient for.
     fn without_gradient(
         model: &mut TinyPixelLlm,
-        grads: &Gradients<f32, Cpu>,
+        grads: &Gradients<f32, pixel_core::DefaultDevice>,
         trainable: &Trainable,
     ) -> Vec<String> {
         // The slots are allocated up front, so a parameter whose ops were dropped on the way to
         // the loss (a tape left on an unused output) still has one, all zeros: that is what
         // this looks for. dfdx's `Gradients::get` panics on a missing slot; count that too.
-        struct Check<'a>(&'a Gradients<f32, Cpu>, &'a Trainable, Vec<String>);
-        impl<'a> ParamVisitor<Cpu> for Check<'a> {
+        struct Check<'a>(
+            &'a Gradients<f32, pixel_core::DefaultDevice>,
+            &'a Trainable,
+            Vec<String>,
+        );
+        impl<'a> ParamVisitor<pixel_core::DefaultDevice> for Check<'a> {
             fn visit(
                 &mut self,
                 name: &str,
-                t: &mut dyn pixel_core::params::ParamTensor<Cpu>,
+                t: &mut dyn pixel_core::params::ParamTensor<pixel_core::DefaultDevice>,
             ) -> pixel_core::Result<()> {
                 if self.1.is_trainable(name) {
                     let g = self.0;
@@ -799,7 +803,7 @@ mod tests {
                 .collect(),
             valid: vec![vec![true; batch.target_len]; batch.size],
         };
-        let decoder: Seq<LmWidth<PixelTiny>, Cpu> =
+        let decoder: Seq<LmWidth<PixelTiny>, pixel_core::DefaultDevice> =
             model.dev.zeros_like(&(batch.size, batch.target_len, Const));
         let image = FeatureMap::new(model.dev.zeros_like(&(batch.size, 64, Const)), 8, 8);
         let inputs = model.head_inputs(&decoder, &image, &batch);
