@@ -155,10 +155,19 @@ pub fn im2col_same<C: Dim, D: Device<f32>, T: Tape<f32, D>>(
     } else {
         x
     };
+    // dfdx 0.13's CPU `slice` backward assigns its gradient into the source's instead of adding
+    // it (found by the PyTorch twin), so overlapping views of one tensor would keep only one
+    // view's gradient. With a tape, each view is cut from its own copy (`+ 0.0`), whose
+    // backward adds into `x`'s gradient.
     let mut shifted = Vec::with_capacity(k * k);
     for ky in 0..k {
         for kx in 0..k {
-            shifted.push(x.retaped::<T>().slice((.., ky..ky + h, kx..kx + w, ..)));
+            let source = if T::OWNS_TAPE {
+                x.retaped::<T>() + 0.0
+            } else {
+                x.retaped::<T>()
+            };
+            shifted.push(source.slice((.., ky..ky + h, kx..kx + w, ..)));
         }
     }
     // Keep `x`'s own tape (its history) by adding it into the first shifted view.
@@ -434,6 +443,45 @@ mod tests {
             }}}}
             assert_close(&got, &want, 1e-4);
         }
+    }
+
+    /// The input gradient of a same-padded conv, against direct loops: each input position
+    /// sums what all k x k output positions that read it send back (overlapping windows).
+    #[test]
+    fn same_padded_conv_input_gradient_equals_direct_loop() {
+        let dev: Cpu = Cpu::seed_from_u64(3);
+        let (b, c, h, w, o, k) = (2, 3, 4, 5, 2, 3);
+        let pad = k / 2;
+        let conv = Conv2d::<usize, usize, Cpu>::new(&dev, c, o, k, 1, pad, false);
+        let x: Images<Cpu> = dev.sample_normal_like(&(b, c, h, w));
+        let r: Images<Cpu> = dev.sample_normal_like(&(b, o, h, w));
+        let out = conv.forward(images_to_map(x.leaky_trace())).to_nchw();
+        let grads = (out * r.clone()).sum().backward();
+        let got = grads.get(&x).as_vec();
+        let (rv, wv) = (r.as_vec(), conv.weight.as_vec());
+        let mut want = vec![0.0f32; b * c * h * w];
+        for bi in 0..b {
+            for oi in 0..o {
+                for y in 0..h {
+                    for xx in 0..w {
+                        for ci in 0..c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = (y + ky, xx + kx);
+                                    if iy < pad || ix < pad || iy - pad >= h || ix - pad >= w {
+                                        continue;
+                                    }
+                                    want[((bi * c + ci) * h + iy - pad) * w + ix - pad] += rv
+                                        [((bi * o + oi) * h + y) * w + xx]
+                                        * wv[((oi * c + ci) * k + ky) * k + kx];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_close(&got, &want, 1e-4);
     }
 
     #[test]
