@@ -2,7 +2,7 @@
 """Runs the gradient parity check over a set of configs and prints a table.
 
     cargo build --release -p pixel-cli
-    python3 tools/twin/check_all.py [--work /tmp/twin-check] [--emulate-dfdx-gelu] [--dtype float64]
+    python3 tools/twin/check_all.py [--work /tmp/twin-check] [--dtype float64] [--threads 1]
 
 For every config: `pixel grads --batch-size 6` into WORK/<name>, tools/twin/grads.py into
 WORK/<name>/twin.safetensors, tools/twin/compare.py against WORK/<name>/grads.safetensors.
@@ -83,7 +83,7 @@ def main():
     ap.add_argument("--pixel", default=os.path.join(ROOT, "target", "release", "pixel"))
     ap.add_argument("--batch-size", type=int, default=6)
     ap.add_argument("--dtype", default="float64")
-    ap.add_argument("--emulate-dfdx-gelu", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for grads.py")
     ap.add_argument("--only", nargs="*", help="config names to run")
     args = ap.parse_args()
 
@@ -100,9 +100,8 @@ def main():
             cmd += ["--config", config]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         twin = os.path.join(out, "twin.safetensors")
-        cmd = [sys.executable, os.path.join(HERE, "grads.py"), "--in", out, "--out", twin, "--dtype", args.dtype]
-        if args.emulate_dfdx_gelu:
-            cmd.append("--emulate-dfdx-gelu")
+        cmd = [sys.executable, os.path.join(HERE, "grads.py"), "--in", out, "--out", twin,
+               "--dtype", args.dtype, "--threads", str(args.threads)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         r = subprocess.run(
             [sys.executable, os.path.join(HERE, "compare.py"), twin, os.path.join(out, "grads.safetensors"), "--quiet"],

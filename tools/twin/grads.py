@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import model as model_module  # noqa: E402
 from model import ModelSpec, PixelLlm, is_trainable, trainable_rules  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -64,11 +63,11 @@ def compute(folder: str, dtype: torch.dtype):
         if not is_trainable(rules, name):
             continue
         g = p.grad if p.grad is not None else torch.zeros_like(p)
-        tensors[name] = g.detach().to(torch.float32).contiguous()
+        tensors[name] = g.detach().to(torch.float32).clone()
     for name, value, weight in terms:
-        tensors[f"loss/{name}"] = value.detach().to(torch.float32).reshape(())
+        tensors[f"loss/{name}"] = value.detach().to(torch.float32).reshape(()).clone()
         metadata[f"weight/{name}"] = repr(float(weight))
-    tensors["loss/total"] = total.detach().to(torch.float32).reshape(())
+    tensors["loss/total"] = total.detach().to(torch.float32).reshape(()).clone()
     return tensors, metadata, terms, total
 
 
@@ -77,14 +76,9 @@ def main():
     ap.add_argument("--in", dest="folder", required=True, help="a `pixel grads --out` folder")
     ap.add_argument("--out", required=True, help="the twin's gradients (.safetensors)")
     ap.add_argument("--dtype", default="float64", choices=sorted(DTYPES))
-    ap.add_argument(
-        "--emulate-dfdx-gelu",
-        action="store_true",
-        help="back-propagate erf GELUs with dfdx 0.13's (wrong) derivative, as the Rust model does",
-    )
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
-    model_module.EMULATE_DFDX_GELU = args.emulate_dfdx_gelu
-    torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
     tensors, metadata, terms, total = compute(args.folder, DTYPES[args.dtype])
     save_file(tensors, args.out, metadata=metadata)
     trainable = sum(1 for k in tensors if not k.startswith("loss/"))

@@ -11,11 +11,14 @@ Rust checkpoint names (`pixel grads` writes them to init.safetensors):
     language_model.*                    T5 (gated GELU, untied head, relative bias, LoRA on q/v)
     heads.<name>.*                      the configured output heads
 
-Where the Rust code runs a part without its gradient tape, the twin runs it without autograd
-(so a trainable tensor there gets a zero gradient, as in Rust):
-  * SAM's image encoder always runs without a tape (`PixelLlm::encode`), whatever `freeze_sam`;
-  * the random Fourier matrix `prompt_encoder.shared_embedding.positional_embedding` is used
-    without a tape (`RandomFourierEncoding::forward`).
+Where the Rust code runs a part without its gradient tape, the twin runs it without autograd:
+  * SAM's image encoder when `freeze_sam` (`PixelLlm::encode`); with `freeze_sam = false` it
+    runs on the tape and trains;
+  * the random Fourier matrix `prompt_encoder.shared_embedding.positional_embedding` (frozen by
+    `ModelConfig::trainable`, used without a tape by `RandomFourierEncoding::forward`).
+
+One more place follows the Rust code rather than exact arithmetic: the losses divide by the
+sequential float32 sum of their weights (`f32_sum`).
 
 Works in float32 or float64 (`PixelLlm.to(dtype)`).
 """
@@ -173,7 +176,10 @@ def glob_match(pattern: str, name: str) -> bool:
 
 def trainable_rules(spec: ModelSpec) -> list:
     """`ModelConfig::trainable`: (pattern, trainable) rules; the last match decides."""
-    rules = [("*positional_encoding_gaussian_matrix", False)]
+    rules = [
+        ("*positional_encoding_gaussian_matrix", False),
+        ("*shared_embedding.positional_embedding", False),
+    ]
     if spec.freeze_sam:
         rules.append(("image_encoder.sam.*", False))
     if spec.lm_mode == "frozen":
@@ -214,35 +220,8 @@ def attention(q, k, v, scale, bias=None):
     return scores.softmax(dim=-1) @ v
 
 
-class _DfdxAccurateGelu(torch.autograd.Function):
-    """GELU (erf) with dfdx 0.13's backward, which drops the chain factor 1/sqrt(2) of
-    d/dx erf(x/sqrt(2)): df = 0.5 (1 + erf(x/sqrt 2)) + 0.5 x (2/sqrt pi) exp(-x^2/2), where the
-    derivative is 0.5 (1 + erf(x/sqrt 2)) + x exp(-x^2/2) / sqrt(2 pi)
-    (dfdx-0.13.0/src/tensor_ops/accurate_gelu/cpu_kernel.rs)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return F.gelu(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        df = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0)))) + 0.5 * x * (
-            2.0 / math.sqrt(math.pi)
-        ) * torch.exp(-0.5 * x * x)
-        return grad * df
-
-
-# With True, every erf GELU back-propagates as dfdx 0.13 does (its derivative is wrong, see
-# _DfdxAccurateGelu); with False (the default) as the true derivative.
-EMULATE_DFDX_GELU = False
-
-
 def gelu(x):
-    """dfdx `accurate_gelu` (erf)."""
-    if EMULATE_DFDX_GELU:
-        return _DfdxAccurateGelu.apply(x)
+    """`pixel_core::nn::gelu`: erf GELU with its true derivative."""
     return F.gelu(x)
 
 
@@ -557,14 +536,15 @@ class Eva02(nn.Module):
 
 
 class DualImageEncoder(nn.Module):
-    def __init__(self, d: TinyDims):
+    def __init__(self, d: TinyDims, freeze_sam: bool = True):
         super().__init__()
         self.sam = SamImageEncoder(d)
         self.eva = Eva02(d)
+        self.freeze_sam = freeze_sam
 
     def forward(self, sam_pixels, eva_pixels):
-        # SAM runs without a gradient tape in the Rust model (`PixelLlm::encode`).
-        with torch.no_grad():
+        # A frozen SAM runs without a gradient tape (`PixelLlm::encode`); otherwise on it.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_sam):
             sam, h, w = self.sam(sam_pixels)
         eva, eh, ew = self.eva.feature_map(eva_pixels)
         assert (eh, ew) == (h, w), "pixel-tiny's EVA02 grid equals SAM's (no resize)"
@@ -1194,7 +1174,7 @@ class PixelLlm(nn.Module):
         self.d = d
         self.spec = spec
         lora = (spec.lora_rank, spec.lora_scale) if spec.lm_mode == "lora" else (None, 1.0)
-        self.image_encoder = DualImageEncoder(d)
+        self.image_encoder = DualImageEncoder(d, spec.freeze_sam)
         self.prompt_encoder = PromptEncoder(d)
         self.prompt_feature_extractor = PromptFeatureExtractor(d, spec)
         self.language_model = T5(d, lora)

@@ -120,7 +120,11 @@ mod tests {
             let cdf = 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
             let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
             assert!((values[i] as f64 - v * cdf).abs() < 1e-6, "gelu({v})");
-            assert!((dx[i] as f64 - (cdf + v * pdf)).abs() < 1e-6, "gelu'({v}) = {}", dx[i]);
+            assert!(
+                (dx[i] as f64 - (cdf + v * pdf)).abs() < 1e-6,
+                "gelu'({v}) = {}",
+                dx[i]
+            );
         }
     }
 
