@@ -5,6 +5,7 @@ use crate::error::{Result, TaskError};
 use crate::eval::{evaluate, referring_boxes, Baselines, EvalReport, Predictor};
 use crate::model::{ModelConfig, PixelTiny, TinyPixelLlm};
 use crate::pretrain::{install_lm, pretrained_lm, PretrainConfig, PretrainReport};
+use crate::pretrain_vision::{pretrained_eva, EvaPretrainConfig, EvaPretrainReport};
 use crate::render::{loss_curves_png, samples_png, SamplePanel, Scale};
 use crate::shapes_ln::{Sample, ShapesLnConfig, Split};
 use crate::tasks::{Example, ExampleBuilder};
@@ -36,6 +37,9 @@ pub struct DemoConfig {
     /// Pretrain the language model by span corruption before training (`crate::pretrain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain: Option<PretrainConfig>,
+    /// Pretrain EVA02 by region-phrase alignment before training (`crate::pretrain_vision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_eva: Option<EvaPretrainConfig>,
 }
 
 /// How often each task is drawn when filling a training batch.
@@ -101,6 +105,9 @@ pub struct DemoMetrics {
     /// The LM's denoising pretraining, when the config has `[pretrain]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain: Option<PretrainReport>,
+    /// EVA02's region-phrase pretraining, when the config has `[pretrain_eva]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_eva: Option<EvaPretrainReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +180,7 @@ pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMet
     let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
     let mut model = TinyPixelLlm::build(&config.model, config.model_seed())?;
     let pretrain = pretrain_language_model(config, &mut model, &data, &tokenizer)?;
+    let pretrain_eva = pretrain_image_encoder(config, &mut model, &data, &tokenizer)?;
     let vocab = model.vocab.clone();
     let builder = ExampleBuilder {
         tokenizer: &tokenizer,
@@ -231,6 +239,7 @@ pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMet
             trainable_parameters,
         },
         pretrain,
+        pretrain_eva,
     };
     let json =
         serde_json::to_vec_pretty(&metrics).map_err(|e| TaskError::Invalid(e.to_string()))?;
@@ -252,6 +261,23 @@ pub fn pretrain_language_model(
     let (lm, report) =
         pretrained_lm::<PixelTiny>(pretrain, data, tokenizer, &model.vocab, config.model_seed())?;
     install_lm(model, lm);
+    Ok(Some(report))
+}
+
+/// With `[pretrain_eva]`, replaces `model`'s EVA02 by the region-phrase pretrained one (from
+/// the cache, or pretrained now and cached).
+pub fn pretrain_image_encoder(
+    config: &DemoConfig,
+    model: &mut TinyPixelLlm,
+    data: &impl SampleSource,
+    tokenizer: &T5Tokenizer,
+) -> Result<Option<EvaPretrainReport>> {
+    let Some(pretrain) = &config.pretrain_eva else {
+        return Ok(None);
+    };
+    let (eva, report) =
+        pretrained_eva::<PixelTiny>(pretrain, data, tokenizer, &model.vocab, config.model_seed())?;
+    model.image_encoder.eva = eva;
     Ok(Some(report))
 }
 
@@ -381,7 +407,10 @@ mod tests {
     fn every_shipped_config_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let mut kinds = std::collections::BTreeMap::new();
-        for entry in std::fs::read_dir(&dir).unwrap() {
+        let files = std::fs::read_dir(&dir)
+            .unwrap()
+            .chain(std::fs::read_dir(dir.join("twin")).unwrap());
+        for entry in files {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let config = DemoConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -394,7 +423,7 @@ mod tests {
                 kinds.insert(name, (heads, config.tasks.location_captioning));
             }
         }
-        assert!(kinds.contains_key("demo"));
+        assert!(kinds.contains_key("demo") && kinds.contains_key("lora-box"));
         // The examples of `pixel eval`'s head scores have the heads (and the task) they show.
         let (heads, _) = &kinds["refseg"];
         assert!(heads.contains(&"mask".to_string()), "{heads:?}");

@@ -13,6 +13,7 @@ pub mod heads;
 pub mod metrics;
 pub mod model;
 pub mod pretrain;
+pub mod pretrain_vision;
 pub mod render;
 pub mod shapes_ln;
 pub mod tasks;

@@ -414,7 +414,7 @@ pub fn cache_dir(config: &PretrainConfig, seed: u64, preset: &str, vocab: &Vocab
 
 /// FNV-1a, 64 bit: a hash that is stable across builds (std's `DefaultHasher` is not promised
 /// to be), so a cache folder outlives a recompile.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
