@@ -5,7 +5,8 @@ use crate::error::{Result, TaskError};
 use crate::eval::{evaluate, referring_boxes, Baselines, EvalReport, Predictor};
 use crate::model::{ModelConfig, PixelTiny, TinyPixelLlm};
 use crate::pretrain::{install_lm, pretrained_lm, PretrainConfig, PretrainReport};
-use crate::pretrain_vision::{pretrained_eva, EvaPretrainConfig, EvaPretrainReport};
+use crate::pretrain_eva::{pretrained_eva, EvaPretrainConfig, EvaPretrainReport};
+use crate::pretrain_sam::{pretrained_sam, SamPretrainConfig, SamPretrainReport};
 use crate::render::{loss_curves_png, samples_png, SamplePanel, Scale};
 use crate::shapes_ln::{Sample, ShapesLnConfig, Split};
 use crate::tasks::{Example, ExampleBuilder};
@@ -37,9 +38,13 @@ pub struct DemoConfig {
     /// Pretrain the language model by span corruption before training (`crate::pretrain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain: Option<PretrainConfig>,
-    /// Pretrain EVA02 by region-phrase alignment before training (`crate::pretrain_vision`).
+    /// Pretrain EVA02 by region-phrase alignment before training (`crate::pretrain_eva`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain_eva: Option<EvaPretrainConfig>,
+    /// Pretrain SAM's image encoder by promptable segmentation before training
+    /// (`crate::pretrain_sam`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_sam: Option<SamPretrainConfig>,
 }
 
 /// How often each task is drawn when filling a training batch.
@@ -108,6 +113,9 @@ pub struct DemoMetrics {
     /// EVA02's region-phrase pretraining, when the config has `[pretrain_eva]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain_eva: Option<EvaPretrainReport>,
+    /// SAM's promptable-segmentation pretraining, when the config has `[pretrain_sam]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_sam: Option<SamPretrainReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,7 +188,8 @@ pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMet
     let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
     let mut model = TinyPixelLlm::build(&config.model, config.model_seed())?;
     let pretrain = pretrain_language_model(config, &mut model, &data, &tokenizer)?;
-    let pretrain_eva = pretrain_image_encoder(config, &mut model, &data, &tokenizer)?;
+    let (pretrain_eva, pretrain_sam) =
+        pretrain_image_encoders(config, &mut model, &data, &tokenizer)?;
     let vocab = model.vocab.clone();
     let builder = ExampleBuilder {
         tokenizer: &tokenizer,
@@ -240,6 +249,7 @@ pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMet
         },
         pretrain,
         pretrain_eva,
+        pretrain_sam,
     };
     let json =
         serde_json::to_vec_pretty(&metrics).map_err(|e| TaskError::Invalid(e.to_string()))?;
@@ -264,21 +274,33 @@ pub fn pretrain_language_model(
     Ok(Some(report))
 }
 
-/// With `[pretrain_eva]`, replaces `model`'s EVA02 by the region-phrase pretrained one (from
-/// the cache, or pretrained now and cached).
-pub fn pretrain_image_encoder(
+/// With `[pretrain_eva]` / `[pretrain_sam]`, replaces `model`'s EVA02 / SAM image encoder by
+/// the pretrained one (from the cache, or pretrained now and cached).
+pub fn pretrain_image_encoders(
     config: &DemoConfig,
     model: &mut TinyPixelLlm,
     data: &impl SampleSource,
     tokenizer: &T5Tokenizer,
-) -> Result<Option<EvaPretrainReport>> {
-    let Some(pretrain) = &config.pretrain_eva else {
-        return Ok(None);
+) -> Result<(Option<EvaPretrainReport>, Option<SamPretrainReport>)> {
+    let seed = config.model_seed();
+    let eva = match &config.pretrain_eva {
+        Some(pretrain) => {
+            let (eva, report) =
+                pretrained_eva::<PixelTiny>(pretrain, data, tokenizer, &model.vocab, seed)?;
+            model.image_encoder.eva = eva;
+            Some(report)
+        }
+        None => None,
     };
-    let (eva, report) =
-        pretrained_eva::<PixelTiny>(pretrain, data, tokenizer, &model.vocab, config.model_seed())?;
-    model.image_encoder.eva = eva;
-    Ok(Some(report))
+    let sam = match &config.pretrain_sam {
+        Some(pretrain) => {
+            let (sam, report) = pretrained_sam::<PixelTiny>(pretrain, data, seed)?;
+            model.image_encoder.sam = sam;
+            Some(report)
+        }
+        None => None,
+    };
+    Ok((eva, sam))
 }
 
 fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {

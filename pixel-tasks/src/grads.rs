@@ -14,7 +14,7 @@
 //!   `val-trace.safetensors`, so the twin can train on what the demo trains on and be scored on
 //!   what the demo is scored on.
 use crate::demo::{
-    evaluation_examples, pretrain_image_encoder, pretrain_language_model, training_examples,
+    evaluation_examples, pretrain_image_encoders, pretrain_language_model, training_examples,
     DemoConfig,
 };
 use crate::error::{Result, TaskError};
@@ -52,7 +52,7 @@ pub fn write_grads(
         crate::data_source::DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
     let mut model = TinyPixelLlm::build(&config.model, config.model_seed())?;
     pretrain_language_model(config, &mut model, &data, &tokenizer)?;
-    pretrain_image_encoder(config, &mut model, &data, &tokenizer)?;
+    pretrain_image_encoders(config, &mut model, &data, &tokenizer)?;
     let builder = crate::tasks::ExampleBuilder {
         tokenizer: &tokenizer,
         vocab: &model.vocab.clone(),
