@@ -26,8 +26,9 @@ use pixel_lm::presets::T5Dims;
 use pixel_lm::t5::T5;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use rand::{Rng, SeedableRng};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The sentinel pieces span corruption uses, in order; the tiny preset's sub-vocabulary holds
 /// them (a sequence of the length pretraining uses has at most a few spans).
@@ -116,17 +117,13 @@ impl PretrainConfig {
     }
 
     fn train_config(&self, seed: u64) -> TrainConfig {
-        TrainConfig {
-            steps: self.steps,
-            batch_size: self.batch_size,
-            peak_lr: self.peak_lr,
-            warmup_steps: self.warmup_steps,
-            final_lr_ratio: 0.05,
-            optimizer: AdamWConfig::default(),
-            log_every: 10,
-            checkpoint_every: 0,
+        stage_train_config(
+            self.steps,
+            self.batch_size,
+            self.peak_lr,
+            self.warmup_steps,
             seed,
-        }
+        )
     }
 }
 
@@ -406,15 +403,12 @@ pub fn cache_dir(config: &PretrainConfig, seed: u64, preset: &str, vocab: &Vocab
     let t5_ids: Vec<usize> = (0..vocab.len()).map(|i| vocab.to_t5(i)).collect();
     let key =
         serde_json::json!({ "pretrain": keyed, "seed": seed, "preset": preset, "vocab": t5_ids });
-    config.cache.join(format!(
-        "{preset}-{:016x}",
-        fnv1a(key.to_string().as_bytes())
-    ))
+    stage_cache_dir(&config.cache, preset, &key)
 }
 
 /// FNV-1a, 64 bit: a hash that is stable across builds (std's `DefaultHasher` is not promised
 /// to be), so a cache folder outlives a recompile.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -437,14 +431,7 @@ pub fn pretrained_lm<P: PixelDims>(
         .map_err(|e| TaskError::Invalid(format!("language model: {e}")))?;
     let mut denoiser = Denoiser { lm };
     let report_path = dir.join("pretrain.json");
-    if report_path.exists() {
-        load_latest_weights(&mut denoiser, &run)?;
-        let text =
-            std::fs::read_to_string(&report_path).map_err(|e| TaskError::io(&report_path, e))?;
-        let report = serde_json::from_str(&text).map_err(|e| TaskError::Format {
-            path: report_path.clone(),
-            message: e.to_string(),
-        })?;
+    if let Some(report) = load_finished_stage(&mut denoiser, &run, &report_path)? {
         return Ok((denoiser.lm, report));
     }
     sentinel_ids(tokenizer, vocab)?;
@@ -466,9 +453,61 @@ pub fn pretrained_lm<P: PixelDims>(
         final_loss: report.last.map(|l| l.loss),
         wall_s: report.wall_s,
     };
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| TaskError::Invalid(e.to_string()))?;
-    write_atomic(&report_path, &json)?;
+    write_stage_report(&report_path, &report)?;
     Ok((denoiser.lm, report))
+}
+
+/// The optimisation settings every pretraining stage shares: AdamW's defaults, linear warmup
+/// then cosine decay to 5%, a log line every 10 steps, one checkpoint at the end.
+pub(crate) fn stage_train_config(
+    steps: u64,
+    batch_size: usize,
+    peak_lr: f32,
+    warmup_steps: u64,
+    seed: u64,
+) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size,
+        peak_lr,
+        warmup_steps,
+        final_lr_ratio: 0.05,
+        optimizer: AdamWConfig::default(),
+        log_every: 10,
+        checkpoint_every: 0,
+        seed,
+    }
+}
+
+/// `cache/<name>-<hash>`: a stage's cache folder, `key` holding every setting that changes its
+/// weights (not the cache path itself).
+pub(crate) fn stage_cache_dir(cache: &Path, name: &str, key: &serde_json::Value) -> PathBuf {
+    cache.join(format!("{name}-{:016x}", fnv1a(key.to_string().as_bytes())))
+}
+
+/// A finished stage's report, read from `report_path` (written last, so its presence marks the
+/// stage finished), with the stage's weights loaded into `model`; `None` when not finished.
+pub(crate) fn load_finished_stage<D: Device<f32>, M: Params<D>, R: DeserializeOwned>(
+    model: &mut M,
+    run: &RunDir,
+    report_path: &Path,
+) -> Result<Option<R>> {
+    if !report_path.exists() {
+        return Ok(None);
+    }
+    load_latest_weights(model, run)?;
+    let text = std::fs::read_to_string(report_path).map_err(|e| TaskError::io(report_path, e))?;
+    let report = serde_json::from_str(&text).map_err(|e| TaskError::Format {
+        path: report_path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(Some(report))
+}
+
+/// Writes a finished stage's report (last, see [`load_finished_stage`]).
+pub(crate) fn write_stage_report(report_path: &Path, report: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(report).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    Ok(write_atomic(report_path, &json)?)
 }
 
 /// Puts a pretrained LM into `model`, with fresh LoRA adapters when the model's LM mode is

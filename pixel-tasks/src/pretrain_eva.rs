@@ -18,13 +18,9 @@ use crate::error::{Result, TaskError};
 use crate::model::presets::LmVocab;
 use crate::model::{PixelDims, VocabMap};
 use crate::shapes_ln::{Sample, Split};
-use crate::train::{
-    load_latest_weights, train, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep,
-};
+use crate::train::{train, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use dfdx::prelude::*;
-use pixel_core::checkpoint::write_atomic;
 use pixel_core::nn::{sincos_2d, Embedding, Linear, Seq};
-use pixel_core::optim::AdamWConfig;
 use pixel_core::params::{join, ParamVisitor, Params, Trainable};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID};
 use pixel_vision::eva02::Eva02;
@@ -97,17 +93,13 @@ impl EvaPretrainConfig {
     }
 
     fn train_config(&self, seed: u64) -> TrainConfig {
-        TrainConfig {
-            steps: self.steps,
-            batch_size: self.batch_size,
-            peak_lr: self.peak_lr,
-            warmup_steps: self.warmup_steps,
-            final_lr_ratio: 0.05,
-            optimizer: AdamWConfig::default(),
-            log_every: 10,
-            checkpoint_every: 0,
+        crate::pretrain::stage_train_config(
+            self.steps,
+            self.batch_size,
+            self.peak_lr,
+            self.warmup_steps,
             seed,
-        }
+        )
     }
 }
 
@@ -441,10 +433,7 @@ pub fn cache_dir(config: &EvaPretrainConfig, seed: u64, preset: &str, vocab: &Vo
     let key = serde_json::json!({
         "pretrain_eva": keyed, "seed": seed, "preset": preset, "vocab": t5_ids
     });
-    config.cache.join(format!(
-        "{preset}-eva-{:016x}",
-        crate::pretrain::fnv1a(key.to_string().as_bytes())
-    ))
+    crate::pretrain::stage_cache_dir(&config.cache, &format!("{preset}-eva"), &key)
 }
 
 /// The pretrained EVA02 of preset `P`: from the cache, or trained now (an interrupted run
@@ -463,14 +452,7 @@ pub fn pretrained_eva<P: PixelDims>(
     let mut aligner = RegionPhraseAligner::<P, _>::new(&dev, config.temperature)?;
     let grid = P::eva().grid();
     let report_path = dir.join("eva-pretrain.json");
-    if report_path.exists() {
-        load_latest_weights(&mut aligner, &run)?;
-        let text =
-            std::fs::read_to_string(&report_path).map_err(|e| TaskError::io(&report_path, e))?;
-        let report = serde_json::from_str(&text).map_err(|e| TaskError::Format {
-            path: report_path.clone(),
-            message: e.to_string(),
-        })?;
+    if let Some(report) = crate::pretrain::load_finished_stage(&mut aligner, &run, &report_path)? {
         return Ok((aligner.eva, report));
     }
     let report = train(
@@ -497,8 +479,7 @@ pub fn pretrained_eva<P: PixelDims>(
         validation_phrases: batch.phrases,
         wall_s: report.wall_s,
     };
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| TaskError::Invalid(e.to_string()))?;
-    write_atomic(&report_path, &json)?;
+    crate::pretrain::write_stage_report(&report_path, &report)?;
     Ok((aligner.eva, report))
 }
 
@@ -507,7 +488,7 @@ mod tests {
     use super::*;
     use crate::model::PixelTiny;
     use crate::shapes_ln::{ShapesLn, ShapesLnConfig};
-    use pixel_core::optim::{alloc_grads, AdamW};
+    use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig};
 
     fn batch(images: u64) -> (RegionPhraseBatch, VocabMap) {
         let tokenizer = T5Tokenizer::bundled().unwrap();

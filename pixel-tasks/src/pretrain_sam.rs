@@ -12,13 +12,9 @@ use crate::error::{Result, TaskError};
 use crate::heads::mask::area_average;
 use crate::model::PixelDims;
 use crate::shapes_ln::{Sample, Split};
-use crate::train::{
-    load_latest_weights, train, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep,
-};
+use crate::train::{train, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use dfdx::prelude::*;
-use pixel_core::checkpoint::write_atomic;
 use pixel_core::nn::sincos_2d;
-use pixel_core::optim::AdamWConfig;
 use pixel_core::params::{ParamVisitor, Params, Trainable};
 use pixel_vision::preprocess::SAM_NORMALIZATION;
 use pixel_vision::sam::{
@@ -75,17 +71,13 @@ impl SamPretrainConfig {
     }
 
     fn train_config(&self, seed: u64) -> TrainConfig {
-        TrainConfig {
-            steps: self.steps,
-            batch_size: self.batch_size,
-            peak_lr: self.peak_lr,
-            warmup_steps: self.warmup_steps,
-            final_lr_ratio: 0.05,
-            optimizer: AdamWConfig::default(),
-            log_every: 10,
-            checkpoint_every: 0,
+        crate::pretrain::stage_train_config(
+            self.steps,
+            self.batch_size,
+            self.peak_lr,
+            self.warmup_steps,
             seed,
-        }
+        )
     }
 }
 
@@ -401,10 +393,7 @@ pub fn cache_dir(config: &SamPretrainConfig, seed: u64, preset: &str) -> PathBuf
     let mut keyed = config.clone();
     keyed.cache = PathBuf::new();
     let key = serde_json::json!({ "pretrain_sam": keyed, "seed": seed, "preset": preset });
-    config.cache.join(format!(
-        "{preset}-sam-{:016x}",
-        crate::pretrain::fnv1a(key.to_string().as_bytes())
-    ))
+    crate::pretrain::stage_cache_dir(&config.cache, &format!("{preset}-sam"), &key)
 }
 
 /// The SAM image encoder of preset `P` on the default device.
@@ -427,14 +416,8 @@ pub fn pretrained_sam<P: PixelDims>(
     let dev = pixel_core::DefaultDevice::seed_from_u64(seed);
     let mut segmenter = PromptableSegmenter::<P, _>::new(&dev)?;
     let report_path = dir.join("sam-pretrain.json");
-    if report_path.exists() {
-        load_latest_weights(&mut segmenter, &run)?;
-        let text =
-            std::fs::read_to_string(&report_path).map_err(|e| TaskError::io(&report_path, e))?;
-        let report = serde_json::from_str(&text).map_err(|e| TaskError::Format {
-            path: report_path.clone(),
-            message: e.to_string(),
-        })?;
+    if let Some(report) = crate::pretrain::load_finished_stage(&mut segmenter, &run, &report_path)?
+    {
         return Ok((segmenter.sam.vision_encoder, report));
     }
     let report = train(
@@ -472,8 +455,7 @@ pub fn pretrained_sam<P: PixelDims>(
         validation_objects: chosen.len(),
         wall_s: report.wall_s,
     };
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| TaskError::Invalid(e.to_string()))?;
-    write_atomic(&report_path, &json)?;
+    crate::pretrain::write_stage_report(&report_path, &report)?;
     Ok((segmenter.sam.vision_encoder, report))
 }
 
@@ -482,7 +464,7 @@ mod tests {
     use super::*;
     use crate::model::PixelTiny;
     use crate::shapes_ln::{ShapesLn, ShapesLnConfig};
-    use pixel_core::optim::{alloc_grads, AdamW};
+    use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig};
 
     /// A few AdamW steps on one box-prompted batch: the segmentation loss falls, through SAM's
     /// image encoder, prompt encoder and mask decoder.
