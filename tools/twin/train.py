@@ -50,6 +50,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model as M  # noqa: E402
+import variants as V  # noqa: E402
 from grads import DTYPES, load_batch  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +306,8 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every K steps")
+    ap.add_argument("--cycle", action="store_true", help="reuse the batches when --steps exceeds them")
+    V.add_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -317,19 +320,22 @@ def main():
     steps = args.steps if args.steps is not None else int(t["steps"])
     seed = args.seed if args.seed is not None else int(t.get("seed", 0))
     available = len(os.listdir(os.path.join(args.folder, "train")))
-    if steps > available:
+    if steps > available and not args.cycle:
         raise SystemExit(f"{args.folder}/train has {available} batches, --steps is {steps}")
 
-    model = M.PixelLlm(spec)
+    model = V.PixelLlmVariant(spec, args)
     if args.init == "ours":
-        model.load_state_dict(load_file(os.path.join(args.folder, "init.safetensors")), strict=True)
+        missing, unexpected = model.load_state_dict(
+            load_file(os.path.join(args.folder, "init.safetensors")), strict=False
+        )
+        assert not unexpected and sorted(missing) == sorted(model.new_parameter_names()), (missing, unexpected)
     else:
         reference_init(model, seed)
     model.to(dtype)
     rules = M.trainable_rules(spec)
     trainable = []
     for name, p in model.named_parameters():
-        p.requires_grad_(M.is_trainable(rules, name))
+        p.requires_grad_(M.is_trainable(rules, name) and not name.startswith(model.unused_prefixes() or ("\0",)))
         if p.requires_grad:
             trainable.append((name, p))
     opt = AdamW(
@@ -350,13 +356,17 @@ def main():
     eval_log = open(os.path.join(args.out, "eval.jsonl"), "w") if args.eval_every else None
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for _, p in trainable)
+    print(f"variant: {V.variant_name(args)}", flush=True)
     print(f"{args.init} init, {steps} steps, {len(trainable)} trainable tensors "
           f"({n_train} of {n_params} parameters), {args.dtype}, {args.threads} thread(s)", flush=True)
     train_s = 0.0
     last = None
     model.train()
     for step in range(steps):
-        batch = load_batch(os.path.join(args.folder, "train", f"step-{step:07d}.safetensors"), dtype)
+        batch = load_batch(os.path.join(args.folder, "train", f"step-{step % available:07d}.safetensors"), dtype)
+        if args.referring_only:
+            rows = batch["has_target_box"] > 0
+            batch = {k: v[rows] for k, v in batch.items()}
         started = time.perf_counter()
         for _, p in trainable:
             p.grad = None
@@ -392,6 +402,8 @@ def main():
     summary = {
         "in": os.path.abspath(args.folder),
         "init": args.init,
+        "variant": V.variant_name(args),
+        "variant_args": {k: getattr(args, k) for k in ("visual", "pos_std", "pe_scale", "visual_pos_std", "no_visual_relbias", "box_loss", "referring_only", "cycle")},
         "seed": seed if args.init == "reference" else None,
         "dtype": args.dtype,
         "threads": args.threads,

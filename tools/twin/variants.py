@@ -17,6 +17,9 @@ is one small change against the Rust model (all off = the twin exactly):
   --box-loss probe        referring tokens leave the point head's pixel L1; instead
                           5 x L1 (normalized units) + 2 x (1 - GIoU), mean over referring
                           expressions. Trace tokens keep the pixel L1 x head weight.
+  --box-loss l1           as probe without the GIoU term: referring tokens leave the pixel L1;
+                          5 x L1 (normalized units, summed over the 4 coordinates), mean over
+                          referring expressions.
   --referring-only        (train.py) drop the trace-captioning rows of every batch.
 """
 from __future__ import annotations
@@ -35,7 +38,7 @@ def add_arguments(ap):
     g.add_argument("--pe-scale", type=float, default=1.0)
     g.add_argument("--visual-pos-std", type=float, default=0.0)
     g.add_argument("--no-visual-relbias", action="store_true")
-    g.add_argument("--box-loss", default="ours", choices=["ours", "giou", "probe"])
+    g.add_argument("--box-loss", default="ours", choices=["ours", "giou", "l1", "probe"])
     g.add_argument("--referring-only", action="store_true")
     g.add_argument("--variant-seed", type=int, default=1234, help="init of the new tables")
 
@@ -170,7 +173,7 @@ class PixelLlmVariant(M.PixelLlm):
         total = text
         referring = batch["has_target_box"] > 0
         ref_batch = batch
-        if self.args.box_loss == "probe":
+        if self.args.box_loss in ("probe", "l1"):
             ref_batch = dict(batch)
             keep = (~referring).to(batch["location_weights"])[:, None, None]
             ref_batch["location_weights"] = batch["location_weights"] * keep
@@ -189,18 +192,15 @@ class PixelLlmVariant(M.PixelLlm):
             tok = valid[rows].float().argmax(1)
             pred = corners[rows, tok]
             target = batch["target_boxes"][rows]
-            g = giou_loss(pred, target)
-            terms.append(("giou", g, 2.0))
-            total = total + 2.0 * g
-            if self.args.box_loss == "probe":
+            if self.args.box_loss in ("giou", "probe"):
+                g = giou_loss(pred, target)
+                terms.append(("giou", g, 2.0))
+                total = total + 2.0 * g
+            if self.args.box_loss in ("l1", "probe"):
                 l1 = (pred - target).abs().sum(-1).mean()
                 terms.append(("ref_l1", l1, 5.0))
                 total = total + 5.0 * l1
         return total, terms, out
-
-
-class T5StackNoVisualBias(nn.Module):
-    pass
 
 
 def patch_t5_stack():
