@@ -407,10 +407,27 @@ impl<P: T5Dims, D: Device<f32>> T5Stack<P, D> {
     where
         T: Tape<f32, D> + Merge<T> + Merge<NoneTape>,
     {
+        self.forward_with_unordered_prefix(x, mask, cross, 0)
+    }
+
+    /// [`Self::forward`] where the first `prefix` tokens take no relative position bias: every
+    /// pair with a query or key among them gets none (PixelLLM's visual tokens, whose raster
+    /// order is not a sequence). `prefix = 0` is `forward`.
+    #[allow(clippy::type_complexity)]
+    pub fn forward_with_unordered_prefix<T>(
+        &self,
+        x: Seq<P::Model, D, T>,
+        mask: Option<&[bool]>,
+        cross: Option<(Seq<P::Model, D, T>, &[bool])>,
+        prefix: usize,
+    ) -> Seq<P::Model, D, T>
+    where
+        T: Tape<f32, D> + Merge<T> + Merge<NoneTape>,
+    {
         let (batch, tokens, _) = *x.shape();
         let dev = x.device().clone();
         let heads = self.heads();
-        let position = self.block[0].self_attention.position_bias::<T>(
+        let mut position = self.block[0].self_attention.position_bias::<T>(
             batch,
             tokens,
             tokens,
@@ -418,6 +435,15 @@ impl<P: T5Dims, D: Device<f32>> T5Stack<P, D> {
             !self.is_decoder,
             self.max_distance,
         );
+        if prefix > 0 {
+            let ordered: Vec<f32> = (0..tokens * tokens)
+                .map(|i| f32::from(u8::from(i / tokens >= prefix && i % tokens >= prefix)))
+                .collect();
+            let keep = dev
+                .tensor_from_vec(ordered, (tokens, tokens))
+                .broadcast_like::<_, Axes2<0, 1>>(&(batch, heads, tokens, tokens));
+            position = position * keep;
+        }
         let mask = if self.is_decoder {
             causal_bias(&dev, batch, heads, tokens, tokens, 0)
         } else {
@@ -521,6 +547,25 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
     {
         self.encoder
             .forward(inputs_embeds, Some(attention_mask), None)
+    }
+
+    /// [`Self::encode_embeds`] where the first `prefix` inputs take no relative position bias
+    /// ([`T5Stack::forward_with_unordered_prefix`]).
+    pub fn encode_embeds_with_unordered_prefix<T>(
+        &self,
+        inputs_embeds: Seq<P::Model, D, T>,
+        attention_mask: &[bool],
+        prefix: usize,
+    ) -> Seq<P::Model, D, T>
+    where
+        T: Tape<f32, D> + Merge<T> + Merge<NoneTape>,
+    {
+        self.encoder.forward_with_unordered_prefix(
+            inputs_embeds,
+            Some(attention_mask),
+            None,
+            prefix,
+        )
     }
 
     /// The encoder on token ids.

@@ -422,3 +422,41 @@ fn loading_weights_refreshes_the_generation_snapshot() {
     assert_eq!(after.hidden.as_vec(), want.hidden.as_vec());
     assert_ne!(before.hidden.as_vec(), after.hidden.as_vec());
 }
+
+/// An unordered prefix of 0 is the plain encoder; one that covers every token equals the
+/// encoder with a zero relative-bias table; in between, the tokens after the prefix still
+/// see their bias (the output differs from both).
+#[test]
+fn an_unordered_prefix_drops_the_relative_bias_of_its_pairs_only() {
+    let dev = Cpu::seed_from_u64(5);
+    let mut model = T5::<FlanT5Test, Cpu>::new(&dev, &config("flan-t5-test")).unwrap();
+    let ids: Vec<usize> = (0..2 * 6).map(|i| 7 + i * 31 % 400).collect();
+    let mask = vec![true; 12];
+    fn embeds(
+        model: &T5<FlanT5Test, Cpu>,
+        ids: &[usize],
+    ) -> pixel_core::nn::Seq<<FlanT5Test as T5Dims>::Model, Cpu> {
+        model.embed_tokens::<NoneTape>(model.ids(ids, 2))
+    }
+    let plain = model.encode_embeds(embeds(&model, &ids), &mask).as_vec();
+    let none = model
+        .encode_embeds_with_unordered_prefix(embeds(&model, &ids), &mask, 0)
+        .as_vec();
+    assert_eq!(plain, none);
+    let all = model
+        .encode_embeds_with_unordered_prefix(embeds(&model, &ids), &mask, 6)
+        .as_vec();
+    let part = model
+        .encode_embeds_with_unordered_prefix(embeds(&model, &ids), &mask, 3)
+        .as_vec();
+    let table = model.encoder.block[0]
+        .self_attention
+        .relative_attention_bias
+        .as_mut()
+        .unwrap();
+    *table = dev.zeros_like(table.shape());
+    let zero_bias = model.encode_embeds(embeds(&model, &ids), &mask).as_vec();
+    assert_close(&all, &zero_bias, 1e-6);
+    let differs = |a: &[f32], b: &[f32]| a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-4);
+    assert!(differs(&part, &plain) && differs(&part, &zero_bias));
+}

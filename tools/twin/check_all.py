@@ -27,6 +27,25 @@ VARIANTS = {
     "sparse": (None, None, [('prompt_fuse = "dense"', 'prompt_fuse = "sparse"')]),
     "nosam": (None, None, [("freeze_sam = true", "freeze_sam = false")]),
     "box": ('[[model.heads]]\nkind = "box"\nweight = 0.1\n', None, []),
+    "point-refbox": (
+        '[[model.heads]]\nkind = "point"\nweight = 0.1\nreferring_box = { l1 = 50.0, giou = 20.0 }\n',
+        None,
+        [],
+    ),
+    "box-refbox": ('[[model.heads]]\nkind = "box"\nweight = 0.1\nreferring_box = { l1 = 50.0, giou = 20.0 }\n', None, []),
+    "visual-layout": (
+        None,
+        None,
+        [("freeze_sam = true", "freeze_sam = true\nvisual_relative_bias = false\nvisual_position_std = 1.0")],
+    ),
+    "sparse-layout": (
+        None,
+        None,
+        [
+            ('prompt_fuse = "dense"', 'prompt_fuse = "sparse"'),
+            ("freeze_sam = true", "freeze_sam = true\nvisual_relative_bias = false\nvisual_position_std = 1.0"),
+        ],
+    ),
     "bins": ('[[model.heads]]\nkind = "bins"\nbins = 16\n', None, []),
     "string": ('[[model.heads]]\nkind = "string"\ndecimals = 1\n', None, []),
     "mask": (POINT + '[[model.heads]]\nkind = "mask"\nprompt = "point"\n', None, []),

@@ -127,6 +127,8 @@ class ModelSpec:
     lm_mode: str = "full"
     lora_rank: int = 8
     lora_scale: float = 2.0
+    visual_relative_bias: bool = True
+    visual_position_std: float = 0.0
     heads: list = field(default_factory=list)
 
     @staticmethod
@@ -149,6 +151,8 @@ class ModelSpec:
             lm_mode=lm.get("mode", "full"),
             lora_rank=int(lm.get("lora_rank", 8)),
             lora_scale=float(lm.get("lora_scale", 2.0)),
+            visual_relative_bias=bool(m.get("visual_relative_bias", True)),
+            visual_position_std=float(m.get("visual_position_std", 0.0)),
             heads=heads,
         )
 
@@ -890,11 +894,17 @@ class T5Stack(nn.Module):
         self.is_decoder = is_decoder
         self.max_distance = d.rel_max_distance
 
-    def forward(self, x, mask=None, enc=None, enc_mask=None):
+    def forward(self, x, mask=None, enc=None, enc_mask=None, unordered_prefix=0):
+        """`T5Stack::forward_with_unordered_prefix`: pairs with a query or key among the first
+        `unordered_prefix` tokens take no relative position bias."""
         b, t, _ = x.shape
         position = self.block[0].layer[0].SelfAttention.position_bias(
             t, t, not self.is_decoder, self.max_distance
         )
+        if unordered_prefix:
+            keep = torch.zeros(t, t, dtype=torch.bool, device=x.device)
+            keep[unordered_prefix:, unordered_prefix:] = True
+            position = position * keep.to(position)
         if self.is_decoder:
             causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), diagonal=1)
             mask_bias = torch.where(causal, MASKED, 0.0).to(x)[None, None]
@@ -940,11 +950,46 @@ def pixel_l1(corners, batch, side):
     return masked_l1(corners * side, batch["location_targets"] * side, w)
 
 
+REFERRING_TASK = 1  # `grads.rs`' code of TaskKind::ReferringLocalization
+
+
+def generalized_iou(pred, targets):
+    """`heads::referring_box::generalized_iou`: GIoU `[n]` of the hulls of `pred`'s point pairs."""
+    x0, x1 = torch.minimum(pred[:, 0], pred[:, 2]), torch.maximum(pred[:, 0], pred[:, 2])
+    y0, y1 = torch.minimum(pred[:, 1], pred[:, 3]), torch.maximum(pred[:, 1], pred[:, 3])
+    tx0, ty0, tx1, ty1 = targets.unbind(-1)
+    inter = (torch.minimum(x1, tx1) - torch.maximum(x0, tx0)).relu() * (
+        torch.minimum(y1, ty1) - torch.maximum(y0, ty0)
+    ).relu()
+    union = (x1 - x0) * (y1 - y0) - inter + (tx1 - tx0) * (ty1 - ty0)
+    hull = (torch.maximum(x1, tx1) - torch.minimum(x0, tx0)) * (torch.maximum(y1, ty1) - torch.minimum(y0, ty0))
+    return inter / union.clamp(min=1e-7) - (hull - union) / hull.clamp(min=1e-7)
+
+
+def corner_loss_with_referring_boxes(corners, batch, side, weights):
+    """`heads::referring_box::corner_loss_with_referring_boxes`."""
+    referring = batch["tasks"] == REFERRING_TASK  # [B]
+    w = batch["location_weights"]
+    picked = (w[..., 0] > 0) & referring[:, None]  # [B, T]
+    if not bool(picked.any()):
+        return pixel_l1(corners, batch, side)
+    pred = corners[picked]  # [n, 4], row-major like the Rust one-hot rows
+    targets = batch["location_targets"][picked]
+    n = pred.shape[0]
+    box = (pred - targets).abs().sum() * (weights["l1"] / n)
+    box = box + (generalized_iou(pred, targets).sum() * (-weights["giou"] / n) + weights["giou"])
+    other = w * (~referring).to(w)[:, None, None]
+    if not bool((other != 0).any()):
+        return box
+    return masked_l1(corners * side, batch["location_targets"] * side, other) + box
+
+
 class CornerHead(nn.Module):
     """`heads::point::CornerHead`: point (`kind = "point"`) or box (`kind = "box"`)."""
 
-    def __init__(self, d: TinyDims, kind: str, depth: int = 3, pre_norm: bool = True):
+    def __init__(self, d: TinyDims, kind: str, depth: int = 3, pre_norm: bool = True, referring_box=None):
         super().__init__()
+        self.referring_box = referring_box
         if pre_norm:
             self.norm = nn.LayerNorm(d.d_model, eps=1e-6)
         else:
@@ -969,6 +1014,8 @@ class CornerHead(nn.Module):
         return (out + 1.0) * 0.5
 
     def loss(self, ctx):
+        if self.referring_box:
+            return corner_loss_with_referring_boxes(self(ctx["decoder"]), ctx["batch"], self.side, self.referring_box)
         return pixel_l1(self(ctx["decoder"]), ctx["batch"], self.side)
 
 
@@ -1136,7 +1183,7 @@ class TextHead(nn.Module):
 def build_head(d: TinyDims, h: HeadSpec) -> nn.Module:
     o = h.options
     if h.kind in ("point", "box"):
-        return CornerHead(d, h.kind, int(o.get("depth", 3)), bool(o.get("pre_norm", True)))
+        return CornerHead(d, h.kind, int(o.get("depth", 3)), bool(o.get("pre_norm", True)), o.get("referring_box"))
     if h.kind in ("bins", "string"):
         return TextHead()
     if h.kind == "mask":
@@ -1178,7 +1225,24 @@ class PixelLlm(nn.Module):
         self.prompt_encoder = PromptEncoder(d)
         self.prompt_feature_extractor = PromptFeatureExtractor(d, spec)
         self.language_model = T5(d, lora)
+        if spec.visual_position_std > 0:
+            tokens = d.grid * d.grid if spec.prompt_fuse == "dense" else spec.output_tokens
+            self.visual_position_embedding = nn.Parameter(
+                torch.randn(tokens, d.d_model) * spec.visual_position_std
+            )
+        else:
+            self.visual_position_embedding = None
         self.heads = nn.ModuleDict({h.name: build_head(d, h) for h in spec.heads})
+
+    def add_visual_positions(self, visual):
+        """`PixelLlm::encode`: the learned table (`model.visual_position_std` > 0)."""
+        if self.visual_position_embedding is None:
+            return visual
+        return visual + self.visual_position_embedding.unsqueeze(0)
+
+    def unordered_prefix(self, visual):
+        """How many leading encoder tokens take no relative bias (`model.visual_relative_bias`)."""
+        return 0 if self.spec.visual_relative_bias else visual.shape[1]
 
     def pixel_values(self, pixels, normalization):
         mean, std = normalization
@@ -1199,7 +1263,7 @@ class PixelLlm(nn.Module):
         sparse = pe.embed_boxes(batch["prompt_boxes"].to(image) * pe.input_image_size)
         dense = pe.dense_without_mask(b)
         image_pe = pe.dense_pe()
-        visual = self.prompt_feature_extractor(image, image_pe, dense, sparse)
+        visual = self.add_visual_positions(self.prompt_feature_extractor(image, image_pe, dense, sparse))
         lm = self.language_model
         context = lm.shared(batch["context_ids"])
         encoder_input = torch.cat([visual, context], dim=1)
@@ -1210,7 +1274,7 @@ class PixelLlm(nn.Module):
             ],
             dim=1,
         )
-        hidden = lm.encoder(encoder_input, mask=mask)
+        hidden = lm.encoder(encoder_input, mask=mask, unordered_prefix=self.unordered_prefix(visual))
         dec = lm.decoder(lm.shared(batch["decoder_input_ids"]), enc=hidden, enc_mask=mask)
         logits = lm.lm_head(dec)
         return {

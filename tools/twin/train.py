@@ -96,7 +96,7 @@ class AdamW:
             grads[n] = g
         grad_norm = np.float32(math.sqrt(sum_squares))
         clip = np.float32(1.0)
-        if self.clip is not None and grad_norm > np.float32(self.clip):
+        if self.clip and grad_norm > np.float32(self.clip):
             clip = np.float32(self.clip) / grad_norm
         self.step += 1
         bias1 = np.float32(1.0) - self.b1 ** np.float32(self.step)
@@ -307,6 +307,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every K steps")
     ap.add_argument("--cycle", action="store_true", help="reuse the batches when --steps exceeds them")
+    ap.add_argument("--clip", type=float, help="override [train.optimizer] clip_grad_norm (0 = off)")
+    ap.add_argument("--peak-lr", type=float, help="override [train] peak_lr")
     V.add_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -344,9 +346,9 @@ def main():
         o.get("beta2", 0.999),
         o.get("eps", 1e-8),
         o.get("weight_decay", 0.01),
-        o.get("clip_grad_norm", 1.0),
+        args.clip if args.clip is not None else o.get("clip_grad_norm", 1.0),
     )
-    sched = (float(t["peak_lr"]), int(t["warmup_steps"]), steps, float(t["final_lr_ratio"]))
+    sched = (args.peak_lr or float(t["peak_lr"]), int(t["warmup_steps"]), steps, float(t["final_lr_ratio"]))
     log_every = max(int(t.get("log_every", 10)), 1)
     referring = load_batch(os.path.join(args.folder, "val-referring.safetensors"), dtype)
     trace = load_batch(os.path.join(args.folder, "val-trace.safetensors"), dtype)
@@ -403,7 +405,7 @@ def main():
         "in": os.path.abspath(args.folder),
         "init": args.init,
         "variant": V.variant_name(args),
-        "variant_args": {k: getattr(args, k) for k in ("visual", "pos_std", "pe_scale", "visual_pos_std", "no_visual_relbias", "box_loss", "referring_only", "cycle")},
+        "variant_args": {k: getattr(args, k) for k in ("visual", "pos_std", "pe_scale", "visual_pos_std", "no_visual_relbias", "box_loss", "referring_only", "cycle", "lm", "clip", "peak_lr")},
         "seed": seed if args.init == "reference" else None,
         "dtype": args.dtype,
         "threads": args.threads,

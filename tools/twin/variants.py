@@ -21,6 +21,10 @@ is one small change against the Rust model (all off = the twin exactly):
                           5 x L1 (normalized units, summed over the 4 coordinates), mean over
                           referring expressions.
   --referring-only        (train.py) drop the trace-captioning rows of every batch.
+  --lm standard           replace T5 (RMSNorm, unscaled attention, relative position bias,
+                          gated GELU) by a plain pre-LayerNorm encoder-decoder of the same
+                          width and depth: scaled dot-product attention, GELU MLP, learned
+                          absolute text positions (std 0.02), fresh token embeddings N(0, 1).
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ def add_arguments(ap):
     g.add_argument("--no-visual-relbias", action="store_true")
     g.add_argument("--box-loss", default="ours", choices=["ours", "giou", "l1", "probe"])
     g.add_argument("--referring-only", action="store_true")
+    g.add_argument("--lm", default="t5", choices=["t5", "standard"])
     g.add_argument("--variant-seed", type=int, default=1234, help="init of the new tables")
 
 
@@ -57,6 +62,8 @@ def variant_name(args) -> str:
         parts.append(f"box-loss {args.box_loss}")
     if args.referring_only:
         parts.append("referring only")
+    if args.lm != "t5":
+        parts.append(f"lm {args.lm}")
     return ", ".join(parts) or "ours"
 
 
@@ -74,6 +81,36 @@ class PatchTokens(nn.Module):
         b = pixels.shape[0]
         x = F.unfold(pixels, self.patch, stride=self.patch)  # [B, 3*p*p, n]
         return self.proj(x.transpose(1, 2)) + self.pos.unsqueeze(0)
+
+
+class StandardLm(nn.Module):
+    """A plain pre-LN transformer encoder-decoder with T5's width, depth and heads."""
+
+    def __init__(self, d: M.TinyDims, max_len: int = 128):
+        super().__init__()
+        w = d.d_model
+        self.embed = nn.Embedding(d.vocab, w)
+        self.text_pos = nn.Parameter(torch.randn(max_len, w) * 0.02)
+        self.dec_pos = nn.Parameter(torch.randn(max_len, w) * 0.02)
+        layer = dict(d_model=w, nhead=d.lm_heads, dim_feedforward=d.d_ff, dropout=0.0,
+                     activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), d.lm_layers,
+                                             norm=nn.LayerNorm(w), enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), d.lm_decoder_layers,
+                                             norm=nn.LayerNorm(w))
+        self.lm_head = nn.Linear(w, d.vocab)
+
+    def forward(self, visual, context_ids, context_keep, decoder_ids):
+        s = context_ids.shape[1]
+        text = self.embed(context_ids) + self.text_pos[:s]
+        x = torch.cat([visual, text], 1)
+        keep = torch.cat([torch.ones(visual.shape[:2], dtype=torch.bool, device=x.device), context_keep], 1)
+        enc = self.encoder(x, src_key_padding_mask=~keep)
+        t = decoder_ids.shape[1]
+        y = self.embed(decoder_ids) + self.dec_pos[:t]
+        causal = nn.Transformer.generate_square_subsequent_mask(t, device=x.device, dtype=x.dtype)
+        dec = self.decoder(y, enc, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=~keep)
+        return enc, dec, self.lm_head(dec)
 
 
 def giou_loss(pred, target):
@@ -106,17 +143,23 @@ class PixelLlmVariant(M.PixelLlm):
             self.patch_tokens = PatchTokens(d, args.pos_std)
         if args.visual_pos_std:
             self.visual_pos = nn.Parameter(torch.randn(d.grid * d.grid, d.d_model) * args.visual_pos_std)
+        if args.lm == "standard":
+            self.standard_lm = StandardLm(d)
         torch.random.set_rng_state(gen)
-        if args.no_visual_relbias:
-            self.language_model.encoder.visual_tokens = d.grid * d.grid
 
     def new_parameter_names(self):
-        return [n for n, _ in self.named_parameters() if n.startswith(("patch_tokens.", "visual_pos"))]
+        return [
+            n for n, _ in self.named_parameters()
+            if n == "visual_pos" or n.startswith(("patch_tokens.", "standard_lm."))
+        ]
 
     def unused_prefixes(self):
+        unused = ()
         if self.args.visual == "patches":
-            return ("image_encoder.", "prompt_encoder.", "prompt_feature_extractor.")
-        return ()
+            unused += ("image_encoder.", "prompt_encoder.", "prompt_feature_extractor.")
+        if self.args.lm == "standard":
+            unused += ("language_model.",)
+        return unused
 
     def visual_tokens(self, batch):
         b = batch["pixels"].shape[0]
@@ -139,6 +182,7 @@ class PixelLlmVariant(M.PixelLlm):
             visual = pfe.dense_output_mlp(keys + self.args.pe_scale * image_pe.expand(b, -1, -1))
         else:
             visual = pfe(image, image_pe, dense, sparse)
+        visual = self.add_visual_positions(visual)
         if self.args.visual_pos_std:
             visual = visual + self.visual_pos.unsqueeze(0)
         return visual, image, (h, w)
@@ -146,6 +190,12 @@ class PixelLlmVariant(M.PixelLlm):
     def forward(self, batch: dict):
         b = batch["pixels"].shape[0]
         visual, image, grid = self.visual_tokens(batch)
+        if self.args.lm == "standard":
+            hidden, dec, logits = self.standard_lm(
+                visual, batch["context_ids"], batch["context_mask"] > 0, batch["decoder_input_ids"]
+            )
+            return {"image": image, "grid": grid, "visual": visual, "encoder_states": hidden,
+                    "decoder": dec, "logits": logits}
         lm = self.language_model
         context = lm.shared(batch["context_ids"])
         encoder_input = torch.cat([visual, context], dim=1)
@@ -156,7 +206,8 @@ class PixelLlmVariant(M.PixelLlm):
             ],
             dim=1,
         )
-        hidden = lm.encoder(encoder_input, mask=mask)
+        prefix = visual.shape[1] if self.args.no_visual_relbias else self.unordered_prefix(visual)
+        hidden = lm.encoder(encoder_input, mask=mask, unordered_prefix=prefix)
         dec = lm.decoder(lm.shared(batch["decoder_input_ids"]), enc=hidden, enc_mask=mask)
         logits = lm.lm_head(dec)
         return {"image": image, "grid": grid, "visual": visual, "encoder_states": hidden,
@@ -201,28 +252,3 @@ class PixelLlmVariant(M.PixelLlm):
                 terms.append(("ref_l1", l1, 5.0))
                 total = total + 5.0 * l1
         return total, terms, out
-
-
-def patch_t5_stack():
-    """T5Stack.forward honouring `visual_tokens` (set by --no-visual-relbias): the relative bias
-    of every pair with a visual query or key is zeroed."""
-    original = M.T5Stack.forward
-
-    def forward(self, x, mask=None, enc=None, enc_mask=None):
-        nv = getattr(self, "visual_tokens", 0)
-        if not nv or self.is_decoder:
-            return original(self, x, mask, enc, enc_mask)
-        b, t, _ = x.shape
-        position = self.block[0].layer[0].SelfAttention.position_bias(t, t, True, self.max_distance)
-        keep = torch.zeros(t, t, dtype=torch.bool, device=x.device)
-        keep[nv:, nv:] = True
-        position = position * keep.to(position)
-        bias = position + M.padding_bias(mask, t).to(x)
-        for block in self.block:
-            x = block(x, bias, enc, None)
-        return self.final_layer_norm(x)
-
-    M.T5Stack.forward = forward
-
-
-patch_t5_stack()

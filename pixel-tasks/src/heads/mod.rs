@@ -13,6 +13,7 @@ pub mod boxes;
 pub mod detection;
 pub mod mask;
 pub mod point;
+pub mod referring_box;
 pub mod registry;
 pub mod text;
 
@@ -180,7 +181,16 @@ pub fn pixel_l1<D: Device<f32>>(
     corners: Seq<Const<4>, D, OwnedTape<f32, D>>,
     batch: &Batch,
 ) -> Result<Option<TapedScalar<D>>> {
-    if batch.location_weights.iter().all(|&w| w == 0.0) {
+    pixel_l1_weighted(corners, batch, &batch.location_weights)
+}
+
+/// [`pixel_l1`] with `weights` `[B * T * 4]` in place of the batch's location weights.
+pub fn pixel_l1_weighted<D: Device<f32>>(
+    corners: Seq<Const<4>, D, OwnedTape<f32, D>>,
+    batch: &Batch,
+    weights: &[f32],
+) -> Result<Option<TapedScalar<D>>> {
+    if weights.iter().all(|&w| w == 0.0) {
         return Ok(None);
     }
     let side = batch.image_size as f32;
@@ -188,6 +198,6 @@ pub fn pixel_l1<D: Device<f32>>(
     Ok(Some(pixel_core::loss::masked_l1(
         corners * side,
         &targets,
-        &batch.location_weights,
+        weights,
     )?))
 }

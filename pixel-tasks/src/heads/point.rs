@@ -4,8 +4,11 @@
 //! As in scenic's `MlpPointPredictor`: optional LayerNorm (eps 1e-6), an MLP of `depth` layers
 //! (GELU), and `coords = (p + 1) / 2`, so an output of 0 maps to the image centre. A referring
 //! expression's box is the box around its tokens' points. Config (`kind = "point"`): `depth`
-//! (default 3; 4 in the paper), `pre_norm` (default true).
+//! (default 3; 4 in the paper), `pre_norm` (default true), and optionally
+//! `referring_box = { l1 = .., giou = .. }`: referring expressions trained with a detector's
+//! box loss instead of the pixel L1 (`crate::heads::referring_box`; not in the paper).
 use crate::error::{Result, TaskError};
+use crate::heads::referring_box::{corner_loss_with_referring_boxes, ReferringBoxWeights};
 use crate::heads::registry::{options, HeadBuild};
 use crate::heads::{
     pixel_l1, rows_of_four, DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads,
@@ -44,6 +47,8 @@ pub struct CornerHead<M: ConstDim, H: ConstDim, D: Device<f32>> {
     pub mlp: Mlp<M, H, Corners, D>,
     /// [`CornerKind::Box`]: `(cx, cy, w, h) -> (x0, y0, x1, y1)` as a constant matrix.
     centre_size_to_corners: Option<Tensor<Rank2<4, 4>, f32, D>>,
+    /// Referring expressions' boxes trained with L1 + GIoU instead of the pixel L1.
+    pub referring_box: Option<ReferringBoxWeights>,
 }
 
 /// The point head's keys.
@@ -56,6 +61,10 @@ pub struct PointOptions {
     /// LayerNorm before the MLP.
     #[serde(default = "default_pre_norm")]
     pub pre_norm: bool,
+    /// Weights of the referring box loss (`crate::heads::referring_box`); absent: the pixel L1
+    /// trains referring boxes as it trains caption words (the paper).
+    #[serde(default)]
+    pub referring_box: Option<ReferringBoxWeights>,
 }
 
 fn default_depth() -> usize {
@@ -72,6 +81,11 @@ impl PointOptions {
         let o: PointOptions = options(table, &build.key)?;
         if o.depth < 2 {
             return Err(build.error("depth", format!("must be at least 2, got {}", o.depth)));
+        }
+        if let Some(weights) = &o.referring_box {
+            weights
+                .check()
+                .map_err(|message| build.error("referring_box", message))?;
         }
         Ok(o)
     }
@@ -92,13 +106,16 @@ pub fn build_corner_head<P: PixelDims, D: Device<f32>>(
     kind: CornerKind,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
     let o = PointOptions::parse(build, table)?;
-    Ok(Box::new(CornerHead::<LmWidth<P>, P::PointHidden, D>::new(
-        build.dev,
-        &build.name,
-        kind,
-        o.depth,
-        o.pre_norm,
-    )))
+    Ok(Box::new(
+        CornerHead::<LmWidth<P>, P::PointHidden, D>::new(
+            build.dev,
+            &build.name,
+            kind,
+            o.depth,
+            o.pre_norm,
+        )
+        .with_referring_box(o.referring_box),
+    ))
 }
 
 impl<M: ConstDim, H: ConstDim, D: Device<f32>> CornerHead<M, H, D> {
@@ -110,7 +127,13 @@ impl<M: ConstDim, H: ConstDim, D: Device<f32>> CornerHead<M, H, D> {
             mlp: Mlp::new(dev, depth, Activation::Gelu),
             centre_size_to_corners: (kind == CornerKind::Box)
                 .then(|| crate::heads::boxes::centre_size_to_corners(dev)),
+            referring_box: None,
         }
+    }
+
+    pub fn with_referring_box(mut self, weights: Option<ReferringBoxWeights>) -> Self {
+        self.referring_box = weights;
+        self
     }
 
     /// `[batch, tokens, M]` decoder features -> `[batch, tokens, 4]` corners in normalized image
@@ -150,7 +173,10 @@ impl<P: PixelDims, H: ConstDim, D: Device<f32>> OutputHead<P, D> for CornerHead<
 
     fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Option<TapedScalar<D>>> {
         let corners = self.forward(inputs.decoder.retaped::<OwnedTape<f32, D>>());
-        pixel_l1(corners, inputs.batch)
+        match self.referring_box {
+            Some(weights) => corner_loss_with_referring_boxes(corners, inputs.batch, weights),
+            None => pixel_l1(corners, inputs.batch),
+        }
     }
 
     fn decode(

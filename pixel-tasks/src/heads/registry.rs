@@ -302,6 +302,18 @@ pub(crate) mod tests {
             err.starts_with("model.heads[0].depth: must be at least 2"),
             "{err}"
         );
+        let err = build_error(
+            "[[model.heads]]\nkind = \"box\"\nreferring_box = { l1 = -1.0, giou = 2.0 }\n",
+        );
+        assert!(
+            err.starts_with("model.heads[0].referring_box: l1 and giou must be finite and >= 0"),
+            "{err}"
+        );
+        let err = build_error("[[model.heads]]\nkind = \"point\"\nreferring_box = { l1 = 5.0 }\n");
+        assert!(
+            err.starts_with("model.heads[0].referring_box: missing field `giou`"),
+            "{err}"
+        );
     }
 
     #[test]

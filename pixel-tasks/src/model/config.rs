@@ -42,9 +42,23 @@ pub struct ModelConfig {
     /// Freeze the SAM backbone (as the paper does); EVA02 always trains.
     pub freeze_sam: bool,
     pub lm: LmConfig,
+    /// T5's relative position bias on pairs with a visual token. T5 and the paper: true (the
+    /// raster order of the visual tokens counts as a sequence); false keeps the bias among the
+    /// text tokens only.
+    #[serde(default = "default_visual_relative_bias")]
+    pub visual_relative_bias: bool,
+    /// A learned table `[visual tokens, d_model]`, initialised N(0, std²), added to the visual
+    /// tokens before T5, so each says where it is in the image; 0 (the default, the paper)
+    /// adds none.
+    #[serde(default)]
+    pub visual_position_std: f32,
     /// The output heads besides the vocabulary head (`[[model.heads]]`), each with its loss
     /// weight; the paper's is one `point` head with weight 0.1 (its L1 is in pixels).
     pub heads: Vec<HeadConfig>,
+}
+
+fn default_visual_relative_bias() -> bool {
+    true
 }
 
 impl ModelConfig {
@@ -60,6 +74,12 @@ impl ModelConfig {
             return Err(format!(
                 "model.label_smoothing must be in [0, 1), got {}",
                 self.label_smoothing
+            ));
+        }
+        if !(self.visual_position_std.is_finite() && self.visual_position_std >= 0.0) {
+            return Err(format!(
+                "model.visual_position_std must be finite and >= 0, got {}",
+                self.visual_position_std
             ));
         }
         if self.heads.is_empty() {

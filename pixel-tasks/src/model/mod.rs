@@ -45,6 +45,9 @@ pub struct PixelLlm<P: PixelDims, D: Device<f32>> {
     pub prompt_encoder: SamPromptEncoder<P::Prompt, D>,
     pub prompt_feature_extractor: PromptFeatureExtractor<P::Visual, P::Prompt, LmWidth<P>, D>,
     pub language_model: T5<Lm<P>, D>,
+    /// `[visual tokens, d_model]` added to the visual tokens before T5
+    /// (`model.visual_position_std` > 0).
+    pub visual_positions: Option<Tensor<(usize, LmWidth<P>), f32, D>>,
     /// The configured output heads, in config order; tensors under `heads.<name>.`.
     pub heads: Vec<Box<dyn OutputHead<P, D>>>,
     pub config: ModelConfig,
@@ -111,12 +114,24 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
                 config.prompt_fuse,
             ),
             language_model,
+            visual_positions: None,
             heads,
             config: config.clone(),
             vocab,
             dev: dev.clone(),
         };
         model.init_absolute_positions();
+        if config.visual_position_std > 0.0 {
+            // Drawn last, so a config without the table initialises everything else the same.
+            let tokens = match config.prompt_fuse {
+                PromptFuse::Dense => image_grid * image_grid,
+                PromptFuse::Sparse => config.output_tokens,
+            };
+            model.visual_positions = Some(
+                dev.sample_normal_like(&(tokens, LmWidth::<P>::default()))
+                    * config.visual_position_std,
+            );
+        }
         Ok(model)
     }
 
@@ -244,12 +259,32 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
         );
         // 4. T5: visual tokens first, then the text prompt.
         let n = visual.shape().1;
+        let visual = match &self.visual_positions {
+            Some(table) if table.shape().0 != n => {
+                return Err(TaskError::Invalid(format!(
+                    "model.visual_position_std: the table has {} rows for {n} visual tokens",
+                    table.shape().0
+                )))
+            }
+            Some(table) => {
+                visual
+                    + table
+                        .retaped::<T>()
+                        .broadcast_like::<_, Axis<0>>(&(b, n, Default::default()))
+            }
+            None => visual,
+        };
         let context = self
             .language_model
             .embed_tokens::<T>(self.language_model.ids(&batch.context_ids, b));
         let encoder_input = (visual, context).concat_along(Axis::<1>);
         let mask = self.encoder_mask(batch, n);
-        let hidden = self.language_model.encode_embeds(encoder_input, &mask);
+        let hidden = if self.config.visual_relative_bias {
+            self.language_model.encode_embeds(encoder_input, &mask)
+        } else {
+            self.language_model
+                .encode_embeds_with_unordered_prefix(encoder_input, &mask, n)
+        };
         Ok(Encoded {
             image,
             hidden,
@@ -574,6 +609,8 @@ impl<P: PixelDims, D: Device<f32>> Params<D> for PixelLlm<P, D> {
             .visit_params(&join(prefix, "prompt_feature_extractor"), v)?;
         self.language_model
             .visit_params(&join(prefix, "language_model"), v)?;
+        self.visual_positions
+            .visit_params(&join(prefix, "visual_position_embedding"), v)?;
         for head in &mut self.heads {
             let name = join(prefix, &format!("heads.{}", head.name()));
             head.visit_params(&name, v)?;
@@ -689,6 +726,38 @@ mod tests {
             let missing = without_gradient(&mut model, &loss.backward(), &trainable);
             assert!(missing.is_empty(), "freeze_sam = {freeze_sam}: {missing:?}");
         }
+    }
+
+    #[test]
+    fn a_visual_position_table_trains_and_leaves_the_rest_of_the_initialisation_alone() {
+        let mut config = DemoConfig::builtin().unwrap();
+        let mut plain = TinyPixelLlm::build(&config.model, 0).unwrap();
+        config.model.visual_position_std = 1.0;
+        config.model.visual_relative_bias = false;
+        let weights: toml::Table = toml::from_str("l1 = 50.0\ngiou = 20.0").unwrap();
+        config.model.heads[0]
+            .options
+            .insert("referring_box".into(), toml::Value::Table(weights));
+        let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
+        let with_table = snapshot(&mut model);
+        let table = with_table
+            .iter()
+            .find(|(name, _)| name == "visual_position_embedding")
+            .expect("the table is a parameter");
+        assert_eq!(table.1.len(), 64 * 128);
+        let std = (table.1.iter().map(|v| v * v).sum::<f32>() / table.1.len() as f32).sqrt();
+        assert!((std - 1.0).abs() < 0.05, "std {std}");
+        let others: Vec<_> = with_table
+            .into_iter()
+            .filter(|(name, _)| name != "visual_position_embedding")
+            .collect();
+        assert_eq!(others, snapshot(&mut plain));
+        let trainable = config.model.trainable();
+        let ex = examples(&config, &model.vocab.clone(), 2);
+        let grads = alloc_grads(&mut model, &trainable).unwrap();
+        let (loss, _) = model.loss(&ex, grads).unwrap();
+        let missing = without_gradient(&mut model, &loss.backward(), &trainable);
+        assert!(missing.is_empty(), "{missing:?}");
     }
 
     /// Every parameter's values by name.
