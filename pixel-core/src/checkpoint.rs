@@ -317,7 +317,15 @@ impl<'a, D: Device<f32>> ParamVisitor<D> for Loader<'a> {
             return Ok(());
         }
         match &stored.values {
-            TensorValues::F32(v) => tensor.set_values(v)?,
+            TensorValues::F32(v) => match v.iter().position(|x| !x.is_finite()) {
+                Some(at) => self.problems.push(format!(
+                    "tensor `{stored_name}` holds a non-finite value ({} at index {at}; {} of {} entries are NaN or inf): the checkpoint is poisoned, load an earlier one",
+                    v[at],
+                    v.iter().filter(|x| !x.is_finite()).count(),
+                    v.len()
+                )),
+                None => tensor.set_values(v)?,
+            },
             TensorValues::I64(_) => self.problems.push(format!(
                 "tensor `{stored_name}` holds integers ({}), the model expects floats",
                 stored.disk_dtype
@@ -329,9 +337,9 @@ impl<'a, D: Device<f32>> ParamVisitor<D> for Loader<'a> {
 
 /// Loads the tensors named `prefix.<param name>` from `store` into `module`.
 ///
-/// Every problem (missing, unexpected, misshapen, wrong dtype) is gathered into one
-/// [`CoreError::CheckpointMismatch`]. Unexpected tensors are those under `prefix` that the module
-/// does not have. On error the module may be partly loaded.
+/// Every problem (missing, unexpected, misshapen, wrong dtype, NaN or inf values) is gathered
+/// into one [`CoreError::CheckpointMismatch`]. Unexpected tensors are those under `prefix` that
+/// the module does not have. On error the module may be partly loaded.
 pub fn load_params<D: Device<f32>, M: Params<D> + ?Sized>(
     module: &mut M,
     store: &TensorStore,
@@ -417,4 +425,30 @@ pub fn load_params_file<D: Device<f32>, M: Params<D> + ?Sized>(
     let store = TensorStore::read(path)?;
     load_params(module, &store, "", &LoadOptions::strict())?;
     Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::Linear;
+
+    #[test]
+    fn a_checkpoint_with_nan_or_inf_is_refused_naming_the_tensor() {
+        let dev: Cpu = Cpu::seed_from_u64(0);
+        let mut lin = Linear::<Const<2>, Const<3>, Cpu>::new(&dev, true);
+        let mut store = TensorStore::default();
+        collect_params(&mut lin, &mut store, "").unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut poisoned = store.clone();
+            poisoned.insert("bias", StoredTensor::f32(vec![3], vec![0.0, bad, 1.0]));
+            let err = load_params(&mut lin, &poisoned, "", &LoadOptions::strict())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("tensor `bias` holds a non-finite value") && err.contains("index 1"),
+                "{err}"
+            );
+        }
+        load_params(&mut lin, &store, "", &LoadOptions::strict()).unwrap();
+    }
 }

@@ -87,7 +87,9 @@ impl AdamW {
     }
 
     /// Updates the trainable parameters of `model` from `grads` with learning rate `lr`.
-    /// Errors, changing nothing, when a gradient is not finite.
+    /// Errors, changing nothing, when a gradient is not finite; errors when an updated weight
+    /// would not be finite (that tensor keeps its old values, those updated before it do not:
+    /// the caller abandons the model, as the trainer does).
     pub fn update<D: Device<f32>, M: Params<D> + ?Sized>(
         &mut self,
         model: &mut M,
@@ -222,6 +224,12 @@ impl<'a, D: Device<f32>> ParamVisitor<D> for Apply<'a> {
             let update = (m[i] / bias1) / ((v[i] / bias2).sqrt() + c.eps);
             values[i] -= self.lr * (update + decay * values[i]);
         }
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(CoreError::Invalid(format!(
+                "the update of `{name}` gives a non-finite weight ({bad}) at learning rate {}",
+                self.lr
+            )));
+        }
         t.set_values(&values)
     }
 }
@@ -313,5 +321,25 @@ mod tests {
         restored.load_state(&opt.state()).unwrap();
         assert_eq!(restored.step, 1);
         assert_eq!(restored.moments, opt.moments);
+    }
+
+    #[test]
+    fn an_update_to_a_non_finite_weight_is_an_error_naming_the_tensor() {
+        let dev: Cpu = Cpu::seed_from_u64(0);
+        let mut lin = Linear::<Const<2>, Const<2>, Cpu>::new(&dev, false);
+        let before = lin.weight.as_vec();
+        let mut opt = AdamW::new(AdamWConfig::default());
+        let grads = alloc_grads(&mut lin, &Trainable::all()).unwrap();
+        let x: Tensor<(usize, usize, Const<2>), f32, Cpu> = dev.ones_like(&(1, 1, Const));
+        let loss = lin.forward(x.traced(grads)).sum();
+        let err = opt
+            .update(&mut lin, &loss.backward(), &Trainable::all(), f32::MAX)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("the update of `weight` gives a non-finite weight"),
+            "{err}"
+        );
+        assert_eq!(lin.weight.as_vec(), before, "the tensor keeps its values");
     }
 }

@@ -31,6 +31,16 @@ pub enum TaskError {
         message: String,
         checkpoint: Option<PathBuf>,
     },
+    #[error("training diverged at step {step}: the smoothed loss {loss} is over {factor} x its lowest, {lowest} at step {lowest_step}; nothing was saved for this step{}\n  help: lower train.peak_lr or set train.clip_grad_norm; train.divergence_factor = 0 switches this check off",
+        checkpoint.as_ref().map(|c| format!(", the last good checkpoint is `{}`", c.display())).unwrap_or_default())]
+    Diverged {
+        step: u64,
+        loss: f32,
+        lowest: f32,
+        lowest_step: u64,
+        factor: f32,
+        checkpoint: Option<PathBuf>,
+    },
     /// A config value that is wrong on its own or next to another one, by key path.
     #[error("{key}: {message}")]
     Config { key: String, message: String },

@@ -476,6 +476,7 @@ pub(crate) fn stage_train_config(
         log_every: 10,
         checkpoint_every: 0,
         seed,
+        divergence_factor: TrainConfig::default().divergence_factor,
     }
 }
 

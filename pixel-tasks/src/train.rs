@@ -3,8 +3,12 @@
 //!
 //! Checkpoints live in `RUN/checkpoints/step-NNNNNNN/` (model, optimizer state, trainer state);
 //! `RUN/checkpoints/latest` names the newest complete one and is replaced atomically after all
-//! its files are written, so a crash mid-save leaves the previous checkpoint in force. A loss or
-//! gradient that is not finite stops training with an error before anything is written.
+//! its files are written, so a crash mid-save leaves the previous checkpoint in force. The run
+//! deletes only folders it names itself (`step-NNNNNNN` under `checkpoints/`), never what
+//! `latest` says. A loss, gradient or updated weight that is not finite, or a smoothed loss that
+//! grows past `divergence_factor` times its minimum, stops training with an error naming the last
+//! good checkpoint; a checkpoint is written only after the loss of its own weights (on the step's
+//! batch) is finite and within that bound, so a good checkpoint never holds a diverged model.
 use crate::error::{Result, TaskError};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{load_params, save_params, write_atomic, LoadOptions, TensorStore};
@@ -52,6 +56,9 @@ pub struct TrainConfig {
     /// Save a checkpoint every this many steps (and at the end); 0 saves only at the end.
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Stop when the smoothed loss (an exponential average over about 10 steps) exceeds this
+    /// factor times its lowest value so far; 0 switches the check off.
+    pub divergence_factor: f32,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +73,7 @@ impl Default for TrainConfig {
             log_every: 10,
             checkpoint_every: 250,
             seed: 0,
+            divergence_factor: 10.0,
         }
     }
 }
@@ -127,14 +135,99 @@ impl RunDir {
     fn latest_pointer(&self) -> PathBuf {
         self.checkpoints().join("latest")
     }
-    /// The newest complete checkpoint folder, if any.
+    /// The newest complete checkpoint folder, if any. `latest` must name a checkpoint folder
+    /// this trainer writes (`step-NNNNNNN`), nothing else.
     pub fn latest_checkpoint(&self) -> Result<Option<PathBuf>> {
         let pointer = self.latest_pointer();
         if !pointer.exists() {
             return Ok(None);
         }
-        let name = std::fs::read_to_string(&pointer).map_err(|e| TaskError::io(&pointer, e))?;
-        Ok(Some(self.checkpoints().join(name.trim())))
+        let text = std::fs::read_to_string(&pointer).map_err(|e| TaskError::io(&pointer, e))?;
+        let name = text.trim();
+        if checkpoint_step(name).is_none() {
+            return Err(TaskError::Format {
+                path: pointer,
+                message: format!(
+                    "it names `{name}`, not a checkpoint folder of this run (`step-` and the step number)\n  help: write the name of a folder in {} into it, or delete it to start over",
+                    self.checkpoints().display()
+                ),
+            });
+        }
+        Ok(Some(self.checkpoints().join(name)))
+    }
+
+    /// The `step-NNNNNNN` folders under `checkpoints/` with their steps (no symbolic links).
+    fn checkpoint_folders(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let dir = self.checkpoints();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| TaskError::io(&dir, e))? {
+            let entry = entry.map_err(|e| TaskError::io(&dir, e))?;
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| TaskError::io(entry.path(), e))?
+                .is_dir();
+            let step = entry.file_name().to_str().and_then(checkpoint_step);
+            if let (true, Some(step)) = (is_dir, step) {
+                found.push((step, entry.path()));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The name of the checkpoint folder of `step`.
+fn checkpoint_name(step: u64) -> String {
+    format!("step-{step:07}")
+}
+
+/// The step of a checkpoint folder name this trainer writes, else `None`.
+fn checkpoint_step(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("step-")?;
+    let well_formed = digits.len() >= 7 && digits.bytes().all(|b| b.is_ascii_digit());
+    let step = digits.parse().ok().filter(|_| well_formed)?;
+    (checkpoint_name(step) == name).then_some(step)
+}
+
+/// Watches the loss for divergence: an exponential average over about 10 steps against its
+/// lowest value so far.
+#[derive(Debug, Clone)]
+struct DivergenceGuard {
+    factor: f32,
+    smoothed: Option<f32>,
+    lowest: Option<(f32, u64)>,
+}
+
+impl DivergenceGuard {
+    fn new(factor: f32) -> Self {
+        DivergenceGuard {
+            factor,
+            smoothed: None,
+            lowest: None,
+        }
+    }
+
+    /// Takes the loss of `step`; `Err((smoothed, lowest, its step))` once it diverged.
+    fn observe(&mut self, step: u64, loss: f32) -> std::result::Result<(), (f32, f32, u64)> {
+        let smoothed = match self.smoothed {
+            Some(s) => 0.9 * s + 0.1 * loss,
+            None => loss,
+        };
+        self.smoothed = Some(smoothed);
+        self.check(smoothed)?;
+        if self.lowest.is_none_or(|(low, _)| smoothed < low) {
+            self.lowest = Some((smoothed, step));
+        }
+        Ok(())
+    }
+
+    /// Whether `loss` (a checkpoint's own loss) is within the bound, without recording it.
+    fn check(&self, loss: f32) -> std::result::Result<(), (f32, f32, u64)> {
+        match self.lowest {
+            Some((low, at)) if self.factor > 0.0 && loss > self.factor * low => {
+                Err((loss, low, at))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -175,6 +268,15 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
     progress.set_position(start_step);
     let started = Instant::now();
     let mut last = None;
+    let mut guard = DivergenceGuard::new(config.divergence_factor);
+    let diverged = |step: u64, (loss, lowest, at): (f32, f32, u64)| TaskError::Diverged {
+        step,
+        loss,
+        lowest,
+        lowest_step: at,
+        factor: config.divergence_factor,
+        checkpoint: run.latest_checkpoint().ok().flatten(),
+    };
     let mut log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -191,8 +293,12 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
                 step,
                 text: parts.text,
                 location: parts.location,
-                checkpoint: run.latest_checkpoint()?,
+                checkpoint: run.latest_checkpoint().ok().flatten(),
             });
+        }
+        if let Err(d) = guard.observe(step, loss_value) {
+            progress.abandon();
+            return Err(diverged(step, d));
         }
         let grads = loss.backward();
         let lr = schedule.lr(step);
@@ -226,6 +332,22 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
         if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0)
             || done == config.steps
         {
+            // The updated weights' own loss on this batch, before they may be called good.
+            let (check, parts) = model.loss(&batch, Gradients::leaky())?;
+            let check = check.as_vec()[0];
+            if !check.is_finite() {
+                progress.abandon();
+                return Err(TaskError::NonFiniteLoss {
+                    step: done,
+                    text: parts.text,
+                    location: parts.location,
+                    checkpoint: run.latest_checkpoint().ok().flatten(),
+                });
+            }
+            if let Err(d) = guard.check(check) {
+                progress.abandon();
+                return Err(diverged(done, d));
+            }
             save_checkpoint(
                 model,
                 &optimizer,
@@ -254,7 +376,7 @@ fn save_checkpoint<D: Device<f32>, M: Params<D>>(
     run: &RunDir,
     state: &TrainerState,
 ) -> Result<()> {
-    let name = format!("step-{:07}", state.step);
+    let name = checkpoint_name(state.step);
     let dir = run.checkpoints().join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| TaskError::io(&dir, e))?;
     save_params(model, &dir.join("model.safetensors"), HashMap::new())?;
@@ -264,10 +386,12 @@ fn save_checkpoint<D: Device<f32>, M: Params<D>>(
     let state_json =
         serde_json::to_vec_pretty(state).map_err(|e| TaskError::Invalid(e.to_string()))?;
     write_atomic(&dir.join("trainer_state.json"), &state_json)?;
-    let previous = run.latest_checkpoint()?;
     write_atomic(&run.latest_pointer(), name.as_bytes())?;
-    if let Some(old) = previous.filter(|old| *old != dir) {
-        std::fs::remove_dir_all(&old).map_err(|e| TaskError::io(&old, e))?;
+    // Every other checkpoint folder this trainer named, half-deleted ones included.
+    for (step, old) in run.checkpoint_folders()? {
+        if step != state.step {
+            std::fs::remove_dir_all(&old).map_err(|e| TaskError::io(&old, e))?;
+        }
     }
     Ok(())
 }
@@ -517,5 +641,114 @@ mod tests {
         assert!(message.contains("step-0000040"), "{message}");
         let mut restored = regressor();
         assert_eq!(load_latest_weights(&mut restored, &run).unwrap(), 40);
+    }
+
+    #[test]
+    fn a_diverging_run_stops_before_it_writes_a_poisoned_checkpoint() {
+        // Caught by the check before a checkpoint, and by the running guard between them.
+        for (peak_lr, checkpoint_every) in [(1e9, 1), (10.0, 1), (1e9, 20)] {
+            let dir = tempfile::tempdir().unwrap();
+            let run = RunDir::new(dir.path());
+            let mut model = regressor();
+            let mut c = config(60);
+            c.peak_lr = peak_lr;
+            c.warmup_steps = 0;
+            c.checkpoint_every = checkpoint_every;
+            c.optimizer.clip_grad_norm = None;
+            let err = train(&mut model, &Trainable::all(), &c, &run, false, |s| {
+                batch(s, None)
+            })
+            .unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.starts_with("training diverged at step "),
+                "lr {peak_lr}: {message}"
+            );
+            // Whatever was written holds the weights of a loss within the bound.
+            if let Some(dir) = run.latest_checkpoint().unwrap() {
+                let mut restored = regressor();
+                let step = load_latest_weights(&mut restored, &run).unwrap();
+                let (loss, _) = restored
+                    .loss(&batch(step - 1, None).unwrap(), Gradients::leaky())
+                    .unwrap();
+                assert!(
+                    loss.as_vec()[0] < 10.0,
+                    "lr {peak_lr}: {} in {dir:?}",
+                    loss.as_vec()[0]
+                );
+                assert!(message.contains(&checkpoint_name(step)), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_run_deletes_only_checkpoint_folders_it_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let other = dir.path().join("other-run/checkpoints/step-0000001");
+        std::fs::create_dir_all(&other).unwrap();
+        let mut model = regressor();
+        train(
+            &mut model,
+            &Trainable::all(),
+            &config(20),
+            &run,
+            false,
+            |s| batch(s, None),
+        )
+        .unwrap();
+        // Pointers that reach outside the run, name nothing, or name what it did not write.
+        for bad in [
+            "../../other-run/checkpoints/step-0000001",
+            "",
+            "  ",
+            "step-1",
+            "step-00000x1",
+            "/tmp",
+        ] {
+            std::fs::write(run.checkpoints().join("latest"), bad).unwrap();
+            let err = run.latest_checkpoint().unwrap_err().to_string();
+            assert!(
+                err.contains("not a checkpoint folder of this run"),
+                "{bad:?}: {err}"
+            );
+            let err = train(
+                &mut regressor(),
+                &Trainable::all(),
+                &config(40),
+                &run,
+                true,
+                |s| batch(s, None),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("latest"), "{err}");
+        }
+        // A fresh run over the tampered folder writes its own checkpoints and removes only its
+        // own names: a half-deleted old step folder goes, foreign folders and files stay.
+        std::fs::create_dir_all(run.checkpoints().join("step-0000007")).unwrap();
+        std::fs::create_dir_all(run.checkpoints().join("notes")).unwrap();
+        std::fs::write(run.checkpoints().join("step-0000009.txt"), "keep").unwrap();
+        train(
+            &mut regressor(),
+            &Trainable::all(),
+            &config(20),
+            &run,
+            false,
+            |s| batch(s, None),
+        )
+        .unwrap();
+        assert!(other.exists());
+        let mut names: Vec<String> = std::fs::read_dir(run.checkpoints())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["latest", "notes", "step-0000009.txt", "step-0000020"]
+        );
+        assert_eq!(checkpoint_step("step-0000020"), Some(20));
+        assert_eq!(checkpoint_step("step-12345678"), Some(12345678));
+        assert_eq!(checkpoint_step("step-+000020"), None);
     }
 }
