@@ -32,6 +32,65 @@ fn line_of(text: &str, byte: usize) -> usize {
     text[..byte.min(text.len())].matches('\n').count() + 1
 }
 
+/// Range-checked numbers for `#[serde(deserialize_with = "...")]`: a value out of range fails
+/// while parsing, so the error names the file, the key path and the line like a type error.
+pub mod range {
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+
+    fn check<'de, D: Deserializer<'de>, T: Deserialize<'de> + Copy + std::fmt::Display>(
+        d: D,
+        ok: impl Fn(T) -> bool,
+        range: &str,
+    ) -> Result<T, D::Error> {
+        let v = T::deserialize(d)?;
+        if ok(v) {
+            Ok(v)
+        } else {
+            Err(D::Error::custom(format!("must be {range}, got {v}")))
+        }
+    }
+
+    /// A finite number > 0.
+    pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        check(d, |v: f32| v.is_finite() && v > 0.0, "a finite number > 0")
+    }
+
+    /// A finite number >= 0.
+    pub fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        check(
+            d,
+            |v: f32| v.is_finite() && v >= 0.0,
+            "a finite number >= 0",
+        )
+    }
+
+    /// A number in [0, 1].
+    pub fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        check(d, |v: f32| (0.0..=1.0).contains(&v), "in [0, 1]")
+    }
+
+    /// A number in [0, 1) (an exponential decay rate).
+    pub fn decay_rate<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        check(d, |v: f32| (0.0..1.0).contains(&v), "in [0, 1)")
+    }
+
+    /// A whole number >= 1.
+    pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        check(d, |v: u64| v >= 1, "at least 1")
+    }
+
+    /// A count >= 1.
+    pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        check(d, |v: usize| v >= 1, "at least 1")
+    }
+
+    /// An optional finite number > 0 (absent: off).
+    pub fn optional_positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+        positive(d).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +128,71 @@ mod tests {
             .to_string();
         assert!(msg.contains("lora.rank"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Ranged {
+        #[serde(deserialize_with = "range::positive")]
+        lr: f32,
+        #[serde(deserialize_with = "range::decay_rate")]
+        beta: f32,
+        #[serde(default, deserialize_with = "range::optional_positive")]
+        clip: Option<f32>,
+        #[serde(deserialize_with = "range::count")]
+        batch: usize,
+    }
+
+    #[test]
+    fn an_out_of_range_number_names_the_file_key_line_and_range() {
+        let ok = "lr = 0.1\nbeta = 0.9\nbatch = 4\n";
+        assert!(parse_toml::<Ranged>(ok, Path::new("a.toml"))
+            .unwrap()
+            .clip
+            .is_none());
+        for (text, key, line, range) in [
+            (
+                "lr = -0.1\nbeta = 0.9\nbatch = 4\n",
+                "lr",
+                1,
+                "a finite number > 0, got -0.1",
+            ),
+            (
+                "lr = nan\nbeta = 0.9\nbatch = 4\n",
+                "lr",
+                1,
+                "a finite number > 0, got NaN",
+            ),
+            (
+                "lr = 0.1\nbeta = 1.0\nbatch = 4\n",
+                "beta",
+                2,
+                "in [0, 1), got 1",
+            ),
+            (
+                "lr = 0.1\nbeta = 0.9\nbatch = 0\n",
+                "batch",
+                3,
+                "at least 1, got 0",
+            ),
+            (
+                "lr = 0.1\nbeta = 0.9\nbatch = 4\nclip = 0.0\n",
+                "clip",
+                4,
+                "> 0, got 0",
+            ),
+        ] {
+            let msg = parse_toml::<Ranged>(text, Path::new("a.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("a.toml")
+                    && msg.contains(&format!("`{key}`"))
+                    && msg.contains(&format!("line {line}"))
+                    && msg.contains(range),
+                "{text:?}: {msg}"
+            );
+        }
     }
 
     #[test]

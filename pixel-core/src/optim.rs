@@ -40,12 +40,20 @@ pub fn alloc_grads<D: Device<f32>, M: Params<D> + ?Sized>(
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
+    /// In [0, 1).
+    #[serde(deserialize_with = "crate::config::range::decay_rate")]
     pub beta1: f32,
+    /// In [0, 1).
+    #[serde(deserialize_with = "crate::config::range::decay_rate")]
     pub beta2: f32,
+    /// > 0.
+    #[serde(deserialize_with = "crate::config::range::positive")]
     pub eps: f32,
-    /// Decoupled weight decay, applied to matrices only (not to biases and norm scales).
+    /// Decoupled weight decay, applied to matrices only (not to biases and norm scales); >= 0.
+    #[serde(deserialize_with = "crate::config::range::non_negative")]
     pub weight_decay: f32,
-    /// Clip the global gradient norm to this value; `None` disables clipping.
+    /// Clip the global gradient norm to this value (> 0); absent disables clipping.
+    #[serde(default, deserialize_with = "crate::config::range::optional_positive")]
     pub clip_grad_norm: Option<f32>,
 }
 

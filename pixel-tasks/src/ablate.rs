@@ -131,6 +131,13 @@ impl Ablation {
                 ),
             ));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(repeated) = file.seeds.iter().find(|&&s| !seen.insert(s)) {
+            return Err(invalid(
+                "seeds",
+                format!("seed {repeated} is listed twice: repeated seeds repeat a run and shrink the spread to 0"),
+            ));
+        }
         if file.variants.is_empty() {
             return Err(invalid("variants", "no variants".into()));
         }
@@ -190,14 +197,8 @@ impl Ablation {
                 Err(other) => return Err(other.into()),
             };
             config
-                .model
                 .validate()
-                .map_err(|e| invalid(&format!("variants.{name}"), e))?;
-            if let Some(pretrain) = &config.pretrain {
-                pretrain
-                    .validate()
-                    .map_err(|e| invalid(&format!("variants.{name}"), e.to_string()))?;
-            }
+                .map_err(|e| invalid(&format!("variants.{name}"), e.to_string()))?;
             variants.push(Variant {
                 name: name.clone(),
                 config,
@@ -782,6 +783,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("seeds"), "{err}");
+        let repeated = HEADER.replace("[0, 1, 2]", "[0, 0, 0]") + "[variants.ok]\n";
+        let err = Ablation::parse(&repeated, Path::new("abl.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("at key `seeds`: seed 0 is listed twice"),
+            "{err}"
+        );
+        let text = format!("{HEADER}[variants.bad]\ntrain.optimizer.clip_grad_norm = -1.0\n");
+        let err = Ablation::parse(&text, Path::new("abl.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("variants.bad.train.optimizer.clip_grad_norm") && err.contains("> 0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -51,11 +51,27 @@ pub struct DemoConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskMix {
+    /// The tasks' shares (finite, >= 0, not all 0).
+    #[serde(deserialize_with = "pixel_core::config::range::non_negative")]
     pub trace_captioning: f32,
+    #[serde(deserialize_with = "pixel_core::config::range::non_negative")]
     pub referring_localization: f32,
+    #[serde(deserialize_with = "pixel_core::config::range::non_negative")]
     pub location_captioning: f32,
-    /// Captions are cut to this many tokens (EOS included).
+    /// Captions are cut to this many tokens (EOS included); at least 2.
+    #[serde(deserialize_with = "at_least_two")]
     pub max_target_tokens: usize,
+}
+
+fn at_least_two<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    let v = usize::deserialize(d)?;
+    if v >= 2 {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be at least 2 (a word and EOS), got {v}"
+        )))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +83,11 @@ pub struct EvalConfig {
     pub baseline_images: u64,
     /// Validation images shown in `samples.png`.
     pub sample_images: u64,
+    /// At least 1.
+    #[serde(deserialize_with = "pixel_core::config::range::count")]
     pub max_new_tokens: usize,
+    /// At least 1.
+    #[serde(deserialize_with = "pixel_core::config::range::count")]
     pub batch_size: usize,
     /// Dense captioning (with a `detection` head): at most this many proposals of an image,
     /// best first, are captioned and scored; the head's own `max_proposals` caps them too.
@@ -80,19 +100,75 @@ fn default_densecap_max_proposals() -> usize {
     10
 }
 
+/// A post-parse check's error as a config error of `origin`. The stages' own checks say
+/// "section.key problem"; their first word is the key.
+fn in_file(err: TaskError, origin: &Path) -> TaskError {
+    let (key, message) = match err {
+        TaskError::Config { key, message } => (key, message),
+        TaskError::Invalid(text) => match text.split_once(' ') {
+            Some((key, rest)) if key.contains('.') => (key.to_string(), rest.to_string()),
+            _ => ("<root>".to_string(), text),
+        },
+        other => return other,
+    };
+    TaskError::Core(pixel_core::CoreError::Config {
+        path: origin.to_path_buf(),
+        key,
+        message,
+    })
+}
+
 /// The built-in demo config; `configs/demo.toml` is the same file.
 pub const DEFAULT_DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 
 impl DemoConfig {
     pub fn builtin() -> Result<DemoConfig> {
-        Ok(pixel_core::config::parse_toml(
-            DEFAULT_DEMO_CONFIG,
-            Path::new("configs/demo.toml"),
-        )?)
+        let origin = Path::new("configs/demo.toml");
+        let config: DemoConfig = pixel_core::config::parse_toml(DEFAULT_DEMO_CONFIG, origin)?;
+        config.validate_as(origin)?;
+        Ok(config)
     }
 
+    /// Reads, parses and checks the config at `path`: every error names the file and the key.
     pub fn load(path: &Path) -> Result<DemoConfig> {
-        Ok(pixel_core::config::load_toml(path)?)
+        let config: DemoConfig = pixel_core::config::load_toml(path)?;
+        config.validate_as(path)?;
+        Ok(config)
+    }
+
+    /// The checks that need more than one value or a whole section, as [`TaskError::Config`]
+    /// (key path and message).
+    pub fn validate(&self) -> Result<()> {
+        let mix = &self.tasks;
+        if mix.trace_captioning + mix.referring_localization + mix.location_captioning <= 0.0 {
+            return Err(TaskError::Config {
+                key: "tasks".into(),
+                message: "the task shares are all 0: give at least one task a share".into(),
+            });
+        }
+        self.model.validate()?;
+        self.data.validate().map_err(|e| {
+            let crate::shapes_ln::ShapesLnError::InvalidConfig { field, problem } = e;
+            TaskError::Config {
+                key: format!("data.{field}"),
+                message: problem,
+            }
+        })?;
+        if let Some(p) = &self.pretrain {
+            p.validate()?;
+        }
+        if let Some(p) = &self.pretrain_eva {
+            p.validate()?;
+        }
+        if let Some(p) = &self.pretrain_sam {
+            p.validate()?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::validate`] with `origin` named in the error.
+    pub fn validate_as(&self, origin: &Path) -> Result<()> {
+        self.validate().map_err(|e| in_file(e, origin))
     }
 
     /// The seed of the model's initialisation and LM pretraining.
@@ -425,13 +501,130 @@ mod tests {
         config.model.validate().unwrap();
     }
 
+    /// Settings that would reverse or switch off training, each refused at load with the
+    /// file, the key, the allowed range and (when the parser knows it) the line.
+    #[test]
+    fn settings_out_of_range_are_refused_naming_file_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exp.toml");
+        let cases = [
+            (
+                "clip_grad_norm = 1.0",
+                "clip_grad_norm = 0.0",
+                "train.optimizer.clip_grad_norm",
+                "> 0",
+            ),
+            (
+                "clip_grad_norm = 1.0",
+                "clip_grad_norm = -1.0",
+                "train.optimizer.clip_grad_norm",
+                "> 0",
+            ),
+            ("peak_lr = 5e-4", "peak_lr = -5e-4", "train.peak_lr", "> 0"),
+            (
+                "final_lr_ratio = 0.05",
+                "final_lr_ratio = -0.5",
+                "train.final_lr_ratio",
+                "in [0, 1]",
+            ),
+            (
+                "weight_decay = 0.01",
+                "weight_decay = -0.01",
+                "train.optimizer.weight_decay",
+                ">= 0",
+            ),
+            (
+                "beta1 = 0.9",
+                "beta1 = 1.0",
+                "train.optimizer.beta1",
+                "in [0, 1)",
+            ),
+            (
+                "beta2 = 0.999",
+                "beta2 = -0.1",
+                "train.optimizer.beta2",
+                "in [0, 1)",
+            ),
+            ("eps = 1e-8", "eps = 0.0", "train.optimizer.eps", "> 0"),
+            ("eps = 1e-8", "eps = nan", "train.optimizer.eps", "> 0"),
+            ("steps = 1600", "steps = 0", "train.steps", "at least 1"),
+            (
+                "max_target_tokens = 40",
+                "max_target_tokens = 0",
+                "tasks.max_target_tokens",
+                "at least 2",
+            ),
+            (
+                "trace_captioning = 0.5",
+                "trace_captioning = -0.5",
+                "tasks.trace_captioning",
+                ">= 0",
+            ),
+        ];
+        for (good, bad, key, range) in cases {
+            assert!(DEFAULT_DEMO_CONFIG.contains(good), "{good}");
+            let text = DEFAULT_DEMO_CONFIG.replacen(good, bad, 1);
+            std::fs::write(&path, &text).unwrap();
+            let line = text.lines().position(|l| l.trim() == bad).unwrap() + 1;
+            let err = DemoConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("exp.toml")
+                    && err.contains(&format!("`{key}`"))
+                    && err.contains(range)
+                    && err.contains(&format!("line {line}")),
+                "{bad}: {err}"
+            );
+        }
+        // Checks after parsing name the file and the key.
+        for (edits, key) in [
+            (
+                vec![
+                    ("trace_captioning = 0.5", "trace_captioning = 0.0"),
+                    (
+                        "referring_localization = 0.5",
+                        "referring_localization = 0.0",
+                    ),
+                ],
+                "tasks",
+            ),
+            (
+                vec![("label_smoothing = 0.1", "label_smoothing = 1.0")],
+                "model.label_smoothing",
+            ),
+            (
+                vec![("preset = \"pixel-tiny\"", "preset = \"pixel-huge\"")],
+                "model.preset",
+            ),
+            (
+                vec![("image_size = 64", "image_size = 8")],
+                "data.image_size",
+            ),
+        ] {
+            let text = edits
+                .iter()
+                .fold(DEFAULT_DEMO_CONFIG.to_string(), |t, (a, b)| {
+                    t.replacen(a, b, 1)
+                });
+            std::fs::write(&path, &text).unwrap();
+            let err = DemoConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "invalid config `{}`: at key `{key}`:",
+                    path.display()
+                )),
+                "{edits:?}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn every_shipped_config_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let mut kinds = std::collections::BTreeMap::new();
         let files = std::fs::read_dir(&dir)
             .unwrap()
-            .chain(std::fs::read_dir(dir.join("twin")).unwrap());
+            .chain(std::fs::read_dir(dir.join("twin")).unwrap())
+            .chain(std::fs::read_dir(dir.join("binding")).unwrap());
         for entry in files {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {

@@ -45,19 +45,29 @@ pub trait TrainStep<D: Device<f32>>: Params<D> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// At least 1.
+    #[serde(deserialize_with = "pixel_core::config::range::at_least_one")]
     pub steps: u64,
+    /// At least 1.
+    #[serde(deserialize_with = "pixel_core::config::range::count")]
     pub batch_size: usize,
+    /// > 0.
+    #[serde(deserialize_with = "pixel_core::config::range::positive")]
     pub peak_lr: f32,
     pub warmup_steps: u64,
-    /// The learning rate at the end, as a fraction of `peak_lr`.
+    /// The learning rate at the end, as a fraction of `peak_lr`, in [0, 1].
+    #[serde(deserialize_with = "pixel_core::config::range::fraction")]
     pub final_lr_ratio: f32,
     pub optimizer: AdamWConfig,
+    /// At least 1.
+    #[serde(deserialize_with = "pixel_core::config::range::at_least_one")]
     pub log_every: u64,
     /// Save a checkpoint every this many steps (and at the end); 0 saves only at the end.
     pub checkpoint_every: u64,
     pub seed: u64,
     /// Stop when the smoothed loss (an exponential average over about 10 steps) exceeds this
-    /// factor times its lowest value so far; 0 switches the check off.
+    /// factor (> 1) times its lowest value so far; 0 switches the check off.
+    #[serde(deserialize_with = "divergence_factor")]
     pub divergence_factor: f32,
 }
 
@@ -75,6 +85,17 @@ impl Default for TrainConfig {
             seed: 0,
             divergence_factor: 10.0,
         }
+    }
+}
+
+fn divergence_factor<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    let v = f32::deserialize(d)?;
+    if v == 0.0 || (v.is_finite() && v > 1.0) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be 0 (off) or a finite number > 1, got {v}"
+        )))
     }
 }
 

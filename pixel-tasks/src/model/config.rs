@@ -63,32 +63,62 @@ fn default_visual_relative_bias() -> bool {
 
 impl ModelConfig {
     /// Checks values no type can rule out, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::error::TaskError> {
+        let bad = |key: &str, message: String| {
+            Err(crate::error::TaskError::Config {
+                key: format!("model.{key}"),
+                message,
+            })
+        };
+        let presets = crate::model::presets::PRESETS;
+        if !presets.contains(&self.preset.as_str()) {
+            return bad(
+                "preset",
+                format!(
+                    "unknown preset `{}`; the presets are {}",
+                    self.preset,
+                    presets.join(", ")
+                ),
+            );
+        }
         if self.output_tokens == 0 {
-            return Err("model.output_tokens must be at least 1".into());
+            return bad("output_tokens", "must be at least 1".into());
         }
         if self.prompt_feature_extractor_depth == 0 {
-            return Err("model.prompt_feature_extractor_depth must be at least 1".into());
+            return bad(
+                "prompt_feature_extractor_depth",
+                "must be at least 1".into(),
+            );
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(format!(
-                "model.label_smoothing must be in [0, 1), got {}",
-                self.label_smoothing
-            ));
+            return bad(
+                "label_smoothing",
+                format!("must be in [0, 1), got {}", self.label_smoothing),
+            );
         }
         if !(self.visual_position_std.is_finite() && self.visual_position_std >= 0.0) {
-            return Err(format!(
-                "model.visual_position_std must be finite and >= 0, got {}",
-                self.visual_position_std
-            ));
+            return bad(
+                "visual_position_std",
+                format!("must be finite and >= 0, got {}", self.visual_position_std),
+            );
         }
         if self.heads.is_empty() {
-            return Err("model.heads: configure at least one output head ([[model.heads]])".into());
+            return bad(
+                "heads",
+                "configure at least one output head ([[model.heads]])".into(),
+            );
         }
-        if self.lm.mode == LmMode::Lora
-            && (self.lm.lora_rank == 0 || !self.lm.lora_scale.is_finite())
-        {
-            return Err("model.lm.lora_rank must be >= 1 and model.lm.lora_scale finite with mode = \"lora\"".into());
+        if self.lm.mode == LmMode::Lora && self.lm.lora_rank == 0 {
+            return bad("lm.lora_rank", "must be >= 1 with mode = \"lora\"".into());
+        }
+        if self.lm.mode == LmMode::Lora && !self.lm.lora_scale.is_finite() {
+            return bad(
+                "lm.lora_scale",
+                format!(
+                    "must be finite with mode = \"lora\", got {}",
+                    self.lm.lora_scale
+                ),
+            );
         }
         Ok(())
     }

@@ -83,7 +83,7 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
     /// A randomly initialised model on `dev` whose heads `registry` builds from `config.heads`.
     /// A sub-vocabulary preset's vocabulary holds its corpus's pieces and what the heads write.
     pub fn new(dev: &D, config: &ModelConfig, registry: &HeadRegistry<P, D>) -> Result<Self> {
-        config.validate().map_err(TaskError::Invalid)?;
+        config.validate()?;
         if config.preset != P::NAME {
             return Err(TaskError::Invalid(format!(
                 "model.preset is `{}` but this model is `{}`",

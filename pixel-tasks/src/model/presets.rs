@@ -52,6 +52,9 @@ impl T5Dims for PixelTinyLm {
     type Ff = Const<256>;
 }
 
+/// The presets `model.preset` may name.
+pub const PRESETS: &[&str] = &[PixelTiny::NAME];
+
 /// A PixelLLM small enough to train on a 2-core CPU in minutes: 64 px images, SAM and EVA02
 /// with 2 blocks of width 64 at patch 8 (an 8 x 8 grid), a 2-block two-way transformer and a
 /// 2 + 2 layer T5.
