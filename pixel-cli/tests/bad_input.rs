@@ -326,3 +326,53 @@ fn lm_generate_rejects_ids_of_the_wrong_rank_or_shape() {
         assert_mentions(&err, parts);
     }
 }
+
+/// User files `pixel demo` and `pixel eval` read: a config that is not UTF-8, a corrupt
+/// checkpoint, and a `latest` pointer that leaves the run, each an error that names the file and
+/// says what is wrong, never a panic.
+#[test]
+fn bad_run_files_are_errors_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exp.toml");
+    let mut text = std::fs::read(repo().join("configs/demo.toml")).unwrap();
+    text.extend(b"\n# caf\xe9\n");
+    std::fs::write(&config, &text).unwrap();
+    let stderr = fails(&["demo", "--config", config.to_str().unwrap()]);
+    assert_mentions(
+        &stderr,
+        &[
+            "exp.toml",
+            "not UTF-8 text",
+            "byte offset",
+            "save the file as UTF-8",
+        ],
+    );
+
+    let run = dir.path().join("run");
+    let checkpoint = run.join("checkpoints/step-0000010");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    std::fs::write(
+        checkpoint.join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":",
+    )
+    .unwrap();
+    std::fs::write(run.join("checkpoints/latest"), "step-0000010").unwrap();
+    let out = dir.path().join("eval");
+    let eval = [
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let stderr = fails(&eval);
+    assert_mentions(&stderr, &["model.safetensors", "damaged or was cut short"]);
+
+    std::fs::write(
+        run.join("checkpoints/latest"),
+        "../../elsewhere/step-0000010",
+    )
+    .unwrap();
+    let stderr = fails(&eval);
+    assert_mentions(&stderr, &["latest", "not a checkpoint folder of this run"]);
+}

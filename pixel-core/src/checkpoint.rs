@@ -86,7 +86,7 @@ impl TensorStore {
 
     /// Reads every shard named in a HF `model.safetensors.index.json`.
     pub fn read_sharded(index_path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index_path).map_err(|e| CoreError::io(index_path, e))?;
+        let text = crate::text::read_text(index_path).map_err(|e| CoreError::io(index_path, e))?;
         let index: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| CoreError::CheckpointFormat {
                 path: index_path.to_path_buf(),
@@ -131,12 +131,12 @@ impl TensorStore {
             path: path.to_path_buf(),
             message,
         };
-        let (_, header) =
-            SafeTensors::read_metadata(bytes).map_err(|e| format_error(format!("{e:?}")))?;
+        let explain = |e| format_error(explain_safetensors_error(e, bytes.len()));
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(explain)?;
         if let Some(meta) = header.metadata() {
             self.metadata.extend(meta.clone());
         }
-        let file = SafeTensors::deserialize(bytes).map_err(|e| format_error(format!("{e:?}")))?;
+        let file = SafeTensors::deserialize(bytes).map_err(explain)?;
         for (name, view) in file.tensors() {
             let tensor =
                 decode(&view).map_err(|m| format_error(format!("tensor `{name}`: {m}")))?;
@@ -284,6 +284,35 @@ pub struct LoadOptions {
 impl LoadOptions {
     pub fn strict() -> Self {
         LoadOptions::default()
+    }
+}
+
+/// What a safetensors parse error means for a file of `len` bytes, and what to do about it.
+fn explain_safetensors_error(e: ::safetensors::SafeTensorError, len: usize) -> String {
+    use ::safetensors::SafeTensorError as E;
+    let damaged = "the file is damaged or was cut short (an interrupted copy or download?); \
+                   write or fetch it again";
+    match e {
+        E::HeaderTooSmall => format!(
+            "it has {len} bytes, fewer than the 8-byte header length a safetensors file starts with: {damaged}"
+        ),
+        E::HeaderTooLarge | E::InvalidHeaderLength => format!(
+            "its first 8 bytes declare a header longer than the file ({len} bytes) allows: it is not a safetensors file, or {damaged}"
+        ),
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization | E::JsonError(_) => format!(
+            "its header is not the JSON object a safetensors file holds (not UTF-8, not starting with `{{`, or not valid JSON): {damaged}"
+        ),
+        E::InvalidOffset(name) => format!(
+            "the header puts tensor `{name}` at byte offsets that overlap another tensor or leave the file: {damaged}"
+        ),
+        E::TensorInvalidInfo | E::InvalidTensorView(..) | E::ValidationOverflow => format!(
+            "the header gives a tensor a shape and dtype that do not fit its byte range: {damaged}"
+        ),
+        E::MetadataIncompleteBuffer => format!(
+            "its tensors do not cover the data after the header exactly ({len} bytes in all): {damaged}"
+        ),
+        E::TensorNotFound(name) => format!("it has no tensor `{name}`"),
+        E::IoError(err) => format!("cannot read it: {err}"),
     }
 }
 
@@ -450,5 +479,88 @@ mod tests {
             );
         }
         load_params(&mut lin, &store, "", &LoadOptions::strict()).unwrap();
+    }
+
+    /// A valid two-tensor file's bytes: 8-byte header length, JSON header, data.
+    fn valid_file() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = TensorStore::default();
+        store.insert("a", StoredTensor::f32(vec![2], vec![1.0, 2.0]));
+        store.insert("b", StoredTensor::f32(vec![2], vec![3.0, 4.0]));
+        store.write(&dir.path().join("x.safetensors")).unwrap();
+        std::fs::read(dir.path().join("x.safetensors")).unwrap()
+    }
+
+    fn header_of(bytes: &[u8]) -> (usize, String) {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        (n, String::from_utf8(bytes[8..8 + n].to_vec()).unwrap())
+    }
+
+    /// `bytes` with its header replaced (padded with spaces to the old length).
+    fn with_header(bytes: &[u8], header: &str) -> Vec<u8> {
+        let (n, _) = header_of(bytes);
+        assert!(header.len() <= n);
+        let mut out = bytes[..8].to_vec();
+        out.extend(format!("{header:<n$}").bytes());
+        out.extend(&bytes[8 + n..]);
+        out
+    }
+
+    #[test]
+    fn corrupt_safetensors_files_are_explained_in_words() {
+        let good = valid_file();
+        let (n, header) = header_of(&good);
+        let mut huge_length = good.clone();
+        huge_length[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        let overlapping = with_header(
+            &good,
+            &header.replace("\"data_offsets\":[8,16]", "\"data_offsets\":[4,12]"),
+        );
+        let outside = with_header(
+            &good,
+            &header.replace("\"data_offsets\":[8,16]", "\"data_offsets\":[8,99]"),
+        );
+        assert_ne!(overlapping, good, "the header layout changed: {header}");
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("empty", Vec::new(), "fewer than the 8-byte header length"),
+            (
+                "truncated header",
+                good[..8 + n / 2].to_vec(),
+                "declare a header longer than the file",
+            ),
+            (
+                "truncated data",
+                good[..good.len() - 3].to_vec(),
+                "do not cover the data",
+            ),
+            (
+                "huge header length",
+                huge_length,
+                "declare a header longer than the file",
+            ),
+            (
+                "not JSON",
+                with_header(&good, "{not json"),
+                "not the JSON object",
+            ),
+            (
+                "overlapping offsets",
+                overlapping,
+                "overlap another tensor or leave the file",
+            ),
+            ("offsets past the end", outside, "do not"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (what, bytes, expected) in cases {
+            let path = dir.path().join("bad.safetensors");
+            std::fs::write(&path, &bytes).unwrap();
+            let err = TensorStore::read(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("bad.safetensors")
+                    && err.contains(expected)
+                    && !err.contains("InvalidOffset"),
+                "{what}: {err}"
+            );
+        }
     }
 }

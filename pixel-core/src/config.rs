@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// Reads and parses the TOML file at `path` into `T`.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
+    let text = crate::text::read_text(path).map_err(|e| CoreError::io(path, e))?;
     parse_toml(&text, path)
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong in the shared building blocks.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`: {source}{}", crate::text::read_help(source))]
     Io {
         path: PathBuf,
         #[source]

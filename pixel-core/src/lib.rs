@@ -18,6 +18,7 @@ pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod testing;
+pub mod text;
 
 pub use error::{CoreError, Result};
 

@@ -108,7 +108,7 @@ fn sets(table: &toml::Table, path: &str) -> bool {
 
 impl Ablation {
     pub fn load(path: &Path) -> Result<Ablation> {
-        let text = std::fs::read_to_string(path).map_err(|e| TaskError::io(path, e))?;
+        let text = pixel_core::text::read_text(path).map_err(|e| TaskError::io(path, e))?;
         Ablation::parse(&text, path)
     }
 
@@ -157,8 +157,8 @@ impl Ablation {
                 .parent()
                 .unwrap_or_else(|| Path::new("."))
                 .join(&file.base);
-            let text =
-                std::fs::read_to_string(&base_path).map_err(|e| TaskError::io(&base_path, e))?;
+            let text = pixel_core::text::read_text(&base_path)
+                .map_err(|e| TaskError::io(&base_path, e))?;
             (text, base_path)
         };
         let base: toml::Table = toml::from_str(&base_text).map_err(|e| {
@@ -391,7 +391,7 @@ pub fn summarize(
 
 /// Reads the tabulated metrics out of a run's `metrics.json` by dotted path.
 fn read_metrics(path: &Path, metrics: &[MetricSpec]) -> Result<Vec<(String, f64)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TaskError::io(path, e))?;
+    let text = pixel_core::text::read_text(path).map_err(|e| TaskError::io(path, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| TaskError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -575,8 +575,8 @@ fn run_one(ablation: &Ablation, variant: &Variant, seed: u64, dir: &Path) -> Res
         serde_json::to_string_pretty(&config).map_err(|e| TaskError::Invalid(e.to_string()))?;
     let metrics_path = dir.join("metrics.json");
     if config_path.exists() {
-        let stored =
-            std::fs::read_to_string(&config_path).map_err(|e| TaskError::io(&config_path, e))?;
+        let stored = pixel_core::text::read_text(&config_path)
+            .map_err(|e| TaskError::io(&config_path, e))?;
         if stored != config_json {
             return Err(TaskError::Invalid(format!(
                 "{} was run with another config than variant `{}` now has; use another --out or delete the folder",
@@ -593,7 +593,7 @@ fn run_one(ablation: &Ablation, variant: &Variant, seed: u64, dir: &Path) -> Res
     }
     let metrics = read_metrics(&metrics_path, &ablation.metrics)?;
     let wall_s = serde_json::from_str::<serde_json::Value>(
-        &std::fs::read_to_string(&metrics_path).map_err(|e| TaskError::io(&metrics_path, e))?,
+        &pixel_core::text::read_text(&metrics_path).map_err(|e| TaskError::io(&metrics_path, e))?,
     )
     .ok()
     .and_then(|j| {

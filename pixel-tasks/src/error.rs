@@ -7,7 +7,10 @@ pub enum TaskError {
     Core(#[from] pixel_core::CoreError),
     #[error(transparent)]
     Dataset(#[from] crate::datasets::DatasetError),
-    #[error("cannot access `{path}`: {source}")]
+    #[error(
+        "cannot access `{path}`: {source}{}",
+        pixel_core::text::read_help(source)
+    )]
     Io {
         path: PathBuf,
         #[source]

@@ -497,7 +497,8 @@ pub(crate) fn load_finished_stage<D: Device<f32>, M: Params<D>, R: DeserializeOw
         return Ok(None);
     }
     load_latest_weights(model, run)?;
-    let text = std::fs::read_to_string(report_path).map_err(|e| TaskError::io(report_path, e))?;
+    let text =
+        pixel_core::text::read_text(report_path).map_err(|e| TaskError::io(report_path, e))?;
     let report = serde_json::from_str(&text).map_err(|e| TaskError::Format {
         path: report_path.to_path_buf(),
         message: e.to_string(),

@@ -163,7 +163,7 @@ impl RunDir {
         if !pointer.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&pointer).map_err(|e| TaskError::io(&pointer, e))?;
+        let text = pixel_core::text::read_text(&pointer).map_err(|e| TaskError::io(&pointer, e))?;
         let name = text.trim();
         if checkpoint_step(name).is_none() {
             return Err(TaskError::Format {
@@ -423,7 +423,8 @@ fn load_checkpoint<D: Device<f32>, M: Params<D>>(
     dir: &Path,
 ) -> Result<TrainerState> {
     let state_path = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(|e| TaskError::io(&state_path, e))?;
+    let text =
+        pixel_core::text::read_text(&state_path).map_err(|e| TaskError::io(&state_path, e))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| TaskError::Format {
         path: state_path.clone(),
         message: e.to_string(),
@@ -448,7 +449,7 @@ pub fn load_latest_weights<D: Device<f32>, M: Params<D>>(
 
 /// Reads `metrics.jsonl`.
 pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TaskError::io(path, e))?;
+    let text = pixel_core::text::read_text(path).map_err(|e| TaskError::io(path, e))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -29,7 +29,8 @@ pub use visual_genome::{read_vg_regions, write_vg_regions, RegionSample};
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error(
-        "failed to read `{path}`: {source}\n  help: check that the file exists and is readable"
+        "failed to read `{path}`: {source}{}",
+        pixel_core::text::read_help(source)
     )]
     Io {
         path: PathBuf,
@@ -119,7 +120,7 @@ impl ReadSummary {
 }
 
 pub(crate) fn read_to_string(path: &Path) -> Result<String, DatasetError> {
-    std::fs::read_to_string(path).map_err(|source| DatasetError::Io {
+    pixel_core::text::read_text(path).map_err(|source| DatasetError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -193,7 +193,7 @@ impl SynonymDictionary {
     pub fn from_dir(dir: &Path) -> Result<Self, MetricsError> {
         let read = |name: &str| -> Result<(std::path::PathBuf, String), MetricsError> {
             let path = dir.join(name);
-            let text = std::fs::read_to_string(&path).map_err(|source| MetricsError::Io {
+            let text = pixel_core::text::read_text(&path).map_err(|source| MetricsError::Io {
                 path: path.clone(),
                 source,
             })?;

@@ -39,7 +39,8 @@ pub use trace::trace_point_l1;
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error(
-        "failed to read `{path}`: {source}\n  help: check that the file exists and is readable"
+        "failed to read `{path}`: {source}{}",
+        pixel_core::text::read_help(source)
     )]
     Io {
         path: PathBuf,
@@ -94,7 +95,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     expected: &'static str,
 ) -> Result<T, MetricsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| MetricsError::Io {
+    let text = pixel_core::text::read_text(path).map_err(|source| MetricsError::Io {
         path: path.to_path_buf(),
         source,
     })?;
