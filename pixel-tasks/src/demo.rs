@@ -274,6 +274,7 @@ pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMet
     };
     let trainable = config.model.trainable();
     let run = RunDir::new(out);
+    keep_run_config(config, out, resume)?;
     let report: TrainReport = train(
         &mut model,
         &trainable,
@@ -331,6 +332,78 @@ pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMet
         serde_json::to_vec_pretty(&metrics).map_err(|e| TaskError::Invalid(e.to_string()))?;
     write_atomic(&out.join("metrics.json"), &json)?;
     Ok(metrics)
+}
+
+/// Keys a resumed run may change: they change what is logged or evaluated, not the weights.
+const RESUMABLE_CHANGES: &[&str] = &["eval.", "train.log_every", "train.checkpoint_every"];
+
+/// Keeps the resolved config in `out/config.json`. A resumed run must have the config it was
+/// started with, but for [`RESUMABLE_CHANGES`]; a change to anything else is an error naming the
+/// first key that differs.
+fn keep_run_config(config: &DemoConfig, out: &Path, resume: bool) -> Result<()> {
+    let path = out.join("config.json");
+    let current = serde_json::to_value(config).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    if resume && path.exists() {
+        let text = pixel_core::text::read_text(&path).map_err(|e| TaskError::io(&path, e))?;
+        // Through `DemoConfig`, so both sides turn f32s into JSON numbers the same way.
+        let stored: DemoConfig = serde_json::from_str(&text).map_err(|e| TaskError::Format {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let stored =
+            serde_json::to_value(&stored).map_err(|e| TaskError::Invalid(e.to_string()))?;
+        let mut differences = Vec::new();
+        differing_keys("", &stored, &current, &mut differences);
+        if let Some((key, was, now)) = differences
+            .into_iter()
+            .find(|(key, _, _)| !RESUMABLE_CHANGES.iter().any(|p| key.starts_with(p)))
+        {
+            return Err(TaskError::Config {
+                key: key.clone(),
+                message: format!(
+                    "the run in {} was started with {key} = {was}, this config has {now}; a resumed run keeps what changes its result (its config is {}): train into another folder, or resume with that value",
+                    out.display(),
+                    path.display()
+                ),
+            });
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
+    // The struct's own field order, as `pixel ablate` writes it.
+    let json =
+        serde_json::to_string_pretty(config).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    Ok(write_atomic(&path, json.as_bytes())?)
+}
+
+/// Every leaf key path where `a` and `b` differ, with both values (`absent` where missing).
+fn differing_keys(
+    prefix: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    out: &mut Vec<(String, String, String)>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                let absent = Value::String("absent".into());
+                differing_keys(
+                    &path,
+                    x.get(key).unwrap_or(&absent),
+                    y.get(key).unwrap_or(&absent),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push((prefix.to_string(), a.to_string(), b.to_string())),
+        _ => {}
+    }
 }
 
 /// With `[pretrain]`, replaces `model`'s language model by the pretrained one (from the cache,
@@ -614,6 +687,47 @@ mod tests {
                 )),
                 "{edits:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_the_config_it_was_started_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DemoConfig::builtin().unwrap();
+        keep_run_config(&config, dir.path(), false).unwrap();
+        // What only changes the logging and the evaluation may differ.
+        let mut changed = config.clone();
+        changed.eval.validation_images += 1;
+        changed.train.log_every = 1;
+        keep_run_config(&changed, dir.path(), true).unwrap();
+        for (edit, key) in [
+            (
+                Box::new(|c: &mut DemoConfig| c.train.peak_lr *= 2.0)
+                    as Box<dyn Fn(&mut DemoConfig)>,
+                "train.peak_lr",
+            ),
+            (Box::new(|c: &mut DemoConfig| c.seed += 1), "seed"),
+            (
+                Box::new(|c: &mut DemoConfig| c.train.steps += 1),
+                "train.steps",
+            ),
+            (
+                Box::new(|c: &mut DemoConfig| c.model.heads[0].weight = 1.0),
+                "model.heads",
+            ),
+        ] {
+            let mut other = config.clone();
+            edit(&mut other);
+            let err = keep_run_config(&other, dir.path(), true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(key) && err.contains("was started with"),
+                "{err}"
+            );
+            // A fresh run in the folder may change anything.
+            keep_run_config(&other, dir.path(), false).unwrap();
+            keep_run_config(&config, dir.path(), false).unwrap();
         }
     }
 

@@ -125,9 +125,12 @@ pub struct LogLine {
 /// What a finished run reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainReport {
+    /// Steps run by this call (0 when resumed at the end).
     pub steps_run: u64,
     pub resumed_from: Option<u64>,
+    /// The last step's log line, from the log when this call ran no step.
     pub last: Option<LogLine>,
+    /// Training time of the whole run, across resumes (the last step's `elapsed_s`).
     pub wall_s: f64,
 }
 
@@ -267,16 +270,35 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
     let mut start_step = 0;
     let mut elapsed_before = 0.0;
     let mut resumed_from = None;
-    if resume {
-        if let Some(dir) = run.latest_checkpoint()? {
+    let checkpoint = if resume {
+        run.latest_checkpoint()?
+    } else {
+        None
+    };
+    match checkpoint {
+        Some(dir) => {
             let state = load_checkpoint(model, &mut optimizer, &dir)?;
+            if state.step > config.steps {
+                return Err(TaskError::Config {
+                    key: "train.steps".into(),
+                    message: format!(
+                        "the run in {} is at step {} ({}), past train.steps = {}; resume with the steps it was started with, or train into another folder",
+                        run.root.display(),
+                        state.step,
+                        dir.display(),
+                        config.steps
+                    ),
+                });
+            }
             start_step = state.step;
             elapsed_before = state.elapsed_s;
             resumed_from = Some(state.step);
             truncate_log(&run.metrics_log(), state.step)?;
         }
-    } else if run.metrics_log().exists() {
-        std::fs::remove_file(run.metrics_log()).map_err(|e| TaskError::io(run.metrics_log(), e))?;
+        // A fresh start (or a resume with nothing to resume): the log starts over too.
+        None if run.metrics_log().exists() => std::fs::remove_file(run.metrics_log())
+            .map_err(|e| TaskError::io(run.metrics_log(), e))?,
+        None => {}
     }
     let schedule = config.schedule();
     let progress = indicatif::ProgressBar::new(config.steps);
@@ -383,11 +405,18 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
         last = Some(line);
     }
     progress.finish();
+    if last.is_none() {
+        // Resumed at the end (e.g. killed during the evaluation that follows): the last step
+        // is in the log.
+        last = read_log(&run.metrics_log())?
+            .into_iter()
+            .rfind(|l| l.step == config.steps);
+    }
     Ok(TrainReport {
         steps_run: config.steps - start_step,
         resumed_from,
+        wall_s: last.as_ref().map_or(elapsed_before, |l| l.elapsed_s),
         last,
-        wall_s: started.elapsed().as_secs_f64(),
     })
 }
 
@@ -447,19 +476,29 @@ pub fn load_latest_weights<D: Device<f32>, M: Params<D>>(
     Ok(load_checkpoint(model, &mut optimizer, &dir)?.step)
 }
 
-/// Reads `metrics.jsonl`.
+/// Reads `metrics.jsonl`. A last line without its newline that does not parse is a write the
+/// run did not finish (killed mid-line) and is dropped; any other bad line is an error.
 pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
     let text = pixel_core::text::read_text(path).map_err(|e| TaskError::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| TaskError::Format {
-                path: path.to_path_buf(),
-                message: format!("line {}: {e}", i + 1),
-            })
-        })
-        .collect()
+    let torn_tail = !text.is_empty() && !text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut parsed = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(l) => parsed.push(l),
+            Err(_) if torn_tail && i + 1 == lines.len() => {}
+            Err(e) => {
+                return Err(TaskError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("line {}: {e}", i + 1),
+                })
+            }
+        }
+    }
+    Ok(parsed)
 }
 
 /// Drops log lines past `step`, which a resumed run will write again.
@@ -772,5 +811,87 @@ mod tests {
         assert_eq!(checkpoint_step("step-0000020"), Some(20));
         assert_eq!(checkpoint_step("step-12345678"), Some(12345678));
         assert_eq!(checkpoint_step("step-+000020"), None);
+    }
+
+    #[test]
+    fn resume_bookkeeping_keeps_one_line_per_step_and_the_run_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let all = |run: &RunDir| -> Vec<u64> {
+            read_log(&run.metrics_log())
+                .unwrap()
+                .iter()
+                .map(|l| l.step)
+                .collect()
+        };
+        // A resume with no checkpoint starts over, log included.
+        let _ = train(
+            &mut regressor(),
+            &Trainable::all(),
+            &config(60),
+            &run,
+            false,
+            |s| {
+                if s == 15 {
+                    Err(TaskError::Invalid("killed".into()))
+                } else {
+                    batch(s, None)
+                }
+            },
+        );
+        assert_eq!(all(&run), (1..=15).collect::<Vec<_>>());
+        let report = train(
+            &mut regressor(),
+            &Trainable::all(),
+            &config(60),
+            &run,
+            true,
+            |s| batch(s, None),
+        )
+        .unwrap();
+        assert_eq!((report.resumed_from, report.steps_run), (None, 60));
+        assert_eq!(all(&run), (1..=60).collect::<Vec<_>>());
+        let full = report.last.clone().unwrap();
+
+        // Killed mid-line while logging: the torn tail is dropped on resume.
+        let mut log = pixel_core::text::read_text(&run.metrics_log()).unwrap();
+        log.push_str("{\"step\":61,\"loss\":0.");
+        std::fs::write(run.metrics_log(), &log).unwrap();
+        // Resumed at the end (killed during the evaluation after training): nothing to run,
+        // and the report still has the last step and the whole run's training time.
+        let report = train(
+            &mut regressor(),
+            &Trainable::all(),
+            &config(60),
+            &run,
+            true,
+            |s| batch(s, None),
+        )
+        .unwrap();
+        assert_eq!((report.resumed_from, report.steps_run), (Some(60), 0));
+        assert_eq!(report.last.as_ref(), Some(&full));
+        assert_eq!(report.wall_s, full.elapsed_s);
+        assert_eq!(all(&run), (1..=60).collect::<Vec<_>>());
+
+        // A resume with fewer steps than the run has done is refused.
+        let err = train(
+            &mut regressor(),
+            &Trainable::all(),
+            &config(40),
+            &run,
+            true,
+            |s| batch(s, None),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("train.steps: the run in") && err.contains("at step 60"),
+            "{err}"
+        );
+
+        // A bad line that is not a torn tail is an error naming the line.
+        std::fs::write(run.metrics_log(), "{\"step\":1}\nnot json\n").unwrap();
+        let err = read_log(&run.metrics_log()).unwrap_err().to_string();
+        assert!(err.contains("line 1") || err.contains("line 2"), "{err}");
     }
 }
