@@ -138,6 +138,11 @@ pub struct TrainReport {
 struct TrainerState {
     step: u64,
     elapsed_s: f64,
+    /// The divergence guard's history, so a resumed run watches as an uninterrupted one does.
+    #[serde(default)]
+    smoothed_loss: Option<f32>,
+    #[serde(default)]
+    lowest_loss: Option<(f32, u64)>,
 }
 
 /// Paths of a run folder.
@@ -270,6 +275,7 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
     let mut start_step = 0;
     let mut elapsed_before = 0.0;
     let mut resumed_from = None;
+    let mut guard = DivergenceGuard::new(config.divergence_factor);
     let checkpoint = if resume {
         run.latest_checkpoint()?
     } else {
@@ -292,6 +298,8 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
             }
             start_step = state.step;
             elapsed_before = state.elapsed_s;
+            guard.smoothed = state.smoothed_loss;
+            guard.lowest = state.lowest_loss;
             resumed_from = Some(state.step);
             truncate_log(&run.metrics_log(), state.step)?;
         }
@@ -311,7 +319,6 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
     progress.set_position(start_step);
     let started = Instant::now();
     let mut last = None;
-    let mut guard = DivergenceGuard::new(config.divergence_factor);
     let diverged = |step: u64, (loss, lowest, at): (f32, f32, u64)| TaskError::Diverged {
         step,
         loss,
@@ -398,6 +405,8 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
                 &TrainerState {
                     step: done,
                     elapsed_s,
+                    smoothed_loss: guard.smoothed,
+                    lowest_loss: guard.lowest,
                 },
             )?;
         }
