@@ -1,13 +1,19 @@
 //! Every parser of user input, fed arbitrary and mutated bytes, gives a value or an error and
 //! never panics. Seeds are valid files (ShapesLN exported in the three dataset formats, the demo
-//! config, an ablation, a checkpoint, a training log); mutations flip, insert and delete bytes
-//! and cut the file short. CI runs proptest's default number of cases;
-//! `tools/fuzz.sh --minutes N` runs them long (`PROPTEST_CASES`).
+//! config, an ablation, a checkpoint and a sharded one, a training log, metric inputs, a PNG);
+//! mutations flip, insert and delete bytes and cut the file short. CI runs proptest's default
+//! number of cases; `tools/fuzz.sh --minutes N` runs them long (`PROPTEST_CASES`). Declared
+//! sizes (safetensors header length, RLE mask size, image dimensions) are checked before
+//! anything is allocated for them, or a mutation would exhaust memory here.
 use pixel_core::checkpoint::{StoredTensor, TensorStore};
 use pixel_tasks::ablate::Ablation;
 use pixel_tasks::data_source::export_shapes;
-use pixel_tasks::datasets::{read_mdetr_refexp, read_narratives, read_vg_regions, SkipMode};
+use pixel_tasks::datasets::{
+    load_image, read_mdetr_refexp, read_narratives, read_vg_regions, SkipMode,
+};
 use pixel_tasks::demo::DemoConfig;
+use pixel_tasks::metrics::boxes::refloc_from_files;
+use pixel_tasks::metrics::masks::refseg_from_files;
 use pixel_tasks::shapes_ln::{ShapesLn, ShapesLnConfig};
 use pixel_tasks::train::{read_log, RunDir};
 use proptest::prelude::*;
@@ -23,8 +29,16 @@ struct Seeds {
     config: Vec<u8>,
     ablation: Vec<u8>,
     checkpoint: Vec<u8>,
+    /// A sharded checkpoint's index; its one shard is `shard`.
+    index: Vec<u8>,
+    shard: Vec<u8>,
     log: Vec<u8>,
+    image: Vec<u8>,
 }
+
+/// `pixel metrics refloc --masks` and `refloc` inputs: an RLE, a bare polygon, boxes.
+const MASKS: &str = r#"{"a": {"size": [4, 5], "counts": [3, 4, 13]}, "b": {"size": [4, 5], "polygons": [[0, 0, 3, 0, 3, 3]]}, "c": {"size": [4, 5], "counts": "34="}}"#;
+const BOXES: &str = r#"{"a": [1, 2, 3, 4], "b": [0.5, 0, 10, 2.5]}"#;
 
 fn seeds() -> &'static Seeds {
     static SEEDS: OnceLock<Seeds> = OnceLock::new();
@@ -38,6 +52,12 @@ fn seeds() -> &'static Seeds {
         store.insert("b", StoredTensor::i64(vec![2], vec![1, 2]));
         let checkpoint = dir.path().join("c.safetensors");
         store.write(&checkpoint).unwrap();
+        let image = std::fs::read_dir(&dataset.train.images)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .min()
+            .unwrap();
+        let index = r#"{"metadata": {"total_size": 32}, "weight_map": {"a.weight": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"}}"#;
         let log = "{\"step\":1,\"loss\":2.5,\"text_loss\":2.0,\"location_loss\":5.0,\"lr\":0.001,\"grad_norm\":1.5,\"elapsed_s\":0.3}\n".repeat(2);
         Seeds {
             narratives: read(&dataset.train.narratives),
@@ -49,8 +69,11 @@ fn seeds() -> &'static Seeds {
                     .join("../configs/ablations/localization-representation.toml"),
             )
             .unwrap(),
+            shard: read(&checkpoint),
             checkpoint: read(&checkpoint),
+            index: index.as_bytes().to_vec(),
             log: log.into_bytes(),
+            image: read(&image),
             _dir: dir,
         }
     })
@@ -149,5 +172,67 @@ proptest! {
         std::fs::create_dir_all(dir.path().join("checkpoints")).unwrap();
         std::fs::write(dir.path().join("checkpoints/latest"), &raw).unwrap();
         let _ = RunDir::new(dir.path()).latest_checkpoint();
+    }
+
+    #[test]
+    fn metric_inputs_never_panic(edits in edits()) {
+        let dir = tempfile::tempdir().unwrap();
+        let (gt, preds) = (dir.path().join("gt.json"), dir.path().join("preds.json"));
+        std::fs::write(&gt, MASKS).unwrap();
+        std::fs::write(&preds, mutate(MASKS.as_bytes(), &edits)).unwrap();
+        let _ = refseg_from_files(&gt, &preds);
+        let _ = refseg_from_files(&preds, &gt);
+        std::fs::write(&gt, BOXES).unwrap();
+        std::fs::write(&preds, mutate(BOXES.as_bytes(), &edits)).unwrap();
+        let _ = refloc_from_files(&gt, &preds);
+        let _ = refloc_from_files(&preds, &gt);
+    }
+
+    #[test]
+    fn images_and_sharded_checkpoints_never_panic(edits in edits()) {
+        let s = seeds();
+        let (dir, _) = file("x.png", &mutate(&s.image, &edits));
+        let _ = load_image(dir.path(), "x.png");
+        let (dir, index) = file("model.safetensors.index.json", &mutate(&s.index, &edits));
+        std::fs::write(dir.path().join("model-00001-of-00001.safetensors"), &s.shard).unwrap();
+        let _ = TensorStore::read(&index);
+    }
+}
+
+/// The seeds are valid, so mutations explore inputs close to real ones.
+#[test]
+fn the_seeds_parse() {
+    let s = seeds();
+    let dir = tempfile::tempdir().unwrap();
+    let (masks, boxes) = (dir.path().join("m.json"), dir.path().join("b.json"));
+    std::fs::write(&masks, MASKS).unwrap();
+    std::fs::write(&boxes, BOXES).unwrap();
+    refseg_from_files(&masks, &masks).unwrap();
+    refloc_from_files(&boxes, &boxes).unwrap();
+    let (dir, _) = file("x.png", &s.image);
+    load_image(dir.path(), "x.png").unwrap();
+    let (dir, index) = file("model.safetensors.index.json", &s.index);
+    std::fs::write(
+        dir.path().join("model-00001-of-00001.safetensors"),
+        &s.shard,
+    )
+    .unwrap();
+    assert_eq!(TensorStore::read(&index).unwrap().tensors.len(), 2);
+    let (_d, p) = file("exp.toml", &s.config);
+    DemoConfig::load(&p).unwrap();
+    let (_d, p) = file("metrics.jsonl", &s.log);
+    assert_eq!(read_log(&p).unwrap().len(), 2);
+    for (name, bytes) in [
+        ("n.jsonl", &s.narratives),
+        ("r.json", &s.refexp),
+        ("v.json", &s.regions),
+    ] {
+        let (_d, p) = file(name, bytes);
+        let ok = match name {
+            "n.jsonl" => read_narratives(&p, SkipMode::Strict).is_ok(),
+            "r.json" => read_mdetr_refexp(&p, SkipMode::Strict).is_ok(),
+            _ => read_vg_regions(&p, SkipMode::Strict).is_ok(),
+        };
+        assert!(ok, "{name}");
     }
 }
