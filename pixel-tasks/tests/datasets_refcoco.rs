@@ -81,3 +81,37 @@ fn refer_strict_mode_fails_on_dangling_annotation() {
         "{err}"
     );
 }
+
+/// MDETR's flickr files write heights and widths as strings and the COCO/Flickr image id as
+/// `original_img_id` (record quoted from a final_flickr_separateGT file; scenic's pixel_llm
+/// conversion reads `original_img_id` or `original_id` with `int(...)`). A box that leaves its
+/// image's declared size is malformed, named with its line.
+#[test]
+fn mdetr_records_as_the_publishers_write_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("final_flickr_separateGT_val.json");
+    let doc = r#"{"images": [
+{"file_name": "4886839805.jpg", "height": "500", "width": "371", "id": 27, "caption": "2 wet boys in blue swimming suits", "dataset_name": "flickr", "tokens_negative": [[0, 33]], "sentence_id": 2, "original_img_id": 4886839805, "tokens_positive_eval": [[[0, 10]], [[14, 33]]]},
+{"file_name": "COCO_train2014_000000581857.jpg", "height": 640, "width": 427, "id": 28, "caption": "lady", "original_id": "581857"}
+],
+"annotations": [
+{"id": 1, "image_id": 27, "bbox": [10.0, 20.0, 300.0, 400.0], "category_id": 1},
+{"id": 2, "image_id": 28, "bbox": [100.0, 300.0, 400.0, 100.0], "category_id": 1}
+]}"#;
+    std::fs::write(&path, doc).unwrap();
+    let (samples, summary) = refcoco::read_mdetr_refexp(&path, SkipMode::SkipAndCount).unwrap();
+    assert_eq!(samples.len(), 1, "{summary:?}");
+    assert_eq!(
+        (samples[0].image_id, samples[0].width, samples[0].height),
+        (4886839805, 371, 500)
+    );
+    let err = refcoco::read_mdetr_refexp(&path, SkipMode::Strict)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("annotations[1]")
+            && err.contains("line 7")
+            && err.contains("leaves its 427x640 image"),
+        "{err}"
+    );
+}

@@ -15,6 +15,7 @@
 //! The `serde` structs of each on-disk format are public, and every reader has a `write_*`
 //! counterpart taking the plain samples, so synthetic data can be exported to the same formats.
 
+pub mod lenient;
 pub mod narratives;
 pub mod refcoco;
 pub mod visual_genome;

@@ -41,12 +41,21 @@ pub struct RefSample {
 /// MDETR `images` entry (one per expression).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MdetrImage {
+    #[serde(deserialize_with = "super::lenient::number")]
     pub id: i64,
     pub file_name: String,
+    #[serde(deserialize_with = "super::lenient::number")]
     pub height: u32,
+    #[serde(deserialize_with = "super::lenient::number")]
     pub width: u32,
     pub caption: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The COCO image id (`original_img_id` in MDETR's flickr files).
+    #[serde(
+        default,
+        alias = "original_img_id",
+        deserialize_with = "super::lenient::optional_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub original_id: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_name: Option<String>,
@@ -77,9 +86,12 @@ pub struct CocoAnnotation {
 /// A COCO `images` entry (refer toolkit `instances.json`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CocoImage {
+    #[serde(deserialize_with = "super::lenient::number")]
     pub id: i64,
     pub file_name: String,
+    #[serde(deserialize_with = "super::lenient::number")]
     pub height: u32,
+    #[serde(deserialize_with = "super::lenient::number")]
     pub width: u32,
 }
 
@@ -112,10 +124,18 @@ struct RawCoco<'a> {
     annotations: Vec<&'a RawValue>,
 }
 
-fn check_box(b: &[f64; 4]) -> Result<(), String> {
-    if b.iter().any(|v| !v.is_finite()) || b[2] < 0.0 || b[3] < 0.0 {
+/// A COCO `[x, y, w, h]` box must be finite, have a positive size, and lie in its image's
+/// declared `width x height` (up to a pixel of rounding).
+fn check_box(b: &[f64; 4], width: u32, height: u32) -> Result<(), String> {
+    if b.iter().any(|v| !v.is_finite()) || b[2] <= 0.0 || b[3] <= 0.0 {
         return Err(format!(
-            "bbox {b:?} must be finite with non-negative width and height"
+            "bbox {b:?} must be finite with positive width and height"
+        ));
+    }
+    let (w, h) = (f64::from(width), f64::from(height));
+    if b[0] < -1.0 || b[1] < -1.0 || b[0] + b[2] > w + 1.0 || b[1] + b[3] > h + 1.0 {
+        return Err(format!(
+            "bbox {b:?} leaves its {width}x{height} image (the image's declared size)"
         ));
     }
     Ok(())
@@ -188,7 +208,7 @@ pub fn read_mdetr_refexp(
             continue;
         };
         for (k, a) in list {
-            if let Err(why) = check_box(&a.bbox) {
+            if let Err(why) = check_box(&a.bbox, im.width, im.height) {
                 let line = line_of(&text, raw.annotations[*k]);
                 let location = format!("annotations[{k}] (id {}, line {line})", a.id);
                 summary.malformed(mode, path, location, why)?;
@@ -321,7 +341,7 @@ pub fn read_refer(
             )?;
             continue;
         };
-        if let Err(why) = check_box(&ann.bbox) {
+        if let Err(why) = check_box(&ann.bbox, im.width, im.height) {
             summary.malformed(mode, instances, format!("annotation id {}", ann.id), why)?;
             continue;
         }
