@@ -601,6 +601,29 @@ mod tests {
         Ok((x, y))
     }
 
+    /// A fresh regressor trained in `run` for `steps` clean steps.
+    fn train_fresh(run: &RunDir, steps: u64, resume: bool) -> Result<TrainReport> {
+        train(
+            &mut regressor(),
+            &Trainable::all(),
+            &config(steps),
+            run,
+            resume,
+            |s| batch(s, None),
+        )
+    }
+
+    /// Clean batches until `step`, where the batch source fails as a killed run would stop.
+    fn killed_at(step: u64) -> impl FnMut(u64) -> Result<(Vec<f32>, Vec<f32>)> {
+        move |s| {
+            if s == step {
+                Err(TaskError::Invalid("killed".into()))
+            } else {
+                batch(s, None)
+            }
+        }
+    }
+
     fn config(steps: u64) -> TrainConfig {
         TrainConfig {
             steps,
@@ -663,13 +686,7 @@ mod tests {
             &config(60),
             &run_b,
             false,
-            |s| {
-                if s == 45 {
-                    Err(TaskError::Invalid("interrupted".into()))
-                } else {
-                    batch(s, None)
-                }
-            },
+            killed_at(45),
         );
         assert!(interrupted.is_err());
         let mut second = regressor();
@@ -757,16 +774,7 @@ mod tests {
         let run = RunDir::new(dir.path().join("run"));
         let other = dir.path().join("other-run/checkpoints/step-0000001");
         std::fs::create_dir_all(&other).unwrap();
-        let mut model = regressor();
-        train(
-            &mut model,
-            &Trainable::all(),
-            &config(20),
-            &run,
-            false,
-            |s| batch(s, None),
-        )
-        .unwrap();
+        train_fresh(&run, 20, false).unwrap();
         // Pointers that reach outside the run, name nothing, or name what it did not write.
         for bad in [
             "../../other-run/checkpoints/step-0000001",
@@ -782,15 +790,7 @@ mod tests {
                 err.contains("not a checkpoint folder of this run"),
                 "{bad:?}: {err}"
             );
-            let err = train(
-                &mut regressor(),
-                &Trainable::all(),
-                &config(40),
-                &run,
-                true,
-                |s| batch(s, None),
-            )
-            .unwrap_err();
+            let err = train_fresh(&run, 40, true).unwrap_err();
             assert!(err.to_string().contains("latest"), "{err}");
         }
         // A fresh run over the tampered folder writes its own checkpoints and removes only its
@@ -798,15 +798,7 @@ mod tests {
         std::fs::create_dir_all(run.checkpoints().join("step-0000007")).unwrap();
         std::fs::create_dir_all(run.checkpoints().join("notes")).unwrap();
         std::fs::write(run.checkpoints().join("step-0000009.txt"), "keep").unwrap();
-        train(
-            &mut regressor(),
-            &Trainable::all(),
-            &config(20),
-            &run,
-            false,
-            |s| batch(s, None),
-        )
-        .unwrap();
+        train_fresh(&run, 20, false).unwrap();
         assert!(other.exists());
         let mut names: Vec<String> = std::fs::read_dir(run.checkpoints())
             .unwrap()
@@ -840,24 +832,10 @@ mod tests {
             &config(60),
             &run,
             false,
-            |s| {
-                if s == 15 {
-                    Err(TaskError::Invalid("killed".into()))
-                } else {
-                    batch(s, None)
-                }
-            },
+            killed_at(15),
         );
         assert_eq!(all(&run), (1..=15).collect::<Vec<_>>());
-        let report = train(
-            &mut regressor(),
-            &Trainable::all(),
-            &config(60),
-            &run,
-            true,
-            |s| batch(s, None),
-        )
-        .unwrap();
+        let report = train_fresh(&run, 60, true).unwrap();
         assert_eq!((report.resumed_from, report.steps_run), (None, 60));
         assert_eq!(all(&run), (1..=60).collect::<Vec<_>>());
         let full = report.last.clone().unwrap();
@@ -868,31 +846,14 @@ mod tests {
         std::fs::write(run.metrics_log(), &log).unwrap();
         // Resumed at the end (killed during the evaluation after training): nothing to run,
         // and the report still has the last step and the whole run's training time.
-        let report = train(
-            &mut regressor(),
-            &Trainable::all(),
-            &config(60),
-            &run,
-            true,
-            |s| batch(s, None),
-        )
-        .unwrap();
+        let report = train_fresh(&run, 60, true).unwrap();
         assert_eq!((report.resumed_from, report.steps_run), (Some(60), 0));
         assert_eq!(report.last.as_ref(), Some(&full));
         assert_eq!(report.wall_s, full.elapsed_s);
         assert_eq!(all(&run), (1..=60).collect::<Vec<_>>());
 
         // A resume with fewer steps than the run has done is refused.
-        let err = train(
-            &mut regressor(),
-            &Trainable::all(),
-            &config(40),
-            &run,
-            true,
-            |s| batch(s, None),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = train_fresh(&run, 40, true).unwrap_err().to_string();
         assert!(
             err.starts_with("train.steps: the run in") && err.contains("at step 60"),
             "{err}"

@@ -190,6 +190,25 @@ mod tests {
         );
     }
 
+    /// `analytic` equals central differences of `loss_at` around `values` (step 1e-3).
+    fn assert_finite_differences(
+        values: &[f32],
+        analytic: &[f32],
+        loss_at: impl Fn(&[f32]) -> f32,
+    ) {
+        for i in 0..values.len() {
+            let (mut up, mut down) = (values.to_vec(), values.to_vec());
+            up[i] += 1e-3;
+            down[i] -= 1e-3;
+            let numeric = (loss_at(&up) - loss_at(&down)) / 2e-3;
+            assert!(
+                (numeric - analytic[i]).abs() < 2e-2,
+                "{i}: {numeric} vs {}",
+                analytic[i]
+            );
+        }
+    }
+
     /// Row 0 a caption with a box on token 0, row 1 a referring expression supervised at its
     /// token 1; 16 px images.
     fn two_row_batch() -> Batch {
@@ -247,18 +266,7 @@ mod tests {
             .unwrap()
             .unwrap()
             .backward();
-        let analytic = grads.get(&corners).as_vec();
-        for i in 0..values.len() {
-            let (mut up, mut down) = (values.clone(), values.clone());
-            up[i] += 1e-3;
-            down[i] -= 1e-3;
-            let numeric = (loss_at(&up) - loss_at(&down)) / 2e-3;
-            assert!(
-                (numeric - analytic[i]).abs() < 2e-2,
-                "{i}: {numeric} vs {}",
-                analytic[i]
-            );
-        }
+        assert_finite_differences(&values, &grads.get(&corners).as_vec(), loss_at);
     }
 
     #[test]
@@ -273,17 +281,6 @@ mod tests {
         };
         let pred = dev.tensor_from_vec(p.to_vec(), (2, Const::<4>));
         let grads = referring_box_loss(pred.leaky_trace(), &targets, weights).backward();
-        let analytic = grads.get(&pred).as_vec();
-        for i in 0..p.len() {
-            let (mut up, mut down) = (p, p);
-            up[i] += 1e-3;
-            down[i] -= 1e-3;
-            let numeric = (loss_at(&up) - loss_at(&down)) / 2e-3;
-            assert!(
-                (numeric - analytic[i]).abs() < 2e-2,
-                "{i}: {numeric} vs {}",
-                analytic[i]
-            );
-        }
+        assert_finite_differences(&p, &grads.get(&pred).as_vec(), loss_at);
     }
 }
