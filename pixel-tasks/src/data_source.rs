@@ -22,6 +22,7 @@ use crate::metrics::masks::{Rle, RleCounts, Segmentation};
 use crate::shapes_ln::{
     ReferringExpression, RegionCaption, Sample, ShapesLn, ShapesLnConfig, Split, TracedWord,
 };
+use image::GrayImage;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -209,11 +210,15 @@ impl FileSplit {
                 return Err(crate::datasets::DatasetError::MissingImage { path }.into());
             }
             entries.push(FileEntry {
+                // An image may have several narratives (COCO val has five); each gets all of
+                // the image's expressions and regions.
                 referring: refs_by_image
-                    .remove(&narrative.image_id)
+                    .get(&narrative.image_id)
+                    .cloned()
                     .unwrap_or_default(),
                 regions: regions_by_image
-                    .remove(&narrative.image_id)
+                    .get(&narrative.image_id)
+                    .cloned()
                     .unwrap_or_default(),
                 file_name,
                 narrative,
@@ -280,6 +285,24 @@ impl SampleSource for FileDataset {
                 image::imageops::FilterType::Triangle,
             );
         }
+        let masks = entry
+            .referring
+            .iter()
+            .map(|r| {
+                r.mask
+                    .as_ref()
+                    .map(|m| mask_image(m, width, height, self.image_size))
+                    .transpose()
+                    .map_err(|why| {
+                        TaskError::Invalid(format!(
+                            "`{}`: the mask of \"{}\" (image {}) {why}",
+                            part.files.refexp.display(),
+                            r.expression,
+                            r.image_id
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let n = &entry.narrative;
         let words = n
             .utterances
@@ -305,10 +328,12 @@ impl SampleSource for FileDataset {
                 .referring
                 .iter()
                 .enumerate()
-                .map(|(k, r)| ReferringExpression {
+                .zip(masks)
+                .map(|((k, r), mask)| ReferringExpression {
                     text: r.expression.clone(),
                     object: k,
                     bbox: normalized_box(r.bbox_xywh, width, height),
+                    mask,
                 })
                 .collect(),
             regions: entry
@@ -323,6 +348,35 @@ impl SampleSource for FileDataset {
                 .collect(),
         })
     }
+}
+
+/// A COCO segmentation of a `width x height` image as a mask image (255 inside) of `side x side`,
+/// the size the model sees (nearest-neighbour resize, as the image is resized).
+fn mask_image(
+    segmentation: &Segmentation,
+    width: u32,
+    height: u32,
+    side: u32,
+) -> std::result::Result<GrayImage, String> {
+    let (w, h) = (width as usize, height as usize);
+    let rle = segmentation.to_rle(Some((h, w)))?;
+    if (rle.h, rle.w) != (h, w) {
+        return Err(format!("is {}x{} (h x w), the image {h}x{w}", rle.h, rle.w));
+    }
+    // COCO masks are column-major.
+    let inside = rle.decode()?;
+    let full = GrayImage::from_fn(width, height, |x, y| {
+        image::Luma([if inside[x as usize * h + y as usize] {
+            255
+        } else {
+            0
+        }])
+    });
+    Ok(if (width, height) == (side, side) {
+        full
+    } else {
+        image::imageops::resize(&full, side, side, image::imageops::FilterType::Nearest)
+    })
 }
 
 /// `[x, y, w, h]` in pixels -> normalized `[x0, y0, x1, y1]`, clipped to the image (COCO boxes
@@ -470,7 +524,7 @@ fn shortest(x: f32) -> f64 {
 }
 
 /// An object mask (255 = object) as compressed COCO RLE.
-fn rle_mask(mask: &image::GrayImage) -> Segmentation {
+fn rle_mask(mask: &GrayImage) -> Segmentation {
     let (w, h) = (mask.width() as usize, mask.height() as usize);
     // COCO RLE runs over the mask in column-major order.
     let column_major: Vec<bool> = (0..w * h)

@@ -152,7 +152,10 @@ impl<'a> ExampleBuilder<'a> {
                     target_ids: ids,
                     token_boxes,
                     target_box: Some(target),
-                    target_mask: sample.objects.get(r.object).map(|o| o.mask.clone()),
+                    target_mask: r
+                        .mask
+                        .clone()
+                        .or_else(|| sample.objects.get(r.object).map(|o| o.mask.clone())),
                     object_boxes: object_boxes(sample)?,
                 })
             })

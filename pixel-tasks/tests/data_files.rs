@@ -119,6 +119,7 @@ fn training_from_files_draws_the_generator_targets() {
                 && x.context_ids == y.context_ids
                 && x.target_ids == y.target_ids
                 && x.target_box == y.target_box
+                && x.target_mask == y.target_mask
                 && x.token_boxes.len() == y.token_boxes.len()
                 && x.token_boxes
                     .iter()
@@ -130,6 +131,46 @@ fn training_from_files_draws_the_generator_targets() {
                     })
         };
         assert!(a.iter().zip(&b).all(|(x, y)| same(x, y)), "step {step}");
+    }
+}
+
+/// RefCOCO masks reach referring examples from files (as the generator's do from its objects),
+/// and an image with several narratives (COCO val has five) gives every one of them its
+/// expressions and regions.
+#[test]
+fn files_give_masks_and_share_an_image_across_its_narratives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, generator, _) = exported(dir.path());
+    let train = &config.dataset.as_ref().unwrap().train;
+    let first_line = std::fs::read_to_string(&train.narratives)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let mut text = std::fs::read_to_string(&train.narratives).unwrap();
+    // A second narrative of image 0, as a second annotator would write it.
+    text.push_str(&first_line);
+    text.push('\n');
+    std::fs::write(&train.narratives, text).unwrap();
+    let files = DataSource::new(&config.data, config.seed, config.dataset.as_ref()).unwrap();
+    assert_eq!(files.images(Split::Train), TRAIN + 1);
+    let want = generator.sample(Split::Train, 0);
+    for index in [0, TRAIN] {
+        let got = files.load(Split::Train, index).unwrap();
+        assert_eq!(
+            got.referring.len(),
+            want.referring.len(),
+            "narrative {index}"
+        );
+        assert_eq!(got.regions.len(), want.regions.len(), "narrative {index}");
+        for (g, w) in got.referring.iter().zip(&want.referring) {
+            assert_eq!(
+                g.mask.as_ref(),
+                Some(&want.objects[w.object].mask),
+                "narrative {index}"
+            );
+        }
     }
 }
 

@@ -355,6 +355,10 @@ pub struct ReferringExpression {
     pub text: String,
     pub object: usize,
     pub bbox: [f32; 4],
+    /// The object's mask at the image's size where the source gives one apart from `objects`
+    /// (files: RefCOCO's segmentation); the generator's masks are in `objects`.
+    #[serde(skip)]
+    pub mask: Option<GrayImage>,
 }
 
 /// A box with a short description, for dense captioning (box -> text).
@@ -701,6 +705,7 @@ fn referring_expressions(objects: &[ShapeObject], name_colour: bool) -> Vec<Refe
                 text: words.join(" "),
                 object: i,
                 bbox: o.bbox,
+                mask: None,
             }
         })
         .collect()
