@@ -100,22 +100,16 @@ fn default_densecap_max_proposals() -> usize {
     10
 }
 
-/// A post-parse check's error as a config error of `origin`. The stages' own checks say
-/// "section.key problem"; their first word is the key.
+/// A post-parse check's [`TaskError::Config`] as a config error of the file `origin`.
 fn in_file(err: TaskError, origin: &Path) -> TaskError {
-    let (key, message) = match err {
-        TaskError::Config { key, message } => (key, message),
-        TaskError::Invalid(text) => match text.split_once(' ') {
-            Some((key, rest)) if key.contains('.') => (key.to_string(), rest.to_string()),
-            _ => ("<root>".to_string(), text),
-        },
-        other => return other,
-    };
-    TaskError::Core(pixel_core::CoreError::Config {
-        path: origin.to_path_buf(),
-        key,
-        message,
-    })
+    match err {
+        TaskError::Config { key, message } => TaskError::Core(pixel_core::CoreError::Config {
+            path: origin.to_path_buf(),
+            key,
+            message,
+        }),
+        other => other,
+    }
 }
 
 /// The built-in demo config; `configs/demo.toml` is the same file.

@@ -87,10 +87,17 @@ fn default_true() -> bool {
 impl PretrainConfig {
     /// Checks values no type can rule out, naming the key.
     pub fn validate(&self) -> Result<()> {
-        let bad =
-            |key: &str, what: String| Err(TaskError::Invalid(format!("pretrain.{key} {what}")));
-        if self.steps == 0 || self.batch_size == 0 {
-            return bad("steps", "and pretrain.batch_size must be at least 1".into());
+        let bad = |key: &str, message: String| {
+            Err(TaskError::Config {
+                key: format!("pretrain.{key}"),
+                message,
+            })
+        };
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
         }
         if !(self.noise_density > 0.0 && self.noise_density < 1.0) {
             return bad(

@@ -66,8 +66,12 @@ fn default_eval_images() -> u64 {
 impl EvaPretrainConfig {
     /// Checks values no type can rule out, naming the key.
     pub fn validate(&self) -> Result<()> {
-        let bad =
-            |key: &str, what: String| Err(TaskError::Invalid(format!("pretrain_eva.{key} {what}")));
+        let bad = |key: &str, message: String| {
+            Err(TaskError::Config {
+                key: format!("pretrain_eva.{key}"),
+                message,
+            })
+        };
         if self.steps == 0 {
             return bad("steps", "must be at least 1".into());
         }

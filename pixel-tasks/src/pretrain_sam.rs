@@ -56,13 +56,17 @@ const FOCAL_ALPHA: f32 = 0.25;
 impl SamPretrainConfig {
     /// Checks values no type can rule out, naming the key.
     pub fn validate(&self) -> Result<()> {
-        let bad =
-            |key: &str, what: String| Err(TaskError::Invalid(format!("pretrain_sam.{key} {what}")));
-        if self.steps == 0 || self.batch_size == 0 {
-            return bad(
-                "steps",
-                "and pretrain_sam.batch_size must be at least 1".into(),
-            );
+        let bad = |key: &str, message: String| {
+            Err(TaskError::Config {
+                key: format!("pretrain_sam.{key}"),
+                message,
+            })
+        };
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
         }
         if !(self.peak_lr.is_finite() && self.peak_lr > 0.0) {
             return bad("peak_lr", format!("must be positive, got {}", self.peak_lr));
