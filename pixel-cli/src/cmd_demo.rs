@@ -34,14 +34,20 @@ pub fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         "referring localization: Acc@0.5 {:.3} (constant baseline {:.3}), mIoU {:.3} (baseline {:.3}) over {} expressions",
         r.acc50, r.baseline_acc50, r.miou, r.baseline_miou, r.count
     );
-    let by_objects: Vec<String> = r
-        .acc50_by_objects
-        .iter()
-        .map(|(n, acc)| format!("{n}: {acc:.3}"))
-        .collect();
+    let by = |groups: &std::collections::BTreeMap<usize, f32>| {
+        groups
+            .iter()
+            .map(|(n, acc)| format!("{n}: {acc:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
         "  Acc@0.5 by objects in the image: {}",
-        by_objects.join(", ")
+        by(&r.acc50_by_objects)
+    );
+    println!(
+        "  Acc@0.5 by expression length in tokens: {}",
+        by(&r.acc50_by_expression_tokens)
     );
     println!(
         "trace captioning: point L1 {:.4} (constant baseline {:.4}), token accuracy {:.3} over {} tokens",

@@ -105,16 +105,38 @@ impl AdamW {
         trainable: &Trainable,
         lr: f32,
     ) -> Result<StepStats> {
+        self.update_summed(model, std::slice::from_ref(grads), trainable, lr)
+    }
+
+    /// [`AdamW::update`] from the sum of several gradients of the same parameters (the shards
+    /// of a data-parallel step), added in the order given.
+    pub fn update_summed<D: Device<f32>, M: Params<D> + ?Sized>(
+        &mut self,
+        model: &mut M,
+        grads: &[Gradients<f32, D>],
+        trainable: &Trainable,
+        lr: f32,
+    ) -> Result<StepStats> {
         struct Gather<'a, D: Device<f32>> {
-            grads: &'a Gradients<f32, D>,
+            grads: &'a [Gradients<f32, D>],
             trainable: &'a Trainable,
             found: Vec<(String, Vec<f32>)>,
         }
         impl<'a, D: Device<f32>> ParamVisitor<D> for Gather<'a, D> {
             fn visit(&mut self, name: &str, t: &mut dyn ParamTensor<D>) -> Result<()> {
-                if self.trainable.is_trainable(name) {
-                    self.found.push((name.to_string(), t.grad(self.grads)));
+                if !self.trainable.is_trainable(name) {
+                    return Ok(());
                 }
+                let Some((first, rest)) = self.grads.split_first() else {
+                    return Err(CoreError::Invalid("no gradients to apply".into()));
+                };
+                let mut sum = t.grad(first);
+                for shard in rest {
+                    for (s, g) in sum.iter_mut().zip(t.grad(shard)) {
+                        *s += g;
+                    }
+                }
+                self.found.push((name.to_string(), sum));
                 Ok(())
             }
         }
@@ -313,6 +335,42 @@ mod tests {
         assert_eq!(lin.bias.as_ref().unwrap().as_vec(), frozen_bias);
         let w = lin.weight.as_vec();
         assert!((w[1] + 2.0).abs() < 0.1, "{w:?}");
+    }
+
+    #[test]
+    fn shard_gradients_update_as_their_sum_does() {
+        let dev: Cpu = Cpu::seed_from_u64(0);
+        let lin = Linear::<Const<3>, Const<2>, Cpu>::new(&dev, true);
+        let x: Tensor<(usize, usize, Const<3>), f32, Cpu> = dev.sample_normal_like(&(2, 5, Const));
+        let loss_of = |lin: &mut Linear<Const<3>, Const<2>, Cpu>, rows: std::ops::Range<usize>| {
+            let grads = alloc_grads(lin, &Trainable::all()).unwrap();
+            let part = x
+                .clone()
+                .slice((rows, .., ..))
+                .realize::<(usize, usize, Const<3>)>();
+            lin.forward(part.traced(grads)).square().sum()
+        };
+        let (mut whole, mut sharded) = (lin.clone(), lin);
+        let mut opt_whole = AdamW::new(AdamWConfig::default());
+        let mut opt_sharded = AdamW::new(AdamWConfig::default());
+        let both = loss_of(&mut whole, 0..2).backward();
+        opt_whole
+            .update(&mut whole, &both, &Trainable::all(), 0.1)
+            .unwrap();
+        let shards = [
+            loss_of(&mut sharded, 0..1).backward(),
+            loss_of(&mut sharded, 1..2).backward(),
+        ];
+        let stats = opt_sharded
+            .update_summed(&mut sharded, &shards, &Trainable::all(), 0.1)
+            .unwrap();
+        assert!(stats.grad_norm > 0.0);
+        for (a, b) in whole.weight.as_vec().iter().zip(sharded.weight.as_vec()) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        assert!(opt_sharded
+            .update_summed(&mut sharded, &[], &Trainable::all(), 0.1)
+            .is_err());
     }
 
     #[test]

@@ -140,6 +140,15 @@ impl DemoConfig {
                 message: "the task shares are all 0: give at least one task a share".into(),
             });
         }
+        if self.train.shards > self.train.batch_size {
+            return Err(TaskError::Config {
+                key: "train.shards".into(),
+                message: format!(
+                    "{} shards of a batch of {}: each shard needs at least one example",
+                    self.train.shards, self.train.batch_size
+                ),
+            });
+        }
         self.model.validate()?;
         self.data.validate().map_err(|e| {
             let crate::shapes_ln::ShapesLnError::InvalidConfig { field, problem } = e;
@@ -615,6 +624,7 @@ mod tests {
             ("eps = 1e-8", "eps = 0.0", "train.optimizer.eps", "> 0"),
             ("eps = 1e-8", "eps = nan", "train.optimizer.eps", "> 0"),
             ("steps = 1600", "steps = 0", "train.steps", "at least 1"),
+            ("shards = 2", "shards = 0", "train.shards", "at least 1"),
             (
                 "max_target_tokens = 40",
                 "max_target_tokens = 0",
@@ -666,6 +676,7 @@ mod tests {
                 vec![("image_size = 64", "image_size = 8")],
                 "data.image_size",
             ),
+            (vec![("shards = 2", "shards = 17")], "train.shards"),
         ] {
             let text = edits
                 .iter()

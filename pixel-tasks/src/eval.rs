@@ -77,6 +77,10 @@ pub struct ReferringReport {
     /// reading of the expression, several need its words bound to the right object.
     #[serde(default, deserialize_with = "usize_keys")]
     pub acc50_by_objects: BTreeMap<usize, f32>,
+    /// Acc@0.5 by the expression's length in tokens (EOS not counted): on ShapesLN one token
+    /// names the kind alone, two add the colour or the size, three name all.
+    #[serde(default, deserialize_with = "usize_keys")]
+    pub acc50_by_expression_tokens: BTreeMap<usize, f32>,
 }
 
 /// A map with integer keys read from JSON's string keys. `results.json` and `metrics.json`
@@ -276,6 +280,11 @@ pub fn evaluate(
     let (acc50, miou) = acc50_and_miou(&predicted, &targets);
     let objects: Vec<usize> = referring.iter().map(|e| e.object_boxes.len()).collect();
     let acc50_by_objects = acc50_by_group(&predicted, &targets, &objects);
+    let lengths: Vec<usize> = referring
+        .iter()
+        .map(|e| e.target_ids.len().saturating_sub(1))
+        .collect();
+    let acc50_by_expression_tokens = acc50_by_group(&predicted, &targets, &lengths);
     let constant = vec![baselines.referring_box; targets.len()];
     let (baseline_acc50, baseline_miou) = acc50_and_miou(&constant, &targets);
 
@@ -314,6 +323,7 @@ pub fn evaluate(
             baseline_miou,
             count: targets.len(),
             acc50_by_objects,
+            acc50_by_expression_tokens,
         },
         trace_captioning: TraceReport {
             point_l1: per_point(l1_sum),

@@ -593,6 +593,7 @@ mod tests {
                 baseline_miou: 0.2,
                 count: 4,
                 acc50_by_objects: [(1, 1.0), (3, 0.25)].into(),
+                acc50_by_expression_tokens: [(1, 0.5), (2, 0.5)].into(),
             },
             trace_captioning: TraceReport {
                 point_l1: 0.1,

@@ -476,6 +476,7 @@ pub(crate) fn stage_train_config(
     TrainConfig {
         steps,
         batch_size,
+        shards: 1,
         peak_lr,
         warmup_steps,
         final_lr_ratio: 0.05,

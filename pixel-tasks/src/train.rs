@@ -9,6 +9,11 @@
 //! grows past `divergence_factor` times its minimum, stops training with an error naming the last
 //! good checkpoint; a checkpoint is written only after the loss of its own weights (on the step's
 //! batch) is finite and within that bound, so a good checkpoint never holds a diverged model.
+//!
+//! With `shards > 1` a step is data-parallel: the batch splits into shards that run forward and
+//! backward on their own threads, and the loss is the mean of the shards' losses, as scenic
+//! averages the losses of its devices. The gradients are summed in shard order, so a run gives
+//! the same weights whatever the threads' timing.
 use crate::error::{Result, TaskError};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{load_params, save_params, write_atomic, LoadOptions, TensorStore};
@@ -39,6 +44,32 @@ pub trait TrainStep<D: Device<f32>>: Params<D> {
         batch: &Self::Batch,
         grads: Gradients<f32, D>,
     ) -> Result<(TapedScalar<D>, LossParts)>;
+
+    /// `batch` as `shards` non-empty batches for a data-parallel step, or `None` where the
+    /// model's loss does not split (a contrastive loss, whose negatives are the whole batch).
+    fn split_batch(_batch: &Self::Batch, _shards: usize) -> Option<Vec<Self::Batch>> {
+        None
+    }
+}
+
+/// `items` in `shards` contiguous runs whose lengths differ by at most one; `None` when there
+/// are fewer items than shards.
+pub fn split_evenly<T: Clone>(items: &[T], shards: usize) -> Option<Vec<Vec<T>>> {
+    if shards == 0 || items.len() < shards {
+        return None;
+    }
+    let (base, extra) = (items.len() / shards, items.len() % shards);
+    let mut start = 0;
+    Some(
+        (0..shards)
+            .map(|i| {
+                let len = base + usize::from(i < extra);
+                let run = items[start..start + len].to_vec();
+                start += len;
+                run
+            })
+            .collect(),
+    )
 }
 
 /// Optimisation settings of a run.
@@ -51,6 +82,11 @@ pub struct TrainConfig {
     /// At least 1.
     #[serde(deserialize_with = "pixel_core::config::range::count")]
     pub batch_size: usize,
+    /// Data-parallel threads: each step's batch splits into this many shards, each run on its
+    /// own thread; the loss is the mean of the shards' losses. At least 1 (one thread, the plain
+    /// batch loss), at most `batch_size`.
+    #[serde(deserialize_with = "pixel_core::config::range::count")]
+    pub shards: usize,
     /// > 0.
     #[serde(deserialize_with = "pixel_core::config::range::positive")]
     pub peak_lr: f32,
@@ -76,6 +112,7 @@ impl Default for TrainConfig {
         TrainConfig {
             steps: 1000,
             batch_size: 16,
+            shards: 1,
             peak_lr: 1e-3,
             warmup_steps: 50,
             final_lr_ratio: 0.05,
@@ -262,14 +299,18 @@ impl DivergenceGuard {
 
 /// Trains `model` for `config.steps` steps; `next_batch(step)` must be deterministic in `step`
 /// so that a resumed run sees the batches an uninterrupted one would.
-pub fn train<D: Device<f32>, M: TrainStep<D>>(
+pub fn train<D: Device<f32>, M: TrainStep<D> + Sync>(
     model: &mut M,
     trainable: &Trainable,
     config: &TrainConfig,
     run: &RunDir,
     resume: bool,
     mut next_batch: impl FnMut(u64) -> Result<M::Batch>,
-) -> Result<TrainReport> {
+) -> Result<TrainReport>
+where
+    M::Batch: Sync,
+    Gradients<f32, D>: Send,
+{
     std::fs::create_dir_all(&run.root).map_err(|e| TaskError::io(&run.root, e))?;
     let mut optimizer = AdamW::new(config.optimizer);
     let mut start_step = 0;
@@ -333,10 +374,8 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
         .open(run.metrics_log())
         .map_err(|e| TaskError::io(run.metrics_log(), e))?;
     for step in start_step..config.steps {
-        let batch = next_batch(step)?;
-        let grads = alloc_grads(model, trainable)?;
-        let (loss, parts) = model.loss(&batch, grads)?;
-        let loss_value = loss.as_vec()[0];
+        let shards = shard::<D, M>(next_batch(step)?, config.shards)?;
+        let (loss_value, parts, grads) = sharded_step(model, trainable, &shards)?;
         if !loss_value.is_finite() {
             progress.abandon();
             return Err(TaskError::NonFiniteLoss {
@@ -350,10 +389,9 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
             progress.abandon();
             return Err(diverged(step, d));
         }
-        let grads = loss.backward();
         let lr = schedule.lr(step);
         let stats = optimizer
-            .update(model, &grads, trainable, lr)
+            .update_summed(model, &grads, trainable, lr)
             .map_err(|e| TaskError::NonFiniteGradient {
                 step,
                 message: e.to_string(),
@@ -383,8 +421,7 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
             || done == config.steps
         {
             // The updated weights' own loss on this batch, before they may be called good.
-            let (check, parts) = model.loss(&batch, Gradients::leaky())?;
-            let check = check.as_vec()[0];
+            let (check, parts) = sharded_loss(model, &shards)?;
             if !check.is_finite() {
                 progress.abandon();
                 return Err(TaskError::NonFiniteLoss {
@@ -427,6 +464,92 @@ pub fn train<D: Device<f32>, M: TrainStep<D>>(
         wall_s: last.as_ref().map_or(elapsed_before, |l| l.elapsed_s),
         last,
     })
+}
+
+/// `batch` as `shards` batches (itself when 1).
+fn shard<D: Device<f32>, M: TrainStep<D>>(batch: M::Batch, shards: usize) -> Result<Vec<M::Batch>> {
+    if shards == 1 {
+        return Ok(vec![batch]);
+    }
+    M::split_batch(&batch, shards).ok_or_else(|| TaskError::Config {
+        key: "train.shards".into(),
+        message: format!(
+            "this batch does not split into {shards} shards (fewer examples than shards, or a loss over the whole batch); use 1"
+        ),
+    })
+}
+
+/// The mean of the shards' losses and parts, and each shard's gradient of its loss divided by
+/// the number of shards: shard 0 runs on this thread, every other on its own.
+fn sharded_step<D: Device<f32>, M: TrainStep<D> + Sync>(
+    model: &mut M,
+    trainable: &Trainable,
+    shards: &[M::Batch],
+) -> Result<(f32, LossParts, Vec<Gradients<f32, D>>)>
+where
+    M::Batch: Sync,
+    Gradients<f32, D>: Send,
+{
+    let slots = shards
+        .iter()
+        .map(|_| alloc_grads(model, trainable))
+        .collect::<pixel_core::Result<Vec<_>>>()?;
+    let model = &*model;
+    let scale = 1.0 / shards.len() as f32;
+    let run = |batch: &M::Batch, grads| -> Result<(f32, LossParts, Gradients<f32, D>)> {
+        let (loss, parts) = model.loss(batch, grads)?;
+        let value = loss.as_vec()[0];
+        Ok((value, parts, (loss * scale).backward()))
+    };
+    let run = &run;
+    let results = std::thread::scope(|scope| {
+        let mut jobs = shards.iter().zip(slots);
+        let first = jobs.next();
+        let others: Vec<_> = jobs
+            .map(|(batch, grads)| scope.spawn(move || run(batch, grads)))
+            .collect();
+        let mut results = Vec::with_capacity(shards.len());
+        if let Some((batch, grads)) = first {
+            results.push(run(batch, grads));
+        }
+        for handle in others {
+            // A panic in a shard is a bug: raise it here as it was raised there.
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            );
+        }
+        results
+    });
+    let mut total = 0.0;
+    let mut parts = LossParts::default();
+    let mut grads = Vec::with_capacity(results.len());
+    for result in results {
+        let (value, p, g) = result?;
+        total += value * scale;
+        parts.text += p.text * scale;
+        parts.location += p.location * scale;
+        grads.push(g);
+    }
+    Ok((total, parts, grads))
+}
+
+/// The mean of the shards' losses and parts, without gradients.
+fn sharded_loss<D: Device<f32>, M: TrainStep<D>>(
+    model: &M,
+    shards: &[M::Batch],
+) -> Result<(f32, LossParts)> {
+    let scale = 1.0 / shards.len() as f32;
+    let mut total = 0.0;
+    let mut parts = LossParts::default();
+    for batch in shards {
+        let (loss, p) = model.loss(batch, Gradients::leaky())?;
+        total += loss.as_vec()[0] * scale;
+        parts.text += p.text * scale;
+        parts.location += p.location * scale;
+    }
+    Ok((total, parts))
 }
 
 fn save_checkpoint<D: Device<f32>, M: Params<D>>(
@@ -574,6 +697,23 @@ mod tests {
                 },
             ))
         }
+
+        fn split_batch(batch: &Self::Batch, shards: usize) -> Option<Vec<Self::Batch>> {
+            let rows: Vec<(Vec<f32>, f32)> = batch
+                .0
+                .chunks(4)
+                .map(<[f32]>::to_vec)
+                .zip(batch.1.iter().copied())
+                .collect();
+            let shards = split_evenly(&rows, shards)?;
+            Some(
+                shards
+                    .into_iter()
+                    .map(|rows| rows.into_iter().map(|(x, y)| (x, y)).unzip())
+                    .map(|(x, y): (Vec<Vec<f32>>, Vec<f32>)| (x.concat(), y))
+                    .collect(),
+            )
+        }
     }
 
     fn regressor() -> Regressor {
@@ -660,6 +800,67 @@ mod tests {
             "{:?} -> {:?}",
             log[0],
             log[59]
+        );
+    }
+
+    #[test]
+    fn split_evenly_keeps_order_and_balances_lengths() {
+        let runs = split_evenly(&[1, 2, 3, 4, 5, 6, 7], 3).unwrap();
+        assert_eq!(runs, vec![vec![1, 2, 3], vec![4, 5], vec![6, 7]]);
+        assert!(split_evenly(&[1, 2], 3).is_none());
+        assert!(split_evenly(&[1, 2], 0).is_none());
+    }
+
+    #[test]
+    fn a_data_parallel_run_trains_as_one_thread_does() {
+        // Equal shards of a mean loss: the mean of the shards' losses is the batch loss, so
+        // four threads must reach the weights one thread reaches.
+        let weights = |shards: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut model = regressor();
+            let report = train(
+                &mut model,
+                &Trainable::all(),
+                &TrainConfig {
+                    shards,
+                    ..config(30)
+                },
+                &RunDir::new(dir.path()),
+                false,
+                |s| batch(s, None),
+            )
+            .unwrap();
+            (model.layer.weight.as_vec(), report.last.unwrap().loss)
+        };
+        let (one, loss_one) = weights(1);
+        let (four, loss_four) = weights(4);
+        assert!(
+            (loss_one - loss_four).abs() < 1e-5,
+            "{loss_one} vs {loss_four}"
+        );
+        for (a, b) in one.iter().zip(&four) {
+            assert!((a - b).abs() < 1e-5, "{one:?} vs {four:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_that_does_not_split_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = train(
+            &mut regressor(),
+            &Trainable::all(),
+            &TrainConfig {
+                shards: 33,
+                ..config(3)
+            },
+            &RunDir::new(dir.path()),
+            false,
+            |s| batch(s, None),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, TaskError::Config { key, .. } if key == "train.shards"),
+            "{err}"
         );
     }
 

@@ -296,6 +296,35 @@ def evaluate(model: M.PixelLlm, referring: dict, trace: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def row_shards(rows: int, shards: int) -> list:
+    """Contiguous row ranges whose lengths differ by at most one (the trainer's `split_evenly`)."""
+    if shards < 1 or rows < shards:
+        raise SystemExit(f"a batch of {rows} rows does not split into {shards} shards")
+    base, extra = divmod(rows, shards)
+    out, start = [], 0
+    for i in range(shards):
+        end = start + base + (1 if i < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def sharded_loss(model: M.PixelLlm, batch: dict, shards: int):
+    """The mean of the shards' losses and of their terms (the batch's own loss for one shard)."""
+    if shards == 1:
+        total, terms, _ = model.loss_terms(batch)
+        return total, terms
+    rows = next(iter(batch.values())).shape[0]
+    total, sums = 0.0, {}
+    for start, end in row_shards(rows, shards):
+        part, terms, _ = model.loss_terms({k: v[start:end] for k, v in batch.items()})
+        total = total + part / shards
+        for name, value, weight in terms:
+            prev = sums.get(name, (0.0, weight))[0]
+            sums[name] = (prev + value / shards, weight)
+    return total, [(n, v, w) for n, (v, w) in sums.items()]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--in", dest="folder", required=True, help="a `pixel grads --train-steps N` folder")
@@ -309,6 +338,8 @@ def main():
     ap.add_argument("--cycle", action="store_true", help="reuse the batches when --steps exceeds them")
     ap.add_argument("--clip", type=float, help="override [train.optimizer] clip_grad_norm (0 = off)")
     ap.add_argument("--peak-lr", type=float, help="override [train] peak_lr")
+    ap.add_argument("--shards", type=int, help="override [train] shards: the loss is the mean of the losses "
+                    "of this many contiguous row shards of each batch, as the Rust trainer's data-parallel step")
     V.add_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -320,6 +351,7 @@ def main():
     t = config["train"]
     o = t.get("optimizer", {})
     steps = args.steps if args.steps is not None else int(t["steps"])
+    shards = args.shards if args.shards is not None else int(t.get("shards", 1))
     seed = args.seed if args.seed is not None else int(t.get("seed", 0))
     available = len(os.listdir(os.path.join(args.folder, "train")))
     if steps > available and not args.cycle:
@@ -372,7 +404,7 @@ def main():
         started = time.perf_counter()
         for _, p in trainable:
             p.grad = None
-        total, terms, _ = model.loss_terms(batch)
+        total, terms = sharded_loss(model, batch, shards)
         loss = total.item()
         if not math.isfinite(loss):
             raise SystemExit(f"loss is not finite at step {step}")
@@ -405,7 +437,7 @@ def main():
         "in": os.path.abspath(args.folder),
         "init": args.init,
         "variant": V.variant_name(args),
-        "variant_args": {k: getattr(args, k) for k in ("visual", "pos_std", "pe_scale", "visual_pos_std", "no_visual_relbias", "box_loss", "referring_only", "cycle", "lm", "clip", "peak_lr")},
+        "variant_args": {k: getattr(args, k) for k in ("visual", "pos_std", "pe_scale", "visual_pos_std", "no_visual_relbias", "box_loss", "referring_only", "cycle", "lm", "clip", "peak_lr", "shards")},
         "seed": seed if args.init == "reference" else None,
         "dtype": args.dtype,
         "threads": args.threads,

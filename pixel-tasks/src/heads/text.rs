@@ -26,7 +26,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 /// How a box is written as T5 tokens and read back.
-pub trait CoordinateCodec: std::fmt::Debug {
+pub trait CoordinateCodec: std::fmt::Debug + Send + Sync {
     /// T5 ids that write `b` (coordinates clipped to `[0, 1]`).
     fn write(&self, b: BoxXyxy) -> Result<Vec<usize>>;
     /// Index ranges of `t5_ids` that each write one box.
@@ -273,7 +273,7 @@ fn default_decimals() -> usize {
 
 /// The registry's constructor for `kind = "bins"`: `bins` (default 32, at most 100),
 /// `trace_captioning` (default true).
-pub fn build_bins<P: PixelDims, D: Device<f32>>(
+pub fn build_bins<P: PixelDims, D: Device<f32> + Send + Sync>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
@@ -296,7 +296,7 @@ pub fn build_bins<P: PixelDims, D: Device<f32>>(
 
 /// The registry's constructor for `kind = "string"`: `decimals` (default 2, 1 to 3),
 /// `trace_captioning` (default true).
-pub fn build_string<P: PixelDims, D: Device<f32>>(
+pub fn build_string<P: PixelDims, D: Device<f32> + Send + Sync>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
@@ -343,7 +343,9 @@ impl<C: CoordinateCodec> TextHead<C> {
     }
 }
 
-impl<P: PixelDims, D: Device<f32>, C: CoordinateCodec> OutputHead<P, D> for TextHead<C> {
+impl<P: PixelDims, D: Device<f32> + Send + Sync, C: CoordinateCodec> OutputHead<P, D>
+    for TextHead<C>
+{
     fn name(&self) -> &str {
         &self.name
     }
@@ -429,7 +431,7 @@ impl<P: PixelDims, D: Device<f32>, C: CoordinateCodec> OutputHead<P, D> for Text
 }
 
 /// Text heads have no parameters.
-impl<C: CoordinateCodec, D: Device<f32>> Params<D> for TextHead<C> {
+impl<C: CoordinateCodec, D: Device<f32> + Send + Sync> Params<D> for TextHead<C> {
     fn visit_params(
         &mut self,
         _prefix: &str,

@@ -40,7 +40,7 @@ type Lm<P> = <P as PixelDims>::Lm;
 
 /// A PixelLLM with the widths of preset `P`.
 #[derive(Debug)]
-pub struct PixelLlm<P: PixelDims, D: Device<f32>> {
+pub struct PixelLlm<P: PixelDims, D: Device<f32> + Send + Sync> {
     pub image_encoder: DualImageEncoder<P::SamHidden, P::SamOut, P::Eva, P::Visual, D>,
     pub prompt_encoder: SamPromptEncoder<P::Prompt, D>,
     pub prompt_feature_extractor: PromptFeatureExtractor<P::Visual, P::Prompt, LmWidth<P>, D>,
@@ -59,7 +59,7 @@ pub struct PixelLlm<P: PixelDims, D: Device<f32>> {
 pub type TinyPixelLlm = PixelLlm<PixelTiny, pixel_core::DefaultDevice>;
 
 /// The encoder side of a forward pass.
-struct Encoded<P: PixelDims, D: Device<f32>, T> {
+struct Encoded<P: PixelDims, D: Device<f32> + Send + Sync, T> {
     /// Image features without a tape, for the heads.
     image: FeatureMap<P::Visual, D>,
     /// The T5 encoder's output over the visual tokens and the text prompt.
@@ -69,7 +69,7 @@ struct Encoded<P: PixelDims, D: Device<f32>, T> {
 }
 
 /// Everything a forward pass computes that a loss or a prediction reads.
-struct Outputs<P: PixelDims, D: Device<f32>, T> {
+struct Outputs<P: PixelDims, D: Device<f32> + Send + Sync, T> {
     logits: Seq<LmVocab<P>, D, T>,
     /// Decoder features without a tape (same tensor ids as on the logits' tape), for the heads.
     decoder: Seq<LmWidth<P>, D>,
@@ -79,7 +79,7 @@ struct Outputs<P: PixelDims, D: Device<f32>, T> {
     encoder_states: Seq<LmWidth<P>, D>,
 }
 
-impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + Send + Sync> PixelLlm<P, D> {
     /// A randomly initialised model on `dev` whose heads `registry` builds from `config.heads`.
     /// A sub-vocabulary preset's vocabulary holds its corpus's pieces and what the heads write.
     pub fn new(dev: &D, config: &ModelConfig, registry: &HeadRegistry<P, D>) -> Result<Self> {
@@ -407,7 +407,7 @@ fn as_strs(words: &[String]) -> Vec<&str> {
     words.iter().map(String::as_str).collect()
 }
 
-impl<P: PixelDims, D: Device<f32>> TrainStep<D> for PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + Send + Sync> TrainStep<D> for PixelLlm<P, D> {
     /// Raw examples: the model's heads turn them into their targets (see [`Predictor::batch`]).
     type Batch = Vec<Example>;
 
@@ -426,6 +426,10 @@ impl<P: PixelDims, D: Device<f32>> TrainStep<D> for PixelLlm<P, D> {
         }
         Ok((total, parts))
     }
+
+    fn split_batch(examples: &Vec<Example>, shards: usize) -> Option<Vec<Vec<Example>>> {
+        crate::train::split_evenly(examples, shards)
+    }
 }
 
 /// The name of the vocabulary head's loss among [`LossTerm`]s.
@@ -441,7 +445,7 @@ pub struct LossTerm {
     pub weight: f32,
 }
 
-impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + Send + Sync> PixelLlm<P, D> {
     /// The training loss of `batch` with its gradient tape (slots from `grads`), and its terms.
     pub fn loss_terms(
         &self,
@@ -479,7 +483,7 @@ impl<P: PixelDims, D: Device<f32>> PixelLlm<P, D> {
     }
 }
 
-impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + Send + Sync> Predictor for PixelLlm<P, D> {
     fn batch(&self, examples: &[Example]) -> Result<Batch> {
         let prepared = examples
             .iter()
@@ -595,7 +599,7 @@ impl<P: PixelDims, D: Device<f32>> Predictor for PixelLlm<P, D> {
     }
 }
 
-impl<P: PixelDims, D: Device<f32>> Params<D> for PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + Send + Sync> Params<D> for PixelLlm<P, D> {
     fn visit_params(
         &mut self,
         prefix: &str,
