@@ -1,5 +1,6 @@
 //! `pixel ablate`: every variant of an ablation config over its seeds, tabulated.
 use pixel_tasks::ablate::{run_ablation, Ablation};
+use pixel_tasks::model::TinyHeadRegistry;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -16,9 +17,9 @@ pub struct AblateArgs {
     pub jobs: Option<usize>,
 }
 
-pub fn run(args: AblateArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(args: AblateArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::error::Error>> {
     let ablation = Ablation::load(&args.config)?;
-    let results = run_ablation(&ablation, &args.out, args.jobs)?;
+    let results = run_ablation(&ablation, &args.out, args.jobs, heads)?;
     print!("{}", pixel_tasks::ablate::markdown(&results));
     println!(
         "wrote {}/{{results.json, results.md, results.png}}",

@@ -1,5 +1,6 @@
 //! `pixel demo`: the main job, on the built-in config unless one is given.
 use pixel_tasks::demo::{run_demo, DemoConfig};
+use pixel_tasks::model::TinyHeadRegistry;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -18,7 +19,7 @@ pub struct DemoArgs {
     pub resume: bool,
 }
 
-pub fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(args: DemoArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = match &args.config {
         Some(path) => DemoConfig::load(path)?,
         None => DemoConfig::builtin()?,
@@ -27,7 +28,7 @@ pub fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         config.train.steps = steps;
     }
     let started = std::time::Instant::now();
-    let metrics = run_demo(&config, &args.out, args.resume)?;
+    let metrics = run_demo(&config, &args.out, args.resume, heads)?;
     let r = &metrics.eval.referring_localization;
     let t = &metrics.eval.trace_captioning;
     println!(

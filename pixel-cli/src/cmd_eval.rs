@@ -2,6 +2,7 @@
 //! results.md.
 use pixel_tasks::demo::DemoConfig;
 use pixel_tasks::eval_run::{results_markdown, run_eval};
+use pixel_tasks::model::TinyHeadRegistry;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -21,12 +22,12 @@ pub struct EvalArgs {
     pub out: PathBuf,
 }
 
-pub fn run(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(args: EvalArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::error::Error>> {
     let config = match &args.config {
         Some(path) => DemoConfig::load(path)?,
         None => DemoConfig::builtin()?,
     };
-    let results = run_eval(&config, &args.checkpoint, &args.out)?;
+    let results = run_eval(&config, &args.checkpoint, &args.out, heads)?;
     print!("{}", results_markdown(&results));
     println!(
         "wrote {}/{{results.json, results.md}} in {:.0} s",

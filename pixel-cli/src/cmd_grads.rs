@@ -2,6 +2,7 @@
 //! the PyTorch twin (`tools/twin/grads.py`) to recompute and compare.
 use pixel_tasks::demo::DemoConfig;
 use pixel_tasks::grads::write_grads;
+use pixel_tasks::model::TinyHeadRegistry;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -27,7 +28,7 @@ pub struct GradsArgs {
     pub out: PathBuf,
 }
 
-pub fn run(args: GradsArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(args: GradsArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = match &args.config {
         Some(path) => DemoConfig::load(path)?,
         None => DemoConfig::builtin()?,
@@ -38,7 +39,7 @@ pub fn run(args: GradsArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(size) = args.batch_size {
         config.train.batch_size = size;
     }
-    let report = write_grads(&config, args.step, args.train_steps, &args.out)?;
+    let report = write_grads(&config, args.step, args.train_steps, &args.out, heads)?;
     let losses: Vec<String> = report
         .losses
         .iter()

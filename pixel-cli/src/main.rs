@@ -1,78 +1,6 @@
-//! `pixel`: the PixelLLM command line. It holds no model logic; each subcommand calls a crate.
-mod cmd_ablate;
-mod cmd_demo;
-mod cmd_eval;
-mod cmd_export;
-mod cmd_grads;
-mod cmd_lm;
-mod cmd_metrics;
-mod cmd_vision;
-
-use clap::{Parser, Subcommand};
-
-const EXAMPLES: &str = "Examples:
-  pixel demo                                    train + evaluate the tiny model (8 min on 2 cores)
-  pixel demo --out runs/demo --resume           continue an interrupted demo
-  pixel ablate --config configs/ablations/lm-adaptation.toml --out runs/ablate-lm
-  pixel eval --checkpoint runs/demo --out runs/demo/eval
-  pixel export-shapes --out runs/shapes-ln-files --train 4000 --val 150
-  pixel grads --config configs/demo.toml --seed 0 --out runs/grads   (then tools/twin/grads.py)
-  pixel lm forward --model DIR --inputs IN.safetensors --out OUT.safetensors
-  pixel lm generate --model DIR --inputs IN.safetensors --max-new-tokens 20 --num-beams 4 --out OUT.safetensors
-  pixel tokenize --tokenizer assets/t5-tokenizer.json \"a man holding a red umbrella\"
-  pixel vision forward --model sam-folder --inputs IN.safetensors --out OUT.safetensors
-  pixel sam predict --model sam-folder --inputs IN.safetensors --multimask --out OUT.safetensors
-  pixel inspect --preset sam-vit-h
-  pixel metrics refloc --gt G.json --preds P.json";
-
-#[derive(Debug, Parser)]
-#[command(name = "pixel", version, about = "PixelLLM: pixel-aligned language models in Rust", after_help = EXAMPLES)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Train a tiny PixelLLM on synthetic ShapesLN data, evaluate it, draw loss and samples.
-    Demo(cmd_demo::DemoArgs),
-    /// Train and evaluate every variant of an ablation config over seeds; tabulate mean ± std.
-    Ablate(cmd_ablate::AblateArgs),
-    /// Evaluate a checkpoint on every configured task; write results.json and results.md.
-    Eval(cmd_eval::EvalArgs),
-    /// Write ShapesLN as Localized Narratives, RefCOCO (MDETR) and Visual Genome files.
-    ExportShapes(cmd_export::ExportArgs),
-    /// One training step's initial weights, batch and gradients, for the PyTorch twin.
-    Grads(cmd_grads::GradsArgs),
-    /// T5 / Flan-T5: tensors in, tensors out, equal to HF transformers.
-    #[command(subcommand)]
-    Lm(cmd_lm::LmCommand),
-    /// Print the T5 token ids of texts as JSON.
-    Tokenize(cmd_lm::TokenizeArgs),
-    /// Image encoders (SAM, EVA02): tensors in, tensors out.
-    #[command(subcommand)]
-    Vision(cmd_vision::VisionCommand),
-    /// Segment Anything: masks and IoU scores from point or box prompts.
-    #[command(subcommand)]
-    Sam(cmd_vision::SamCommand),
-    /// Print a preset's module tree and parameter counts.
-    Inspect(cmd_vision::InspectArgs),
-    /// Captioning, referring-localization and dense-captioning metrics, as JSON.
-    #[command(subcommand)]
-    Metrics(cmd_metrics::MetricsCommand),
-}
-
-/// The tiny model's matrix products are too small to split: one thread per training run is
-/// faster (measured on 2 cores: 0.30 s per demo step against 0.43 s with two threads, same
-/// results), and `pixel ablate` runs its jobs side by side. `RAYON_NUM_THREADS` decides when set.
-fn one_thread_per_run() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // Errs only when a global pool exists already, which then stays as it is.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build_global();
-    }
-}
+//! `pixel`: the PixelLLM command line with the built-in output heads.
+use pixel_tasks::heads::HeadRegistry;
+use std::process::ExitCode;
 
 /// The training step allocates and frees many tensor buffers from two threads; glibc's malloc
 /// hands the large ones back to the kernel each time (page faults took ~5% of a data-parallel
@@ -80,29 +8,6 @@ fn one_thread_per_run() {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {
-    let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        Command::Demo(_) | Command::Ablate(_) | Command::Eval(_) | Command::Grads(_)
-    ) {
-        one_thread_per_run();
-    }
-    let result = match cli.command {
-        Command::Demo(args) => cmd_demo::run(args),
-        Command::Ablate(args) => cmd_ablate::run(args),
-        Command::Eval(args) => cmd_eval::run(args),
-        Command::ExportShapes(args) => cmd_export::run(args),
-        Command::Grads(args) => cmd_grads::run(args),
-        Command::Lm(cmd) => cmd_lm::run(cmd),
-        Command::Tokenize(args) => cmd_lm::tokenize(args),
-        Command::Vision(cmd) => cmd_vision::run_vision(cmd),
-        Command::Sam(cmd) => cmd_vision::run_sam(cmd),
-        Command::Inspect(args) => cmd_vision::run_inspect(args),
-        Command::Metrics(cmd) => cmd_metrics::run(cmd),
-    };
-    if let Err(err) = result {
-        eprintln!("error: {err}");
-        std::process::exit(1);
-    }
+fn main() -> ExitCode {
+    pixel_cli::run(HeadRegistry::builtin())
 }

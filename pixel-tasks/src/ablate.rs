@@ -14,6 +14,7 @@
 //! `train.seed` to its seed, so every variant and seed is evaluated on the same validation split.
 use crate::demo::{pretrain_language_model, run_demo, DemoConfig, DEFAULT_DEMO_CONFIG};
 use crate::error::{Result, TaskError};
+use crate::model::TinyHeadRegistry;
 use crate::render::{bar_chart_png, BarGroup};
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::CoreError;
@@ -428,6 +429,7 @@ pub fn run_ablation(
     ablation: &Ablation,
     out: &Path,
     parallel: Option<usize>,
+    heads: &TinyHeadRegistry,
 ) -> Result<AblationResults> {
     let started = Instant::now();
     std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
@@ -462,7 +464,7 @@ pub fn run_ablation(
     );
     parallel_for(workers, pretrains, |config| {
         progress.set_message(format!("pretraining the LM, seed {}", config.model_seed()));
-        pretrain_only(&config)?;
+        pretrain_only(&config, heads)?;
         progress.inc(1);
         Ok(())
     })?;
@@ -471,7 +473,7 @@ pub fn run_ablation(
     parallel_for(workers, jobs, |(v, seed)| {
         let variant = &ablation.variants[v];
         let dir = run_dir(out, &variant.name, seed);
-        let result = run_one(ablation, variant, seed, &dir)?;
+        let result = run_one(ablation, variant, seed, &dir, heads)?;
         let line = format!(
             "{} seed {seed}: {} ({:.0} s)",
             variant.name,
@@ -556,19 +558,26 @@ fn parallel_for<T: Send>(
 }
 
 /// Pretrains (or finds cached) the LM a run config asks for.
-fn pretrain_only(config: &DemoConfig) -> Result<()> {
+fn pretrain_only(config: &DemoConfig, heads: &TinyHeadRegistry) -> Result<()> {
     let tokenizer = pixel_lm::tokenizer::T5Tokenizer::bundled()
         .map_err(|e| TaskError::Invalid(e.to_string()))?;
     let data =
         crate::data_source::DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
-    let mut model = crate::model::TinyPixelLlm::build(&config.model, config.model_seed())?;
+    let mut model =
+        crate::model::TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     pretrain_language_model(config, &mut model, &data, &tokenizer)?;
     Ok(())
 }
 
 /// One variant x seed: skipped when its `metrics.json` exists for the same config, resumed
 /// when it has a checkpoint, run otherwise.
-fn run_one(ablation: &Ablation, variant: &Variant, seed: u64, dir: &Path) -> Result<RunResult> {
+fn run_one(
+    ablation: &Ablation,
+    variant: &Variant,
+    seed: u64,
+    dir: &Path,
+    heads: &TinyHeadRegistry,
+) -> Result<RunResult> {
     let config = ablation.run_config(variant, seed);
     let config_path = dir.join("config.json");
     let config_json =
@@ -589,7 +598,7 @@ fn run_one(ablation: &Ablation, variant: &Variant, seed: u64, dir: &Path) -> Res
     if !metrics_path.exists() {
         std::fs::create_dir_all(dir).map_err(|e| TaskError::io(dir, e))?;
         write_atomic(&config_path, config_json.as_bytes())?;
-        run_demo(&config, dir, true)?;
+        run_demo(&config, dir, true, heads)?;
     }
     let metrics = read_metrics(&metrics_path, &ablation.metrics)?;
     let wall_s = serde_json::from_str::<serde_json::Value>(

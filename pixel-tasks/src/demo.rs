@@ -3,7 +3,7 @@
 use crate::data_source::{DataSource, DatasetConfig, SampleSource};
 use crate::error::{Result, TaskError};
 use crate::eval::{evaluate, referring_boxes, Baselines, EvalReport, Predictor};
-use crate::model::{ModelConfig, PixelTiny, TinyPixelLlm};
+use crate::model::{ModelConfig, PixelTiny, TinyHeadRegistry, TinyPixelLlm};
 use crate::pretrain::{install_lm, pretrained_lm, PretrainConfig, PretrainReport};
 use crate::pretrain_eva::{pretrained_eva, EvaPretrainConfig, EvaPretrainReport};
 use crate::pretrain_sam::{pretrained_sam, SamPretrainConfig, SamPretrainReport};
@@ -262,10 +262,15 @@ pub fn evaluation_examples(
 }
 
 /// Runs the demo into `out`; with `resume`, continues from the run's last checkpoint.
-pub fn run_demo(config: &DemoConfig, out: &Path, resume: bool) -> Result<DemoMetrics> {
+pub fn run_demo(
+    config: &DemoConfig,
+    out: &Path,
+    resume: bool,
+    heads: &TinyHeadRegistry,
+) -> Result<DemoMetrics> {
     let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
     let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
-    let mut model = TinyPixelLlm::build(&config.model, config.model_seed())?;
+    let mut model = TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     let pretrain = pretrain_language_model(config, &mut model, &data, &tokenizer)?;
     let (pretrain_eva, pretrain_sam) =
         pretrain_image_encoders(config, &mut model, &data, &tokenizer)?;

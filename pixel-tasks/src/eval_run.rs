@@ -20,7 +20,7 @@ use crate::eval_heads::{
 use crate::heads::{HeadConfig, HeadPrediction, Scored};
 use crate::metrics::captions::{score_captions, CaptionScores, Predictions, References};
 use crate::metrics::Meteor;
-use crate::model::TinyPixelLlm;
+use crate::model::{TinyHeadRegistry, TinyPixelLlm};
 use crate::render::{mask_overlay, palette, samples_png, RenderError, SamplePanel, GREY};
 use crate::shapes_ln::{Sample, Split};
 use crate::tasks::{Example, ExampleBuilder, TaskKind};
@@ -101,7 +101,12 @@ pub fn resolve_checkpoint(checkpoint: &Path) -> Result<(PathBuf, Option<u64>)> {
 
 /// Evaluates the checkpoint on the data of `config` and writes `out/results.json` and
 /// `out/results.md`.
-pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<EvalResults> {
+pub fn run_eval(
+    config: &DemoConfig,
+    checkpoint: &Path,
+    out: &Path,
+    heads: &TinyHeadRegistry,
+) -> Result<EvalResults> {
     let started = std::time::Instant::now();
     if config.eval.densecap_max_proposals == 0 {
         return Err(TaskError::Config {
@@ -111,7 +116,7 @@ pub fn run_eval(config: &DemoConfig, checkpoint: &Path, out: &Path) -> Result<Ev
     }
     let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
     let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
-    let mut model = TinyPixelLlm::build(&config.model, config.seed)?;
+    let mut model = TinyPixelLlm::build_with(&config.model, config.seed, heads)?;
     let (weights, step) = resolve_checkpoint(checkpoint)?;
     load_params_file(&mut model, &weights)?;
     let vocab = model.vocab.clone();

@@ -19,7 +19,7 @@ use crate::demo::{
 };
 use crate::error::{Result, TaskError};
 use crate::eval::Predictor;
-use crate::model::TinyPixelLlm;
+use crate::model::{TinyHeadRegistry, TinyPixelLlm};
 use crate::tasks::{Batch, TaskKind};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{save_params, StoredTensor, TensorStore};
@@ -45,12 +45,13 @@ pub fn write_grads(
     step: u64,
     train_steps: u64,
     out: &Path,
+    heads: &TinyHeadRegistry,
 ) -> Result<GradsReport> {
     std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
     let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
     let data =
         crate::data_source::DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
-    let mut model = TinyPixelLlm::build(&config.model, config.model_seed())?;
+    let mut model = TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     pretrain_language_model(config, &mut model, &data, &tokenizer)?;
     pretrain_image_encoders(config, &mut model, &data, &tokenizer)?;
     let builder = crate::tasks::ExampleBuilder {

@@ -375,7 +375,11 @@ where
         .map_err(|e| TaskError::io(run.metrics_log(), e))?;
     for step in start_step..config.steps {
         let shards = shard::<D, M>(next_batch(step)?, config.shards)?;
-        let (loss_value, parts, grads) = sharded_step(model, trainable, &shards)?;
+        let ShardedStep {
+            loss: loss_value,
+            parts,
+            grads,
+        } = sharded_step(model, trainable, &shards)?;
         if !loss_value.is_finite() {
             progress.abandon();
             return Err(TaskError::NonFiniteLoss {
@@ -479,13 +483,20 @@ fn shard<D: Device<f32>, M: TrainStep<D>>(batch: M::Batch, shards: usize) -> Res
     })
 }
 
-/// The mean of the shards' losses and parts, and each shard's gradient of its loss divided by
-/// the number of shards: shard 0 runs on this thread, every other on its own.
+/// One data-parallel step's loss (the mean of the shards'), its parts, and each shard's
+/// gradient of its loss divided by the number of shards.
+struct ShardedStep<D: Device<f32>> {
+    loss: f32,
+    parts: LossParts,
+    grads: Vec<Gradients<f32, D>>,
+}
+
+/// Runs the shards' forward and backward passes: shard 0 on this thread, every other on its own.
 fn sharded_step<D: Device<f32>, M: TrainStep<D> + Sync>(
     model: &mut M,
     trainable: &Trainable,
     shards: &[M::Batch],
-) -> Result<(f32, LossParts, Vec<Gradients<f32, D>>)>
+) -> Result<ShardedStep<D>>
 where
     M::Batch: Sync,
     Gradients<f32, D>: Send,
@@ -532,7 +543,11 @@ where
         parts.location += p.location * scale;
         grads.push(g);
     }
-    Ok((total, parts, grads))
+    Ok(ShardedStep {
+        loss: total,
+        parts,
+        grads,
+    })
 }
 
 /// The mean of the shards' losses and parts, without gradients.
@@ -709,7 +724,7 @@ mod tests {
             Some(
                 shards
                     .into_iter()
-                    .map(|rows| rows.into_iter().map(|(x, y)| (x, y)).unzip())
+                    .map(|rows| rows.into_iter().unzip())
                     .map(|(x, y): (Vec<Vec<f32>>, Vec<f32>)| (x.concat(), y))
                     .collect(),
             )

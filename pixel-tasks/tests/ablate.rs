@@ -1,6 +1,7 @@
 //! A tiny ablation end to end: 2 variants (bin-token coordinates; LoRA on a pretrained LM) x 3
 //! seeds x a few steps, then the same command again, which reuses every finished run.
 use pixel_tasks::ablate::{run_ablation, Ablation};
+use pixel_tasks::heads::HeadRegistry;
 use std::path::Path;
 
 const TINY: &str = r#"
@@ -45,7 +46,7 @@ fn tiny_ablation_writes_the_table_and_reuses_finished_runs() {
     let text = TINY.replace("CACHE", &cache.display().to_string());
     let ablation = Ablation::parse(&text, Path::new("tiny.toml")).unwrap();
     let out = dir.path().join("out");
-    let results = run_ablation(&ablation, &out, None).unwrap();
+    let results = run_ablation(&ablation, &out, None, &HeadRegistry::builtin()).unwrap();
     assert_eq!(results.runs.len(), 6);
     assert_eq!(results.summary.len(), 2);
     assert!(results
@@ -69,7 +70,7 @@ fn tiny_ablation_writes_the_table_and_reuses_finished_runs() {
 
     // Every run is done: the second invocation only re-reads and re-tabulates.
     let started = std::time::Instant::now();
-    let again = run_ablation(&ablation, &out, None).unwrap();
+    let again = run_ablation(&ablation, &out, None, &HeadRegistry::builtin()).unwrap();
     assert!(started.elapsed().as_secs_f64() < 5.0);
     assert_eq!(again.runs, results.runs);
 }

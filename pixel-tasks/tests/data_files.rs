@@ -6,6 +6,7 @@ use pixel_tasks::data_source::{export_shapes, DataSource, SampleSource};
 use pixel_tasks::datasets::{read_mdetr_refexp, read_vg_regions, SkipMode};
 use pixel_tasks::demo::{run_demo, training_examples, DemoConfig};
 use pixel_tasks::eval_run::{run_eval, EvalResults};
+use pixel_tasks::heads::HeadRegistry;
 use pixel_tasks::model::VocabMap;
 use pixel_tasks::shapes_ln::{Sample, ShapesLn, Split};
 use pixel_tasks::tasks::{Example, ExampleBuilder};
@@ -188,12 +189,12 @@ fn demo_trains_from_exported_files_and_eval_reads_its_checkpoint() {
     config.eval.max_new_tokens = 8;
     config.eval.batch_size = 4;
     let run = dir.path().join("run");
-    let metrics = run_demo(&config, &run, false).unwrap();
+    let metrics = run_demo(&config, &run, false, &HeadRegistry::builtin()).unwrap();
     assert!(metrics.train.final_loss.is_some_and(f32::is_finite));
     assert!(run.join("metrics.json").is_file() && run.join("samples.png").is_file());
 
     let out = dir.path().join("eval");
-    let results = run_eval(&config, &run, &out).unwrap();
+    let results = run_eval(&config, &run, &out, &HeadRegistry::builtin()).unwrap();
     assert_eq!(results.step, Some(2));
     assert_eq!(results.validation_images, VAL);
     assert!(
@@ -227,7 +228,13 @@ fn demo_trains_from_exported_files_and_eval_reads_its_checkpoint() {
     // The same checkpoint on the generator's validation images: the same images, so the same
     // referring-localization numbers.
     config.dataset = None;
-    let generated = run_eval(&config, &run, &dir.path().join("eval-generator")).unwrap();
+    let generated = run_eval(
+        &config,
+        &run,
+        &dir.path().join("eval-generator"),
+        &HeadRegistry::builtin(),
+    )
+    .unwrap();
     assert_eq!(
         generated.eval.referring_localization.count,
         results.eval.referring_localization.count

@@ -7,6 +7,7 @@
 use pixel_core::checkpoint::TensorStore;
 use pixel_tasks::demo::DemoConfig;
 use pixel_tasks::grads::write_grads;
+use pixel_tasks::heads::HeadRegistry;
 use std::path::{Path, PathBuf};
 
 /// Largest allowed `max|a - b| / max|b|` per tensor.
@@ -32,7 +33,7 @@ fn gradients_match_the_twin(name: &str) {
     let dir = fixture(name);
     let config = DemoConfig::load(&dir.join("config.toml")).unwrap();
     let out = tempfile::tempdir().unwrap();
-    write_grads(&config, 0, 0, out.path()).unwrap();
+    write_grads(&config, 0, 0, out.path(), &HeadRegistry::builtin()).unwrap();
 
     let batch = TensorStore::read(&out.path().join("batch.safetensors")).unwrap();
     let expected_batch = TensorStore::read(&dir.join("batch.safetensors")).unwrap();

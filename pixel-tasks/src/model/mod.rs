@@ -623,6 +623,11 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync> Params<D> for PixelLlm<P, D> {
     }
 }
 
+/// The head kinds a `pixel-tiny` model can be built with: the built-in ones
+/// ([`HeadRegistry::builtin`]) and whatever a user registers; every runner (demo, eval, ablate,
+/// grads) takes one, so a head defined outside this crate runs through all of them.
+pub type TinyHeadRegistry = HeadRegistry<PixelTiny, pixel_core::DefaultDevice>;
+
 impl TinyPixelLlm {
     /// The demo's model: `pixel-tiny` on the default device, seeded, with the built-in heads.
     pub fn build(config: &ModelConfig, seed: u64) -> Result<Self> {
@@ -633,7 +638,7 @@ impl TinyPixelLlm {
     pub fn build_with(
         config: &ModelConfig,
         seed: u64,
-        registry: &HeadRegistry<PixelTiny, pixel_core::DefaultDevice>,
+        registry: &TinyHeadRegistry,
     ) -> Result<Self> {
         let dev = pixel_core::DefaultDevice::seed_from_u64(seed);
         PixelLlm::new(&dev, config, registry)

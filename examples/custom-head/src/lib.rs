@@ -1,0 +1,16 @@
+//! A head the library does not have, registered from outside: [`CircleHead`] reads a circle
+//! (centre and diameter) off every decoder feature. [`registry`] is the built-in heads plus
+//! this one, under `kind = "circle"`.
+mod circle;
+
+pub use circle::{CircleHead, CircleOptions};
+
+use pixel_tasks::heads::HeadRegistry;
+use pixel_tasks::model::TinyHeadRegistry;
+
+/// The built-in head kinds and `circle`.
+pub fn registry() -> TinyHeadRegistry {
+    let mut registry = HeadRegistry::builtin();
+    registry.register("circle", CircleHead::build);
+    registry
+}

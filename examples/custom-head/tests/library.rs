@@ -1,0 +1,118 @@
+//! The circle head at the library level: built from a config through the example's registry,
+//! it trains (its loss falls), decodes teacher-forced and generated, names its tensors
+//! `heads.circle.*`, and checks its keys with their path. `docs/HEADS.md` walks through it.
+use pixel_core::params::list_params;
+use pixel_lm::tokenizer::T5Tokenizer;
+use pixel_tasks::demo::{DemoConfig, DEFAULT_DEMO_CONFIG};
+use pixel_tasks::eval::Predictor;
+use pixel_tasks::model::TinyPixelLlm;
+use pixel_tasks::shapes_ln::{ShapesLn, Split};
+use pixel_tasks::tasks::{Example, ExampleBuilder};
+use pixel_tasks::train::{read_log, train, RunDir, TrainConfig};
+use std::path::Path;
+
+/// The demo config with `heads` in place of its `[[model.heads]]`.
+fn config(heads: &str) -> pixel_tasks::Result<DemoConfig> {
+    let start = DEFAULT_DEMO_CONFIG.find("[[model.heads]]").unwrap();
+    let end = DEFAULT_DEMO_CONFIG.find("[model.lm]").unwrap();
+    let text = format!(
+        "{}{heads}\n{}",
+        &DEFAULT_DEMO_CONFIG[..start],
+        &DEFAULT_DEMO_CONFIG[end..]
+    );
+    Ok(pixel_core::config::parse_toml(
+        &text,
+        Path::new("circle.toml"),
+    )?)
+}
+
+fn examples(model: &TinyPixelLlm, config: &DemoConfig) -> Vec<Example> {
+    let tokenizer = T5Tokenizer::bundled().unwrap();
+    let builder = ExampleBuilder {
+        tokenizer: &tokenizer,
+        vocab: &model.vocab,
+        max_target_tokens: 24,
+    };
+    let data = ShapesLn::new(config.data.clone(), 3).unwrap();
+    (0..4)
+        .flat_map(|i| {
+            let sample = data.sample(Split::Train, i);
+            let mut e = vec![builder.trace_captioning(&sample).unwrap()];
+            e.extend(
+                builder
+                    .referring_localization(&sample)
+                    .unwrap()
+                    .into_iter()
+                    .take(1),
+            );
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn a_head_from_outside_trains_and_decodes_through_config_alone() {
+    let config = config("[[model.heads]]\nkind = \"circle\"\nweight = 1.0\n").unwrap();
+    let mut model = TinyPixelLlm::build_with(&config.model, 0, &custom_head::registry()).unwrap();
+    let names: Vec<String> = list_params(&mut model)
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert!(names.contains(&"heads.circle.mlp.layers.1.weight".to_string()));
+
+    let examples = examples(&model, &config);
+    let train_config = TrainConfig {
+        steps: 40,
+        batch_size: examples.len(),
+        peak_lr: 3e-3,
+        warmup_steps: 5,
+        log_every: 1,
+        checkpoint_every: 0,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    train(
+        &mut model,
+        &config.model.trainable(),
+        &train_config,
+        &run,
+        false,
+        |_| Ok(examples.clone()),
+    )
+    .unwrap();
+    let log = read_log(&run.metrics_log()).unwrap();
+    let (first, last) = (log[0].location_loss, log[log.len() - 1].location_loss);
+    assert!(
+        last < first * 0.7,
+        "the circle loss fell from {first} to {last} only"
+    );
+
+    let batch = model.batch(&examples).unwrap();
+    let out = model.teacher_forced(&batch).unwrap();
+    assert_eq!(out.heads.len(), examples.len());
+    assert!(out.heads.iter().all(|h| h[0].head == "circle"));
+    assert!(out.heads[0][0].tokens.iter().all(Option::is_some));
+    let generated = model.generate(&batch, 8).unwrap();
+    assert!(generated.iter().all(|g| g.heads[0].head == "circle"));
+}
+
+#[test]
+fn the_outside_head_checks_its_keys_with_their_path() {
+    let config = config("[[model.heads]]\nkind = \"circle\"\ndepht = 3\n").unwrap();
+    let err = TinyPixelLlm::build_with(&config.model, 0, &custom_head::registry())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("model.heads[0].depht: unknown field `depht`"),
+        "{err}"
+    );
+    // Without registering it, the kind is unknown.
+    let err = TinyPixelLlm::build(&config.model, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("model.heads[0].kind: unknown head \"circle\""),
+        "{err}"
+    );
+}
