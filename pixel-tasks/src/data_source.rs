@@ -8,14 +8,36 @@
 //! dataset in these formats plugs into the same place.
 //!
 //! Within a split, the three files are joined on the image id: a narrative's `image_id`, a
-//! referring expression's COCO image id (MDETR `original_id`) and a Visual Genome image `id`
+//! referring expression's COCO image id (MDETR `original_id`) and a Visual Genome image id
 //! (COCO ids in Localized Narratives and RefCOCO agree, so real COCO files join as they are).
 //! The narratives define the images of the split, in file order.
+//!
+//! Visual Genome ids are not COCO ids. With a split's `image_data` (Visual Genome's
+//! `image_data.json`), a region joins the image whose COCO id its VG image's `coco_id` is, and
+//! its box is normalised by `image_data`'s width and height (which must have the real image's
+//! shape, up to scale and a pixel of rounding, or loading stops naming the record's line);
+//! regions of VG images without a COCO id are unused. Without `image_data`, VG ids are taken as
+//! the narratives' ids (as ShapesLN's export writes them) and boxes are normalised by the real
+//! image's size.
+//!
+//! Loading reads every annotation file strictly (a malformed record stops with its file and
+//! line), every image's size from its header (a missing image stops naming its path; one whose
+//! header cannot be read fails when it is loaded), and checks records against the real image
+//! sizes: an expression's declared size must be its image's (else an error), a region that
+//! leaves its image or has no area is skipped. What each reader and the join skip or clip is
+//! counted per split, file and [`Reason`] in a [`DataReport`]: printed to stderr at load, one
+//! line per reason, kept by the data source ([`DataSource::report`]) and written by the demo
+//! as `data_report.json`. A file that skips more than `dataset.max_skipped_fraction` of its
+//! records stops loading, naming the file, the reasons and the counts.
 use crate::datasets::{
-    load_image,
+    image_size, load_image,
     narratives::{write_narrative_records, LocalizedNarrative, TimedUtterance, TracePoint},
-    read_mdetr_refexp, read_narratives, read_vg_regions, resolve_image, write_mdetr_refexp,
-    write_vg_regions, NarrativeSample, RefSample, RegionSample, SkipMode,
+    read_mdetr_refexp, read_narratives, read_vg_image_data,
+    report::{FileReport, SplitReport},
+    resolve_image,
+    visual_genome::{normalized_region, read_vg_regions_with_lines},
+    write_mdetr_refexp, write_vg_regions, DataReport, DatasetError, NarrativeSample, Reason,
+    RefSample, RegionSample, SkipMode, VgImage,
 };
 use crate::error::{Result, TaskError};
 use crate::metrics::masks::{Rle, RleCounts, Segmentation};
@@ -58,10 +80,21 @@ pub struct DatasetConfig {
     /// `<images>/<image_id>.<image_extension>`; COCO ids are zero-padded to 12 digits.
     #[serde(default = "default_image_extension")]
     pub image_extension: String,
+    /// The largest fraction of a file's records that loading may skip (bad records: see
+    /// [`Reason`]); over it, loading stops naming the file. In [0, 1]; default 0.01.
+    #[serde(
+        default = "default_max_skipped_fraction",
+        deserialize_with = "pixel_core::config::range::fraction"
+    )]
+    pub max_skipped_fraction: f32,
 }
 
 fn default_image_extension() -> String {
     "jpg".into()
+}
+
+fn default_max_skipped_fraction() -> f32 {
+    0.01
 }
 
 /// The three annotation files of one split and the folder of its images. Relative paths are
@@ -76,6 +109,10 @@ pub struct SplitFiles {
     pub refexp: PathBuf,
     /// Visual Genome `region_descriptions.json`.
     pub regions: PathBuf,
+    /// Visual Genome `image_data.json`: maps VG image ids to COCO ids and gives the size the
+    /// region boxes are in. Without it, VG ids are taken as the narratives' ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_data: Option<PathBuf>,
 }
 
 /// The generator, or files.
@@ -113,6 +150,24 @@ impl DataSource {
             ),
         }
     }
+
+    /// What loading the files skipped or clipped; `None` for the generator.
+    pub fn report(&self) -> Option<&DataReport> {
+        match self {
+            DataSource::Generator(_) => None,
+            DataSource::Files(f) => Some(&f.report),
+        }
+    }
+
+    /// Writes [`DataSource::report`] as JSON to `path` (nothing for the generator).
+    pub fn write_report(&self, path: &Path) -> Result<()> {
+        let Some(report) = self.report() else {
+            return Ok(());
+        };
+        let text = serde_json::to_string_pretty(report)
+            .map_err(|e| TaskError::Invalid(format!("data report: {e}")))?;
+        std::fs::write(path, text).map_err(|e| TaskError::io(path, e))
+    }
 }
 
 impl SampleSource for DataSource {
@@ -138,11 +193,13 @@ pub struct FileDataset {
     validation: FileSplit,
     /// Images of another size are resized to this square (boxes are normalized, so they hold).
     image_size: u32,
+    report: DataReport,
 }
 
 #[derive(Debug)]
 struct FileSplit {
-    files: SplitFiles,
+    /// Boxed, so that [`DataSource::Files`] stays near the generator's size.
+    files: Box<SplitFiles>,
     entries: Vec<FileEntry>,
 }
 
@@ -152,18 +209,52 @@ struct FileEntry {
     file_name: String,
     narrative: NarrativeSample,
     referring: Vec<RefSample>,
-    regions: Vec<RegionSample>,
+    regions: Vec<NormalizedRegion>,
+}
+
+/// A region caption with its box normalised to its image, `[x0, y0, x1, y1]` in [0, 1].
+#[derive(Debug, Clone)]
+struct NormalizedRegion {
+    phrase: String,
+    bbox: [f32; 4],
 }
 
 impl FileDataset {
     /// Reads the annotation files of both splits (strictly: a malformed record is an error naming
-    /// its file and line) and checks that every image exists.
+    /// its file and line), checks that every image exists and the records against the images'
+    /// sizes, prints what was skipped or clipped (stderr, one line per reason), and fails when a
+    /// file skipped more than `config.max_skipped_fraction` of its records.
     pub fn open(config: &DatasetConfig, image_size: u32) -> Result<FileDataset> {
+        let (train, train_files) = FileSplit::open(&config.train, &config.image_extension)?;
+        let (validation, validation_files) =
+            FileSplit::open(&config.validation, &config.image_extension)?;
+        let report = DataReport {
+            splits: vec![
+                SplitReport {
+                    split: "train".into(),
+                    files: train_files,
+                },
+                SplitReport {
+                    split: "validation".into(),
+                    files: validation_files,
+                },
+            ],
+        };
+        for line in report.summary() {
+            eprintln!("{line}");
+        }
+        report.check(config.max_skipped_fraction)?;
         Ok(FileDataset {
-            train: FileSplit::open(&config.train, &config.image_extension)?,
-            validation: FileSplit::open(&config.validation, &config.image_extension)?,
+            train,
+            validation,
             image_size,
+            report,
         })
+    }
+
+    /// What loading skipped or clipped.
+    pub fn report(&self) -> &DataReport {
+        &self.report
     }
 
     fn split(&self, split: Split) -> &FileSplit {
@@ -175,41 +266,25 @@ impl FileDataset {
 }
 
 impl FileSplit {
-    fn open(files: &SplitFiles, extension: &str) -> Result<FileSplit> {
-        let (narratives, _) = read_narratives(&files.narratives, SkipMode::Strict)?;
-        let (refs, _) = read_mdetr_refexp(&files.refexp, SkipMode::Strict)?;
-        let (regions, _) = read_vg_regions(&files.regions, SkipMode::Strict)?;
+    /// The split's entries and, per file, what was skipped or clipped.
+    fn open(files: &SplitFiles, extension: &str) -> Result<(FileSplit, Vec<FileReport>)> {
+        let (narratives, summary) = read_narratives(&files.narratives, SkipMode::Strict)?;
+        let mut reports = vec![FileReport::from_summary(&files.narratives, &summary)];
         if narratives.is_empty() {
             return Err(TaskError::Invalid(format!(
                 "`{}` has no narrative; the narratives define the images of a split",
                 files.narratives.display()
             )));
         }
-        let mut refs_by_image: HashMap<String, Vec<RefSample>> = HashMap::new();
-        for r in refs {
-            refs_by_image
-                .entry(r.image_id.to_string())
-                .or_default()
-                .push(r);
-        }
-        let mut regions_by_image: HashMap<String, Vec<RegionSample>> = HashMap::new();
-        for r in regions {
-            regions_by_image
-                .entry(r.image_id.to_string())
-                .or_default()
-                .push(r);
-        }
-        let mut entries = Vec::with_capacity(narratives.len());
-        for narrative in narratives {
-            let file_name = Path::new(&narrative.image_file_name())
-                .with_extension(extension)
-                .to_string_lossy()
-                .into_owned();
-            let path = resolve_image(&files.images, &file_name);
-            if !path.is_file() {
-                return Err(crate::datasets::DatasetError::MissingImage { path }.into());
-            }
-            entries.push(FileEntry {
+        let images = split_images(files, extension, &narratives)?;
+        let (refs_by_image, refexp_report) = join_refexp(files, &images)?;
+        let (regions_by_image, region_reports) = join_regions(files, &images)?;
+        reports.push(refexp_report);
+        reports.extend(region_reports);
+        let entries: Vec<FileEntry> = narratives
+            .into_iter()
+            .map(|narrative| FileEntry {
+                file_name: images[&narrative.image_id].file_name.clone(),
                 // An image may have several narratives (COCO val has five); each gets all of
                 // the image's expressions and regions.
                 referring: refs_by_image
@@ -220,29 +295,242 @@ impl FileSplit {
                     .get(&narrative.image_id)
                     .cloned()
                     .unwrap_or_default(),
-                file_name,
                 narrative,
-            });
-        }
-        // Training draws an image, then a task; every task must be available on some image.
-        let none = |what: &str, path: &Path| {
-            TaskError::Invalid(format!(
-                "no image of `{}` has {what} in `{}`; the image ids must agree across the files",
-                files.narratives.display(),
-                path.display()
-            ))
-        };
-        if entries.iter().all(|e| e.referring.is_empty()) {
-            return Err(none("a referring expression", &files.refexp));
-        }
-        if entries.iter().all(|e| e.regions.is_empty()) {
-            return Err(none("a region", &files.regions));
-        }
-        Ok(FileSplit {
-            files: files.clone(),
+            })
+            .collect();
+        check_every_task_has_an_image(files, &entries)?;
+        let split = FileSplit {
+            files: Box::new(files.clone()),
             entries,
+        };
+        Ok((split, reports))
+    }
+}
+
+/// Training draws an image, then a task; every task must be available on some image.
+fn check_every_task_has_an_image(files: &SplitFiles, entries: &[FileEntry]) -> Result<()> {
+    let none = |what: &str, path: &Path| {
+        TaskError::Invalid(format!(
+            "no image of `{}` has {what} in `{}`; the image ids must agree across the files",
+            files.narratives.display(),
+            path.display()
+        ))
+    };
+    if entries.iter().all(|e| e.referring.is_empty()) {
+        return Err(none("a referring expression", &files.refexp));
+    }
+    if entries.iter().all(|e| e.regions.is_empty()) {
+        return Err(none("a region", &files.regions));
+    }
+    Ok(())
+}
+
+/// An image of a split.
+#[derive(Debug)]
+struct SplitImage {
+    file_name: String,
+    /// From the file's header; `None` when it cannot be read (the image then fails, naming its
+    /// path, when it is loaded, and its records are not checked against its size).
+    size: Option<(u32, u32)>,
+}
+
+/// The narratives' images by image id, with their sizes; a missing image is an error.
+fn split_images(
+    files: &SplitFiles,
+    extension: &str,
+    narratives: &[NarrativeSample],
+) -> Result<HashMap<String, SplitImage>> {
+    let mut images = HashMap::new();
+    for n in narratives {
+        if images.contains_key(&n.image_id) {
+            continue;
+        }
+        let file_name = Path::new(&n.image_file_name())
+            .with_extension(extension)
+            .to_string_lossy()
+            .into_owned();
+        let size = match image_size(&files.images, &file_name) {
+            Ok(size) => Some(size),
+            Err(e @ DatasetError::MissingImage { .. }) => return Err(e.into()),
+            Err(_) => None,
+        };
+        images.insert(n.image_id.clone(), SplitImage { file_name, size });
+    }
+    Ok(images)
+}
+
+/// Annotations by image id.
+type ByImage<T> = HashMap<String, Vec<T>>;
+
+/// The split's referring expressions by image id, each checked against its image's size.
+fn join_refexp(
+    files: &SplitFiles,
+    images: &HashMap<String, SplitImage>,
+) -> Result<(ByImage<RefSample>, FileReport)> {
+    let (refs, summary) = read_mdetr_refexp(&files.refexp, SkipMode::Strict)?;
+    let mut report = FileReport::from_summary(&files.refexp, &summary);
+    let mut by_image: ByImage<RefSample> = HashMap::new();
+    for r in refs {
+        let key = r.image_id.to_string();
+        let Some(image) = images.get(&key) else {
+            report.unused += 1;
+            continue;
+        };
+        match image.size {
+            Some((width, height)) if (r.width, r.height) != (width, height) => {
+                return Err(TaskError::Invalid(format!(
+                    "`{}` gives image {} as {}x{} but `{}` is {width}x{height}",
+                    files.refexp.display(),
+                    r.image_id,
+                    r.width,
+                    r.height,
+                    resolve_image(&files.images, &image.file_name).display()
+                )));
+            }
+            _ => by_image.entry(key).or_default().push(r),
+        }
+    }
+    Ok((by_image, report))
+}
+
+/// The split's region captions by image id, normalised; the reports of the regions file and,
+/// when given, of `image_data`.
+fn join_regions(
+    files: &SplitFiles,
+    images: &HashMap<String, SplitImage>,
+) -> Result<(ByImage<NormalizedRegion>, Vec<FileReport>)> {
+    let (regions, summary) = read_vg_regions_with_lines(&files.regions, SkipMode::Strict)?;
+    let mut report = FileReport::from_summary(&files.regions, &summary);
+    let image_data = files
+        .image_data
+        .as_deref()
+        .map(|path| ImageData::read(path, images))
+        .transpose()?;
+    let mut by_image: ByImage<NormalizedRegion> = HashMap::new();
+    for (line, region) in regions {
+        let placed = match &image_data {
+            Some(data) => data.place(&region, images, &files.images)?,
+            None => same_ids_place(&region, images),
+        };
+        let (key, (width, height)) = match placed {
+            Placement::Image { key, size } => (key, size),
+            Placement::Unused => {
+                report.unused += 1;
+                continue;
+            }
+            Placement::Skip(reason) => {
+                report.add(reason, line);
+                continue;
+            }
+        };
+        match normalized_region(region.bbox_xywh, width, height) {
+            Ok(bbox) => by_image.entry(key).or_default().push(NormalizedRegion {
+                phrase: region.phrase,
+                bbox,
+            }),
+            Err((reason, _)) => report.add(reason, line),
+        }
+    }
+    let mut reports = vec![report];
+    reports.extend(image_data.map(|d| d.report));
+    Ok((by_image, reports))
+}
+
+/// Where a Visual Genome region goes.
+enum Placement {
+    /// Into the split image `key`, its box in pixels of a `size` image.
+    Image { key: String, size: (u32, u32) },
+    /// Nowhere: its image is not in the split (or cannot be read, and fails when loaded).
+    Unused,
+    /// Left out, and counted.
+    Skip(Reason),
+}
+
+/// Without `image_data`: the region's VG id is the split's image id, its box in the real size.
+fn same_ids_place(region: &RegionSample, images: &HashMap<String, SplitImage>) -> Placement {
+    let key = region.image_id.to_string();
+    match images.get(&key).and_then(|image| image.size) {
+        Some(size) => Placement::Image { key, size },
+        None => Placement::Unused,
+    }
+}
+
+/// A Visual Genome `image_data.json`: VG images by VG id, with their lines.
+struct ImageData {
+    path: PathBuf,
+    by_vg_id: HashMap<i64, (usize, VgImage)>,
+    report: FileReport,
+}
+
+impl ImageData {
+    fn read(path: &Path, images: &HashMap<String, SplitImage>) -> Result<ImageData> {
+        let (records, summary) = read_vg_image_data(path, SkipMode::Strict)?;
+        let mut report = FileReport::from_summary(path, &summary);
+        report.unused = records
+            .iter()
+            .filter(|(_, vg)| {
+                vg.coco_id
+                    .is_none_or(|coco| !images.contains_key(&coco.to_string()))
+            })
+            .count();
+        Ok(ImageData {
+            path: path.to_path_buf(),
+            by_vg_id: records
+                .into_iter()
+                .map(|(line, vg)| (vg.image_id, (line, vg)))
+                .collect(),
+            report,
         })
     }
+
+    /// The split image of `region`'s VG image (through its COCO id) and the size its box is in;
+    /// an error when that size is not the real image's shape.
+    fn place(
+        &self,
+        region: &RegionSample,
+        images: &HashMap<String, SplitImage>,
+        root: &Path,
+    ) -> Result<Placement> {
+        let Some((line, vg)) = self.by_vg_id.get(&region.image_id) else {
+            return Ok(Placement::Skip(Reason::NotInImageData));
+        };
+        let Some(key) = vg.coco_id.map(|coco| coco.to_string()) else {
+            return Ok(Placement::Unused);
+        };
+        let Some(image) = images.get(&key) else {
+            return Ok(Placement::Unused);
+        };
+        let Some(real) = image.size else {
+            return Ok(Placement::Unused);
+        };
+        let declared = (vg.width, vg.height);
+        if !same_shape(declared, real) {
+            return Err(TaskError::Invalid(format!(
+                "`{}` line {line}: VG image {} (COCO {key}) is {}x{}, but `{}` is {}x{}, not the same picture at another scale\n  help: check that image_data.json belongs to these images",
+                self.path.display(),
+                vg.image_id,
+                vg.width,
+                vg.height,
+                resolve_image(root, &image.file_name).display(),
+                real.0,
+                real.1
+            )));
+        }
+        Ok(Placement::Image {
+            key,
+            size: declared,
+        })
+    }
+}
+
+/// Whether an image declared `declared` (width, height) is the `real` one at another scale:
+/// the real height is the declared one scaled by the widths' ratio, to a pixel of rounding at
+/// either size.
+fn same_shape(declared: (u32, u32), real: (u32, u32)) -> bool {
+    let (dw, dh) = (f64::from(declared.0), f64::from(declared.1));
+    let (rw, rh) = (f64::from(real.0), f64::from(real.1));
+    let scale = rw / dw;
+    (dh * scale - rh).abs() <= 1.0 + scale
 }
 
 impl SampleSource for FileDataset {
@@ -262,20 +550,9 @@ impl SampleSource for FileDataset {
                     part.entries.len()
                 ))
             })?;
+        // Expressions were checked against the image's size when the split was opened.
         let decoded = load_image(&part.files.images, &entry.file_name)?;
         let (width, height) = (decoded.width(), decoded.height());
-        for r in &entry.referring {
-            if (r.width, r.height) != (width, height) {
-                return Err(TaskError::Invalid(format!(
-                    "`{}` gives image {} as {}x{} but `{}` is {width}x{height}",
-                    part.files.refexp.display(),
-                    r.image_id,
-                    r.width,
-                    r.height,
-                    resolve_image(&part.files.images, &entry.file_name).display()
-                )));
-            }
-        }
         let mut image = decoded.to_rgb8();
         if (width, height) != (self.image_size, self.image_size) {
             image = image::imageops::resize(
@@ -341,7 +618,7 @@ impl SampleSource for FileDataset {
                 .iter()
                 .enumerate()
                 .map(|(k, r)| RegionCaption {
-                    bbox: normalized_box(r.bbox_xywh, width, height),
+                    bbox: r.bbox,
                     caption: r.phrase.clone(),
                     object: k,
                 })
@@ -403,6 +680,7 @@ fn split_files(out: &Path, split: Split) -> SplitFiles {
         narratives: dir.join("localized_narratives.jsonl"),
         refexp: dir.join("refcoco_mdetr.json"),
         regions: dir.join("region_descriptions.json"),
+        image_data: None,
     }
 }
 
@@ -429,6 +707,7 @@ pub fn export_shapes(
         train: split_files(out, Split::Train),
         validation: split_files(out, Split::Validation),
         image_extension: "png".into(),
+        max_skipped_fraction: default_max_skipped_fraction(),
     };
     for (split, count, files) in [
         (Split::Train, train, &config.train),
@@ -544,8 +823,9 @@ impl DatasetConfig {
             format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
         };
         let mut text = format!(
-            "[dataset]\nimage_extension = {}\n",
-            quoted(Path::new(&self.image_extension))
+            "[dataset]\nimage_extension = {}\nmax_skipped_fraction = {}\n",
+            quoted(Path::new(&self.image_extension)),
+            self.max_skipped_fraction
         );
         for (name, files) in [("train", &self.train), ("validation", &self.validation)] {
             text.push_str(&format!(
@@ -555,6 +835,9 @@ impl DatasetConfig {
                 quoted(&files.refexp),
                 quoted(&files.regions)
             ));
+            if let Some(image_data) = &files.image_data {
+                text.push_str(&format!("image_data = {}\n", quoted(image_data)));
+            }
         }
         text
     }
@@ -574,8 +857,12 @@ mod tests {
     fn toml_section_parses_back() {
         let config = DatasetConfig {
             train: split_files(Path::new("runs/x \"y\""), Split::Train),
-            validation: split_files(Path::new("runs/x"), Split::Validation),
+            validation: SplitFiles {
+                image_data: Some("vg/image_data.json".into()),
+                ..split_files(Path::new("runs/x"), Split::Validation)
+            },
             image_extension: "png".into(),
+            max_skipped_fraction: 0.25,
         };
         #[derive(Deserialize)]
         struct Wrapper {

@@ -283,6 +283,7 @@ pub fn run_demo(
     let trainable = config.model.trainable();
     let run = RunDir::new(out);
     keep_run_config(config, out, resume)?;
+    data.write_report(&out.join("data_report.json"))?;
     let report: TrainReport = train(
         &mut model,
         &trainable,

@@ -477,6 +477,7 @@ pub(crate) fn stage_train_config(
         steps,
         batch_size,
         shards: 1,
+        aux_loss_warmup_steps: 0,
         peak_lr,
         warmup_steps,
         final_lr_ratio: 0.05,

@@ -45,6 +45,10 @@ pub trait TrainStep<D: Device<f32>>: Params<D> {
         grads: Gradients<f32, D>,
     ) -> Result<(TapedScalar<D>, LossParts)>;
 
+    /// Scales the auxiliary losses (all but the main one) for the coming step
+    /// (`TrainConfig::aux_loss_warmup_steps`); a model without them has nothing to scale.
+    fn set_aux_loss_scale(&mut self, _scale: f32) {}
+
     /// `batch` as `shards` non-empty batches for a data-parallel step, or `None` where the
     /// model's loss does not split (a contrastive loss, whose negatives are the whole batch).
     fn split_batch(_batch: &Self::Batch, _shards: usize) -> Option<Vec<Self::Batch>> {
@@ -87,6 +91,13 @@ pub struct TrainConfig {
     /// batch loss), at most `batch_size`.
     #[serde(deserialize_with = "pixel_core::config::range::count")]
     pub shards: usize,
+    /// The auxiliary losses (PixelLLM's output heads: everything but the text loss) enter at 0
+    /// and rise linearly to their configured weights over this many steps, so that the
+    /// captioner learns what objects look like before the location losses, whose gradients
+    /// are several times larger, take most of each step. 0: full weight from the start. The
+    /// divergence guard starts watching when the warmup ends (the loss rises by design until
+    /// then); a non-finite loss stops the run at any step.
+    pub aux_loss_warmup_steps: u64,
     /// > 0.
     #[serde(deserialize_with = "pixel_core::config::range::positive")]
     pub peak_lr: f32,
@@ -113,6 +124,7 @@ impl Default for TrainConfig {
             steps: 1000,
             batch_size: 16,
             shards: 1,
+            aux_loss_warmup_steps: 0,
             peak_lr: 1e-3,
             warmup_steps: 50,
             final_lr_ratio: 0.05,
@@ -137,6 +149,15 @@ fn divergence_factor<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Res
 }
 
 impl TrainConfig {
+    /// The auxiliary losses' scale at `step`: `(step + 1) / aux_loss_warmup_steps`, at most 1.
+    pub fn aux_loss_scale(&self, step: u64) -> f32 {
+        if step >= self.aux_loss_warmup_steps {
+            1.0
+        } else {
+            (step + 1) as f32 / self.aux_loss_warmup_steps as f32
+        }
+    }
+
     pub fn schedule(&self) -> WarmupCosine {
         WarmupCosine {
             peak_lr: self.peak_lr,
@@ -286,6 +307,20 @@ impl DivergenceGuard {
         Ok(())
     }
 
+    /// [`DivergenceGuard::observe`] when `watched`; nothing otherwise.
+    fn observe_if(
+        &mut self,
+        watched: bool,
+        step: u64,
+        loss: f32,
+    ) -> std::result::Result<(), (f32, f32, u64)> {
+        if watched {
+            self.observe(step, loss)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Whether `loss` (a checkpoint's own loss) is within the bound, without recording it.
     fn check(&self, loss: f32) -> std::result::Result<(), (f32, f32, u64)> {
         match self.lowest {
@@ -375,6 +410,7 @@ where
         .map_err(|e| TaskError::io(run.metrics_log(), e))?;
     for step in start_step..config.steps {
         let shards = shard::<D, M>(next_batch(step)?, config.shards)?;
+        model.set_aux_loss_scale(config.aux_loss_scale(step));
         let ShardedStep {
             loss: loss_value,
             parts,
@@ -389,7 +425,8 @@ where
                 checkpoint: run.latest_checkpoint().ok().flatten(),
             });
         }
-        if let Err(d) = guard.observe(step, loss_value) {
+        let watched = step >= config.aux_loss_warmup_steps;
+        if let Err(d) = guard.observe_if(watched, step, loss_value) {
             progress.abandon();
             return Err(diverged(step, d));
         }
@@ -816,6 +853,17 @@ mod tests {
             log[0],
             log[59]
         );
+    }
+
+    #[test]
+    fn auxiliary_losses_ramp_in_over_the_warmup() {
+        let config = TrainConfig {
+            aux_loss_warmup_steps: 4,
+            ..config(10)
+        };
+        let scales: Vec<f32> = (0..6).map(|s| config.aux_loss_scale(s)).collect();
+        assert_eq!(scales, vec![0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+        assert_eq!(TrainConfig::default().aux_loss_scale(0), 1.0);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! ShapesLN exported to Localized Narratives, RefCOCO (MDETR) and Visual Genome files reads back
-//! as the generator's samples; training from the files draws the generator's targets; the demo
-//! trains from the files and `pixel eval` evaluates its checkpoint.
+//! as the generator's samples with nothing skipped; training from the files draws the
+//! generator's targets; the demo trains from the files, writes `data_report.json`, and
+//! `pixel eval` evaluates its checkpoint. Bad records put into an export are skipped and counted
+//! per file and reason (or clipped and counted), too many skips stop loading, and Visual Genome
+//! regions join the narratives' images through `image_data.json`'s COCO ids.
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::data_source::{export_shapes, DataSource, SampleSource};
-use pixel_tasks::datasets::{read_mdetr_refexp, read_vg_regions, SkipMode};
+use pixel_tasks::data_source::{export_shapes, DataSource, DatasetConfig, SampleSource};
+use pixel_tasks::datasets::{read_mdetr_refexp, read_vg_regions, DataReport, Reason, SkipMode};
 use pixel_tasks::demo::{run_demo, training_examples, DemoConfig};
 use pixel_tasks::eval_run::{run_eval, EvalResults};
 use pixel_tasks::heads::HeadRegistry;
@@ -11,6 +14,8 @@ use pixel_tasks::model::VocabMap;
 use pixel_tasks::shapes_ln::{Sample, ShapesLn, Split};
 use pixel_tasks::tasks::{Example, ExampleBuilder};
 use pixel_tasks::Result;
+use serde_json::{json, Value};
+use std::path::Path;
 
 const TRAIN: u64 = 6;
 const VAL: u64 = 3;
@@ -35,12 +40,48 @@ impl SampleSource for FirstImages {
 }
 
 fn exported(dir: &std::path::Path) -> (DemoConfig, ShapesLn, DataSource) {
-    let mut config = DemoConfig::builtin().unwrap();
-    let generator = ShapesLn::new(config.data.clone(), config.seed).unwrap();
-    let dataset = export_shapes(&generator, dir, TRAIN, VAL).unwrap();
-    config.dataset = Some(dataset);
+    let (config, generator) = export_only(dir);
     let files = DataSource::new(&config.data, config.seed, config.dataset.as_ref()).unwrap();
     (config, generator, files)
+}
+
+/// The demo config reading an export of the generator's first images, before it is opened.
+fn export_only(dir: &Path) -> (DemoConfig, ShapesLn) {
+    let mut config = DemoConfig::builtin().unwrap();
+    let generator = ShapesLn::new(config.data.clone(), config.seed).unwrap();
+    config.dataset = Some(export_shapes(&generator, dir, TRAIN, VAL).unwrap());
+    (config, generator)
+}
+
+fn dataset(config: &mut DemoConfig) -> &mut DatasetConfig {
+    config.dataset.as_mut().unwrap()
+}
+
+fn open(config: &DemoConfig) -> pixel_tasks::Result<DataSource> {
+    DataSource::new(&config.data, config.seed, config.dataset.as_ref())
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Writes `doc` pretty-printed (one key per line), so records have lines of their own.
+fn write_pretty(path: &Path, doc: &Value) {
+    std::fs::write(path, serde_json::to_string_pretty(doc).unwrap()).unwrap();
+}
+
+/// Appends JSON Lines records to a narratives file.
+fn append_lines(path: &Path, records: &[Value]) {
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for r in records {
+        text.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The `reason` count of `file` in the train split.
+fn train_count(report: &DataReport, file: &Path, reason: Reason) -> usize {
+    report.count("train", file, reason)
 }
 
 #[test]
@@ -149,11 +190,11 @@ fn files_give_masks_and_share_an_image_across_its_narratives() {
         .next()
         .unwrap()
         .to_string();
-    let mut text = std::fs::read_to_string(&train.narratives).unwrap();
-    // A second narrative of image 0, as a second annotator would write it.
-    text.push_str(&first_line);
-    text.push('\n');
-    std::fs::write(&train.narratives, text).unwrap();
+    // A second narrative of image 0, as a second annotator would write it (the same
+    // annotator's would be a duplicate).
+    let mut second: Value = serde_json::from_str(&first_line).unwrap();
+    second["annotator_id"] = json!(second["annotator_id"].as_i64().unwrap() + 1);
+    append_lines(&train.narratives, &[second]);
     let files = DataSource::new(&config.data, config.seed, config.dataset.as_ref()).unwrap();
     assert_eq!(files.images(Split::Train), TRAIN + 1);
     let want = generator.sample(Split::Train, 0);
@@ -192,6 +233,11 @@ fn demo_trains_from_exported_files_and_eval_reads_its_checkpoint() {
     let metrics = run_demo(&config, &run, false, &HeadRegistry::builtin()).unwrap();
     assert!(metrics.train.final_loss.is_some_and(f32::is_finite));
     assert!(run.join("metrics.json").is_file() && run.join("samples.png").is_file());
+    let report: DataReport =
+        serde_json::from_str(&std::fs::read_to_string(run.join("data_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report.splits.len(), 2);
+    assert_eq!(report.skipped(), 0, "{report:?}");
 
     let out = dir.path().join("eval");
     let results = run_eval(&config, &run, &out, &HeadRegistry::builtin()).unwrap();
@@ -243,5 +289,343 @@ fn demo_trains_from_exported_files_and_eval_reads_its_checkpoint() {
         (generated.eval.referring_localization.miou - results.eval.referring_localization.miou)
             .abs()
             < 1e-4
+    );
+}
+
+/// `pixel export-shapes` output loads with nothing skipped, clipped or unused.
+#[test]
+fn exported_files_load_with_nothing_skipped_or_clipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, generator, files) = exported(dir.path());
+    let report = files.report().unwrap();
+    assert!(report.summary().is_empty(), "{:?}", report.summary());
+    let train = &config.dataset.as_ref().unwrap().train;
+    let objects: usize = (0..TRAIN)
+        .map(|i| generator.sample(Split::Train, i).objects.len())
+        .sum();
+    for (path, records) in [
+        (&train.narratives, TRAIN as usize),
+        (&train.refexp, objects),
+        (&train.regions, objects),
+    ] {
+        let f = report.file("train", path).unwrap();
+        assert_eq!((f.records, f.unused), (records, 0), "{}", path.display());
+        assert!(f.reasons.is_empty(), "{f:?}");
+    }
+}
+
+/// A narrative with fewer than two trace points, a trace far outside the image, an empty
+/// caption and the same annotator's narrative of an image again are each skipped and counted
+/// with their file and line; a trace just outside the image is clipped, kept and counted.
+#[test]
+fn bad_narratives_are_skipped_and_counted_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = export_only(dir.path());
+    dataset(&mut config).max_skipped_fraction = 1.0;
+    let path = config.dataset.as_ref().unwrap().train.narratives.clone();
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut r = first.clone();
+        edit(&mut r);
+        r
+    };
+    let point = |x: f64, y: f64, t: f64| json!({"x": x, "y": y, "t": t});
+    let utterance = json!([{"utterance": "a shape", "start_time": 0.0, "end_time": 1.0}]);
+    append_lines(
+        &path,
+        &[
+            with(&|r| r["traces"] = json!([[point(0.5, 0.5, 0.0)]])),
+            with(&|r| {
+                r["annotator_id"] = json!(70);
+                r["timed_caption"] = utterance.clone();
+                r["traces"] = json!([[point(3.0, 40.0, 0.0), point(60.0, 12.0, 1.0)]]);
+            }),
+            with(&|r| {
+                r["annotator_id"] = json!(71);
+                r["caption"] = json!("");
+            }),
+            first.clone(),
+            with(&|r| {
+                r["annotator_id"] = json!(72);
+                r["timed_caption"] = utterance.clone();
+                r["traces"] = json!([[point(-0.03, 0.2, 0.0), point(0.6, 1.05, 1.0)]]);
+            }),
+        ],
+    );
+    let data = open(&config).unwrap();
+    let report = data.report().unwrap();
+    let line = |k: u64| format!("{}:{}", path.display(), TRAIN + k);
+    let f = report.file("train", &path).unwrap();
+    for (k, reason) in [
+        (1, Reason::TooFewTracePoints),
+        (2, Reason::TraceOutsideImage),
+        (3, Reason::EmptyCaption),
+        (4, Reason::DuplicateId),
+        (5, Reason::TraceClipped),
+    ] {
+        let count = &f.reasons[&reason];
+        assert_eq!(count.count, 1, "{reason:?}");
+        assert_eq!(count.examples, vec![line(k)], "{reason:?}");
+        assert_eq!(count.skipped, reason != Reason::TraceClipped);
+    }
+    assert_eq!((f.records, f.skipped()), (TRAIN as usize + 5, 4));
+    // The clipped narrative is kept.
+    assert_eq!(data.images(Split::Train), TRAIN + 1);
+    assert_eq!(report.summary().len(), 5, "{:?}", report.summary());
+}
+
+/// An empty referring expression, an expression id two entries share, an empty region phrase,
+/// a region outside its image, a region without area and a repeated Visual Genome image entry
+/// are skipped and counted per file and reason.
+#[test]
+fn bad_expressions_and_regions_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, generator) = export_only(dir.path());
+    dataset(&mut config).max_skipped_fraction = 1.0;
+    let train = config.dataset.as_ref().unwrap().train.clone();
+    let mut refexp = read_json(&train.refexp);
+    refexp["images"][0]["caption"] = json!(" ");
+    refexp["images"][2]["id"] = refexp["images"][1]["id"].clone();
+    write_pretty(&train.refexp, &refexp);
+    let mut regions = read_json(&train.regions);
+    let side = f64::from(config.data.image_size);
+    regions[0]["regions"][0]["phrase"] = json!("");
+    regions[1]["regions"][0]["x"] = json!(side + 10.0);
+    regions[2]["regions"][0]["width"] = json!(0.0);
+    let repeated = regions[3].clone();
+    let repeated_regions = repeated["regions"].as_array().unwrap().len();
+    regions.as_array_mut().unwrap().push(repeated);
+    write_pretty(&train.regions, &regions);
+
+    let data = open(&config).unwrap();
+    let report = data.report().unwrap();
+    assert_eq!(
+        train_count(report, &train.refexp, Reason::EmptyExpression),
+        1
+    );
+    assert_eq!(train_count(report, &train.refexp, Reason::DuplicateId), 2);
+    for (reason, count) in [
+        (Reason::EmptyPhrase, 1),
+        (Reason::RegionOutsideImage, 1),
+        (Reason::RegionZeroArea, 1),
+        (Reason::DuplicateId, repeated_regions),
+    ] {
+        assert_eq!(
+            train_count(report, &train.regions, reason),
+            count,
+            "{reason:?}"
+        );
+    }
+    // Examples name the file and the line the region starts on.
+    let example = &report.file("train", &train.regions).unwrap().reasons
+        [&Reason::RegionOutsideImage]
+        .examples[0];
+    let text = std::fs::read_to_string(&train.regions).unwrap();
+    let x_line = 1 + text
+        .lines()
+        .position(|l| l.contains(&format!("\"x\": {}", side + 10.0)))
+        .unwrap();
+    let named: usize = example
+        .rsplit(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        example.starts_with(&train.regions.display().to_string())
+            && named < x_line
+            && x_line - named < 10,
+        "{example} vs x at line {x_line}"
+    );
+    // What is left is the generator's, less the skipped records: image 0's first region, and
+    // its first three expressions (`images[0..3]`, in export order).
+    let first = generator.sample(Split::Train, 0);
+    let got = data.load(Split::Train, 0).unwrap();
+    assert_eq!(got.regions.len(), first.regions.len() - 1);
+    assert_eq!(got.referring.len(), first.referring.len().saturating_sub(3));
+}
+
+/// Over `dataset.max_skipped_fraction`, loading stops naming the file, the reason and the
+/// counts; at or under it, the file loads.
+#[test]
+fn too_many_skips_stop_loading_naming_file_reason_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = export_only(dir.path());
+    let path = config.dataset.as_ref().unwrap().train.narratives.clone();
+    let mut single: Value = serde_json::from_str(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    single["traces"] = json!([[{"x": 0.5, "y": 0.5, "t": 0.0}]]);
+    append_lines(&path, &[single]);
+    let records = TRAIN + 1;
+    let err = open(&config)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains(&path.display().to_string())
+            && err.contains("too_few_trace_points: 1")
+            && err.contains(&format!("1 of {records} records"))
+            && err.contains("max_skipped_fraction = 0.01"),
+        "{err}"
+    );
+    dataset(&mut config).max_skipped_fraction = 1.0 / records as f32;
+    assert!(open(&config).is_ok());
+}
+
+/// `dataset.max_skipped_fraction` is a fraction: outside [0, 1] the config fails naming the
+/// file, the key and the line.
+#[test]
+fn max_skipped_fraction_outside_0_1_fails_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = export_only(&dir.path().join("data"));
+    let section = config.dataset.as_ref().unwrap().to_toml_section();
+    assert!(section.contains("max_skipped_fraction = 0.01"), "{section}");
+    let path = dir.path().join("exp.toml");
+    let good = format!("{}\n{section}", pixel_tasks::demo::DEFAULT_DEMO_CONFIG);
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(
+        DemoConfig::load(&path)
+            .unwrap()
+            .dataset
+            .unwrap()
+            .max_skipped_fraction,
+        0.01
+    );
+    std::fs::write(
+        &path,
+        good.replace("max_skipped_fraction = 0.01", "max_skipped_fraction = 1.5"),
+    )
+    .unwrap();
+    let err = DemoConfig::load(&path)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("exp.toml")
+            && err.contains("dataset.max_skipped_fraction")
+            && err.contains("[0, 1]")
+            && err.contains("line"),
+        "{err}"
+    );
+}
+
+/// An `image_data.json` record in the shape of the Visual Genome v1.2 release's.
+fn vg_image(image_id: i64, coco_id: Option<u64>, width: u32, height: u32) -> Value {
+    json!({
+        "width": width,
+        "url": format!("https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"),
+        "height": height,
+        "image_id": image_id,
+        "coco_id": coco_id,
+        "flickr_id": null,
+    })
+}
+
+/// Rewrites the train split's regions as Visual Genome publishes them: VG ids (5000 + the
+/// COCO id) and boxes in an image twice the size (`scale` x the exported image's side), with
+/// `image_data.json` mapping the VG ids to the narratives' (COCO) ids; plus a VG image that is
+/// not COCO's and a region of an image `image_data.json` does not list.
+fn regions_with_vg_ids(config: &mut DemoConfig, scale: (f64, f64)) -> std::path::PathBuf {
+    let side = f64::from(config.data.image_size);
+    let size = |s: f64| (side * s) as u32;
+    let train = &mut dataset(config).train;
+    let mut regions = read_json(&train.regions);
+    let mut image_data = Vec::new();
+    for entry in regions.as_array_mut().unwrap() {
+        let coco = entry["id"].as_u64().unwrap();
+        let vg = 5000 + coco as i64;
+        entry["id"] = json!(vg);
+        for r in entry["regions"].as_array_mut().unwrap() {
+            r["image_id"] = json!(vg);
+            for (key, s) in [
+                ("x", scale.0),
+                ("width", scale.0),
+                ("y", scale.1),
+                ("height", scale.1),
+            ] {
+                r[key] = json!(r[key].as_f64().unwrap() * s);
+            }
+        }
+        image_data.push(vg_image(vg, Some(coco), size(scale.0), size(scale.1)));
+    }
+    let mut not_coco = regions[0].clone();
+    not_coco["id"] = json!(7);
+    for r in not_coco["regions"].as_array_mut().unwrap() {
+        r["image_id"] = json!(7);
+    }
+    let mut unlisted = regions[0].clone();
+    unlisted["id"] = json!(8);
+    unlisted["regions"] = json!([unlisted["regions"][0].clone()]);
+    unlisted["regions"][0]["image_id"] = json!(8);
+    let unused = not_coco["regions"].as_array().unwrap().len();
+    regions.as_array_mut().unwrap().extend([not_coco, unlisted]);
+    image_data.push(vg_image(7, None, 800, 600));
+    write_pretty(&train.regions, &regions);
+    let path = train.regions.with_file_name("image_data.json");
+    write_pretty(&path, &Value::Array(image_data));
+    train.image_data = Some(path.clone());
+    assert!(unused > 0);
+    path
+}
+
+/// With `image_data`, regions join the narratives' images through VG's `coco_id` and are
+/// normalised by `image_data`'s size: the generator's boxes come back exactly. Regions of a VG
+/// image that is not COCO's are unused; a region of an image `image_data` lacks is counted.
+#[test]
+fn vg_regions_join_the_narratives_images_through_image_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, generator) = export_only(dir.path());
+    dataset(&mut config).max_skipped_fraction = 0.5;
+    let image_data = regions_with_vg_ids(&mut config, (2.0, 2.0));
+    let data = open(&config).unwrap();
+    for i in 0..TRAIN {
+        let want = generator.sample(Split::Train, i);
+        let got = data.load(Split::Train, i).unwrap();
+        let boxes = |s: &Sample| {
+            s.regions
+                .iter()
+                .map(|r| (r.caption.clone(), r.bbox))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(boxes(&got), boxes(&want), "image {i}");
+    }
+    let report = data.report().unwrap();
+    let regions = &config.dataset.as_ref().unwrap().train.regions;
+    assert_eq!(train_count(report, regions, Reason::NotInImageData), 1);
+    let f = report.file("train", regions).unwrap();
+    assert_eq!(f.unused, generator.sample(Split::Train, 0).regions.len());
+    let d = report.file("train", &image_data).unwrap();
+    assert_eq!((d.records, d.unused), (TRAIN as usize + 1, 1));
+}
+
+/// An `image_data` size of another shape than the real image is an error naming the file and
+/// the record's line.
+#[test]
+fn image_data_of_another_shape_is_an_error_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = export_only(dir.path());
+    dataset(&mut config).max_skipped_fraction = 0.5;
+    let image_data = regions_with_vg_ids(&mut config, (2.0, 3.0));
+    let err = open(&config)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains(&image_data.display().to_string())
+            && err.contains("line 2")
+            && err.contains("not the same picture"),
+        "{err}"
     );
 }

@@ -1,22 +1,29 @@
 //! Every parser of user input, fed arbitrary and mutated bytes, gives a value or an error and
-//! never panics. Seeds are valid files (ShapesLN exported in the three dataset formats, the demo
-//! config, an ablation, a checkpoint and a sharded one, a training log, metric inputs, a PNG);
+//! never panics. Seeds are valid files (ShapesLN exported in the three dataset formats, the
+//! refer toolkit's instances and refs, Visual Genome's `image_data.json`, the demo config, an
+//! ablation, a checkpoint and a sharded one, a trainer's `trainer_state.json`, a training log,
+//! metric inputs, a PNG);
 //! mutations flip, insert and delete bytes and cut the file short. CI runs proptest's default
 //! number of cases; `tools/fuzz.sh --minutes N` runs them long (`PROPTEST_CASES`). Declared
 //! sizes (safetensors header length, RLE mask size, image dimensions) are checked before
 //! anything is allocated for them, or a mutation would exhaust memory here.
-use pixel_core::checkpoint::{StoredTensor, TensorStore};
+use dfdx::shapes::Const;
+use dfdx::tensor::Cpu;
+use pixel_core::checkpoint::{save_params, StoredTensor, TensorStore};
+use pixel_core::nn::Linear;
 use pixel_tasks::ablate::Ablation;
 use pixel_tasks::data_source::export_shapes;
 use pixel_tasks::datasets::{
-    load_image, read_mdetr_refexp, read_narratives, read_vg_regions, SkipMode,
+    load_image, read_mdetr_refexp, read_narratives, read_refer, read_vg_image_data,
+    read_vg_regions, SkipMode,
 };
 use pixel_tasks::demo::DemoConfig;
 use pixel_tasks::metrics::boxes::refloc_from_files;
 use pixel_tasks::metrics::masks::refseg_from_files;
 use pixel_tasks::shapes_ln::{ShapesLn, ShapesLnConfig};
-use pixel_tasks::train::{read_log, RunDir};
+use pixel_tasks::train::{load_latest_weights, read_log, RunDir};
 use proptest::prelude::*;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -26,6 +33,10 @@ struct Seeds {
     narratives: Vec<u8>,
     refexp: Vec<u8>,
     regions: Vec<u8>,
+    /// The refer toolkit's `instances.json` and refs (`tests/fixtures/datasets/refer/`).
+    instances: Vec<u8>,
+    refs: Vec<u8>,
+    image_data: Vec<u8>,
     config: Vec<u8>,
     ablation: Vec<u8>,
     checkpoint: Vec<u8>,
@@ -34,6 +45,50 @@ struct Seeds {
     shard: Vec<u8>,
     log: Vec<u8>,
     image: Vec<u8>,
+    /// A checkpoint folder's files: `trainer_state.json` and the weights and optimizer state of
+    /// a [`Model`].
+    trainer_state: Vec<u8>,
+    model: Vec<u8>,
+    optimizer: Vec<u8>,
+}
+
+/// The model whose checkpoints are fuzzed.
+type Model = Linear<Const<2>, Const<3>, Cpu>;
+
+/// Records in the shape of Visual Genome v1.2's `image_data.json`.
+const IMAGE_DATA: &str = r#"[
+{"width": 800, "url": "https://cs.stanford.edu/people/rak248/VG_100K_2/1.jpg", "height": 600, "image_id": 1, "coco_id": null, "flickr_id": null},
+{"width": 500, "url": "https://cs.stanford.edu/people/rak248/VG_100K/51.jpg", "height": 333, "image_id": 51, "coco_id": 1000, "flickr_id": 2404563451}
+]"#;
+
+const TRAINER_STATE: &str = r#"{
+  "step": 40,
+  "elapsed_s": 1.5,
+  "smoothed_loss": 0.25,
+  "lowest_loss": [0.2, 30]
+}"#;
+
+fn model() -> Model {
+    Linear::new(&Cpu::default(), true)
+}
+
+/// AdamW's state (moments and step) after training a [`Model`]. (A fresh optimizer's state,
+/// no tensors and only metadata, is written with a header that does not read back: safetensors
+/// 0.3's `serialize` with no tensors.)
+fn optimizer_state() -> TensorStore {
+    let mut state = TensorStore::default();
+    for (name, len) in [("weight", 6), ("bias", 3)] {
+        state.insert(
+            format!("m.{name}"),
+            StoredTensor::f32(vec![len], vec![0.1; len]),
+        );
+        state.insert(
+            format!("v.{name}"),
+            StoredTensor::f32(vec![len], vec![0.01; len]),
+        );
+    }
+    state.metadata.insert("step".into(), "40".into());
+    state
 }
 
 /// `pixel metrics refloc --masks` and `refloc` inputs: an RLE, a bare polygon, boxes.
@@ -58,11 +113,22 @@ fn seeds() -> &'static Seeds {
             .min()
             .unwrap();
         let index = r#"{"metadata": {"total_size": 32}, "weight_map": {"a.weight": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"}}"#;
+        let weights = dir.path().join("model.safetensors");
+        save_params(&mut model(), &weights, HashMap::new()).unwrap();
+        let optimizer = dir.path().join("optimizer.safetensors");
+        optimizer_state().write(&optimizer).unwrap();
+        let refer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datasets/refer");
         let log = "{\"step\":1,\"loss\":2.5,\"text_loss\":2.0,\"location_loss\":5.0,\"lr\":0.001,\"grad_norm\":1.5,\"elapsed_s\":0.3}\n".repeat(2);
         Seeds {
             narratives: read(&dataset.train.narratives),
             refexp: read(&dataset.train.refexp),
             regions: read(&dataset.train.regions),
+            instances: read(&refer.join("instances.json")),
+            refs: read(&refer.join("refs.json")),
+            image_data: IMAGE_DATA.as_bytes().to_vec(),
+            trainer_state: TRAINER_STATE.as_bytes().to_vec(),
+            model: read(&weights),
+            optimizer: read(&optimizer),
             config: pixel_tasks::demo::DEFAULT_DEMO_CONFIG.as_bytes().to_vec(),
             ablation: std::fs::read(
                 Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -129,6 +195,19 @@ fn mutate(seed: &[u8], edits: &[Edit]) -> Vec<u8> {
     bytes
 }
 
+/// A run folder whose latest checkpoint has `state` as its `trainer_state.json`.
+fn run_with_state(state: &[u8]) -> tempfile::TempDir {
+    let s = seeds();
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("checkpoints/step-0000040");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    std::fs::write(dir.path().join("checkpoints/latest"), "step-0000040").unwrap();
+    std::fs::write(checkpoint.join("trainer_state.json"), state).unwrap();
+    std::fs::write(checkpoint.join("model.safetensors"), &s.model).unwrap();
+    std::fs::write(checkpoint.join("optimizer.safetensors"), &s.optimizer).unwrap();
+    dir
+}
+
 /// Writes `bytes` to a fresh file named `name` and returns its folder and path.
 fn file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -148,6 +227,30 @@ proptest! {
         let _ = read_mdetr_refexp(&p, mode);
         let (_d, p) = file("v.json", &mutate(&s.regions, &edits));
         let _ = read_vg_regions(&p, mode);
+        let (_d, p) = file("image_data.json", &mutate(&s.image_data, &edits));
+        let _ = read_vg_image_data(&p, mode);
+    }
+
+    #[test]
+    fn refer_toolkit_reader_never_panics(edits in edits(), strict in any::<bool>(), split in prop::option::of(prop::sample::select(vec!["testA", "train", "val"]))) {
+        let mode = if strict { SkipMode::Strict } else { SkipMode::SkipAndCount };
+        let s = seeds();
+        let (dir, instances) = file("instances.json", &mutate(&s.instances, &edits));
+        let refs = dir.path().join("refs.json");
+        std::fs::write(&refs, &s.refs).unwrap();
+        let _ = read_refer(&instances, &refs, split, mode);
+        std::fs::write(&instances, &s.instances).unwrap();
+        std::fs::write(&refs, mutate(&s.refs, &edits)).unwrap();
+        let _ = read_refer(&instances, &refs, split, mode);
+    }
+
+    #[test]
+    fn trainer_state_never_panics(edits in edits(), raw in prop::collection::vec(any::<u8>(), 0..64)) {
+        let s = seeds();
+        for state in [mutate(&s.trainer_state, &edits), raw] {
+            let dir = run_with_state(&state);
+            let _ = load_latest_weights(&mut model(), &RunDir::new(dir.path()));
+        }
     }
 
     #[test]
@@ -222,6 +325,18 @@ fn the_seeds_parse() {
     DemoConfig::load(&p).unwrap();
     let (_d, p) = file("metrics.jsonl", &s.log);
     assert_eq!(read_log(&p).unwrap().len(), 2);
+    let run = run_with_state(&s.trainer_state);
+    assert_eq!(
+        load_latest_weights(&mut model(), &RunDir::new(run.path())).unwrap(),
+        40
+    );
+    let (dir, instances) = file("instances.json", &s.instances);
+    let refs = dir.path().join("refs.json");
+    std::fs::write(&refs, &s.refs).unwrap();
+    let (refer, _) = read_refer(&instances, &refs, None, SkipMode::SkipAndCount).unwrap();
+    assert_eq!(refer.len(), 3);
+    let (_d, p) = file("image_data.json", &s.image_data);
+    assert_eq!(read_vg_image_data(&p, SkipMode::Strict).unwrap().0.len(), 2);
     for (name, bytes) in [
         ("n.jsonl", &s.narratives),
         ("r.json", &s.refexp),

@@ -7,6 +7,19 @@
 //! - the refer toolkit's `instances.json` (COCO images/annotations) with its refs, converted
 //!   from `refs(unc).p` to JSON by `tools/refer_pickle_to_json.py` (`[{ref_id, ann_id, image_id,
 //!   split, sentences: [{sent, raw, sent_id, tokens}]}]`): one sample per sentence.
+//!
+//! Malformed records (a missing or mistyped field, a box that is not finite, has no area or
+//! leaves its image's declared size by more than a pixel, an expression without an annotation,
+//! a ref naming an annotation or image the instances file lacks) are errors under
+//! [`SkipMode::Strict`]. Left out of a well-formed file in every mode, each listed in
+//! [`ReadSummary::dropped`] with its line and [`Reason`]:
+//!
+//! - [`Reason::EmptyExpression`]: an expression (MDETR `caption`, refer `sent`) that is empty
+//!   or only white space.
+//! - [`Reason::DuplicateId`]: in MDETR's files, an `images` id (one per expression) used by
+//!   several entries: their annotations cannot be told apart, so every entry with that id is
+//!   left out. In the refer toolkit's files, an image or annotation id already seen: the first
+//!   is kept, as refs name them by id.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +27,9 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{line_of, read_to_string, write_string, DatasetError, ReadSummary, SkipMode};
+use super::{
+    line_of, read_to_string, write_string, DatasetError, ReadSummary, Reason, SeenIds, SkipMode,
+};
 use crate::metrics::masks::Segmentation;
 
 /// One referring expression and its object.
@@ -155,12 +170,11 @@ fn parse_elements<T: serde::de::DeserializeOwned>(
     for (i, r) in raw.iter().enumerate() {
         match serde_json::from_str::<T>(r.get()) {
             Ok(v) => out.push((i, v)),
-            Err(e) => summary.malformed(
-                mode,
-                path,
-                format!("{key}[{i}] (line {})", line_of(text, r)),
-                e.to_string(),
-            )?,
+            Err(e) => {
+                let line = line_of(text, r);
+                let location = format!("{key}[{i}] (line {line})");
+                summary.malformed(mode, path, location, line, e.to_string())?
+            }
         }
     }
     Ok(out)
@@ -192,45 +206,69 @@ pub fn read_mdetr_refexp(
     for a in &anns {
         by_image.entry(a.1.image_id).or_default().push(a);
     }
+    let mut uses: HashMap<i64, usize> = HashMap::new();
+    for (_, im) in &images {
+        *uses.entry(im.id).or_default() += 1;
+    }
     let mut out = Vec::new();
     for (i, im) in &images {
+        let line = line_of(&text, raw.images[*i]);
+        let location = format!("images[{i}] (id {}, line {line})", im.id);
+        if let Some((cause, why)) = expression_problem(im, uses[&im.id]) {
+            summary.drop_record(location, line, cause, why);
+            continue;
+        }
         let Some(list) = by_image.get(&im.id) else {
-            summary.malformed(
-                mode,
-                path,
-                format!(
-                    "images[{i}] (id {}, line {})",
-                    im.id,
-                    line_of(&text, raw.images[*i])
-                ),
-                "no annotation refers to this expression".into(),
-            )?;
+            let why = "no annotation refers to this expression".to_string();
+            summary.malformed(mode, path, location, line, why)?;
             continue;
         };
         for (k, a) in list {
             if let Err(why) = check_box(&a.bbox, im.width, im.height) {
                 let line = line_of(&text, raw.annotations[*k]);
                 let location = format!("annotations[{k}] (id {}, line {line})", a.id);
-                summary.malformed(mode, path, location, why)?;
+                summary.malformed(mode, path, location, line, why)?;
                 continue;
             }
-            out.push(RefSample {
-                image_id: im.original_id.unwrap_or(im.id),
-                file_name: im.file_name.clone(),
-                height: im.height,
-                width: im.width,
-                expression: im.caption.clone(),
-                bbox_xywh: a.bbox,
-                mask: a.segmentation.clone(),
-                tokens_positive: a.tokens_positive.clone().unwrap_or_default(),
-                ref_id: Some(im.id),
-                sentence_id: im.sentence_id,
-                split: None,
-            });
+            out.push(mdetr_sample(im, a));
         }
     }
     summary.samples = out.len();
     Ok((out, summary))
+}
+
+/// Why an MDETR expression is left out, if it is: an empty expression, or an id that `uses`
+/// entries share.
+fn expression_problem(im: &MdetrImage, uses: usize) -> Option<(Reason, String)> {
+    if im.caption.trim().is_empty() {
+        return Some((Reason::EmptyExpression, "empty expression".into()));
+    }
+    (uses > 1).then(|| {
+        (
+            Reason::DuplicateId,
+            format!(
+                "expression id {} is used by {uses} `images` entries, so their annotations cannot be told apart; all are left out",
+                im.id
+            ),
+        )
+    })
+}
+
+/// The sample of an MDETR expression and its annotation.
+fn mdetr_sample(im: &MdetrImage, a: &CocoAnnotation) -> RefSample {
+    RefSample {
+        image_id: im.original_id.unwrap_or(im.id),
+        file_name: im.file_name.clone(),
+        height: im.height,
+        width: im.width,
+        expression: im.caption.clone(),
+        bbox_xywh: a.bbox,
+        mask: a.segmentation.clone(),
+        tokens_positive: a.tokens_positive.clone().unwrap_or_default(),
+        ref_id: Some(im.id),
+        sentence_id: im.sentence_id,
+        split: None,
+    }
 }
 
 /// Writes samples in MDETR's format (one `images` entry and one annotation per sample).
@@ -272,6 +310,148 @@ pub fn write_mdetr_refexp(path: &Path, samples: &[RefSample]) -> Result<(), Data
     write_string(path, &doc.to_string())
 }
 
+/// A parsed element with the line it starts on.
+struct Located<T> {
+    index: usize,
+    line: usize,
+    value: T,
+}
+
+/// Elements by id, the first of each id kept and later ones listed as duplicates.
+fn first_by_id<T>(
+    key: &str,
+    text: &str,
+    raw: &[&RawValue],
+    elements: Vec<(usize, T)>,
+    id: impl Fn(&T) -> i64,
+    summary: &mut ReadSummary,
+) -> HashMap<i64, Located<T>> {
+    let mut seen = SeenIds::default();
+    let mut out = HashMap::new();
+    for (index, value) in elements {
+        let line = line_of(text, raw[index]);
+        let id = id(&value);
+        match seen.first(&format!("{key} id"), id, line) {
+            Ok(()) => {
+                out.insert(id, Located { index, line, value });
+            }
+            Err(why) => {
+                let location = format!("{key}[{index}] (id {id}, line {line})");
+                summary.drop_record(location, line, Reason::DuplicateId, why);
+            }
+        }
+    }
+    out
+}
+
+/// A malformed record found while joining: its file, location, line and what is wrong.
+struct Malformed<'p> {
+    path: &'p Path,
+    location: String,
+    line: usize,
+    why: String,
+}
+
+/// A refer toolkit `instances.json`, its images and annotations by id.
+struct ReferInstances<'p> {
+    path: &'p Path,
+    images: HashMap<i64, Located<CocoImage>>,
+    anns: HashMap<i64, Located<CocoAnnotation>>,
+}
+
+impl<'p> ReferInstances<'p> {
+    /// Reads `instances.json`; a repeated image or annotation id keeps the first.
+    fn read(
+        path: &'p Path,
+        mode: SkipMode,
+        summary: &mut ReadSummary,
+    ) -> Result<ReferInstances<'p>, DatasetError> {
+        let text = read_to_string(path)?;
+        let raw: RawCoco = serde_json::from_str(&text).map_err(|source| DatasetError::Json {
+            path: path.to_path_buf(),
+            expected: "a COCO instances file with `images` and `annotations` arrays",
+            source,
+        })?;
+        let images = parse_elements(path, &text, "images", &raw.images, mode, summary)?;
+        let images = first_by_id(
+            "images",
+            &text,
+            &raw.images,
+            images,
+            |im: &CocoImage| im.id,
+            summary,
+        );
+        let anns = parse_elements(path, &text, "annotations", &raw.annotations, mode, summary)?;
+        let anns = first_by_id(
+            "annotations",
+            &text,
+            &raw.annotations,
+            anns,
+            |a: &CocoAnnotation| a.id,
+            summary,
+        );
+        Ok(ReferInstances { path, images, anns })
+    }
+
+    /// The image and annotation `r` names (its box checked against the image), or the
+    /// malformed record; `location` and `line` are `r`'s in `refs`.
+    fn target(
+        &self,
+        r: &ReferRef,
+        refs: &'p Path,
+        location: String,
+        line: usize,
+    ) -> Result<(&CocoImage, &CocoAnnotation), Malformed<'p>> {
+        let missing = |why: String| Malformed {
+            path: refs,
+            location: location.clone(),
+            line,
+            why,
+        };
+        let instances = self.path.display();
+        let ann = self
+            .anns
+            .get(&r.ann_id)
+            .ok_or_else(|| missing(format!("ann_id {} is not in {instances}", r.ann_id)))?;
+        let im = self
+            .images
+            .get(&r.image_id)
+            .ok_or_else(|| missing(format!("image_id {} is not in {instances}", r.image_id)))?;
+        check_box(&ann.value.bbox, im.value.width, im.value.height).map_err(|why| Malformed {
+            path: self.path,
+            location: format!(
+                "annotations[{}] (id {}, line {})",
+                ann.index, ann.value.id, ann.line
+            ),
+            line: ann.line,
+            why,
+        })?;
+        Ok((&im.value, &ann.value))
+    }
+}
+
+/// The sample of one sentence of a ref.
+fn refer_sample(
+    r: &ReferRef,
+    s: &ReferSentence,
+    im: &CocoImage,
+    ann: &CocoAnnotation,
+) -> RefSample {
+    RefSample {
+        image_id: im.id,
+        file_name: im.file_name.clone(),
+        height: im.height,
+        width: im.width,
+        expression: s.sent.clone(),
+        bbox_xywh: ann.bbox,
+        mask: ann.segmentation.clone(),
+        tokens_positive: Vec::new(),
+        ref_id: Some(r.ref_id),
+        sentence_id: s.sent_id,
+        split: Some(r.split.clone()),
+    }
+}
+
 /// Reads the refer toolkit's `instances.json` and refs JSON; `split` keeps only that split.
 pub fn read_refer(
     instances: &Path,
@@ -279,30 +459,8 @@ pub fn read_refer(
     split: Option<&str>,
     mode: SkipMode,
 ) -> Result<(Vec<RefSample>, ReadSummary), DatasetError> {
-    let text = read_to_string(instances)?;
-    let raw: RawCoco = serde_json::from_str(&text).map_err(|source| DatasetError::Json {
-        path: instances.to_path_buf(),
-        expected: "a COCO instances file with `images` and `annotations` arrays",
-        source,
-    })?;
     let mut summary = ReadSummary::default();
-    let images: HashMap<i64, CocoImage> =
-        parse_elements::<CocoImage>(instances, &text, "images", &raw.images, mode, &mut summary)?
-            .into_iter()
-            .map(|(_, im)| (im.id, im))
-            .collect();
-    let anns: HashMap<i64, CocoAnnotation> = parse_elements::<CocoAnnotation>(
-        instances,
-        &text,
-        "annotations",
-        &raw.annotations,
-        mode,
-        &mut summary,
-    )?
-    .into_iter()
-    .map(|(_, a)| (a.id, a))
-    .collect();
-
+    let coco = ReferInstances::read(instances, mode, &mut summary)?;
     let refs_text = read_to_string(refs)?;
     let raw_refs: Vec<&RawValue> =
         serde_json::from_str(&refs_text).map_err(|source| DatasetError::Json {
@@ -318,51 +476,55 @@ pub fn read_refer(
         if split.is_some_and(|s| s != r.split) {
             continue;
         }
-        let location = format!(
-            "refs[{i}] (ref_id {}, line {})",
-            r.ref_id,
-            line_of(&refs_text, raw_refs[i])
-        );
-        let Some(ann) = anns.get(&r.ann_id) else {
-            summary.malformed(
-                mode,
-                refs,
-                location,
-                format!("ann_id {} is not in {}", r.ann_id, instances.display()),
-            )?;
-            continue;
-        };
-        let Some(im) = images.get(&r.image_id) else {
-            summary.malformed(
-                mode,
-                refs,
-                location,
-                format!("image_id {} is not in {}", r.image_id, instances.display()),
-            )?;
-            continue;
-        };
-        if let Err(why) = check_box(&ann.bbox, im.width, im.height) {
-            summary.malformed(mode, instances, format!("annotation id {}", ann.id), why)?;
-            continue;
-        }
-        for s in &r.sentences {
-            out.push(RefSample {
-                image_id: im.id,
-                file_name: im.file_name.clone(),
-                height: im.height,
-                width: im.width,
-                expression: s.sent.clone(),
-                bbox_xywh: ann.bbox,
-                mask: ann.segmentation.clone(),
-                tokens_positive: Vec::new(),
-                ref_id: Some(r.ref_id),
-                sentence_id: s.sent_id,
-                split: Some(r.split.clone()),
-            });
+        let line = line_of(&refs_text, raw_refs[i]);
+        let location = format!("refs[{i}] (ref_id {}, line {line})", r.ref_id);
+        match coco.target(&r, refs, location, line) {
+            Ok((im, ann)) => {
+                let sentences = RefSentences {
+                    index: i,
+                    line,
+                    r: &r,
+                };
+                out.extend(sentences.samples(im, ann, &mut summary));
+            }
+            Err(m) => summary.malformed(mode, m.path, m.location, m.line, m.why)?,
         }
     }
     summary.samples = out.len();
     Ok((out, summary))
+}
+
+/// The sentences of ref `index` (starting at `line` of the refs file).
+struct RefSentences<'a> {
+    index: usize,
+    line: usize,
+    r: &'a ReferRef,
+}
+
+impl RefSentences<'_> {
+    /// One sample per sentence; empty sentences are left out and listed in `summary`.
+    fn samples(
+        &self,
+        im: &CocoImage,
+        ann: &CocoAnnotation,
+        summary: &mut ReadSummary,
+    ) -> Vec<RefSample> {
+        let (i, line, r) = (self.index, self.line, self.r);
+        let mut out = Vec::new();
+        for (k, s) in r.sentences.iter().enumerate() {
+            if s.sent.trim().is_empty() {
+                let location = format!(
+                    "refs[{i}].sentences[{k}] (ref_id {}, line {line})",
+                    r.ref_id
+                );
+                let why = "empty expression".to_string();
+                summary.drop_record(location, line, Reason::EmptyExpression, why);
+            } else {
+                out.push(refer_sample(r, s, im, ann));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +547,85 @@ mod tests {
             sentence_id: Some(3),
             split: None,
         }
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
+    fn dropped(summary: &ReadSummary) -> Vec<(Reason, usize)> {
+        summary.dropped.iter().map(|r| (r.cause, r.line)).collect()
+    }
+
+    /// Three expressions: `images[1]` is blank, `images[2]` and `images[3]` share id 2.
+    const MDETR: &str = r#"{"images": [
+{"id": 0, "file_name": "a.jpg", "height": 10, "width": 10, "caption": "left dog", "original_id": 5},
+{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10, "caption": " ", "original_id": 5},
+{"id": 2, "file_name": "a.jpg", "height": 10, "width": 10, "caption": "right dog", "original_id": 5},
+{"id": 2, "file_name": "a.jpg", "height": 10, "width": 10, "caption": "cat", "original_id": 5}
+],
+"annotations": [
+{"id": 0, "image_id": 0, "bbox": [0, 0, 5, 5]},
+{"id": 1, "image_id": 1, "bbox": [0, 0, 5, 5]},
+{"id": 2, "image_id": 2, "bbox": [5, 5, 5, 5]},
+{"id": 3, "image_id": 2, "bbox": [1, 1, 2, 2]}
+]}"#;
+
+    #[test]
+    fn mdetr_empty_and_duplicated_expressions_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = write(&dir, "refexp.json", MDETR);
+        let (samples, summary) =
+            read_mdetr_refexp(&path, SkipMode::Strict).unwrap_or_else(|e| panic!("{e}"));
+        let expressions: Vec<&str> = samples.iter().map(|s| s.expression.as_str()).collect();
+        assert_eq!(expressions, vec!["left dog"]);
+        assert_eq!(
+            dropped(&summary),
+            vec![
+                (Reason::EmptyExpression, 3),
+                (Reason::DuplicateId, 4),
+                (Reason::DuplicateId, 5)
+            ]
+        );
+    }
+
+    /// Image 9 twice, annotation 5 twice, and a ref with a blank sentence.
+    const INSTANCES: &str = r#"{"images": [
+{"id": 9, "file_name": "COCO_9.jpg", "height": 480, "width": 640},
+{"id": 9, "file_name": "COCO_9_again.jpg", "height": 480, "width": 640}
+],
+"annotations": [
+{"id": 5, "image_id": 9, "bbox": [1, 2, 30, 40]},
+{"id": 5, "image_id": 9, "bbox": [100, 100, 30, 40]}
+]}"#;
+    const REFS: &str = r#"[
+{"ref_id": 0, "ann_id": 5, "image_id": 9, "split": "val", "sentences": [
+  {"sent": "left bowl", "sent_id": 0},
+  {"sent": "", "sent_id": 1}
+]}
+]"#;
+
+    #[test]
+    fn refer_empty_sentences_and_duplicated_ids_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let instances = write(&dir, "instances.json", INSTANCES);
+        let refs = write(&dir, "refs.json", REFS);
+        let (samples, summary) =
+            read_refer(&instances, &refs, None, SkipMode::Strict).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(samples.len(), 1);
+        // The first image and annotation are kept.
+        assert_eq!(samples[0].file_name, "COCO_9.jpg");
+        assert_eq!(samples[0].bbox_xywh, [1.0, 2.0, 30.0, 40.0]);
+        assert_eq!(
+            dropped(&summary),
+            vec![
+                (Reason::DuplicateId, 3),
+                (Reason::DuplicateId, 7),
+                (Reason::EmptyExpression, 2)
+            ]
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct PixelLlm<P: PixelDims, D: Device<f32> + Send + Sync> {
     pub heads: Vec<Box<dyn OutputHead<P, D>>>,
     pub config: ModelConfig,
     pub vocab: VocabMap,
+    /// Multiplies every head's loss weight in training (`TrainConfig::aux_loss_warmup_steps`).
+    aux_loss_scale: f32,
     dev: D,
 }
 
@@ -118,6 +120,7 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync> PixelLlm<P, D> {
             heads,
             config: config.clone(),
             vocab,
+            aux_loss_scale: 1.0,
             dev: dev.clone(),
         };
         model.init_absolute_positions();
@@ -427,6 +430,10 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync> TrainStep<D> for PixelLlm<P, D>
         Ok((total, parts))
     }
 
+    fn set_aux_loss_scale(&mut self, scale: f32) {
+        self.aux_loss_scale = scale;
+    }
+
     fn split_batch(examples: &Vec<Example>, shards: usize) -> Option<Vec<Vec<Example>>> {
         crate::train::split_evenly(examples, shards)
     }
@@ -471,12 +478,13 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync> PixelLlm<P, D> {
         let mut total = text;
         for (head, config) in self.heads.iter().zip(&self.config.heads) {
             if let Some(loss) = head.loss(&inputs)? {
+                let weight = config.weight * self.aux_loss_scale;
                 terms.push(LossTerm {
                     name: head.name().to_string(),
                     value: loss.as_vec()[0],
-                    weight: config.weight,
+                    weight,
                 });
-                total = total + loss * config.weight;
+                total = total + loss * weight;
             }
         }
         Ok((total, terms))
@@ -706,6 +714,68 @@ mod tests {
         "heads.mask.mask_decoder.output_hypernetworks_mlps.2.",
         "heads.mask.mask_decoder.output_hypernetworks_mlps.3.",
     ];
+
+    /// Per token, how much the features of `b` differ from those of `a` (`[1, N, C]` each).
+    fn token_change(a: &[f32], b: &[f32], tokens: usize) -> Vec<f32> {
+        let c = a.len() / tokens;
+        (0..tokens)
+            .map(|i| {
+                (i * c..(i + 1) * c)
+                    .map(|k| (a[k] - b[k]).powi(2))
+                    .sum::<f32>()
+                    .sqrt()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_visual_token_reads_its_own_patch() {
+        let config = DemoConfig::builtin().unwrap();
+        let model = TinyPixelLlm::build(&config.model, 0).unwrap();
+        let e = examples(&config, &model.vocab, 1).remove(0);
+        let grid = 8;
+        let patch = e.image.width() as usize / grid;
+        for (row, col) in [(1, 6), (5, 2), (7, 7)] {
+            let mut changed = e.clone();
+            for y in row * patch..(row + 1) * patch {
+                for x in col * patch..(col + 1) * patch {
+                    changed
+                        .image
+                        .put_pixel(x as u32, y as u32, image::Rgb([250, 10, 200]));
+                }
+            }
+            // The image encoder's features, and the visual tokens the LM reads (dense fusion).
+            let features = |ex: &Example| {
+                let batch = model.batch(std::slice::from_ref(ex)).unwrap();
+                let sam = model.pixel_values(&batch, &SAM_NORMALIZATION);
+                let eva = model.pixel_values(&batch, &CLIP_NORMALIZATION);
+                let image = model.image_encoder.forward(sam, eva).tokens;
+                let boxes: Vec<f32> = batch.prompt_boxes[0].to_array().map(|v| v * 64.0).to_vec();
+                let visual = model.prompt_feature_extractor.forward(
+                    image.clone(),
+                    &model.prompt_encoder.dense_pe(),
+                    model.prompt_encoder.dense_without_mask::<NoneTape>(1),
+                    model.prompt_encoder.embed_boxes::<NoneTape>(&boxes, 1),
+                );
+                (image.as_vec(), visual.as_vec())
+            };
+            let ((image_a, visual_a), (image_b, visual_b)) = (features(&e), features(&changed));
+            for (what, a, b) in [
+                ("image features", image_a, image_b),
+                ("visual tokens", visual_a, visual_b),
+            ] {
+                let change = token_change(&a, &b, grid * grid);
+                let most = (0..change.len())
+                    .max_by(|&i, &j| change[i].total_cmp(&change[j]))
+                    .unwrap();
+                assert_eq!(
+                    (most / grid, most % grid),
+                    (row, col),
+                    "the {what} changed most at another token: {change:?}"
+                );
+            }
+        }
+    }
 
     fn examples(config: &DemoConfig, vocab: &VocabMap, count: usize) -> Vec<Example> {
         let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
