@@ -22,6 +22,20 @@ pub mod text;
 
 pub use error::{CoreError, Result};
 
+/// What a data-parallel training step needs of a model, its batches and gradients: on the CPU,
+/// to be shared between threads. dfdx's CUDA device holds raw stream handles that are neither
+/// `Send` nor `Sync`, so with the `cuda` feature this asks nothing and shards run one after
+/// another on the GPU.
+#[cfg(not(feature = "cuda"))]
+pub trait ThreadSafe: Send + Sync {}
+#[cfg(not(feature = "cuda"))]
+impl<T: Send + Sync + ?Sized> ThreadSafe for T {}
+/// What a data-parallel training step needs (nothing with the `cuda` feature; see the CPU doc).
+#[cfg(feature = "cuda")]
+pub trait ThreadSafe {}
+#[cfg(feature = "cuda")]
+impl<T: ?Sized> ThreadSafe for T {}
+
 /// The device models run on: CPU, or CUDA with the `cuda` feature.
 #[cfg(not(feature = "cuda"))]
 pub type DefaultDevice = dfdx::tensor::Cpu;

@@ -102,7 +102,7 @@ fn split_row(row: &[f32], cells: &[Region]) -> RegionShares {
 /// The report over `examples`' referring expressions in images with two or more objects, in
 /// batches of `batch_size`. `None` when the visual tokens are not the image grid (sparse
 /// fusion) or no expression qualifies; expressions whose head regresses no token are skipped.
-pub fn referring_attention<P: PixelDims, D: Device<f32> + Send + Sync>(
+pub fn referring_attention<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
     model: &PixelLlm<P, D>,
     examples: &[Example],
     batch_size: usize,

@@ -151,14 +151,14 @@ pub fn write_grads(
 }
 
 /// Copies the gradient of each trainable parameter into the store under its name.
-struct GradCollector<'a, D: Device<f32> + Send + Sync> {
+struct GradCollector<'a, D: Device<f32> + pixel_core::ThreadSafe> {
     grads: &'a Gradients<f32, D>,
     trainable: &'a Trainable,
     store: &'a mut TensorStore,
     count: usize,
 }
 
-impl<D: Device<f32> + Send + Sync> ParamVisitor<D> for GradCollector<'_, D> {
+impl<D: Device<f32> + pixel_core::ThreadSafe> ParamVisitor<D> for GradCollector<'_, D> {
     fn visit(&mut self, name: &str, tensor: &mut dyn ParamTensor<D>) -> pixel_core::Result<()> {
         if self.trainable.is_trainable(name) {
             let values = tensor.grad(self.grads);

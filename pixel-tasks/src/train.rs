@@ -19,6 +19,7 @@ use dfdx::prelude::*;
 use pixel_core::checkpoint::{load_params, save_params, write_atomic, LoadOptions, TensorStore};
 use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig, WarmupCosine};
 use pixel_core::params::{Params, Trainable};
+use pixel_core::ThreadSafe;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
@@ -334,7 +335,7 @@ impl DivergenceGuard {
 
 /// Trains `model` for `config.steps` steps; `next_batch(step)` must be deterministic in `step`
 /// so that a resumed run sees the batches an uninterrupted one would.
-pub fn train<D: Device<f32>, M: TrainStep<D> + Sync>(
+pub fn train<D: Device<f32>, M: TrainStep<D> + ThreadSafe>(
     model: &mut M,
     trainable: &Trainable,
     config: &TrainConfig,
@@ -343,8 +344,8 @@ pub fn train<D: Device<f32>, M: TrainStep<D> + Sync>(
     mut next_batch: impl FnMut(u64) -> Result<M::Batch>,
 ) -> Result<TrainReport>
 where
-    M::Batch: Sync,
-    Gradients<f32, D>: Send,
+    M::Batch: ThreadSafe,
+    Gradients<f32, D>: ThreadSafe,
 {
     std::fs::create_dir_all(&run.root).map_err(|e| TaskError::io(&run.root, e))?;
     let mut optimizer = AdamW::new(config.optimizer);
@@ -529,14 +530,14 @@ struct ShardedStep<D: Device<f32>> {
 }
 
 /// Runs the shards' forward and backward passes: shard 0 on this thread, every other on its own.
-fn sharded_step<D: Device<f32>, M: TrainStep<D> + Sync>(
+fn sharded_step<D: Device<f32>, M: TrainStep<D> + ThreadSafe>(
     model: &mut M,
     trainable: &Trainable,
     shards: &[M::Batch],
 ) -> Result<ShardedStep<D>>
 where
-    M::Batch: Sync,
-    Gradients<f32, D>: Send,
+    M::Batch: ThreadSafe,
+    Gradients<f32, D>: ThreadSafe,
 {
     let slots = shards
         .iter()
@@ -549,27 +550,7 @@ where
         let value = loss.as_vec()[0];
         Ok((value, parts, (loss * scale).backward()))
     };
-    let run = &run;
-    let results = std::thread::scope(|scope| {
-        let mut jobs = shards.iter().zip(slots);
-        let first = jobs.next();
-        let others: Vec<_> = jobs
-            .map(|(batch, grads)| scope.spawn(move || run(batch, grads)))
-            .collect();
-        let mut results = Vec::with_capacity(shards.len());
-        if let Some((batch, grads)) = first {
-            results.push(run(batch, grads));
-        }
-        for handle in others {
-            // A panic in a shard is a bug: raise it here as it was raised there.
-            results.push(
-                handle
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            );
-        }
-        results
-    });
+    let results = run_shards(shards.iter().zip(slots).collect(), &run);
     let mut total = 0.0;
     let mut parts = LossParts::default();
     let mut grads = Vec::with_capacity(results.len());
@@ -585,6 +566,43 @@ where
         parts,
         grads,
     })
+}
+
+/// `run` on every job, in job order: the first on this thread, every other on its own.
+#[cfg(not(feature = "cuda"))]
+fn run_shards<B: ThreadSafe, G: Send, R: Send>(
+    jobs: Vec<(&B, G)>,
+    run: &(impl Fn(&B, G) -> R + ThreadSafe),
+) -> Vec<R> {
+    std::thread::scope(|scope| {
+        let mut jobs = jobs.into_iter();
+        let first = jobs.next();
+        let others: Vec<_> = jobs
+            .map(|(batch, grads)| scope.spawn(move || run(batch, grads)))
+            .collect();
+        let mut results = Vec::with_capacity(others.len() + 1);
+        if let Some((batch, grads)) = first {
+            results.push(run(batch, grads));
+        }
+        for handle in others {
+            // A panic in a shard is a bug: raise it here as it was raised there.
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            );
+        }
+        results
+    })
+}
+
+/// `run` on every job, in job order, one after another: dfdx's CUDA device cannot be shared
+/// between threads, and the GPU runs the shards' kernels in turn anyway.
+#[cfg(feature = "cuda")]
+fn run_shards<B, G, R>(jobs: Vec<(&B, G)>, run: &impl Fn(&B, G) -> R) -> Vec<R> {
+    jobs.into_iter()
+        .map(|(batch, grads)| run(batch, grads))
+        .collect()
 }
 
 /// The mean of the shards' losses and parts, without gradients.

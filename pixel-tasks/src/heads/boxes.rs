@@ -14,7 +14,7 @@ use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 
 /// The registry's constructor for `kind = "box"`.
-pub fn build<P: PixelDims, D: Device<f32> + Send + Sync>(
+pub fn build<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
@@ -22,7 +22,7 @@ pub fn build<P: PixelDims, D: Device<f32> + Send + Sync>(
 }
 
 /// `(cx, cy, w, h) -> (x0, y0, x1, y1)` as a matrix, so the conversion stays on the tape.
-pub fn centre_size_to_corners<D: Device<f32> + Send + Sync>(
+pub fn centre_size_to_corners<D: Device<f32> + pixel_core::ThreadSafe>(
     dev: &D,
 ) -> Tensor<Rank2<4, 4>, f32, D> {
     // Rows: cx, cy, w, h; columns: x0, y0, x1, y1.

@@ -23,7 +23,7 @@ use serde::Deserialize;
 pub type CellOutputs = Const<5>;
 
 #[derive(Debug)]
-pub struct DetectionHead<P: PixelDims, D: Device<f32> + Send + Sync> {
+pub struct DetectionHead<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> {
     pub name: String,
     pub norm: LayerNorm<P::Visual, D>,
     pub mlp: Mlp<P::Visual, P::PointHidden, CellOutputs, D>,
@@ -55,7 +55,7 @@ fn default_max_proposals() -> usize {
 }
 
 /// The registry's constructor for `kind = "detection"`.
-pub fn build<P: PixelDims, D: Device<f32> + Send + Sync>(
+pub fn build<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
@@ -120,7 +120,7 @@ pub fn non_max_suppression(mut boxes: Vec<Scored>, iou: f32, keep: usize) -> Vec
     kept
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> DetectionHead<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> DetectionHead<P, D> {
     /// `[B, h*w, Visual]` image features -> `[B, h*w, 5]` raw cell outputs.
     pub fn forward<T: Tape<f32, D>>(&self, image: Seq<P::Visual, D, T>) -> Seq<CellOutputs, D, T> {
         self.mlp.forward(self.norm.forward(image))
@@ -149,7 +149,9 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync> DetectionHead<P, D> {
     }
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> OutputHead<P, D> for DetectionHead<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> OutputHead<P, D>
+    for DetectionHead<P, D>
+{
     fn name(&self) -> &str {
         &self.name
     }
@@ -214,7 +216,7 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync> OutputHead<P, D> for DetectionH
     }
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> Params<D> for DetectionHead<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> Params<D> for DetectionHead<P, D> {
     fn visit_params(
         &mut self,
         prefix: &str,

@@ -23,7 +23,7 @@ use pixel_vision::{FeatureMap, Images, SamMaskDecoder, SamPromptEncoder};
 use serde::Deserialize;
 
 #[derive(Debug)]
-pub struct MaskHead<P: PixelDims, D: Device<f32> + Send + Sync> {
+pub struct MaskHead<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> {
     pub name: String,
     /// The head whose box prompts the mask at inference.
     pub prompt: String,
@@ -45,7 +45,7 @@ fn default_depth() -> usize {
 }
 
 /// The registry's constructor for `kind = "mask"`.
-pub fn build<P: PixelDims, D: Device<f32> + Send + Sync>(
+pub fn build<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
@@ -94,7 +94,7 @@ pub fn build<P: PixelDims, D: Device<f32> + Send + Sync>(
     }))
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> MaskHead<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> MaskHead<P, D> {
     /// Low-resolution mask logits `[B, 1, 4h, 4w]` and predicted IoU `[B, 1]` for one box
     /// prompt per image (the tape rides on the masks).
     pub fn forward<T: Tape<f32, D>>(
@@ -176,7 +176,7 @@ pub fn binarize(logits: &[f32], h: usize, w: usize, size: u32) -> GrayImage {
     })
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> OutputHead<P, D> for MaskHead<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> OutputHead<P, D> for MaskHead<P, D> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -275,7 +275,7 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync> OutputHead<P, D> for MaskHead<P
     }
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> Params<D> for MaskHead<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> Params<D> for MaskHead<P, D> {
     fn visit_params(
         &mut self,
         prefix: &str,

@@ -57,7 +57,7 @@ impl Reads {
 /// What the model hands every head, all without a tape. A head that learns puts the training
 /// tape on what it reads (`inputs.decoder.retaped::<OwnedTape<f32, D>>()`): the copy keeps the
 /// tensor's id, so its gradient joins the model's backward pass.
-pub struct HeadInputs<'a, P: PixelDims, D: Device<f32> + Send + Sync> {
+pub struct HeadInputs<'a, P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> {
     /// `[B, T, d_model]`: position `i` reads decoder input `i` (the start token at 0).
     pub decoder: &'a Seq<LmWidth<P>, D>,
     /// `[B, h*w, Visual]`: the image encoder's features (SAM + EVA02) on SAM's grid.
@@ -132,8 +132,8 @@ impl HeadPrediction {
 /// Object-safe, so a model holds `Box<dyn OutputHead<P, D>>` of types it never saw; generic over
 /// the preset because a head's layers take their widths from it (`LmWidth<P>`,
 /// `P::PointHidden`, `P::Visual`). Its tensors are named `heads.<name>.*` through [`Params`].
-pub trait OutputHead<P: PixelDims, D: Device<f32> + Send + Sync>:
-    Params<D> + std::fmt::Debug + Send + Sync
+pub trait OutputHead<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>:
+    Params<D> + std::fmt::Debug + pixel_core::ThreadSafe
 {
     /// The name from the config (`name`, else `kind`): names its tensors, loss and predictions.
     fn name(&self) -> &str;
@@ -179,7 +179,7 @@ pub fn rows_of_four(values: &[f32], b: usize, positions: usize) -> Vec<Option<[f
 
 /// The L1 location loss as scenic's `point_loss`: absolute coordinates in pixels of the model
 /// input, over the positions whose token has a box. `None` when no position has one.
-pub fn pixel_l1<D: Device<f32> + Send + Sync>(
+pub fn pixel_l1<D: Device<f32> + pixel_core::ThreadSafe>(
     corners: Seq<Const<4>, D, OwnedTape<f32, D>>,
     batch: &Batch,
 ) -> Result<Option<TapedScalar<D>>> {
@@ -187,7 +187,7 @@ pub fn pixel_l1<D: Device<f32> + Send + Sync>(
 }
 
 /// [`pixel_l1`] with `weights` `[B * T * 4]` in place of the batch's location weights.
-pub fn pixel_l1_weighted<D: Device<f32> + Send + Sync>(
+pub fn pixel_l1_weighted<D: Device<f32> + pixel_core::ThreadSafe>(
     corners: Seq<Const<4>, D, OwnedTape<f32, D>>,
     batch: &Batch,
     weights: &[f32],

@@ -40,7 +40,7 @@ pub enum CornerKind {
 /// A per-token regression head: LayerNorm, an MLP, four numbers per decoder position read as
 /// two corners; trained with the pixel L1 on the tokens that have a box.
 #[derive(Debug, Clone)]
-pub struct CornerHead<M: ConstDim, H: ConstDim, D: Device<f32> + Send + Sync> {
+pub struct CornerHead<M: ConstDim, H: ConstDim, D: Device<f32> + pixel_core::ThreadSafe> {
     pub name: String,
     pub kind: CornerKind,
     pub norm: Option<LayerNorm<M, D>>,
@@ -92,7 +92,7 @@ impl PointOptions {
 }
 
 /// The registry's constructor for `kind = "point"`.
-pub fn build<P: PixelDims, D: Device<f32> + Send + Sync>(
+pub fn build<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
@@ -100,7 +100,7 @@ pub fn build<P: PixelDims, D: Device<f32> + Send + Sync>(
 }
 
 /// A corner head of `kind` from the keys of the head at `build.key`.
-pub fn build_corner_head<P: PixelDims, D: Device<f32> + Send + Sync>(
+pub fn build_corner_head<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
     kind: CornerKind,
@@ -118,7 +118,7 @@ pub fn build_corner_head<P: PixelDims, D: Device<f32> + Send + Sync>(
     ))
 }
 
-impl<M: ConstDim, H: ConstDim, D: Device<f32> + Send + Sync> CornerHead<M, H, D> {
+impl<M: ConstDim, H: ConstDim, D: Device<f32> + pixel_core::ThreadSafe> CornerHead<M, H, D> {
     pub fn new(dev: &D, name: &str, kind: CornerKind, depth: usize, pre_norm: bool) -> Self {
         CornerHead {
             name: name.to_string(),
@@ -162,7 +162,7 @@ impl<M: ConstDim, H: ConstDim, D: Device<f32> + Send + Sync> CornerHead<M, H, D>
     }
 }
 
-impl<P: PixelDims, H: ConstDim, D: Device<f32> + Send + Sync> OutputHead<P, D>
+impl<P: PixelDims, H: ConstDim, D: Device<f32> + pixel_core::ThreadSafe> OutputHead<P, D>
     for CornerHead<LmWidth<P>, H, D>
 {
     fn name(&self) -> &str {
@@ -201,7 +201,9 @@ impl<P: PixelDims, H: ConstDim, D: Device<f32> + Send + Sync> OutputHead<P, D>
     }
 }
 
-impl<M: ConstDim, H: ConstDim, D: Device<f32> + Send + Sync> Params<D> for CornerHead<M, H, D> {
+impl<M: ConstDim, H: ConstDim, D: Device<f32> + pixel_core::ThreadSafe> Params<D>
+    for CornerHead<M, H, D>
+{
     fn visit_params(
         &mut self,
         prefix: &str,

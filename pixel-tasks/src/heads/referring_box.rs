@@ -45,7 +45,7 @@ impl ReferringBoxWeights {
 /// A corner head's loss with referring expressions taken out of the pixel L1: the pixel L1 over
 /// the other supervised tokens plus `weights` times the box loss of every supervised referring
 /// token (mean over those tokens). `None` when the batch supervises no location.
-pub fn corner_loss_with_referring_boxes<D: Device<f32> + Send + Sync>(
+pub fn corner_loss_with_referring_boxes<D: Device<f32> + pixel_core::ThreadSafe>(
     corners: Seq<Const<4>, D, OwnedTape<f32, D>>,
     batch: &Batch,
     weights: ReferringBoxWeights,
@@ -99,7 +99,7 @@ pub fn corner_loss_with_referring_boxes<D: Device<f32> + Send + Sync>(
 
 /// `weights.l1 * L1 + weights.giou * (1 - GIoU)`, mean over the `n` rows of `pred` `[n, 4]`
 /// (two points each; the box is their hull) against `targets` `[n * 4]` (x0, y0, x1, y1).
-pub fn referring_box_loss<D: Device<f32> + Send + Sync, T: Tape<f32, D> + Merge<T>>(
+pub fn referring_box_loss<D: Device<f32> + pixel_core::ThreadSafe, T: Tape<f32, D> + Merge<T>>(
     pred: Tensor<(usize, Const<4>), f32, D, T>,
     targets: &[f32],
     weights: ReferringBoxWeights,
@@ -114,7 +114,7 @@ pub fn referring_box_loss<D: Device<f32> + Send + Sync, T: Tape<f32, D> + Merge<
 }
 
 /// GIoU `[n]` of the hulls of `pred`'s point pairs `[n, 4]` and the boxes `targets` `[n * 4]`.
-fn generalized_iou<D: Device<f32> + Send + Sync, T: Tape<f32, D> + Merge<T>>(
+fn generalized_iou<D: Device<f32> + pixel_core::ThreadSafe, T: Tape<f32, D> + Merge<T>>(
     pred: Tensor<(usize, Const<4>), f32, D, T>,
     targets: &[f32],
 ) -> Tensor<(usize,), f32, D, T> {

@@ -110,11 +110,11 @@ pub type HeadConstructor<P, D> =
     fn(&HeadBuild<'_, D>, &HeadTable) -> Result<Box<dyn OutputHead<P, D>>>;
 
 /// Head kinds by name.
-pub struct HeadRegistry<P: PixelDims, D: Device<f32> + Send + Sync> {
+pub struct HeadRegistry<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> {
     constructors: BTreeMap<String, HeadConstructor<P, D>>,
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> HeadRegistry<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> HeadRegistry<P, D> {
     /// No heads at all.
     pub fn empty() -> Self {
         HeadRegistry {

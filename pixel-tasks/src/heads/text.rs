@@ -273,7 +273,7 @@ fn default_decimals() -> usize {
 
 /// The registry's constructor for `kind = "bins"`: `bins` (default 32, at most 100),
 /// `trace_captioning` (default true).
-pub fn build_bins<P: PixelDims, D: Device<f32> + Send + Sync>(
+pub fn build_bins<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
@@ -296,7 +296,7 @@ pub fn build_bins<P: PixelDims, D: Device<f32> + Send + Sync>(
 
 /// The registry's constructor for `kind = "string"`: `decimals` (default 2, 1 to 3),
 /// `trace_captioning` (default true).
-pub fn build_string<P: PixelDims, D: Device<f32> + Send + Sync>(
+pub fn build_string<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
     build: &HeadBuild<'_, D>,
     table: &toml::Table,
 ) -> Result<Box<dyn OutputHead<P, D>>> {
@@ -343,7 +343,7 @@ impl<C: CoordinateCodec> TextHead<C> {
     }
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync, C: CoordinateCodec> OutputHead<P, D>
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe, C: CoordinateCodec> OutputHead<P, D>
     for TextHead<C>
 {
     fn name(&self) -> &str {
@@ -431,7 +431,7 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync, C: CoordinateCodec> OutputHead<
 }
 
 /// Text heads have no parameters.
-impl<C: CoordinateCodec, D: Device<f32> + Send + Sync> Params<D> for TextHead<C> {
+impl<C: CoordinateCodec, D: Device<f32> + pixel_core::ThreadSafe> Params<D> for TextHead<C> {
     fn visit_params(
         &mut self,
         _prefix: &str,

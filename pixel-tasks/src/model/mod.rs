@@ -40,7 +40,7 @@ type Lm<P> = <P as PixelDims>::Lm;
 
 /// A PixelLLM with the widths of preset `P`.
 #[derive(Debug)]
-pub struct PixelLlm<P: PixelDims, D: Device<f32> + Send + Sync> {
+pub struct PixelLlm<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> {
     pub image_encoder: DualImageEncoder<P::SamHidden, P::SamOut, P::Eva, P::Visual, D>,
     pub prompt_encoder: SamPromptEncoder<P::Prompt, D>,
     pub prompt_feature_extractor: PromptFeatureExtractor<P::Visual, P::Prompt, LmWidth<P>, D>,
@@ -61,7 +61,7 @@ pub struct PixelLlm<P: PixelDims, D: Device<f32> + Send + Sync> {
 pub type TinyPixelLlm = PixelLlm<PixelTiny, pixel_core::DefaultDevice>;
 
 /// The encoder side of a forward pass.
-struct Encoded<P: PixelDims, D: Device<f32> + Send + Sync, T> {
+struct Encoded<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe, T> {
     /// Image features without a tape, for the heads.
     image: FeatureMap<P::Visual, D>,
     /// The T5 encoder's output over the visual tokens and the text prompt.
@@ -71,7 +71,7 @@ struct Encoded<P: PixelDims, D: Device<f32> + Send + Sync, T> {
 }
 
 /// Everything a forward pass computes that a loss or a prediction reads.
-struct Outputs<P: PixelDims, D: Device<f32> + Send + Sync, T> {
+struct Outputs<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe, T> {
     logits: Seq<LmVocab<P>, D, T>,
     /// Decoder features without a tape (same tensor ids as on the logits' tape), for the heads.
     decoder: Seq<LmWidth<P>, D>,
@@ -81,7 +81,7 @@ struct Outputs<P: PixelDims, D: Device<f32> + Send + Sync, T> {
     encoder_states: Seq<LmWidth<P>, D>,
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
     /// A randomly initialised model on `dev` whose heads `registry` builds from `config.heads`.
     /// A sub-vocabulary preset's vocabulary holds its corpus's pieces and what the heads write.
     pub fn new(dev: &D, config: &ModelConfig, registry: &HeadRegistry<P, D>) -> Result<Self> {
@@ -410,7 +410,7 @@ fn as_strs(words: &[String]) -> Vec<&str> {
     words.iter().map(String::as_str).collect()
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> TrainStep<D> for PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> TrainStep<D> for PixelLlm<P, D> {
     /// Raw examples: the model's heads turn them into their targets (see [`Predictor::batch`]).
     type Batch = Vec<Example>;
 
@@ -452,7 +452,7 @@ pub struct LossTerm {
     pub weight: f32,
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
     /// The training loss of `batch` with its gradient tape (slots from `grads`), and its terms.
     pub fn loss_terms(
         &self,
@@ -491,7 +491,7 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync> PixelLlm<P, D> {
     }
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> Predictor for PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> Predictor for PixelLlm<P, D> {
     fn batch(&self, examples: &[Example]) -> Result<Batch> {
         let prepared = examples
             .iter()
@@ -607,7 +607,7 @@ impl<P: PixelDims, D: Device<f32> + Send + Sync> Predictor for PixelLlm<P, D> {
     }
 }
 
-impl<P: PixelDims, D: Device<f32> + Send + Sync> Params<D> for PixelLlm<P, D> {
+impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> Params<D> for PixelLlm<P, D> {
     fn visit_params(
         &mut self,
         prefix: &str,
