@@ -17,7 +17,7 @@ use pixel_tasks::model::TinyHeadRegistry;
 use std::process::ExitCode;
 
 const EXAMPLES: &str = "Examples:
-  pixel demo                                    train + evaluate the tiny model (about 5 min on 2 cores)
+  pixel demo                                    train + evaluate the tiny model (8 min on 2 cores)
   pixel demo --out runs/demo --resume           continue an interrupted demo
   pixel ablate --config configs/ablations/lm-adaptation.toml --out runs/ablate-lm
   pixel eval --checkpoint runs/demo --out runs/demo/eval
