@@ -61,6 +61,74 @@ pub struct TaskMix {
     /// Captions are cut to this many tokens (EOS included); at least 2.
     #[serde(deserialize_with = "at_least_two")]
     pub max_target_tokens: usize,
+    /// A curriculum: from each entry's `from_step` on (increasing), its shares replace the
+    /// ones above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<LaterTaskMix>,
+}
+
+/// Task shares that take over from a step on (`[[tasks.schedule]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaterTaskMix {
+    pub from_step: u64,
+    #[serde(deserialize_with = "pixel_core::config::range::non_negative")]
+    pub trace_captioning: f32,
+    #[serde(deserialize_with = "pixel_core::config::range::non_negative")]
+    pub referring_localization: f32,
+    #[serde(deserialize_with = "pixel_core::config::range::non_negative")]
+    pub location_captioning: f32,
+}
+
+impl TaskMix {
+    /// The shares (trace captioning, referring, location captioning) in force at `step`.
+    pub fn shares_at(&self, step: u64) -> [f32; 3] {
+        self.schedule
+            .iter()
+            .rev()
+            .find(|later| step >= later.from_step)
+            .map_or(
+                [
+                    self.trace_captioning,
+                    self.referring_localization,
+                    self.location_captioning,
+                ],
+                |later| {
+                    [
+                        later.trace_captioning,
+                        later.referring_localization,
+                        later.location_captioning,
+                    ]
+                },
+            )
+    }
+
+    /// Every set of shares has a positive total, and the schedule's steps increase.
+    pub fn check(&self) -> std::result::Result<(), TaskError> {
+        let invalid = |key: String, message: String| TaskError::Config { key, message };
+        let steps: Vec<u64> = self.schedule.iter().map(|l| l.from_step).collect();
+        if steps.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(invalid(
+                "tasks.schedule".into(),
+                format!("from_step must increase, got {steps:?}"),
+            ));
+        }
+        let first = std::iter::once((String::from("tasks"), self.shares_at(0)));
+        let later = self
+            .schedule
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("tasks.schedule[{i}]"), self.shares_at(l.from_step)));
+        for (key, shares) in first.chain(later) {
+            if shares.iter().sum::<f32>() <= 0.0 {
+                return Err(invalid(
+                    key,
+                    "the task shares are all 0: give at least one task a share".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn at_least_two<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
@@ -133,13 +201,7 @@ impl DemoConfig {
     /// The checks that need more than one value or a whole section, as [`TaskError::Config`]
     /// (key path and message).
     pub fn validate(&self) -> Result<()> {
-        let mix = &self.tasks;
-        if mix.trace_captioning + mix.referring_localization + mix.location_captioning <= 0.0 {
-            return Err(TaskError::Config {
-                key: "tasks".into(),
-                message: "the task shares are all 0: give at least one task a share".into(),
-            });
-        }
+        self.tasks.check()?;
         if self.train.shards > self.train.batch_size {
             return Err(TaskError::Config {
                 key: "train.shards".into(),
@@ -218,19 +280,20 @@ pub fn training_examples(
 ) -> Result<Vec<Example>> {
     let mut rng =
         rand::rngs::StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let total = mix.trace_captioning + mix.referring_localization + mix.location_captioning;
+    let [trace, referring, location] = mix.shares_at(step);
+    let total = trace + referring + location;
     if total.is_nan() || total <= 0.0 {
-        return Err(TaskError::Invalid(
-            "tasks: at least one task weight must be positive".into(),
-        ));
+        return Err(TaskError::Invalid(format!(
+            "tasks: at step {step} no task share is positive"
+        )));
     }
     let mut examples = Vec::with_capacity(batch_size);
     while examples.len() < batch_size {
         let sample = data.load(Split::Train, rng.gen_range(0..data.images(Split::Train)))?;
         let pick = rng.gen::<f32>() * total;
-        let mut candidates = if pick < mix.trace_captioning {
+        let mut candidates = if pick < trace {
             vec![builder.trace_captioning(&sample)?]
-        } else if pick < mix.trace_captioning + mix.referring_localization {
+        } else if pick < trace + referring {
             builder.referring_localization(&sample)?
         } else {
             builder.location_captioning(&sample)?
@@ -683,6 +746,20 @@ mod tests {
                 "data.image_size",
             ),
             (vec![("shards = 2", "shards = 17")], "train.shards"),
+            (
+                vec![(
+                    "max_target_tokens = 40",
+                    "max_target_tokens = 40\n[[tasks.schedule]]\nfrom_step = 9\ntrace_captioning = 1.0\nreferring_localization = 0.0\nlocation_captioning = 0.0\n[[tasks.schedule]]\nfrom_step = 9\ntrace_captioning = 1.0\nreferring_localization = 0.0\nlocation_captioning = 0.0",
+                )],
+                "tasks.schedule",
+            ),
+            (
+                vec![(
+                    "max_target_tokens = 40",
+                    "max_target_tokens = 40\n[[tasks.schedule]]\nfrom_step = 9\ntrace_captioning = 0.0\nreferring_localization = 0.0\nlocation_captioning = 0.0",
+                )],
+                "tasks.schedule[0]",
+            ),
         ] {
             let text = edits
                 .iter()
@@ -699,6 +776,39 @@ mod tests {
                 "{edits:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_task_schedule_takes_over_from_its_steps() {
+        let mut mix = DemoConfig::builtin().unwrap().tasks;
+        let later = |from_step, referring| LaterTaskMix {
+            from_step,
+            trace_captioning: 1.0 - referring,
+            referring_localization: referring,
+            location_captioning: 0.0,
+        };
+        mix.schedule = vec![later(10, 0.75), later(20, 1.0)];
+        let referring: Vec<f32> = [0, 9, 10, 19, 20, 99]
+            .iter()
+            .map(|&s| mix.shares_at(s)[1])
+            .collect();
+        assert_eq!(referring, vec![0.5, 0.5, 0.75, 0.75, 1.0, 1.0]);
+        assert!(mix.check().is_ok());
+        // Only referring from step 20: every drawn example is one.
+        let data = ShapesLn::new(DemoConfig::builtin().unwrap().data, 0).unwrap();
+        let tokenizer = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
+        let vocab = crate::model::TinyPixelLlm::build(&DemoConfig::builtin().unwrap().model, 0)
+            .unwrap()
+            .vocab;
+        let builder = ExampleBuilder {
+            tokenizer: &tokenizer,
+            vocab: &vocab,
+            max_target_tokens: 40,
+        };
+        let drawn = training_examples(&data, &builder, &mix, 16, 0, 20).unwrap();
+        assert!(drawn
+            .iter()
+            .all(|e| e.task == TaskKind::ReferringLocalization));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod eval_attention;
 pub mod eval_heads;
 pub mod eval_run;
 pub mod grads;
+pub mod head_conformance;
 pub mod heads;
 pub mod metrics;
 pub mod model;

@@ -478,6 +478,7 @@ pub(crate) fn stage_train_config(
         batch_size,
         shards: 1,
         aux_loss_warmup_steps: 0,
+        freeze_image_encoder_from_step: None,
         peak_lr,
         warmup_steps,
         final_lr_ratio: 0.05,

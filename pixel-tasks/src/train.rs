@@ -50,6 +50,14 @@ pub trait TrainStep<D: Device<f32>>: Params<D> {
     /// (`TrainConfig::aux_loss_warmup_steps`); a model without them has nothing to scale.
     fn set_aux_loss_scale(&mut self, _scale: f32) {}
 
+    /// Freezes the image encoder for the rest of the run
+    /// (`TrainConfig::freeze_image_encoder_from_step`) and returns the checkpoint-name pattern
+    /// of the parameters it froze, so the optimizer leaves them; `None` where the model has no
+    /// image encoder to freeze.
+    fn freeze_image_encoder(&mut self) -> Option<&'static str> {
+        None
+    }
+
     /// `batch` as `shards` non-empty batches for a data-parallel step, or `None` where the
     /// model's loss does not split (a contrastive loss, whose negatives are the whole batch).
     fn split_batch(_batch: &Self::Batch, _shards: usize) -> Option<Vec<Self::Batch>> {
@@ -99,6 +107,11 @@ pub struct TrainConfig {
     /// divergence guard starts watching when the warmup ends (the loss rises by design until
     /// then); a non-finite loss stops the run at any step.
     pub aux_loss_warmup_steps: u64,
+    /// From this step on the image encoder is frozen: it keeps what the steps before taught it
+    /// (the objects' appearance, learnt from the text loss while the location losses ramp in),
+    /// and the location losses train only what reads it. Unset: the encoder trains throughout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_image_encoder_from_step: Option<u64>,
     /// > 0.
     #[serde(deserialize_with = "pixel_core::config::range::positive")]
     pub peak_lr: f32,
@@ -126,6 +139,7 @@ impl Default for TrainConfig {
             batch_size: 16,
             shards: 1,
             aux_loss_warmup_steps: 0,
+            freeze_image_encoder_from_step: None,
             peak_lr: 1e-3,
             warmup_steps: 50,
             final_lr_ratio: 0.05,
@@ -409,9 +423,22 @@ where
         .append(true)
         .open(run.metrics_log())
         .map_err(|e| TaskError::io(run.metrics_log(), e))?;
+    let mut trainable = trainable.clone();
+    let mut image_encoder_frozen = false;
     for step in start_step..config.steps {
         let shards = shard::<D, M>(next_batch(step)?, config.shards)?;
         model.set_aux_loss_scale(config.aux_loss_scale(step));
+        if !image_encoder_frozen
+            && config
+                .freeze_image_encoder_from_step
+                .is_some_and(|from| step >= from)
+        {
+            if let Some(pattern) = model.freeze_image_encoder() {
+                trainable = trainable.freeze(pattern);
+            }
+            image_encoder_frozen = true;
+        }
+        let trainable = &trainable;
         let ShardedStep {
             loss: loss_value,
             parts,

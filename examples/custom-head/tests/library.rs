@@ -116,3 +116,14 @@ fn the_outside_head_checks_its_keys_with_their_path() {
         "{err}"
     );
 }
+
+/// The circle head passes the conformance kit every built-in head passes.
+#[test]
+fn the_circle_head_conforms() {
+    pixel_tasks::head_conformance::check_head(
+        &custom_head::registry(),
+        "[[model.heads]]\nkind = \"circle\"\nweight = 1.0\n",
+        pixel_tasks::head_conformance::Conformance::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}

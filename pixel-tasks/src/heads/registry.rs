@@ -23,8 +23,11 @@ pub struct HeadConfig {
     /// Names the head's tensors (`heads.<name>.*`), loss and predictions; defaults to `kind`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Weight of the head's loss in the total (0.1 for the paper's point head).
-    #[serde(default = "default_weight")]
+    /// Weight of the head's loss in the total (0.1 for the paper's point head); finite, >= 0.
+    #[serde(
+        default = "default_weight",
+        deserialize_with = "pixel_core::config::range::non_negative"
+    )]
     pub weight: f32,
     /// The head's own keys, checked by its constructor.
     #[serde(flatten)]

@@ -54,6 +54,8 @@ pub struct PixelLlm<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> {
     pub vocab: VocabMap,
     /// Multiplies every head's loss weight in training (`TrainConfig::aux_loss_warmup_steps`).
     aux_loss_scale: f32,
+    /// The image encoder runs without a tape (`TrainConfig::freeze_image_encoder_from_step`).
+    image_encoder_frozen: bool,
     dev: D,
 }
 
@@ -121,6 +123,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
             config: config.clone(),
             vocab,
             aux_loss_scale: 1.0,
+            image_encoder_frozen: false,
             dev: dev.clone(),
         };
         model.init_absolute_positions();
@@ -230,14 +233,19 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
         }
         let b = batch.size;
         // 1. Image encoder: EVA02 on the training tape; SAM too unless it is frozen (then
-        // without a tape, so its ops are not replayed backwards).
+        // without a tape, so its ops are not replayed backwards). Once the whole encoder is
+        // frozen, neither is on the tape.
         let sam_pixels = self.pixel_values(batch, &SAM_NORMALIZATION);
-        let eva_pixels = self.pixel_values(batch, &CLIP_NORMALIZATION).put_tape(tape);
-        let features = if self.config.freeze_sam {
-            self.image_encoder.forward(sam_pixels, eva_pixels)
+        let eva_pixels = self.pixel_values(batch, &CLIP_NORMALIZATION);
+        let features = if self.image_encoder_frozen {
+            let f = self.image_encoder.forward(sam_pixels, eva_pixels);
+            FeatureMap::new(f.tokens.put_tape(tape), f.height, f.width)
+        } else if self.config.freeze_sam {
+            self.image_encoder
+                .forward(sam_pixels, eva_pixels.put_tape(tape))
         } else {
             self.image_encoder
-                .forward(sam_pixels.retaped::<T>(), eva_pixels)
+                .forward(sam_pixels.retaped::<T>(), eva_pixels.put_tape(tape))
         };
         let image = FeatureMap::new(
             features.tokens.retaped::<NoneTape>(),
@@ -432,6 +440,11 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> TrainStep<D> for Pix
 
     fn set_aux_loss_scale(&mut self, scale: f32) {
         self.aux_loss_scale = scale;
+    }
+
+    fn freeze_image_encoder(&mut self) -> Option<&'static str> {
+        self.image_encoder_frozen = true;
+        Some("image_encoder.*")
     }
 
     fn split_batch(examples: &Vec<Example>, shards: usize) -> Option<Vec<Vec<Example>>> {
@@ -891,6 +904,29 @@ mod tests {
                 .any(|((name, old), (_, new))| name.starts_with("language_model.") && old != new);
             assert_eq!(lm_moved, mode != LmMode::Frozen, "{mode:?}");
         }
+    }
+
+    /// Once the image encoder is frozen, no gradient reaches it (it runs without a tape) and
+    /// everything after it still trains.
+    #[test]
+    fn a_frozen_image_encoder_gets_no_gradient_and_the_rest_still_trains() {
+        let config = DemoConfig::builtin().unwrap();
+        let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
+        let ex = examples(&config, &model.vocab.clone(), 2);
+        let pattern = model.freeze_image_encoder().unwrap();
+        let trainable = config.model.trainable();
+        let grads = alloc_grads(&mut model, &trainable).unwrap();
+        let grads = model.loss(&ex, grads).unwrap().0.backward();
+        let missing = without_gradient(&mut model, &grads, &trainable);
+        let eva = "image_encoder.eva.";
+        assert!(missing.iter().any(|n| n.starts_with(eva)), "{missing:?}");
+        assert!(
+            missing.iter().all(|n| n.starts_with("image_encoder.")),
+            "{missing:?}"
+        );
+        let frozen = trainable.clone().freeze(pattern);
+        let still = without_gradient(&mut model, &grads, &frozen);
+        assert!(still.is_empty(), "{still:?}");
     }
 
     #[test]
