@@ -783,13 +783,26 @@ fn refer_toolkit_files_read_back_as_the_generator_samples() {
 
 /// An empty sentence is counted in the refs file's report and a repeated annotation id in
 /// instances.json's, each with its line; an annotation box outside its image stops loading
-/// naming instances.json.
+/// naming instances.json, and so does a split no ref has, naming the split.
 #[test]
 fn bad_refer_records_are_counted_in_their_own_file() {
     let dir = tempfile::tempdir().unwrap();
     let (mut config, _) = export_only(dir.path());
     dataset(&mut config).max_skipped_fraction = 1.0;
     let refer = refer_files(&mut config);
+    dataset(&mut config).train.referring = RefexpFiles::Refer(ReferFiles {
+        split: "trian".into(),
+        ..refer.clone()
+    });
+    let err = open(&config)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("refs(unc).json") && err.contains("split `trian`"),
+        "{err}"
+    );
+    dataset(&mut config).train.referring = RefexpFiles::Refer(refer.clone());
     let mut refs = read_json(&refer.refs);
     refs[1]["sentences"][0]["sent"] = json!(" ");
     write_pretty(&refer.refs, &refs);

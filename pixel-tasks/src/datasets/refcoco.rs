@@ -9,7 +9,8 @@
 //!   split, sentences: [{sent, raw, sent_id, tokens}]}]`): one sample per sentence.
 //!
 //! Malformed records (a missing or mistyped field, a box that is not finite, has no area or
-//! leaves its image's declared size by more than a pixel, an expression without an annotation,
+//! leaves its image's declared size by more than a pixel, a segmentation that does not decode
+//! to a mask of that size, an expression without an annotation,
 //! a ref naming an annotation or image the instances file lacks) are errors under
 //! [`SkipMode::Strict`]. Left out of a well-formed file in every mode, each listed in
 //! [`ReadSummary::dropped`] with its line and [`Reason`]:
@@ -159,6 +160,19 @@ fn check_box(b: &[f64; 4], width: u32, height: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// An annotation's box (see [`check_box`]) and segmentation must fit its image's declared
+/// `width x height`; the segmentation is checked without decoding it, so a bad mask stops
+/// reading rather than a training step that draws it.
+fn check_annotation(a: &CocoAnnotation, width: u32, height: u32) -> Result<(), String> {
+    check_box(&a.bbox, width, height)?;
+    match &a.segmentation {
+        Some(mask) => mask
+            .check(height as usize, width as usize)
+            .map_err(|why| format!("segmentation {why}")),
+        None => Ok(()),
+    }
+}
+
 /// Parses `images`/`annotations` element by element, so a bad element names its index and line
 /// in `text`, the file they were borrowed from.
 fn parse_elements<T: serde::de::DeserializeOwned>(
@@ -227,7 +241,7 @@ pub fn read_mdetr_refexp(
             continue;
         };
         for (k, a) in list {
-            if let Err(why) = check_box(&a.bbox, im.width, im.height) {
+            if let Err(why) = check_annotation(a, im.width, im.height) {
                 let line = line_of(&text, raw.annotations[*k]);
                 let location = format!("annotations[{k}] (id {}, line {line})", a.id);
                 summary.malformed(mode, path, location, line, why)?;
@@ -422,7 +436,7 @@ impl<'p> ReferInstances<'p> {
             .images
             .get(&r.image_id)
             .ok_or_else(|| missing(format!("image_id {} is not in {instances}", r.image_id)))?;
-        check_box(&ann.value.bbox, im.value.width, im.value.height).map_err(|why| Malformed {
+        check_annotation(&ann.value, im.value.width, im.value.height).map_err(|why| Malformed {
             in_instances: true,
             location: format!(
                 "annotations[{}] (id {}, line {})",
@@ -647,6 +661,48 @@ mod tests {
         assert_eq!(dropped(&summary.refs), vec![(Reason::EmptyExpression, 2)]);
         // One image and one annotation kept; one sentence read, one left out.
         assert_eq!((summary.instances.samples, summary.refs.samples), (2, 1));
+    }
+
+    /// COCO masks that do not fit their image (an RLE of another size, runs that do not sum to
+    /// its pixels, a polygon with an odd coordinate count) are malformed: named with their
+    /// line when reading strictly, skipped and counted otherwise.
+    #[test]
+    fn masks_that_do_not_fit_their_image_are_malformed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (segmentation, why) in [
+            (r#"{"size": [10, 12], "counts": [120]}"#, "size 10x12"),
+            (
+                r#"{"size": [10, 10], "counts": [40, 20, 30]}"#,
+                "sum to h*w = 100",
+            ),
+            (r#"{"size": [10, 10], "counts": "0)"}"#, "segmentation"),
+            ("[[1, 1, 5, 1, 5]]", "odd number of coordinates"),
+        ] {
+            let text = format!(
+                r#"{{"images": [
+{{"id": 0, "file_name": "a.jpg", "height": 10, "width": 10, "caption": "left dog", "original_id": 5}}
+],
+"annotations": [
+{{"id": 0, "image_id": 0, "bbox": [0, 0, 5, 5],
+  "segmentation": {segmentation}}}
+]}}"#
+            );
+            let path = write(&dir, "refexp.json", &text);
+            let err = read_mdetr_refexp(&path, SkipMode::Strict)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("annotations[0]") && err.contains("line 5") && err.contains(why),
+                "{segmentation}: {err}"
+            );
+            let (samples, summary) =
+                read_mdetr_refexp(&path, SkipMode::SkipAndCount).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                samples.is_empty() && summary.skipped.len() == 1,
+                "{segmentation}"
+            );
+        }
     }
 
     #[test]
