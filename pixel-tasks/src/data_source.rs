@@ -43,6 +43,7 @@ use crate::datasets::{
 };
 use crate::error::{Result, TaskError};
 use crate::metrics::masks::{Rle, RleCounts, Segmentation};
+use crate::progress::Job;
 use crate::shapes_ln::{
     ReferringExpression, RegionCaption, Sample, ShapesLn, ShapesLnConfig, Split, TracedWord,
 };
@@ -830,13 +831,8 @@ pub fn export_shapes(
     train: u64,
     validation: u64,
 ) -> Result<DatasetConfig> {
-    let progress = indicatif::ProgressBar::new(train + validation);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} export [{elapsed_precise}] {bar:30} {pos}/{len} images (eta {eta})",
-        )
-        .map_err(|e| TaskError::Invalid(e.to_string()))?,
-    );
+    let progress = Job::start("export", out.display(), 0, train + validation);
+    let mut exported = 0;
     let config = DatasetConfig {
         train: split_files(out, Split::Train),
         validation: split_files(out, Split::Validation),
@@ -884,13 +880,14 @@ pub fn export_shapes(
                     phrase: r.caption.clone(),
                 });
             }
-            progress.inc(1);
+            exported += 1;
+            progress.set(exported);
         }
         write_narrative_records(&files.narratives, &narratives)?;
         write_mdetr_refexp(files.referring.expressions(), &refs)?;
         write_vg_regions(&files.regions, &regions)?;
     }
-    progress.finish_and_clear();
+    progress.finish();
     Ok(config)
 }
 
