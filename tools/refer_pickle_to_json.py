@@ -2,7 +2,8 @@
 """Converts the refer toolkit's refs pickle (refs(unc).p, refs(google).p, refs(umd).p) to JSON.
 
 pixel-tasks reads the JSON (pixel_tasks::datasets::refcoco::read_refer) together with the
-dataset's instances.json. Usage:
+dataset's instances.json; an experiment config's [dataset] split names them as
+`refer = { instances = "...", refs = "...", split = "train" }`. Usage:
 
     python3 tools/refer_pickle_to_json.py data/refcoco/refs(unc).p data/refcoco/refs_unc.json
 

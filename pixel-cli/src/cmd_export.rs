@@ -41,7 +41,7 @@ pub fn run(args: ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.train,
         args.val,
         args.out.display(),
-        dataset.to_toml_section()
+        dataset.to_toml_section()?
     );
     Ok(())
 }

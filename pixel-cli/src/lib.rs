@@ -11,6 +11,7 @@ mod cmd_grads;
 mod cmd_lm;
 mod cmd_metrics;
 mod cmd_vision;
+mod progress;
 
 use clap::{Parser, Subcommand};
 use pixel_tasks::model::TinyHeadRegistry;
@@ -84,6 +85,7 @@ fn one_thread_per_run() {
 /// are printed and give exit code 1.
 pub fn run(heads: TinyHeadRegistry) -> ExitCode {
     let cli = Cli::parse();
+    progress::install();
     if matches!(
         cli.command,
         Command::Demo(_) | Command::Ablate(_) | Command::Eval(_) | Command::Grads(_)

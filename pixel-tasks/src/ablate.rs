@@ -15,12 +15,14 @@
 use crate::demo::{pretrain_language_model, run_demo, DemoConfig, DEFAULT_DEMO_CONFIG};
 use crate::error::{Result, TaskError};
 use crate::model::TinyHeadRegistry;
+use crate::progress::Job;
 use crate::render::{bar_chart_png, BarGroup};
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::CoreError;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -455,17 +457,14 @@ pub fn run_ablation(
             pretrains.push(config);
         }
     }
-    let progress = indicatif::ProgressBar::new((pretrains.len() + jobs.len()) as u64);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} ablate [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
-        )
-        .map_err(|e| TaskError::Invalid(e.to_string()))?,
-    );
+    let total = (pretrains.len() + jobs.len()) as u64;
+    let progress = Job::start("ablate", out.display(), 0, total);
+    let finished = AtomicU64::new(0);
+    let one_done = || progress.set(finished.fetch_add(1, Ordering::Relaxed) + 1);
     parallel_for(workers, pretrains, |config| {
-        progress.set_message(format!("pretraining the LM, seed {}", config.model_seed()));
+        progress.note(&format!("pretraining the LM, seed {}", config.model_seed()));
         pretrain_only(&config, heads)?;
-        progress.inc(1);
+        one_done();
         Ok(())
     })?;
 
@@ -485,16 +484,15 @@ pub fn run_ablation(
                 .join(", "),
             result.wall_s
         );
-        // Printed even when the bar is hidden (output not a terminal), unlike `println`.
-        progress.suspend(|| eprintln!("{line}"));
-        progress.inc(1);
+        progress.line(&line);
+        one_done();
         results
             .lock()
             .map_err(|_| TaskError::Invalid("a run thread panicked".into()))?
             .push(result);
         Ok(())
     })?;
-    progress.finish_and_clear();
+    progress.finish();
     let mut runs = results
         .into_inner()
         .map_err(|_| TaskError::Invalid("a run thread panicked".into()))?;

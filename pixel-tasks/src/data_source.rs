@@ -1,6 +1,7 @@
 //! Where the demo's samples come from: the ShapesLN generator, or files in the real datasets'
-//! formats read by [`crate::datasets`]: Localized Narratives for captions and word boxes, MDETR
-//! RefCOCO for referring expressions, Visual Genome region descriptions for region captions.
+//! formats read by [`crate::datasets`]: Localized Narratives for captions and word boxes, RefCOCO
+//! for referring expressions (MDETR's json, or the refer toolkit's `instances.json` and refs),
+//! Visual Genome region descriptions for region captions.
 //!
 //! [`export_shapes`] (`pixel export-shapes`) writes ShapesLN into those three formats, and the
 //! `[dataset]` section of an experiment config ([`DatasetConfig`]) makes training and evaluation
@@ -8,7 +9,8 @@
 //! dataset in these formats plugs into the same place.
 //!
 //! Within a split, the three files are joined on the image id: a narrative's `image_id`, a
-//! referring expression's COCO image id (MDETR `original_id`) and a Visual Genome image id
+//! referring expression's COCO image id (MDETR `original_id`, refer `image_id`) and a Visual
+//! Genome image id
 //! (COCO ids in Localized Narratives and RefCOCO agree, so real COCO files join as they are).
 //! The narratives define the images of the split, in file order.
 //!
@@ -32,7 +34,7 @@
 use crate::datasets::{
     image_size, load_image,
     narratives::{write_narrative_records, LocalizedNarrative, TimedUtterance, TracePoint},
-    read_mdetr_refexp, read_narratives, read_vg_image_data,
+    read_mdetr_refexp, read_narratives, read_refer, read_vg_image_data,
     report::{FileReport, SplitReport},
     resolve_image,
     visual_genome::{normalized_region, read_vg_regions_with_lines},
@@ -41,6 +43,7 @@ use crate::datasets::{
 };
 use crate::error::{Result, TaskError};
 use crate::metrics::masks::{Rle, RleCounts, Segmentation};
+use crate::progress::Job;
 use crate::shapes_ln::{
     ReferringExpression, RegionCaption, Sample, ShapesLn, ShapesLnConfig, Split, TracedWord,
 };
@@ -84,7 +87,8 @@ pub struct DatasetConfig {
     /// [`Reason`]); over it, loading stops naming the file. In [0, 1]; default 0.01.
     #[serde(
         default = "default_max_skipped_fraction",
-        deserialize_with = "pixel_core::config::range::fraction"
+        deserialize_with = "pixel_core::config::range::fraction",
+        serialize_with = "serialize_shortest"
     )]
     pub max_skipped_fraction: f32,
 }
@@ -97,22 +101,126 @@ fn default_max_skipped_fraction() -> f32 {
     0.01
 }
 
-/// The three annotation files of one split and the folder of its images. Relative paths are
-/// relative to the working directory.
+/// Writes an f32 as its shortest decimal (`0.01`, not `0.009999999776482582`).
+fn serialize_shortest<S: serde::Serializer>(x: &f32, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(shortest(*x))
+}
+
+/// The annotation files of one split and the folder of its images. Relative paths are
+/// relative to the working directory. In TOML the referring expressions are given by exactly
+/// one of `refexp` (MDETR) and `refer` (the refer toolkit), see [`SplitFilesToml`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SplitFilesToml", into = "SplitFilesToml")]
 pub struct SplitFiles {
     pub images: PathBuf,
     /// Localized Narratives JSON Lines.
     pub narratives: PathBuf,
-    /// RefCOCO in MDETR's COCO-style json.
-    pub refexp: PathBuf,
+    /// RefCOCO / RefCOCO+ / RefCOCOg.
+    pub referring: RefexpFiles,
     /// Visual Genome `region_descriptions.json`.
     pub regions: PathBuf,
     /// Visual Genome `image_data.json`: maps VG image ids to COCO ids and gives the size the
     /// region boxes are in. Without it, VG ids are taken as the narratives' ids.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_data: Option<PathBuf>,
+}
+
+/// A split's referring expressions, in one of the two formats RefCOCO is published in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefexpFiles {
+    /// MDETR's COCO-style json (`final_refcoco_train.json`, ...).
+    Mdetr(PathBuf),
+    /// The refer toolkit's files.
+    Refer(ReferFiles),
+}
+
+/// The refer toolkit's `instances.json` and refs, and the refer split a `[dataset]` split reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferFiles {
+    /// COCO images (sizes) and annotations (boxes, segmentations) of the dataset's folder.
+    pub instances: PathBuf,
+    /// `refs(unc).p` (or `(google)`, `(umd)`) converted to JSON by
+    /// `tools/refer_pickle_to_json.py`.
+    pub refs: PathBuf,
+    /// The refs' `split` to read (`train`, `val`, `testA`, ...): a refs file holds every split.
+    pub split: String,
+}
+
+impl RefexpFiles {
+    /// The file the expressions are in: MDETR's json, or the refs.
+    pub fn expressions(&self) -> &Path {
+        match self {
+            RefexpFiles::Mdetr(path) => path,
+            RefexpFiles::Refer(refer) => &refer.refs,
+        }
+    }
+
+    /// The file the boxes, masks and image sizes are in: MDETR's json, or `instances.json`.
+    pub fn annotations(&self) -> &Path {
+        match self {
+            RefexpFiles::Mdetr(path) => path,
+            RefexpFiles::Refer(refer) => &refer.instances,
+        }
+    }
+}
+
+/// [`SplitFiles`] as written in TOML, with both RefCOCO keys optional; converting it checks
+/// that exactly one is given, so the error names the file and the split's key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFilesToml {
+    images: PathBuf,
+    narratives: PathBuf,
+    /// RefCOCO in MDETR's COCO-style json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refexp: Option<PathBuf>,
+    /// RefCOCO in the refer toolkit's files: `{ instances, refs, split }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refer: Option<ReferFiles>,
+    regions: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image_data: Option<PathBuf>,
+}
+
+impl TryFrom<SplitFilesToml> for SplitFiles {
+    type Error = String;
+
+    fn try_from(t: SplitFilesToml) -> std::result::Result<SplitFiles, String> {
+        let referring = match (t.refexp, t.refer) {
+            (Some(path), None) => RefexpFiles::Mdetr(path),
+            (None, Some(refer)) => RefexpFiles::Refer(refer),
+            (Some(_), Some(_)) => {
+                return Err("gives both `refexp` and `refer`; give one: `refexp` for MDETR's json, `refer` for the refer toolkit's files".into())
+            }
+            (None, None) => {
+                return Err("needs the referring expressions: `refexp = \"final_refcoco_train.json\"` (MDETR) or `refer = { instances = \"instances.json\", refs = \"refs_unc.json\", split = \"train\" }` (refer toolkit)".into())
+            }
+        };
+        Ok(SplitFiles {
+            images: t.images,
+            narratives: t.narratives,
+            referring,
+            regions: t.regions,
+            image_data: t.image_data,
+        })
+    }
+}
+
+impl From<SplitFiles> for SplitFilesToml {
+    fn from(f: SplitFiles) -> SplitFilesToml {
+        let (refexp, refer) = match f.referring {
+            RefexpFiles::Mdetr(path) => (Some(path), None),
+            RefexpFiles::Refer(refer) => (None, Some(refer)),
+        };
+        SplitFilesToml {
+            images: f.images,
+            narratives: f.narratives,
+            refexp,
+            refer,
+            regions: f.regions,
+            image_data: f.image_data,
+        }
+    }
 }
 
 /// The generator, or files.
@@ -277,9 +385,9 @@ impl FileSplit {
             )));
         }
         let images = split_images(files, extension, &narratives)?;
-        let (refs_by_image, refexp_report) = join_refexp(files, &images)?;
+        let (refs_by_image, refexp_reports) = join_refexp(files, &images)?;
         let (regions_by_image, region_reports) = join_regions(files, &images)?;
-        reports.push(refexp_report);
+        reports.extend(refexp_reports);
         reports.extend(region_reports);
         let entries: Vec<FileEntry> = narratives
             .into_iter()
@@ -317,7 +425,13 @@ fn check_every_task_has_an_image(files: &SplitFiles, entries: &[FileEntry]) -> R
         ))
     };
     if entries.iter().all(|e| e.referring.is_empty()) {
-        return Err(none("a referring expression", &files.refexp));
+        let what = match &files.referring {
+            RefexpFiles::Mdetr(_) => "a referring expression".to_string(),
+            RefexpFiles::Refer(refer) => {
+                format!("a referring expression of split `{}`", refer.split)
+            }
+        };
+        return Err(none(&what, files.referring.expressions()));
     }
     if entries.iter().all(|e| e.regions.is_empty()) {
         return Err(none("a region", &files.regions));
@@ -362,13 +476,32 @@ fn split_images(
 /// Annotations by image id.
 type ByImage<T> = HashMap<String, Vec<T>>;
 
-/// The split's referring expressions by image id, each checked against its image's size.
+/// The split's referring expressions by image id, each checked against its image's size; the
+/// reports of their files (the expressions' file first).
 fn join_refexp(
     files: &SplitFiles,
     images: &HashMap<String, SplitImage>,
-) -> Result<(ByImage<RefSample>, FileReport)> {
-    let (refs, summary) = read_mdetr_refexp(&files.refexp, SkipMode::Strict)?;
-    let mut report = FileReport::from_summary(&files.refexp, &summary);
+) -> Result<(ByImage<RefSample>, Vec<FileReport>)> {
+    let (refs, mut report, others) = match &files.referring {
+        RefexpFiles::Mdetr(path) => {
+            let (refs, summary) = read_mdetr_refexp(path, SkipMode::Strict)?;
+            (refs, FileReport::from_summary(path, &summary), Vec::new())
+        }
+        RefexpFiles::Refer(refer) => {
+            let (refs, summary) = read_refer(
+                &refer.instances,
+                &refer.refs,
+                Some(&refer.split),
+                SkipMode::Strict,
+            )?;
+            let instances = FileReport::from_summary(&refer.instances, &summary.instances);
+            (
+                refs,
+                FileReport::from_summary(&refer.refs, &summary.refs),
+                vec![instances],
+            )
+        }
+    };
     let mut by_image: ByImage<RefSample> = HashMap::new();
     for r in refs {
         let key = r.image_id.to_string();
@@ -380,7 +513,7 @@ fn join_refexp(
             Some((width, height)) if (r.width, r.height) != (width, height) => {
                 return Err(TaskError::Invalid(format!(
                     "`{}` gives image {} as {}x{} but `{}` is {width}x{height}",
-                    files.refexp.display(),
+                    files.referring.annotations().display(),
                     r.image_id,
                     r.width,
                     r.height,
@@ -390,7 +523,9 @@ fn join_refexp(
             _ => by_image.entry(key).or_default().push(r),
         }
     }
-    Ok((by_image, report))
+    let mut reports = vec![report];
+    reports.extend(others);
+    Ok((by_image, reports))
 }
 
 /// The split's region captions by image id, normalised; the reports of the regions file and,
@@ -573,7 +708,7 @@ impl SampleSource for FileDataset {
                     .map_err(|why| {
                         TaskError::Invalid(format!(
                             "`{}`: the mask of \"{}\" (image {}) {why}",
-                            part.files.refexp.display(),
+                            part.files.referring.annotations().display(),
                             r.expression,
                             r.image_id
                         ))
@@ -678,7 +813,7 @@ fn split_files(out: &Path, split: Split) -> SplitFiles {
     SplitFiles {
         images: out.join("images").join(split.prefix()),
         narratives: dir.join("localized_narratives.jsonl"),
-        refexp: dir.join("refcoco_mdetr.json"),
+        referring: RefexpFiles::Mdetr(dir.join("refcoco_mdetr.json")),
         regions: dir.join("region_descriptions.json"),
         image_data: None,
     }
@@ -696,13 +831,8 @@ pub fn export_shapes(
     train: u64,
     validation: u64,
 ) -> Result<DatasetConfig> {
-    let progress = indicatif::ProgressBar::new(train + validation);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} export [{elapsed_precise}] {bar:30} {pos}/{len} images (eta {eta})",
-        )
-        .map_err(|e| TaskError::Invalid(e.to_string()))?,
-    );
+    let progress = Job::start("export", out.display(), 0, train + validation);
+    let mut exported = 0;
     let config = DatasetConfig {
         train: split_files(out, Split::Train),
         validation: split_files(out, Split::Validation),
@@ -750,13 +880,14 @@ pub fn export_shapes(
                     phrase: r.caption.clone(),
                 });
             }
-            progress.inc(1);
+            exported += 1;
+            progress.set(exported);
         }
         write_narrative_records(&files.narratives, &narratives)?;
-        write_mdetr_refexp(&files.refexp, &refs)?;
+        write_mdetr_refexp(files.referring.expressions(), &refs)?;
         write_vg_regions(&files.regions, &regions)?;
     }
-    progress.finish_and_clear();
+    progress.finish();
     Ok(config)
 }
 
@@ -817,29 +948,13 @@ fn rle_mask(mask: &GrayImage) -> Segmentation {
 
 impl DatasetConfig {
     /// The `[dataset]` section as TOML, for pasting into an experiment config.
-    pub fn to_toml_section(&self) -> String {
-        let quoted = |p: &Path| {
-            let s = p.to_string_lossy();
-            format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-        };
-        let mut text = format!(
-            "[dataset]\nimage_extension = {}\nmax_skipped_fraction = {}\n",
-            quoted(Path::new(&self.image_extension)),
-            self.max_skipped_fraction
-        );
-        for (name, files) in [("train", &self.train), ("validation", &self.validation)] {
-            text.push_str(&format!(
-                "\n[dataset.{name}]\nimages = {}\nnarratives = {}\nrefexp = {}\nregions = {}\n",
-                quoted(&files.images),
-                quoted(&files.narratives),
-                quoted(&files.refexp),
-                quoted(&files.regions)
-            ));
-            if let Some(image_data) = &files.image_data {
-                text.push_str(&format!("image_data = {}\n", quoted(image_data)));
-            }
+    pub fn to_toml_section(&self) -> Result<String> {
+        #[derive(Serialize)]
+        struct Section<'a> {
+            dataset: &'a DatasetConfig,
         }
-        text
+        toml::to_string(&Section { dataset: self })
+            .map_err(|e| TaskError::Invalid(format!("the [dataset] section as TOML: {e}")))
     }
 }
 
@@ -853,24 +968,82 @@ mod tests {
         assert_eq!(normalized_box(pixel_box(b, 64, 128), 64, 128), b);
     }
 
+    #[derive(Debug, Deserialize)]
+    struct Wrapper {
+        dataset: DatasetConfig,
+    }
+
     #[test]
     fn toml_section_parses_back() {
         let config = DatasetConfig {
             train: split_files(Path::new("runs/x \"y\""), Split::Train),
             validation: SplitFiles {
                 image_data: Some("vg/image_data.json".into()),
+                referring: RefexpFiles::Refer(ReferFiles {
+                    instances: "refcoco/instances.json".into(),
+                    refs: "refcoco/refs_unc.json".into(),
+                    split: "val".into(),
+                }),
                 ..split_files(Path::new("runs/x"), Split::Validation)
             },
             image_extension: "png".into(),
             max_skipped_fraction: 0.25,
         };
-        #[derive(Deserialize)]
-        struct Wrapper {
-            dataset: DatasetConfig,
-        }
-        let back: Wrapper =
-            pixel_core::config::parse_toml(&config.to_toml_section(), Path::new("t.toml"))
-                .unwrap_or_else(|e| panic!("{e}"));
+        let text = config.to_toml_section().unwrap_or_else(|e| panic!("{e}"));
+        let back: Wrapper = pixel_core::config::parse_toml(&text, Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.dataset, config);
+    }
+
+    /// A split gives its referring expressions in exactly one format; otherwise the error
+    /// names the file, the split's key and what to write.
+    #[test]
+    fn a_split_needs_exactly_one_of_refexp_and_refer() {
+        let split = |referring: &str| {
+            format!("images = \"i\"\nnarratives = \"n.jsonl\"\n{referring}regions = \"r.json\"\n")
+        };
+        let refexp = "refexp = \"final_refcoco_train.json\"\n";
+        let refer =
+            "refer = { instances = \"instances.json\", refs = \"refs.json\", split = \"train\" }\n";
+        let config = |train: &str| {
+            format!(
+                "[dataset.train]\n{train}\n[dataset.validation]\n{}",
+                split(refexp)
+            )
+        };
+        for (train, want) in [
+            (split(""), "needs the referring expressions"),
+            (
+                split(&format!("{refexp}{refer}")),
+                "gives both `refexp` and `refer`",
+            ),
+        ] {
+            let err =
+                pixel_core::config::parse_toml::<Wrapper>(&config(&train), Path::new("exp.toml"))
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+            assert!(
+                err.contains("exp.toml") && err.contains("dataset.train") && err.contains(want),
+                "{err}"
+            );
+        }
+        let read = pixel_core::config::parse_toml::<Wrapper>(
+            &config(&split(refer)),
+            Path::new("exp.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read.dataset.train.referring,
+            RefexpFiles::Refer(ReferFiles {
+                instances: "instances.json".into(),
+                refs: "refs.json".into(),
+                split: "train".into(),
+            })
+        );
+        assert_eq!(
+            read.dataset.validation.referring,
+            RefexpFiles::Mdetr("final_refcoco_train.json".into())
+        );
     }
 }

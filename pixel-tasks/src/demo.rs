@@ -145,9 +145,12 @@ fn at_least_two<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
-    /// Validation images; every referring expression and caption of each is evaluated.
+    /// Validation images; every referring expression and caption of each is evaluated. At
+    /// least 1: over none, every score would read 0.
+    #[serde(deserialize_with = "pixel_core::config::range::at_least_one")]
     pub validation_images: u64,
-    /// Training images the constant baselines are fitted on.
+    /// Training images the constant baselines are fitted on. At least 1.
+    #[serde(deserialize_with = "pixel_core::config::range::at_least_one")]
     pub baseline_images: u64,
     /// Validation images shown in `samples.png`.
     pub sample_images: u64,
@@ -694,6 +697,18 @@ mod tests {
             ("eps = 1e-8", "eps = nan", "train.optimizer.eps", "> 0"),
             ("steps = 3200", "steps = 0", "train.steps", "at least 1"),
             ("shards = 2", "shards = 0", "train.shards", "at least 1"),
+            (
+                "validation_images = 150",
+                "validation_images = 0",
+                "eval.validation_images",
+                "at least 1",
+            ),
+            (
+                "baseline_images = 400",
+                "baseline_images = 0",
+                "eval.baseline_images",
+                "at least 1",
+            ),
             (
                 "max_target_tokens = 40",
                 "max_target_tokens = 0",

@@ -16,6 +16,7 @@ pub mod model;
 pub mod pretrain;
 pub mod pretrain_eva;
 pub mod pretrain_sam;
+pub mod progress;
 pub mod render;
 pub mod shapes_ln;
 pub mod tasks;

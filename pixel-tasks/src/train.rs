@@ -15,6 +15,7 @@
 //! averages the losses of its devices. The gradients are summed in shard order, so a run gives
 //! the same weights whatever the threads' timing.
 use crate::error::{Result, TaskError};
+use crate::progress::Job;
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{load_params, save_params, write_atomic, LoadOptions, TensorStore};
 use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig, WarmupCosine};
@@ -400,14 +401,7 @@ where
         None => {}
     }
     let schedule = config.schedule();
-    let progress = indicatif::ProgressBar::new(config.steps);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} train [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})",
-        )
-        .map_err(|e| TaskError::Invalid(e.to_string()))?,
-    );
-    progress.set_position(start_step);
+    let progress = Job::start("train", run.root.display(), start_step, config.steps);
     let started = Instant::now();
     let mut last = None;
     let diverged = |step: u64, (loss, lowest, at): (f32, f32, u64)| TaskError::Diverged {
@@ -445,7 +439,6 @@ where
             grads,
         } = sharded_step(model, trainable, &shards)?;
         if !loss_value.is_finite() {
-            progress.abandon();
             return Err(TaskError::NonFiniteLoss {
                 step,
                 text: parts.text,
@@ -455,7 +448,6 @@ where
         }
         let watched = step >= config.aux_loss_warmup_steps;
         if let Err(d) = guard.observe_if(watched, step, loss_value) {
-            progress.abandon();
             return Err(diverged(step, d));
         }
         let lr = schedule.lr(step);
@@ -481,7 +473,7 @@ where
             let json =
                 serde_json::to_string(&line).map_err(|e| TaskError::Invalid(e.to_string()))?;
             writeln!(log_file, "{json}").map_err(|e| TaskError::io(run.metrics_log(), e))?;
-            progress.set_message(format!(
+            progress.note(&format!(
                 "loss {loss_value:.3} (text {:.3}, loc {:.3})",
                 parts.text, parts.location
             ));
@@ -492,7 +484,6 @@ where
             // The updated weights' own loss on this batch, before they may be called good.
             let (check, parts) = sharded_loss(model, &shards)?;
             if !check.is_finite() {
-                progress.abandon();
                 return Err(TaskError::NonFiniteLoss {
                     step: done,
                     text: parts.text,
@@ -501,7 +492,6 @@ where
                 });
             }
             if let Err(d) = guard.check(check) {
-                progress.abandon();
                 return Err(diverged(done, d));
             }
             save_checkpoint(
@@ -516,7 +506,7 @@ where
                 },
             )?;
         }
-        progress.inc(1);
+        progress.set(done);
         last = Some(line);
     }
     progress.finish();

@@ -3,13 +3,18 @@
 //! generator's targets; the demo trains from the files, writes `data_report.json`, and
 //! `pixel eval` evaluates its checkpoint. Bad records put into an export are skipped and counted
 //! per file and reason (or clipped and counted), too many skips stop loading, and Visual Genome
-//! regions join the narratives' images through `image_data.json`'s COCO ids.
+//! regions join the narratives' images through `image_data.json`'s COCO ids. RefCOCO read from
+//! the refer toolkit's `instances.json` and refs gives the same expressions, boxes and masks as
+//! from MDETR's file, with its bad records counted per file.
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::data_source::{export_shapes, DataSource, DatasetConfig, SampleSource};
+use pixel_tasks::data_source::{
+    export_shapes, DataSource, DatasetConfig, ReferFiles, RefexpFiles, SampleSource,
+};
 use pixel_tasks::datasets::{read_mdetr_refexp, read_vg_regions, DataReport, Reason, SkipMode};
 use pixel_tasks::demo::{run_demo, training_examples, DemoConfig};
 use pixel_tasks::eval_run::{run_eval, EvalResults};
 use pixel_tasks::heads::HeadRegistry;
+use pixel_tasks::metrics::masks::Segmentation;
 use pixel_tasks::model::VocabMap;
 use pixel_tasks::shapes_ln::{Sample, ShapesLn, Split};
 use pixel_tasks::tasks::{Example, ExampleBuilder};
@@ -122,7 +127,7 @@ fn exported_files_read_back_as_the_generator_samples() {
         }
     }
     let train = &config.dataset.as_ref().unwrap().train;
-    let (refs, _) = read_mdetr_refexp(&train.refexp, SkipMode::Strict).unwrap();
+    let (refs, _) = read_mdetr_refexp(train.referring.expressions(), SkipMode::Strict).unwrap();
     let (regions, _) = read_vg_regions(&train.regions, SkipMode::Strict).unwrap();
     assert_eq!((refs.len(), regions.len()), (objects, objects));
     // Masks are exported as COCO RLE with the object's pixel count.
@@ -304,9 +309,9 @@ fn exported_files_load_with_nothing_skipped_or_clipped() {
         .map(|i| generator.sample(Split::Train, i).objects.len())
         .sum();
     for (path, records) in [
-        (&train.narratives, TRAIN as usize),
-        (&train.refexp, objects),
-        (&train.regions, objects),
+        (train.narratives.as_path(), TRAIN as usize),
+        (train.referring.expressions(), objects),
+        (train.regions.as_path(), objects),
     ] {
         let f = report.file("train", path).unwrap();
         assert_eq!((f.records, f.unused), (records, 0), "{}", path.display());
@@ -390,10 +395,10 @@ fn bad_expressions_and_regions_are_skipped_and_counted() {
     let (mut config, generator) = export_only(dir.path());
     dataset(&mut config).max_skipped_fraction = 1.0;
     let train = config.dataset.as_ref().unwrap().train.clone();
-    let mut refexp = read_json(&train.refexp);
+    let mut refexp = read_json(train.referring.expressions());
     refexp["images"][0]["caption"] = json!(" ");
     refexp["images"][2]["id"] = refexp["images"][1]["id"].clone();
-    write_pretty(&train.refexp, &refexp);
+    write_pretty(train.referring.expressions(), &refexp);
     let mut regions = read_json(&train.regions);
     let side = f64::from(config.data.image_size);
     regions[0]["regions"][0]["phrase"] = json!("");
@@ -407,10 +412,17 @@ fn bad_expressions_and_regions_are_skipped_and_counted() {
     let data = open(&config).unwrap();
     let report = data.report().unwrap();
     assert_eq!(
-        train_count(report, &train.refexp, Reason::EmptyExpression),
+        train_count(
+            report,
+            train.referring.expressions(),
+            Reason::EmptyExpression
+        ),
         1
     );
-    assert_eq!(train_count(report, &train.refexp, Reason::DuplicateId), 2);
+    assert_eq!(
+        train_count(report, train.referring.expressions(), Reason::DuplicateId),
+        2
+    );
     for (reason, count) in [
         (Reason::EmptyPhrase, 1),
         (Reason::RegionOutsideImage, 1),
@@ -490,7 +502,7 @@ fn too_many_skips_stop_loading_naming_file_reason_and_counts() {
 fn max_skipped_fraction_outside_0_1_fails_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = export_only(&dir.path().join("data"));
-    let section = config.dataset.as_ref().unwrap().to_toml_section();
+    let section = config.dataset.as_ref().unwrap().to_toml_section().unwrap();
     assert!(section.contains("max_skipped_fraction = 0.01"), "{section}");
     let path = dir.path().join("exp.toml");
     let good = format!("{}\n{section}", pixel_tasks::demo::DEFAULT_DEMO_CONFIG);
@@ -626,6 +638,210 @@ fn image_data_of_another_shape_is_an_error_naming_its_line() {
         err.contains(&image_data.display().to_string())
             && err.contains("line 2")
             && err.contains("not the same picture"),
+        "{err}"
+    );
+}
+
+/// `instances.json` and refs in the refer toolkit's shape, made from the train split's MDETR
+/// export: COCO image and annotation records (masks as crowd RLE runs, except the first
+/// annotation's, a polygon of its box as a non-crowd annotation has), and refs as
+/// `tools/refer_pickle_to_json.py` writes `refs(unc).p`, one per expression in split `train`,
+/// plus a ref of split `val` that the train split must not read. The train split then reads
+/// them (`refer = { instances, refs, split = "train" }`).
+fn refer_files(config: &mut DemoConfig) -> ReferFiles {
+    let train = &mut dataset(config).train;
+    let mdetr = read_json(train.referring.expressions());
+    let mut images = std::collections::BTreeMap::new();
+    let mut annotations = Vec::new();
+    let mut refs = Vec::new();
+    let entries = mdetr["images"].as_array().unwrap();
+    let anns = mdetr["annotations"].as_array().unwrap();
+    for (k, (im, ann)) in entries.iter().zip(anns).enumerate() {
+        let image_id = im["original_id"].as_i64().unwrap();
+        images.entry(image_id).or_insert_with(|| {
+            json!({
+                "license": 3,
+                "file_name": format!("COCO_train2014_{image_id:012}.jpg"),
+                "coco_url": format!("http://mscoco.org/images/{image_id}"),
+                "height": im["height"],
+                "width": im["width"],
+                "date_captured": "2013-11-14 16:28:13",
+                "flickr_url": "http://farm4.staticflickr.com/3153/2970773875_164f0c0b83_z.jpg",
+                "id": image_id,
+            })
+        });
+        let mask: Segmentation = serde_json::from_value(ann["segmentation"].clone()).unwrap();
+        let rle = mask.to_rle(None).unwrap();
+        let b: Vec<f64> = serde_json::from_value(ann["bbox"].clone()).unwrap();
+        let (segmentation, iscrowd) = if k == 0 {
+            let (x0, y0, x1, y1) = (b[0], b[1], b[0] + b[2], b[1] + b[3]);
+            (json!([[x0, y0, x1, y0, x1, y1, x0, y1]]), 0)
+        } else {
+            (json!({"counts": rle.counts, "size": [rle.h, rle.w]}), 1)
+        };
+        let ann_id = 1000 + k as i64;
+        annotations.push(json!({
+            "segmentation": segmentation,
+            "area": rle.area(),
+            "iscrowd": iscrowd,
+            "image_id": image_id,
+            "bbox": b,
+            "category_id": 1,
+            "id": ann_id,
+        }));
+        let sent = im["caption"].as_str().unwrap();
+        let tokens: Vec<&str> = sent.split_whitespace().collect();
+        refs.push(json!({
+            "sent_ids": [k],
+            "file_name": format!("COCO_train2014_{image_id:012}_{ann_id}.jpg"),
+            "ann_id": ann_id,
+            "ref_id": k,
+            "image_id": image_id,
+            "split": "train",
+            "sentences": [{"tokens": tokens, "raw": sent, "sent_id": k, "sent": sent}],
+            "category_id": 1,
+        }));
+    }
+    let mut other_split = refs[0].clone();
+    other_split["ref_id"] = json!(refs.len());
+    other_split["split"] = json!("val");
+    other_split["sentences"][0]["sent"] = json!("a validation expression");
+    refs.push(other_split);
+    let instances = json!({
+        "info": {"description": "This is stable 1.0 version of the 2014 MS COCO dataset.", "year": 2014},
+        "images": images.into_values().collect::<Vec<_>>(),
+        "licenses": [{"url": "http://creativecommons.org/licenses/by/2.0/", "id": 3, "name": "Attribution License"}],
+        "annotations": annotations,
+        "categories": [{"supercategory": "shape", "id": 1, "name": "shape"}],
+    });
+    let dir = train.regions.parent().unwrap();
+    let files = ReferFiles {
+        instances: dir.join("instances.json"),
+        refs: dir.join("refs(unc).json"),
+        split: "train".into(),
+    };
+    write_pretty(&files.instances, &instances);
+    write_pretty(&files.refs, &Value::Array(refs));
+    train.referring = RefexpFiles::Refer(files.clone());
+    files
+}
+
+/// The refer toolkit's files give the generator's expressions, boxes and masks (the polygon of
+/// a non-crowd annotation filled), read only the configured split, and load with nothing
+/// skipped; each file has its own report.
+#[test]
+fn refer_toolkit_files_read_back_as_the_generator_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, generator) = export_only(dir.path());
+    let refer = refer_files(&mut config);
+    let data = open(&config).unwrap();
+    let side = config.data.image_size;
+    for i in 0..TRAIN {
+        let want = generator.sample(Split::Train, i);
+        let got = data.load(Split::Train, i).unwrap();
+        let expressions = |s: &Sample| {
+            s.referring
+                .iter()
+                .map(|r| (r.text.clone(), r.bbox))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(expressions(&got), expressions(&want), "image {i}");
+        for (k, (g, w)) in got.referring.iter().zip(&want.referring).enumerate() {
+            let mask = g.mask.as_ref().unwrap();
+            if i == 0 && k == 0 {
+                // The box's polygon, filled: every pixel inside the box, most of it covered.
+                let b = g.bbox.map(|v| v * side as f32);
+                let inside = mask.enumerate_pixels().filter(|p| p.2[0] > 127);
+                let (mut n, mut out) = (0, 0);
+                for (x, y, _) in inside {
+                    n += 1;
+                    let (x, y) = (x as f32 + 0.5, y as f32 + 0.5);
+                    out += usize::from(
+                        x < b[0] - 1.0 || x > b[2] + 1.0 || y < b[1] - 1.0 || y > b[3] + 1.0,
+                    );
+                }
+                let area = (b[2] - b[0]) * (b[3] - b[1]);
+                assert!(
+                    out == 0 && n as f32 > 0.8 * area,
+                    "{n} pixels, {out} outside, box area {area}"
+                );
+            } else {
+                assert_eq!(Some(mask), Some(&want.objects[w.object].mask), "image {i}");
+            }
+        }
+    }
+    let report = data.report().unwrap();
+    assert!(report.summary().is_empty(), "{:?}", report.summary());
+    let expressions = report.file("train", &refer.refs).unwrap();
+    let objects: usize = (0..TRAIN)
+        .map(|i| generator.sample(Split::Train, i).objects.len())
+        .sum();
+    assert_eq!(expressions.records, objects);
+    let instances = report.file("train", &refer.instances).unwrap();
+    assert_eq!(instances.records, TRAIN as usize + objects);
+}
+
+/// An empty sentence is counted in the refs file's report and a repeated annotation id in
+/// instances.json's, each with its line; an annotation box outside its image stops loading
+/// naming instances.json, and so does a split no ref has, naming the split.
+#[test]
+fn bad_refer_records_are_counted_in_their_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = export_only(dir.path());
+    dataset(&mut config).max_skipped_fraction = 1.0;
+    let refer = refer_files(&mut config);
+    dataset(&mut config).train.referring = RefexpFiles::Refer(ReferFiles {
+        split: "trian".into(),
+        ..refer.clone()
+    });
+    let err = open(&config)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("refs(unc).json") && err.contains("split `trian`"),
+        "{err}"
+    );
+    dataset(&mut config).train.referring = RefexpFiles::Refer(refer.clone());
+    let mut refs = read_json(&refer.refs);
+    refs[1]["sentences"][0]["sent"] = json!(" ");
+    write_pretty(&refer.refs, &refs);
+    let mut instances = read_json(&refer.instances);
+    let repeated = instances["annotations"][2].clone();
+    instances["annotations"]
+        .as_array_mut()
+        .unwrap()
+        .push(repeated);
+    write_pretty(&refer.instances, &instances);
+    let data = open(&config).unwrap();
+    let report = data.report().unwrap();
+    let example = |file: &Path, reason: Reason| {
+        let f = report.file("train", file).unwrap();
+        (
+            f.reasons[&reason].count,
+            f.reasons[&reason].examples[0].clone(),
+        )
+    };
+    let (count, at) = example(&refer.refs, Reason::EmptyExpression);
+    assert_eq!(count, 1);
+    assert!(at.starts_with(&refer.refs.display().to_string()), "{at}");
+    let (count, at) = example(&refer.instances, Reason::DuplicateId);
+    assert_eq!(count, 1);
+    assert!(
+        at.starts_with(&refer.instances.display().to_string()),
+        "{at}"
+    );
+
+    instances["annotations"][1]["bbox"][0] = json!(f64::from(config.data.image_size) + 5.0);
+    write_pretty(&refer.instances, &instances);
+    let err = open(&config)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("instances.json")
+            && err.contains("annotations[1]")
+            && err.contains("leaves its"),
         "{err}"
     );
 }

@@ -53,7 +53,7 @@ fn malformed_narrative_line_names_file_and_line() {
 fn malformed_refexp_annotation_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = export(dir.path());
-    let path = &dataset.validation.refexp;
+    let path = dataset.validation.referring.expressions();
     rewrite_pretty(path, |doc| {
         doc["annotations"][1]["bbox"] = serde_json::json!([1.0, 2.0, "wide"]);
     });

@@ -101,7 +101,7 @@ fn seeds() -> &'static Seeds {
         let dir = tempfile::tempdir().unwrap();
         let generator = ShapesLn::new(ShapesLnConfig::default(), 3).unwrap();
         let dataset = export_shapes(&generator, dir.path(), 2, 1).unwrap();
-        let read = |p: &PathBuf| std::fs::read(p).unwrap();
+        let read = |p: &Path| std::fs::read(p).unwrap();
         let mut store = TensorStore::default();
         store.insert("a.weight", StoredTensor::f32(vec![2, 3], vec![0.5; 6]));
         store.insert("b", StoredTensor::i64(vec![2], vec![1, 2]));
@@ -121,7 +121,7 @@ fn seeds() -> &'static Seeds {
         let log = "{\"step\":1,\"loss\":2.5,\"text_loss\":2.0,\"location_loss\":5.0,\"lr\":0.001,\"grad_norm\":1.5,\"elapsed_s\":0.3}\n".repeat(2);
         Seeds {
             narratives: read(&dataset.train.narratives),
-            refexp: read(&dataset.train.refexp),
+            refexp: read(dataset.train.referring.expressions()),
             regions: read(&dataset.train.regions),
             instances: read(&refer.join("instances.json")),
             refs: read(&refer.join("refs.json")),

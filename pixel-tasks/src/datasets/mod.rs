@@ -34,7 +34,7 @@ pub mod visual_genome;
 use std::path::{Path, PathBuf};
 
 pub use narratives::{read_narratives, write_narratives, NarrativeSample};
-pub use refcoco::{read_mdetr_refexp, read_refer, write_mdetr_refexp, RefSample};
+pub use refcoco::{read_mdetr_refexp, read_refer, write_mdetr_refexp, RefSample, ReferSummary};
 pub use report::{DataReport, FileReport, Reason};
 pub use visual_genome::{
     read_vg_image_data, read_vg_regions, write_vg_regions, RegionSample, VgImage,

@@ -9,7 +9,8 @@
 //!   split, sentences: [{sent, raw, sent_id, tokens}]}]`): one sample per sentence.
 //!
 //! Malformed records (a missing or mistyped field, a box that is not finite, has no area or
-//! leaves its image's declared size by more than a pixel, an expression without an annotation,
+//! leaves its image's declared size by more than a pixel, a segmentation that does not decode
+//! to a mask of that size, an expression without an annotation,
 //! a ref naming an annotation or image the instances file lacks) are errors under
 //! [`SkipMode::Strict`]. Left out of a well-formed file in every mode, each listed in
 //! [`ReadSummary::dropped`] with its line and [`Reason`]:
@@ -20,6 +21,9 @@
 //!   several entries: their annotations cannot be told apart, so every entry with that id is
 //!   left out. In the refer toolkit's files, an image or annotation id already seen: the first
 //!   is kept, as refs name them by id.
+//!
+//! The refer toolkit's two files are summarised apart ([`ReferSummary`]), so that each file's
+//! report names its own lines.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -156,6 +160,19 @@ fn check_box(b: &[f64; 4], width: u32, height: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// An annotation's box (see [`check_box`]) and segmentation must fit its image's declared
+/// `width x height`; the segmentation is checked without decoding it, so a bad mask stops
+/// reading rather than a training step that draws it.
+fn check_annotation(a: &CocoAnnotation, width: u32, height: u32) -> Result<(), String> {
+    check_box(&a.bbox, width, height)?;
+    match &a.segmentation {
+        Some(mask) => mask
+            .check(height as usize, width as usize)
+            .map_err(|why| format!("segmentation {why}")),
+        None => Ok(()),
+    }
+}
+
 /// Parses `images`/`annotations` element by element, so a bad element names its index and line
 /// in `text`, the file they were borrowed from.
 fn parse_elements<T: serde::de::DeserializeOwned>(
@@ -224,7 +241,7 @@ pub fn read_mdetr_refexp(
             continue;
         };
         for (k, a) in list {
-            if let Err(why) = check_box(&a.bbox, im.width, im.height) {
+            if let Err(why) = check_annotation(a, im.width, im.height) {
                 let line = line_of(&text, raw.annotations[*k]);
                 let location = format!("annotations[{k}] (id {}, line {line})", a.id);
                 summary.malformed(mode, path, location, line, why)?;
@@ -344,9 +361,10 @@ fn first_by_id<T>(
     out
 }
 
-/// A malformed record found while joining: its file, location, line and what is wrong.
-struct Malformed<'p> {
-    path: &'p Path,
+/// A malformed record found while joining a ref to its annotation: in the refs file (a
+/// dangling id) or in `instances.json` (a bad box), its location, line and what is wrong.
+struct Malformed {
+    in_instances: bool,
     location: String,
     line: usize,
     why: String,
@@ -360,7 +378,8 @@ struct ReferInstances<'p> {
 }
 
 impl<'p> ReferInstances<'p> {
-    /// Reads `instances.json`; a repeated image or annotation id keeps the first.
+    /// Reads `instances.json`; a repeated image or annotation id keeps the first. The summary's
+    /// `samples` counts the images and annotations kept.
     fn read(
         path: &'p Path,
         mode: SkipMode,
@@ -390,6 +409,7 @@ impl<'p> ReferInstances<'p> {
             |a: &CocoAnnotation| a.id,
             summary,
         );
+        summary.samples = images.len() + anns.len();
         Ok(ReferInstances { path, images, anns })
     }
 
@@ -398,12 +418,11 @@ impl<'p> ReferInstances<'p> {
     fn target(
         &self,
         r: &ReferRef,
-        refs: &'p Path,
         location: String,
         line: usize,
-    ) -> Result<(&CocoImage, &CocoAnnotation), Malformed<'p>> {
+    ) -> Result<(&CocoImage, &CocoAnnotation), Malformed> {
         let missing = |why: String| Malformed {
-            path: refs,
+            in_instances: false,
             location: location.clone(),
             line,
             why,
@@ -417,8 +436,8 @@ impl<'p> ReferInstances<'p> {
             .images
             .get(&r.image_id)
             .ok_or_else(|| missing(format!("image_id {} is not in {instances}", r.image_id)))?;
-        check_box(&ann.value.bbox, im.value.width, im.value.height).map_err(|why| Malformed {
-            path: self.path,
+        check_annotation(&ann.value, im.value.width, im.value.height).map_err(|why| Malformed {
+            in_instances: true,
             location: format!(
                 "annotations[{}] (id {}, line {})",
                 ann.index, ann.value.id, ann.line
@@ -452,15 +471,25 @@ fn refer_sample(
     }
 }
 
+/// What [`read_refer`] read and left out, per file. `instances` counts images and annotations
+/// (a repeated id is dropped there, a box outside its image is malformed there); `refs` counts
+/// the sentences of the split's refs (an empty one is dropped) and malformed refs (one naming
+/// an image or annotation `instances.json` lacks). Refs of other splits are not counted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReferSummary {
+    pub instances: ReadSummary,
+    pub refs: ReadSummary,
+}
+
 /// Reads the refer toolkit's `instances.json` and refs JSON; `split` keeps only that split.
 pub fn read_refer(
     instances: &Path,
     refs: &Path,
     split: Option<&str>,
     mode: SkipMode,
-) -> Result<(Vec<RefSample>, ReadSummary), DatasetError> {
-    let mut summary = ReadSummary::default();
-    let coco = ReferInstances::read(instances, mode, &mut summary)?;
+) -> Result<(Vec<RefSample>, ReferSummary), DatasetError> {
+    let mut summary = ReferSummary::default();
+    let coco = ReferInstances::read(instances, mode, &mut summary.instances)?;
     let refs_text = read_to_string(refs)?;
     let raw_refs: Vec<&RawValue> =
         serde_json::from_str(&refs_text).map_err(|source| DatasetError::Json {
@@ -469,28 +498,35 @@ pub fn read_refer(
                 "a JSON array of refs (convert refs(unc).p with tools/refer_pickle_to_json.py)",
             source,
         })?;
+    let parsed =
+        parse_elements::<ReferRef>(refs, &refs_text, "refs", &raw_refs, mode, &mut summary.refs)?;
     let mut out = Vec::new();
-    for (i, r) in
-        parse_elements::<ReferRef>(refs, &refs_text, "refs", &raw_refs, mode, &mut summary)?
-    {
+    for (i, r) in parsed {
         if split.is_some_and(|s| s != r.split) {
             continue;
         }
         let line = line_of(&refs_text, raw_refs[i]);
         let location = format!("refs[{i}] (ref_id {}, line {line})", r.ref_id);
-        match coco.target(&r, refs, location, line) {
+        match coco.target(&r, location, line) {
             Ok((im, ann)) => {
                 let sentences = RefSentences {
                     index: i,
                     line,
                     r: &r,
                 };
-                out.extend(sentences.samples(im, ann, &mut summary));
+                out.extend(sentences.samples(im, ann, &mut summary.refs));
             }
-            Err(m) => summary.malformed(mode, m.path, m.location, m.line, m.why)?,
+            Err(m) => {
+                let (path, file) = if m.in_instances {
+                    (instances, &mut summary.instances)
+                } else {
+                    (refs, &mut summary.refs)
+                };
+                file.malformed(mode, path, m.location, m.line, m.why)?
+            }
         }
     }
-    summary.samples = out.len();
+    summary.refs.samples = out.len();
     Ok((out, summary))
 }
 
@@ -619,13 +655,54 @@ mod tests {
         assert_eq!(samples[0].file_name, "COCO_9.jpg");
         assert_eq!(samples[0].bbox_xywh, [1.0, 2.0, 30.0, 40.0]);
         assert_eq!(
-            dropped(&summary),
-            vec![
-                (Reason::DuplicateId, 3),
-                (Reason::DuplicateId, 7),
-                (Reason::EmptyExpression, 2)
-            ]
+            dropped(&summary.instances),
+            vec![(Reason::DuplicateId, 3), (Reason::DuplicateId, 7)]
         );
+        assert_eq!(dropped(&summary.refs), vec![(Reason::EmptyExpression, 2)]);
+        // One image and one annotation kept; one sentence read, one left out.
+        assert_eq!((summary.instances.samples, summary.refs.samples), (2, 1));
+    }
+
+    /// COCO masks that do not fit their image (an RLE of another size, runs that do not sum to
+    /// its pixels, a polygon with an odd coordinate count) are malformed: named with their
+    /// line when reading strictly, skipped and counted otherwise.
+    #[test]
+    fn masks_that_do_not_fit_their_image_are_malformed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (segmentation, why) in [
+            (r#"{"size": [10, 12], "counts": [120]}"#, "size 10x12"),
+            (
+                r#"{"size": [10, 10], "counts": [40, 20, 30]}"#,
+                "sum to h*w = 100",
+            ),
+            (r#"{"size": [10, 10], "counts": "0)"}"#, "segmentation"),
+            ("[[1, 1, 5, 1, 5]]", "odd number of coordinates"),
+        ] {
+            let text = format!(
+                r#"{{"images": [
+{{"id": 0, "file_name": "a.jpg", "height": 10, "width": 10, "caption": "left dog", "original_id": 5}}
+],
+"annotations": [
+{{"id": 0, "image_id": 0, "bbox": [0, 0, 5, 5],
+  "segmentation": {segmentation}}}
+]}}"#
+            );
+            let path = write(&dir, "refexp.json", &text);
+            let err = read_mdetr_refexp(&path, SkipMode::Strict)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("annotations[0]") && err.contains("line 5") && err.contains(why),
+                "{segmentation}: {err}"
+            );
+            let (samples, summary) =
+                read_mdetr_refexp(&path, SkipMode::SkipAndCount).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                samples.is_empty() && summary.skipped.len() == 1,
+                "{segmentation}"
+            );
+        }
     }
 
     #[test]

@@ -244,24 +244,8 @@ impl Rle {
 
     /// Union of several polygons (pycocotools `frPyObjects` + `merge`).
     pub fn from_polygons(h: usize, w: usize, polys: &[Vec<f64>]) -> Result<Rle, String> {
-        let n = h.checked_mul(w).filter(|&n| n <= MAX_PIXELS);
-        let n = n.ok_or_else(|| format!("mask size {h}x{w} is too large"))?;
-        // Rasterization walks every boundary pixel (at 5x resolution), so coordinates far outside
-        // the image would take unbounded time and memory; no real annotation has them.
-        let limit = 16.0 * h.max(w) as f64 + 1024.0;
-        for (i, p) in polys.iter().enumerate() {
-            if p.len() % 2 != 0 {
-                return Err(format!(
-                    "polygon {i} has an odd number of coordinates ({})",
-                    p.len()
-                ));
-            }
-            if let Some(v) = p.iter().find(|v| !v.is_finite() || v.abs() > limit) {
-                return Err(format!(
-                    "polygon {i} has coordinate {v}, far outside the {h}x{w} image"
-                ));
-            }
-        }
+        let n = pixels(h, w)?;
+        check_polygons(h, w, polys)?;
         let mut mask = vec![false; n];
         for p in polys {
             for (m, v) in mask.iter_mut().zip(Rle::from_polygon(h, w, p).decode()?) {
@@ -270,6 +254,34 @@ impl Rle {
         }
         Ok(Rle::encode(h, w, &mask))
     }
+}
+
+/// `h * w`, or an error when a mask of that size is too large to decode.
+fn pixels(h: usize, w: usize) -> Result<usize, String> {
+    h.checked_mul(w)
+        .filter(|&n| n <= MAX_PIXELS)
+        .ok_or_else(|| format!("mask size {h}x{w} is too large"))
+}
+
+/// Polygons are pairs of finite coordinates near an `h x w` image. Rasterization walks every
+/// boundary pixel (at 5x resolution), so coordinates far outside the image would take unbounded
+/// time and memory; no real annotation has them.
+fn check_polygons(h: usize, w: usize, polys: &[Vec<f64>]) -> Result<(), String> {
+    let limit = 16.0 * h.max(w) as f64 + 1024.0;
+    for (i, p) in polys.iter().enumerate() {
+        if p.len() % 2 != 0 {
+            return Err(format!(
+                "polygon {i} has an odd number of coordinates ({})",
+                p.len()
+            ));
+        }
+        if let Some(v) = p.iter().find(|v| !v.is_finite() || v.abs() > limit) {
+            return Err(format!(
+                "polygon {i} has coordinate {v}, far outside the {h}x{w} image"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Intersection and union pixel counts of two masks of the same size.
@@ -319,6 +331,35 @@ impl Segmentation {
                 Some((size[0], size[1]))
             }
             Segmentation::Polygons(_) => None,
+        }
+    }
+
+    /// Whether this decodes to a mask of an `h x w` image, checked without decoding it (cheap
+    /// enough for every annotation of a dataset when it is read): an RLE of that size whose runs
+    /// sum to `h * w`, or polygons (of that size, if given) that [`Rle::from_polygons`] takes.
+    pub fn check(&self, h: usize, w: usize) -> Result<(), String> {
+        pixels(h, w)?;
+        if let Some(size) = self.size().filter(|&size| size != (h, w)) {
+            return Err(format!(
+                "has size {}x{} (h x w), its image {h}x{w}",
+                size.0, size.1
+            ));
+        }
+        match self {
+            Segmentation::Rle { .. } => {
+                let rle = self.to_rle(None)?;
+                let sum = rle.counts.iter().try_fold(0u64, |a, &c| a.checked_add(c));
+                match sum {
+                    Some(n) if n == (h * w) as u64 => Ok(()),
+                    _ => Err(format!(
+                        "has run lengths that do not sum to h*w = {}",
+                        h * w
+                    )),
+                }
+            }
+            Segmentation::SizedPolygons { polygons, .. } | Segmentation::Polygons(polygons) => {
+                check_polygons(h, w, polygons)
+            }
         }
     }
 
