@@ -12,6 +12,7 @@ pub mod grads;
 pub mod heads;
 pub mod metrics;
 pub mod model;
+pub mod predict;
 pub mod pretrain;
 pub mod pretrain_eva;
 pub mod pretrain_sam;
