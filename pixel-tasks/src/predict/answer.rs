@@ -199,8 +199,10 @@ mod tests {
 
     #[test]
     fn a_mask_comes_back_at_the_images_size() {
+        // The first column's top half: the resized mask's top row, left quarter.
         let mut mask = GrayImage::new(4, 4);
         mask.put_pixel(0, 0, image::Luma([255]));
+        mask.put_pixel(0, 1, image::Luma([255]));
         let rle = mask_rle(&mask, (8, 2));
         assert_eq!(rle.size(), Some((2, 8)));
         let resized = mask_from_rle(&rle, (8, 2)).unwrap_or_else(|e| panic!("{e}"));
