@@ -473,3 +473,30 @@ fn the_api_answers_json_and_uploads_refuses_bad_requests_and_keeps_serving() {
     assert_eq!(status, 200, "still serving after bad requests: {refer}");
     assert!(refer["mask"]["counts"].is_string(), "{refer}");
 }
+
+#[test]
+fn the_page_renders_in_headless_chromium_when_chromium_is_installed() {
+    let installed = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .any(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if !installed {
+        eprintln!("skipped: no Chromium here; tools/check_page.sh fails without it");
+        return;
+    }
+    let out = Command::new(repo().join("tools/check_page.sh"))
+        .arg(tiny_run())
+        .env("PIXEL", env!("CARGO_BIN_EXE_pixel"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
