@@ -10,6 +10,8 @@ mod cmd_export;
 mod cmd_grads;
 mod cmd_lm;
 mod cmd_metrics;
+mod cmd_predict;
+mod cmd_serve;
 mod cmd_vision;
 mod progress;
 
@@ -22,6 +24,8 @@ const EXAMPLES: &str = "Examples:
   pixel demo --out runs/demo --resume           continue an interrupted demo
   pixel ablate --config configs/ablations/lm-adaptation.toml --out runs/ablate-lm
   pixel eval --checkpoint runs/demo --out runs/demo/eval
+  pixel predict --checkpoint runs/demo --image photo.png --task refer --text \"the red circle\" --out runs/photo
+  pixel serve --checkpoint runs/demo --port 8080   (then open http://127.0.0.1:8080)
   pixel export-shapes --out runs/shapes-ln-files --train 4000 --val 150
   pixel grads --config configs/demo.toml --seed 0 --out runs/grads   (then tools/twin/grads.py)
   pixel lm forward --model DIR --inputs IN.safetensors --out OUT.safetensors
@@ -47,6 +51,11 @@ enum Command {
     Ablate(cmd_ablate::AblateArgs),
     /// Evaluate a checkpoint on every configured task; write results.json and results.md.
     Eval(cmd_eval::EvalArgs),
+    /// Use a trained model on your own images: captions with points, referring boxes and masks,
+    /// captions of boxes, dense captions; JSON and annotated PNGs.
+    Predict(cmd_predict::PredictArgs),
+    /// Serve a trained model: a JSON API at POST /api/predict and a page to try it at /.
+    Serve(cmd_serve::ServeArgs),
     /// Write ShapesLN as Localized Narratives, RefCOCO (MDETR) and Visual Genome files.
     ExportShapes(cmd_export::ExportArgs),
     /// One training step's initial weights, batch and gradients, for the PyTorch twin.
@@ -96,6 +105,8 @@ pub fn run(heads: TinyHeadRegistry) -> ExitCode {
         Command::Demo(args) => cmd_demo::run(args, &heads),
         Command::Ablate(args) => cmd_ablate::run(args, &heads),
         Command::Eval(args) => cmd_eval::run(args, &heads),
+        Command::Predict(args) => cmd_predict::run(args, &heads),
+        Command::Serve(args) => cmd_serve::run(args, &heads),
         Command::ExportShapes(args) => cmd_export::run(args),
         Command::Grads(args) => cmd_grads::run(args, &heads),
         Command::Lm(cmd) => cmd_lm::run(cmd),

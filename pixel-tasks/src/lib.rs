@@ -13,6 +13,7 @@ pub mod head_conformance;
 pub mod heads;
 pub mod metrics;
 pub mod model;
+pub mod predict;
 pub mod pretrain;
 pub mod pretrain_eva;
 pub mod pretrain_sam;
