@@ -677,6 +677,23 @@ fn load_checkpoint<D: Device<f32>, M: Params<D>>(
         path: state_path.clone(),
         message: e.to_string(),
     })?;
+    // A run names its checkpoints `step-NNNNNNN` after the step they hold; a state that says
+    // otherwise was edited or copied in, and resuming from it would repeat or skip steps.
+    let named = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("step-"))
+        .and_then(|n| n.parse::<u64>().ok());
+    if named.is_some_and(|step| step != state.step) {
+        return Err(TaskError::Format {
+            path: state_path,
+            message: format!(
+                "says step {} but its folder is {}; the checkpoint was not written by this run as it is (remove it, or point `latest` at another)",
+                state.step,
+                dir.display()
+            ),
+        });
+    }
     let store = TensorStore::read(&dir.join("model.safetensors"))?;
     load_params(model, &store, "", &LoadOptions::strict())?;
     optimizer.load_state(&TensorStore::read(&dir.join("optimizer.safetensors"))?)?;

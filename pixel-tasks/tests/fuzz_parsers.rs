@@ -330,6 +330,18 @@ fn the_seeds_parse() {
         load_latest_weights(&mut model(), &RunDir::new(run.path())).unwrap(),
         40
     );
+    // A state whose step is not its folder's is refused, naming both.
+    let edited = String::from_utf8(s.trainer_state.clone())
+        .unwrap()
+        .replacen("40", "41", 1);
+    let run = run_with_state(edited.as_bytes());
+    let err = load_latest_weights(&mut model(), &RunDir::new(run.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("says step 41") && err.contains("step-0000040"),
+        "{err}"
+    );
     let (dir, instances) = file("instances.json", &s.instances);
     let refs = dir.path().join("refs.json");
     std::fs::write(&refs, &s.refs).unwrap();
