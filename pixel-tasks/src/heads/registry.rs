@@ -358,8 +358,14 @@ pub(crate) mod tests {
             err.starts_with("model.heads: at least one head must locate tokens"),
             "{err}"
         );
-        let err = build_error("[[model.heads]]\nkind = \"point\"\nweight = -1.0\n");
-        assert!(err.starts_with("model.heads[0].weight"), "{err}");
+        // A weight out of range fails when the config is read, naming the key and its line.
+        let err = config_with("[[model.heads]]\nkind = \"point\"\nweight = -1.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`model.heads[0].weight`") && err.contains(">= 0") && err.contains("line"),
+            "{err}"
+        );
     }
 
     #[test]
