@@ -103,6 +103,12 @@ impl TaskMix {
             )
     }
 
+    /// Whether some step of the run draws location-captioning examples (evaluation then
+    /// scores the task).
+    pub fn trains_location_captioning(&self) -> bool {
+        self.location_captioning > 0.0 || self.schedule.iter().any(|l| l.location_captioning > 0.0)
+    }
+
     /// Every set of shares has a positive total, and the schedule's steps increase.
     pub fn check(&self) -> std::result::Result<(), TaskError> {
         let invalid = |key: String, message: String| TaskError::Config { key, message };
@@ -803,6 +809,10 @@ mod tests {
             location_captioning: 0.0,
         };
         mix.schedule = vec![later(10, 0.75), later(20, 1.0)];
+        assert!(!mix.trains_location_captioning());
+        mix.schedule[0].location_captioning = 0.1;
+        assert!(mix.trains_location_captioning());
+        mix.schedule[0].location_captioning = 0.0;
         let referring: Vec<f32> = [0, 9, 10, 19, 20, 99]
             .iter()
             .map(|&s| mix.shares_at(s)[1])

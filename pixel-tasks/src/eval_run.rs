@@ -166,7 +166,7 @@ pub fn run_eval(
     }
     let trace_captions = trace.score(&meteor)?;
 
-    let location_captions = if config.tasks.location_captioning > 0.0 {
+    let location_captions = if config.tasks.trains_location_captioning() {
         let mut regions = CaptionSet::default();
         let mut examples = Vec::new();
         for s in &samples {
