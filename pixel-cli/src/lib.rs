@@ -11,6 +11,10 @@ mod cmd_grads;
 mod cmd_lm;
 mod cmd_metrics;
 mod cmd_predict;
+// The server shares one model between request threads; dfdx's CUDA device holds raw stream
+// handles that are neither Send nor Sync, so a `cuda` build has no `serve` (a model-owning
+// worker thread would lift this).
+#[cfg(not(feature = "cuda"))]
 mod cmd_serve;
 mod cmd_vision;
 mod progress;
@@ -55,6 +59,7 @@ enum Command {
     /// captions of boxes, dense captions; JSON and annotated PNGs.
     Predict(cmd_predict::PredictArgs),
     /// Serve a trained model: a JSON API at POST /api/predict and a page to try it at /.
+    #[cfg(not(feature = "cuda"))]
     Serve(cmd_serve::ServeArgs),
     /// Write ShapesLN as Localized Narratives, RefCOCO (MDETR) and Visual Genome files.
     ExportShapes(cmd_export::ExportArgs),
@@ -106,6 +111,7 @@ pub fn run(heads: TinyHeadRegistry) -> ExitCode {
         Command::Ablate(args) => cmd_ablate::run(args, &heads),
         Command::Eval(args) => cmd_eval::run(args, &heads),
         Command::Predict(args) => cmd_predict::run(args, &heads),
+        #[cfg(not(feature = "cuda"))]
         Command::Serve(args) => cmd_serve::run(args, &heads),
         Command::ExportShapes(args) => cmd_export::run(args),
         Command::Grads(args) => cmd_grads::run(args, &heads),
