@@ -47,7 +47,7 @@ use crate::progress::Job;
 use crate::shapes_ln::{
     ReferringExpression, RegionCaption, Sample, ShapesLn, ShapesLnConfig, Split, TracedWord,
 };
-use image::GrayImage;
+use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -688,15 +688,7 @@ impl SampleSource for FileDataset {
         // Expressions were checked against the image's size when the split was opened.
         let decoded = load_image(&part.files.images, &entry.file_name)?;
         let (width, height) = (decoded.width(), decoded.height());
-        let mut image = decoded.to_rgb8();
-        if (width, height) != (self.image_size, self.image_size) {
-            image = image::imageops::resize(
-                &image,
-                self.image_size,
-                self.image_size,
-                image::imageops::FilterType::Triangle,
-            );
-        }
+        let image = model_image(&decoded, self.image_size);
         let masks = entry
             .referring
             .iter()
@@ -956,6 +948,17 @@ impl DatasetConfig {
         toml::to_string(&Section { dataset: self })
             .map_err(|e| TaskError::Invalid(format!("the [dataset] section as TOML: {e}")))
     }
+}
+
+/// The model's input: the image resized to its square side (Triangle filter), as training sees
+/// dataset files and `pixel predict` sees a user's pictures; a stretch, not a pad, so normalized
+/// coordinates map back to the original pixels by the image's own width and height.
+pub fn model_image(image: &image::DynamicImage, side: u32) -> RgbImage {
+    let rgb = image.to_rgb8();
+    if rgb.dimensions() == (side, side) {
+        return rgb;
+    }
+    image::imageops::resize(&rgb, side, side, image::imageops::FilterType::Triangle)
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@ mod annotate;
 mod answer;
 mod request;
 
+pub use crate::data_source::model_image;
 pub use annotate::annotate;
 pub use answer::{mask_from_rle, mask_rle, to_pixels, words_at, Answer, Region, WordAt};
-pub use request::{model_image, Query, Request, Task};
+pub use request::{Query, Request, Task};
 
 use crate::demo::DemoConfig;
 use crate::error::{Result, TaskError};

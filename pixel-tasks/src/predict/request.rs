@@ -3,9 +3,10 @@
 //!
 //! Everything a request can get wrong is found here, before the model runs, so one bad request
 //! gives one error and the others of its batch still run.
+use crate::data_source::model_image;
 use crate::error::{Result, TaskError};
 use base64::Engine;
-use image::{DynamicImage, RgbImage};
+use image::RgbImage;
 use pixel_core::geometry::BoxXyxy;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -166,18 +167,6 @@ impl Query {
     pub fn size(&self) -> (u32, u32) {
         self.image.dimensions()
     }
-}
-
-/// The model's input: the image resized to its square side with the filter `pixel eval` and
-/// training use on dataset files (`data_source::FileDataset::load`), so a picture of any size
-/// or aspect ratio looks as the training images did. Normalized coordinates therefore map back
-/// to the original pixels by the image's own width and height.
-pub fn model_image(image: &DynamicImage, side: u32) -> RgbImage {
-    let rgb = image.to_rgb8();
-    if rgb.dimensions() == (side, side) {
-        return rgb;
-    }
-    image::imageops::resize(&rgb, side, side, image::imageops::FilterType::Triangle)
 }
 
 /// A box in the pixels of a `w x h` image, checked to lie inside it, normalized.
