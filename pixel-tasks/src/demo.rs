@@ -10,7 +10,7 @@ use crate::pretrain_sam::{pretrained_sam, SamPretrainConfig, SamPretrainReport};
 use crate::render::{loss_curves_png, samples_png, SamplePanel, Scale};
 use crate::shapes_ln::{Sample, ShapesLnConfig, Split};
 use crate::tasks::{Example, ExampleBuilder};
-use crate::train::{read_log, train, RunDir, TrainConfig, TrainReport};
+use crate::train::{read_log, train, LoggedLoss, RunDir, TrainConfig, TrainReport};
 use pixel_core::checkpoint::write_atomic;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use rand::{Rng, SeedableRng};
@@ -535,25 +535,46 @@ pub fn pretrain_image_encoders(
 
 fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {
     let log = read_log(&run.metrics_log())?;
-    let total: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, l.loss as f64)).collect();
-    let text: Vec<(f64, f64)> = log
-        .iter()
-        .map(|l| (l.step as f64, l.text_loss as f64))
-        .collect();
-    // Text-coordinate heads (bins, string) have no regression loss: a log axis cannot show its
-    // zeros, so the curve is drawn only where it is positive, and left out when it never is.
-    let location: Vec<(f64, f64)> = log
-        .iter()
-        .filter(|l| l.location_loss > 0.0)
-        .map(|l| (l.step as f64, l.location_loss as f64))
-        .collect();
-    let mut series = vec![
-        ("total", total.as_slice()),
-        ("text (label-smoothed CE)", text.as_slice()),
-    ];
-    if !location.is_empty() {
-        series.push(("location (L1, px)", location.as_slice()));
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = vec![(
+        "total".into(),
+        log.iter().map(|l| (l.step as f64, l.loss as f64)).collect(),
+    )];
+    // Each part under its own name, as it enters the total and, where a weight scales it, as
+    // its loss function returns it. A log axis cannot show zeros (a text-coordinate head has
+    // no loss of its own; a ramp starts at 0), so only positive values are drawn.
+    let mut names: Vec<&str> = Vec::new();
+    for line in &log {
+        for part in &line.losses {
+            if !names.contains(&part.name.as_str()) {
+                names.push(&part.name);
+            }
+        }
     }
+    for name in names {
+        let curve = |value: fn(&LoggedLoss) -> f32| -> Vec<(f64, f64)> {
+            log.iter()
+                .filter_map(|l| l.part(name).map(|p| (l.step as f64, value(p) as f64)))
+                .filter(|(_, v)| v.is_finite() && *v > 0.0)
+                .collect()
+        };
+        let weighted = curve(|p| p.weighted);
+        let unweighted = curve(|p| p.unweighted);
+        let scaled = log
+            .iter()
+            .filter_map(|l| l.part(name))
+            .any(|p| p.weight != 1.0);
+        if scaled {
+            series.push((format!("{name}, weighted"), weighted));
+            series.push((format!("{name}, unweighted"), unweighted));
+        } else {
+            series.push((name.to_string(), weighted));
+        }
+    }
+    let series: Vec<(&str, &[(f64, f64)])> = series
+        .iter()
+        .filter(|(_, points)| !points.is_empty())
+        .map(|(name, points)| (name.as_str(), points.as_slice()))
+        .collect();
     loss_curves_png(
         path,
         &series,

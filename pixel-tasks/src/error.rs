@@ -18,13 +18,14 @@ pub enum TaskError {
     },
     #[error("`{path}` is malformed: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("the loss became {} at step {step} (text {text}, location {location}); nothing was saved for this step{}",
-        if text.is_nan() || location.is_nan() { "NaN" } else { "infinite" },
+    #[error("the loss became {} at step {step} ({parts}); nothing was saved for this step{}",
+        if loss.is_nan() { "NaN" } else { "infinite" },
         checkpoint.as_ref().map(|c| format!(", the last good checkpoint is `{}`", c.display())).unwrap_or_default())]
     NonFiniteLoss {
         step: u64,
-        text: f32,
-        location: f32,
+        loss: f32,
+        /// Each loss part with its value and weight, so the one that failed shows.
+        parts: String,
         checkpoint: Option<PathBuf>,
     },
     #[error("a gradient became non-finite at step {step}: {message}; nothing was saved for this step{}",

@@ -15,7 +15,7 @@ use crate::error::{Result, TaskError};
 use crate::model::{LmMode, PixelDims, PixelLlm, VocabMap};
 use crate::shapes_ln::Split;
 use crate::train::{
-    load_latest_weights, train, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep,
+    load_latest_weights, train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep,
 };
 use dfdx::prelude::*;
 use pixel_core::checkpoint::write_atomic;
@@ -319,10 +319,7 @@ impl<L: T5Dims, D: Device<f32>> TrainStep<D> for Denoiser<L, D> {
             &batch.target_weights,
             0.0,
         )?;
-        let parts = LossParts {
-            text: loss.as_vec()[0],
-            location: 0.0,
-        };
+        let parts = vec![LossPart::new("span_corruption", loss.as_vec()[0], 1.0)];
         Ok((loss, parts))
     }
 }
@@ -550,7 +547,7 @@ mod tests {
         let denoiser = Denoiser { lm: lm.clone() };
         let mut total = 0.0;
         for batch in batches {
-            total += denoiser.loss(batch, Gradients::leaky())?.1.text;
+            total += denoiser.loss(batch, Gradients::leaky())?.0.array();
         }
         Ok(total / batches.len().max(1) as f32)
     }

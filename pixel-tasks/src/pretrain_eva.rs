@@ -18,7 +18,7 @@ use crate::error::{Result, TaskError};
 use crate::model::presets::LmVocab;
 use crate::model::{PixelDims, VocabMap};
 use crate::shapes_ln::{Sample, Split};
-use crate::train::{train, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
+use crate::train::{train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use dfdx::prelude::*;
 use pixel_core::nn::{sincos_2d, Embedding, Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params, Trainable};
@@ -258,10 +258,7 @@ impl<P: PixelDims, D: Device<f32>> TrainStep<D> for RegionPhraseAligner<P, D> {
             .dev
             .tensor_from_vec(batch.targets.clone(), (batch.regions,));
         let loss = log_probs.select(targets).mean().negate();
-        let parts = LossParts {
-            text: loss.as_vec()[0],
-            location: 0.0,
-        };
+        let parts = vec![LossPart::new("region_phrase", loss.as_vec()[0], 1.0)];
         Ok((loss, parts))
     }
 }
@@ -545,7 +542,7 @@ mod tests {
         for _ in 0..25 {
             let grads = alloc_grads(&mut model, &trainable).unwrap();
             let (loss, parts) = model.loss(&b, grads).unwrap();
-            losses.push(parts.text);
+            losses.push(parts[0].value);
             optimizer
                 .update(&mut model, &loss.backward(), &trainable, 2e-3)
                 .unwrap();

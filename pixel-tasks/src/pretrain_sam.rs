@@ -12,7 +12,7 @@ use crate::error::{Result, TaskError};
 use crate::heads::mask::area_average;
 use crate::model::PixelDims;
 use crate::shapes_ln::{Sample, Split};
-use crate::train::{train, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
+use crate::train::{train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use dfdx::prelude::*;
 use pixel_core::nn::sincos_2d;
 use pixel_core::params::{ParamVisitor, Params, Trainable};
@@ -228,10 +228,10 @@ impl<P: PixelDims, D: Device<f32>> TrainStep<D> for PromptableSegmenter<P, D> {
             .square()
             .mean();
         let mask_loss = focal * FOCAL_WEIGHT + dice;
-        let parts = LossParts {
-            text: mask_loss.as_vec()[0],
-            location: iou_error.as_vec()[0],
-        };
+        let parts = vec![
+            LossPart::new("mask", mask_loss.as_vec()[0], 1.0),
+            LossPart::new("iou", iou_error.as_vec()[0], 1.0),
+        ];
         Ok((mask_loss + iou_error, parts))
     }
 }
@@ -489,7 +489,7 @@ mod tests {
         for _ in 0..30 {
             let grads = alloc_grads(&mut model, &trainable).unwrap();
             let (loss, parts) = model.loss(&batch, grads).unwrap();
-            losses.push(parts.text);
+            losses.push(parts[0].value);
             optimizer
                 .update(&mut model, &loss.backward(), &trainable, 3e-3)
                 .unwrap();

@@ -27,11 +27,57 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The loss of one batch, split into its parts for logging.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct LossParts {
-    pub text: f32,
-    pub location: f32,
+/// One named part of a batch's loss: the vocabulary head's cross-entropy, an output head's
+/// loss (named after the head), or a pretraining objective's term. The log keeps each part
+/// under its own name, before and after weighting, whatever model or head produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossPart {
+    pub name: String,
+    /// The part as its loss function returns it.
+    pub value: f32,
+    /// The factor it enters the total with (a head's weight times the auxiliary ramp).
+    pub weight: f32,
+}
+
+impl LossPart {
+    pub fn new(name: impl Into<String>, value: f32, weight: f32) -> Self {
+        LossPart {
+            name: name.into(),
+            value,
+            weight,
+        }
+    }
+
+    /// What the part adds to the total loss.
+    pub fn weighted(&self) -> f32 {
+        self.value * self.weight
+    }
+}
+
+/// The loss of one batch, split into its named parts, in the order the model computed them.
+pub type LossParts = Vec<LossPart>;
+
+/// The parts of a loss averaged over shards: by name, a part a shard did not have (a head
+/// with nothing to supervise there) counting as zero, as it does in that shard's total.
+fn mean_parts(shards: &[LossParts]) -> LossParts {
+    let scale = 1.0 / shards.len().max(1) as f32;
+    let mut mean: LossParts = Vec::new();
+    for part in shards.iter().flatten() {
+        match mean.iter_mut().find(|m| m.name == part.name) {
+            Some(m) => m.value += part.value * scale,
+            None => mean.push(LossPart::new(&part.name, part.value * scale, part.weight)),
+        }
+    }
+    mean
+}
+
+/// `name value (x weight)` for each part, for messages.
+pub fn describe_parts(parts: &[LossPart]) -> String {
+    parts
+        .iter()
+        .map(|p| format!("{} {} (x {})", p.name, p.value, p.weight))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A scalar loss with the gradient tape of its whole computation.
@@ -186,14 +232,124 @@ impl TrainConfig {
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "LogLineOnDisk")]
 pub struct LogLine {
     pub step: u64,
+    /// The total: the sum of the parts' `weighted`.
     pub loss: f32,
-    pub text_loss: f32,
-    pub location_loss: f32,
+    /// Every part of the loss under its own name (`text`, then each head's).
+    pub losses: Vec<LoggedLoss>,
     pub lr: f32,
     pub grad_norm: f32,
     pub elapsed_s: f64,
+}
+
+/// A loss part as logged: unweighted, its weight at that step, and weighted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedLoss {
+    pub name: String,
+    pub unweighted: f32,
+    pub weight: f32,
+    pub weighted: f32,
+}
+
+impl From<&LossPart> for LoggedLoss {
+    fn from(part: &LossPart) -> Self {
+        LoggedLoss {
+            name: part.name.clone(),
+            unweighted: part.value,
+            weight: part.weight,
+            weighted: part.weighted(),
+        }
+    }
+}
+
+impl LogLine {
+    /// The part named `name`, if the step had it.
+    pub fn part(&self, name: &str) -> Option<&LoggedLoss> {
+        self.losses.iter().find(|l| l.name == name)
+    }
+}
+
+/// A `metrics.jsonl` line as written now, or as runs before named loss parts wrote it
+/// (`text_loss` and `location_loss`, the heads' losses summed unweighted): a run started
+/// then still resumes and plots.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LogLineOnDisk {
+    Named {
+        step: u64,
+        loss: f32,
+        losses: Vec<LoggedLoss>,
+        lr: f32,
+        grad_norm: f32,
+        elapsed_s: f64,
+    },
+    Legacy {
+        step: u64,
+        loss: f32,
+        text_loss: f32,
+        location_loss: f32,
+        lr: f32,
+        grad_norm: f32,
+        elapsed_s: f64,
+    },
+}
+
+impl From<LogLineOnDisk> for LogLine {
+    fn from(line: LogLineOnDisk) -> Self {
+        match line {
+            LogLineOnDisk::Named {
+                step,
+                loss,
+                losses,
+                lr,
+                grad_norm,
+                elapsed_s,
+            } => LogLine {
+                step,
+                loss,
+                losses,
+                lr,
+                grad_norm,
+                elapsed_s,
+            },
+            LogLineOnDisk::Legacy {
+                step,
+                loss,
+                text_loss,
+                location_loss,
+                lr,
+                grad_norm,
+                elapsed_s,
+            } => {
+                // The old log kept the heads' losses summed, without their weight; the total
+                // gives what they added to it.
+                let weighted = loss - text_loss;
+                let weight = if location_loss > 0.0 {
+                    weighted / location_loss
+                } else {
+                    0.0
+                };
+                LogLine {
+                    step,
+                    loss,
+                    losses: vec![
+                        LoggedLoss::from(&LossPart::new("text", text_loss, 1.0)),
+                        LoggedLoss {
+                            name: "location".into(),
+                            unweighted: location_loss,
+                            weight,
+                            weighted,
+                        },
+                    ],
+                    lr,
+                    grad_norm,
+                    elapsed_s,
+                }
+            }
+        }
+    }
 }
 
 /// What a finished run reports.
@@ -441,8 +597,8 @@ where
         if !loss_value.is_finite() {
             return Err(TaskError::NonFiniteLoss {
                 step,
-                text: parts.text,
-                location: parts.location,
+                loss: loss_value,
+                parts: describe_parts(&parts),
                 checkpoint: run.latest_checkpoint().ok().flatten(),
             });
         }
@@ -463,8 +619,7 @@ where
         let line = LogLine {
             step: done,
             loss: loss_value,
-            text_loss: parts.text,
-            location_loss: parts.location,
+            losses: parts.iter().map(LoggedLoss::from).collect(),
             lr,
             grad_norm: stats.grad_norm,
             elapsed_s,
@@ -473,10 +628,11 @@ where
             let json =
                 serde_json::to_string(&line).map_err(|e| TaskError::Invalid(e.to_string()))?;
             writeln!(log_file, "{json}").map_err(|e| TaskError::io(run.metrics_log(), e))?;
-            progress.note(&format!(
-                "loss {loss_value:.3} (text {:.3}, loc {:.3})",
-                parts.text, parts.location
-            ));
+            let each: Vec<String> = parts
+                .iter()
+                .map(|p| format!("{} {:.3}", p.name, p.weighted()))
+                .collect();
+            progress.note(&format!("loss {loss_value:.3} ({})", each.join(", ")));
         }
         if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0)
             || done == config.steps
@@ -486,8 +642,8 @@ where
             if !check.is_finite() {
                 return Err(TaskError::NonFiniteLoss {
                     step: done,
-                    text: parts.text,
-                    location: parts.location,
+                    loss: check,
+                    parts: describe_parts(&parts),
                     checkpoint: run.latest_checkpoint().ok().flatten(),
                 });
             }
@@ -569,18 +725,17 @@ where
     };
     let results = run_shards(shards.iter().zip(slots).collect(), &run);
     let mut total = 0.0;
-    let mut parts = LossParts::default();
+    let mut parts = Vec::with_capacity(results.len());
     let mut grads = Vec::with_capacity(results.len());
     for result in results {
         let (value, p, g) = result?;
         total += value * scale;
-        parts.text += p.text * scale;
-        parts.location += p.location * scale;
+        parts.push(p);
         grads.push(g);
     }
     Ok(ShardedStep {
         loss: total,
-        parts,
+        parts: mean_parts(&parts),
         grads,
     })
 }
@@ -629,14 +784,13 @@ fn sharded_loss<D: Device<f32>, M: TrainStep<D>>(
 ) -> Result<(f32, LossParts)> {
     let scale = 1.0 / shards.len() as f32;
     let mut total = 0.0;
-    let mut parts = LossParts::default();
+    let mut parts = Vec::with_capacity(shards.len());
     for batch in shards {
         let (loss, p) = model.loss(batch, Gradients::leaky())?;
         total += loss.as_vec()[0] * scale;
-        parts.text += p.text * scale;
-        parts.location += p.location * scale;
+        parts.push(p);
     }
-    Ok((total, parts))
+    Ok((total, mean_parts(&parts)))
 }
 
 fn save_checkpoint<D: Device<f32>, M: Params<D>>(
@@ -793,13 +947,7 @@ mod tests {
             let y = self.layer.forward(x.traced(grads));
             let loss = masked_l1(y, &batch.1, &vec![1.0; n])?;
             let value = loss.array();
-            Ok((
-                loss,
-                LossParts {
-                    text: 0.0,
-                    location: value,
-                },
-            ))
+            Ok((loss, vec![LossPart::new("squared_error", value, 1.0)]))
         }
 
         fn split_batch(batch: &Self::Batch, shards: usize) -> Option<Vec<Self::Batch>> {
@@ -1023,6 +1171,41 @@ mod tests {
             .map(|l| l.step)
             .collect();
         assert_eq!(steps, (1..=60).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn shards_average_loss_parts_by_name_and_a_missing_part_counts_as_zero() {
+        let mean = mean_parts(&[
+            vec![
+                LossPart::new("text", 1.0, 1.0),
+                LossPart::new("point", 4.0, 0.1),
+            ],
+            vec![LossPart::new("text", 3.0, 1.0)],
+        ]);
+        assert_eq!(
+            mean,
+            [
+                LossPart::new("text", 2.0, 1.0),
+                LossPart::new("point", 2.0, 0.1)
+            ]
+        );
+        assert!((mean[1].weighted() - 0.2).abs() < 1e-7);
+    }
+
+    #[test]
+    fn a_log_line_from_before_named_parts_still_reads() {
+        let old = r#"{"step":3,"loss":2.5,"text_loss":2.0,"location_loss":5.0,"lr":0.001,"grad_norm":1.5,"elapsed_s":0.3}"#;
+        let line: LogLine = serde_json::from_str(old).unwrap();
+        assert_eq!(line.part("text").unwrap().weighted, 2.0);
+        let location = line.part("location").unwrap();
+        assert_eq!(location.unweighted, 5.0);
+        assert!(
+            (location.weighted - 0.5).abs() < 1e-6,
+            "the total less the text loss"
+        );
+        assert!((location.weight - 0.1).abs() < 1e-6);
+        let new: LogLine = serde_json::from_str(&serde_json::to_string(&line).unwrap()).unwrap();
+        assert_eq!(new.part("text"), line.part("text"));
     }
 
     #[test]

@@ -118,7 +118,11 @@ fn seeds() -> &'static Seeds {
         let optimizer = dir.path().join("optimizer.safetensors");
         optimizer_state().write(&optimizer).unwrap();
         let refer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datasets/refer");
-        let log = "{\"step\":1,\"loss\":2.5,\"text_loss\":2.0,\"location_loss\":5.0,\"lr\":0.001,\"grad_norm\":1.5,\"elapsed_s\":0.3}\n".repeat(2);
+        let log = [
+            "{\"step\":1,\"loss\":2.5,\"losses\":[{\"name\":\"text\",\"unweighted\":2.0,\"weight\":1.0,\"weighted\":2.0},{\"name\":\"point\",\"unweighted\":5.0,\"weight\":0.1,\"weighted\":0.5}],\"lr\":0.001,\"grad_norm\":1.5,\"elapsed_s\":0.3}\n",
+            "{\"step\":2,\"loss\":2.5,\"text_loss\":2.0,\"location_loss\":5.0,\"lr\":0.001,\"grad_norm\":1.5,\"elapsed_s\":0.3}\n",
+        ]
+        .concat();
         Seeds {
             narratives: read(&dataset.train.narratives),
             refexp: read(dataset.train.referring.expressions()),

@@ -3,8 +3,9 @@
 
     python3 tools/twin/plot.py RUN1 RUN2 ... [--labels A B ...] --out curves.png [--smooth 10]
 
-A run folder holds metrics.jsonl (step, loss, text_loss, location_loss, lr, grad_norm,
-elapsed_s: a Rust `pixel demo`/`pixel train` run or tools/twin/train.py) and, when finished,
+A run folder holds metrics.jsonl (step, loss, losses: the named parts, lr, grad_norm,
+elapsed_s: a Rust `pixel demo`/`pixel train` run or tools/twin/train.py; older logs with
+text_loss and location_loss also read) and, when finished,
 metrics.json (Rust) or summary.json (the twin) with the evaluation. One PNG: total, text and
 location loss against the step on a log y axis, each run's logged values faint and their centred
 running mean over --smooth logged points bold. The table (stdout, Markdown): seconds per step, the last
@@ -24,8 +25,17 @@ import numpy as np  # noqa: E402
 FIELDS = [("loss", "total loss"), ("text_loss", "text loss"), ("location_loss", "location loss (unweighted)")]
 
 
+def with_sums(line):
+    """`text_loss` and `location_loss` (the heads' unweighted losses summed) of a log line."""
+    if "losses" in line:
+        parts = line["losses"]
+        line["text_loss"] = sum(p["unweighted"] for p in parts if p["name"] == "text")
+        line["location_loss"] = sum(p["unweighted"] for p in parts if p["name"] != "text")
+    return line
+
+
 def read_run(folder):
-    lines = [json.loads(l) for l in open(os.path.join(folder, "metrics.jsonl")) if l.strip()]
+    lines = [with_sums(json.loads(l)) for l in open(os.path.join(folder, "metrics.jsonl")) if l.strip()]
     final = None
     for name in ("summary.json", "metrics.json"):
         path = os.path.join(folder, name)

@@ -16,8 +16,8 @@ by `clip / norm` when the global norm (float64 sum of squares over the trainable
 exceeds `clip_grad_norm`; the WarmupCosine schedule `lr(step)` in float32; the trainable rules
 of `ModelConfig::trainable`. Optimizer arithmetic in float32 whatever --dtype.
 
-RUN/metrics.jsonl: the Rust log's fields (step, loss, text_loss, location_loss = the sum of the
-heads' unweighted losses, lr, grad_norm before clipping, elapsed_s = training time without
+RUN/metrics.jsonl: the Rust log's fields (step, loss, losses = one entry per named part with
+unweighted, weight and weighted, lr, grad_norm before clipping, elapsed_s = training time without
 evaluation) every `log_every` steps and at the last. RUN/summary.json: settings, seconds per
 step, the last log line, the evaluation (and RUN/eval.jsonl with --eval-every).
 
@@ -415,7 +415,9 @@ def main():
         done = step + 1
         text = next(v.item() for n, v, _ in terms if n == "text")
         location = sum(v.item() for n, v, _ in terms if n != "text")
-        last = {"step": done, "loss": loss, "text_loss": text, "location_loss": location,
+        losses = [{"name": n, "unweighted": v.item(), "weight": float(w), "weighted": v.item() * float(w)}
+                  for n, v, w in terms]
+        last = {"step": done, "loss": loss, "losses": losses,
                 "lr": lr, "grad_norm": grad_norm, "elapsed_s": train_s}
         if done % log_every == 0 or done == steps:
             log.write(json.dumps(last) + "\n")

@@ -22,7 +22,7 @@ use crate::heads::{
     DecodeMode, DecodedTokens, HeadInputs, HeadPrediction, HeadRegistry, OutputHead, Reads,
 };
 use crate::tasks::{Batch, Example};
-use crate::train::{LossParts, TapedScalar, TrainStep};
+use crate::train::{LossPart, LossParts, TapedScalar, TrainStep};
 use dfdx::prelude::*;
 use pixel_core::geometry::BoxXyxy;
 use pixel_core::loss::label_smoothed_cross_entropy;
@@ -427,15 +427,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> TrainStep<D> for Pix
         examples: &Vec<Example>,
         grads: Gradients<f32, D>,
     ) -> Result<(TapedScalar<D>, LossParts)> {
-        let (total, terms) = self.loss_terms(&self.batch(examples)?, grads)?;
-        let mut parts = LossParts::default();
-        for term in &terms {
-            match term.name.as_str() {
-                TEXT_LOSS => parts.text = term.value,
-                _ => parts.location += term.value,
-            }
-        }
-        Ok((total, parts))
+        self.loss_terms(&self.batch(examples)?, grads)
     }
 
     fn set_aux_loss_scale(&mut self, scale: f32) {
@@ -452,18 +444,9 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> TrainStep<D> for Pix
     }
 }
 
-/// The name of the vocabulary head's loss among [`LossTerm`]s.
+/// The name of the vocabulary head's label-smoothed cross-entropy among the loss parts; every
+/// other part is named after its head.
 pub const TEXT_LOSS: &str = "text";
-
-/// One part of the training loss, unweighted: the vocabulary head's label-smoothed
-/// cross-entropy (named [`TEXT_LOSS`]) or an output head's loss (named after the head).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LossTerm {
-    pub name: String,
-    pub value: f32,
-    /// The factor it enters the total with.
-    pub weight: f32,
-}
 
 impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
     /// The training loss of `batch` with its gradient tape (slots from `grads`), and its terms.
@@ -471,7 +454,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
         &self,
         batch: &Batch,
         grads: Gradients<f32, D>,
-    ) -> Result<(TapedScalar<D>, Vec<LossTerm>)> {
+    ) -> Result<(TapedScalar<D>, LossParts)> {
         // The tape starts with the slots allocated for the trainable parameters.
         let start: Tensor<(), f32, D> = self.dev.zeros_like(&());
         let (_, tape) = start.traced(grads).split_tape();
@@ -482,21 +465,13 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
             &batch.target_weights,
             self.config.label_smoothing,
         )?;
-        let mut terms = vec![LossTerm {
-            name: TEXT_LOSS.to_string(),
-            value: text.as_vec()[0],
-            weight: 1.0,
-        }];
+        let mut terms = vec![LossPart::new(TEXT_LOSS, text.as_vec()[0], 1.0)];
         let inputs = self.head_inputs(&out.decoder, &out.image, batch);
         let mut total = text;
         for (head, config) in self.heads.iter().zip(&self.config.heads) {
             if let Some(loss) = head.loss(&inputs)? {
                 let weight = config.weight * self.aux_loss_scale;
-                terms.push(LossTerm {
-                    name: head.name().to_string(),
-                    value: loss.as_vec()[0],
-                    weight,
-                });
+                terms.push(LossPart::new(head.name(), loss.as_vec()[0], weight));
                 total = total + loss * weight;
             }
         }
@@ -947,7 +922,18 @@ mod tests {
         let trainable = config.model.trainable();
         let grads = alloc_grads(&mut model, &trainable).unwrap();
         let (loss, parts) = model.loss(&ex, grads).unwrap();
-        assert!(parts.location > 0.0 && parts.text > 0.0, "{parts:?}");
+        // Each loss under its own name; the text-coordinate head (bins) has none of its own.
+        let named: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(named, [TEXT_LOSS, "point", "box", "mask", "detection"]);
+        assert!(
+            parts.iter().all(|p| p.value > 0.0 && p.value.is_finite()),
+            "{parts:?}"
+        );
+        let weighted: f32 = parts.iter().map(LossPart::weighted).sum();
+        assert!(
+            (weighted - loss.array()).abs() <= 1e-4 * weighted,
+            "{parts:?}"
+        );
         let missing = without_gradient(&mut model, &loss.backward(), &trainable);
         assert!(missing.is_empty(), "{missing:?}");
 
