@@ -61,6 +61,14 @@ pub struct TaskMix {
     /// Captions are cut to this many tokens (EOS included); at least 2.
     #[serde(deserialize_with = "at_least_two")]
     pub max_target_tokens: usize,
+    /// Referring examples are drawn only from images with at least this many objects (their
+    /// regions, as evaluation counts them): 1, the default, takes any image; 2 spends the
+    /// referring share on expressions that must be bound to one of several objects.
+    #[serde(
+        default = "one_object",
+        deserialize_with = "pixel_core::config::range::count"
+    )]
+    pub referring_min_objects: usize,
     /// A curriculum: from each entry's `from_step` on (increasing), its shares replace the
     /// ones above.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -78,29 +86,49 @@ pub struct LaterTaskMix {
     pub referring_localization: f32,
     #[serde(deserialize_with = "pixel_core::config::range::non_negative")]
     pub location_captioning: f32,
+    /// As [`TaskMix::referring_min_objects`], from `from_step` on.
+    #[serde(
+        default = "one_object",
+        deserialize_with = "pixel_core::config::range::count"
+    )]
+    pub referring_min_objects: usize,
+}
+
+fn one_object() -> usize {
+    1
 }
 
 impl TaskMix {
-    /// The shares (trace captioning, referring, location captioning) in force at `step`.
-    pub fn shares_at(&self, step: u64) -> [f32; 3] {
+    /// The schedule entry in force at `step`; `None` before the first.
+    fn later_at(&self, step: u64) -> Option<&LaterTaskMix> {
         self.schedule
             .iter()
             .rev()
             .find(|later| step >= later.from_step)
-            .map_or(
+    }
+
+    /// The fewest objects an image needs to give a referring example at `step`.
+    pub fn referring_min_objects_at(&self, step: u64) -> usize {
+        self.later_at(step)
+            .map_or(self.referring_min_objects, |l| l.referring_min_objects)
+    }
+
+    /// The shares (trace captioning, referring, location captioning) in force at `step`.
+    pub fn shares_at(&self, step: u64) -> [f32; 3] {
+        self.later_at(step).map_or(
+            [
+                self.trace_captioning,
+                self.referring_localization,
+                self.location_captioning,
+            ],
+            |later| {
                 [
-                    self.trace_captioning,
-                    self.referring_localization,
-                    self.location_captioning,
-                ],
-                |later| {
-                    [
-                        later.trace_captioning,
-                        later.referring_localization,
-                        later.location_captioning,
-                    ]
-                },
-            )
+                    later.trace_captioning,
+                    later.referring_localization,
+                    later.location_captioning,
+                ]
+            },
+        )
     }
 
     /// Whether some step of the run draws location-captioning examples (evaluation then
@@ -278,6 +306,9 @@ pub struct TrainSummary {
     pub trainable_parameters: usize,
 }
 
+/// Draws in a row without an example before [`training_examples`] gives up on the data.
+const MAX_EMPTY_DRAWS: usize = 1000;
+
 /// Draws the examples of training step `step`: deterministic in `(seed, step)`.
 pub fn training_examples(
     data: &impl SampleSource,
@@ -296,21 +327,36 @@ pub fn training_examples(
             "tasks: at step {step} no task share is positive"
         )));
     }
+    let min_objects = mix.referring_min_objects_at(step);
     let mut examples = Vec::with_capacity(batch_size);
+    let mut empty_draws = 0;
     while examples.len() < batch_size {
         let sample = data.load(Split::Train, rng.gen_range(0..data.images(Split::Train)))?;
         let pick = rng.gen::<f32>() * total;
         let mut candidates = if pick < trace {
             vec![builder.trace_captioning(&sample)?]
         } else if pick < trace + referring {
-            builder.referring_localization(&sample)?
+            let mut referring = builder.referring_localization(&sample)?;
+            referring.retain(|e| e.object_boxes.len() >= min_objects);
+            referring
         } else {
             builder.location_captioning(&sample)?
         };
         if candidates.is_empty() {
-            // A file sample may lack the drawn task (an image without referring expressions).
+            // A file sample may lack the drawn task (an image without referring expressions),
+            // or have fewer objects than the referring examples need.
+            empty_draws += 1;
+            if empty_draws == MAX_EMPTY_DRAWS {
+                return Err(TaskError::Config {
+                    key: "tasks".into(),
+                    message: format!(
+                        "at step {step}, {MAX_EMPTY_DRAWS} training images in a row had no example of the drawn task (referring examples need images with at least {min_objects} objects: referring_min_objects)"
+                    ),
+                });
+            }
             continue;
         }
+        empty_draws = 0;
         let i = rng.gen_range(0..candidates.len());
         examples.push(candidates.swap_remove(i));
     }
@@ -828,6 +874,7 @@ mod tests {
             trace_captioning: 1.0 - referring,
             referring_localization: referring,
             location_captioning: 0.0,
+            referring_min_objects: 1,
         };
         mix.schedule = vec![later(10, 0.75), later(20, 1.0)];
         assert!(!mix.trains_location_captioning());
@@ -855,6 +902,23 @@ mod tests {
         assert!(drawn
             .iter()
             .all(|e| e.task == TaskKind::ReferringLocalization));
+
+        // Referring examples from images with several objects only, from step 20 on.
+        let objects = |mix: &TaskMix, step| -> Vec<usize> {
+            (0..4)
+                .flat_map(|seed| training_examples(&data, &builder, mix, 16, seed, step).unwrap())
+                .map(|e| e.object_boxes.len())
+                .collect()
+        };
+        assert!(objects(&mix, 20).contains(&1), "ShapesLN has lone objects");
+        mix.schedule[1].referring_min_objects = 2;
+        assert_eq!(mix.referring_min_objects_at(19), 1);
+        assert!(objects(&mix, 20).iter().all(|&n| n >= 2));
+        assert!(objects(&mix, 19).contains(&1), "before step 20, any image");
+        // More objects than any image has: an error that names the key, not an endless draw.
+        mix.schedule[1].referring_min_objects = 4;
+        let err = training_examples(&data, &builder, &mix, 16, 0, 20).unwrap_err();
+        assert!(err.to_string().contains("referring_min_objects"), "{err}");
     }
 
     #[test]
