@@ -1,11 +1,14 @@
 //! Pictures of training and results, as PNG: loss curves, bar charts with error bars, sample
 //! panels (image, per-word points, captions, boxes) and mask overlays.
 //!
-//! Everything draws into a plain `image::RgbImage` with an embedded 8x8 bitmap font, so reports
-//! can be rendered on a headless CI machine with no font or plotting library installed. Each
+//! Everything draws into a plain `image::RgbImage`: the charts through `plotters`' bitmap
+//! backend, the panels with a few primitives of our own, and all text with one font embedded in
+//! the binary (DejaVu Sans, rasterized anti-aliased by `ab_glyph`; `font.rs`), so reports look
+//! the same on every machine and render on a headless CI machine with no fonts installed. Each
 //! `*_png` function is its `*_image` twin plus [`save_png`]; the twins are what tests inspect.
 
 mod draw;
+mod font;
 mod panels;
 mod plot;
 
@@ -30,6 +33,9 @@ pub enum RenderError {
     /// Log-scale plots need positive values.
     #[error("{what} is {value}, which has no logarithm; use Scale::Linear or drop it")]
     NonPositive { what: String, value: f64 },
+    /// The plotting library failed while drawing a chart.
+    #[error("could not draw the chart: {0}")]
+    Draw(String),
     /// Some other argument was unusable.
     #[error("invalid {what}: {problem}")]
     Invalid { what: String, problem: String },

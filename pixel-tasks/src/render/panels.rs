@@ -4,8 +4,8 @@ use std::path::Path;
 
 use image::{GrayImage, Rgb, RgbImage};
 
-use super::draw::{self, BLACK, GLYPH, GREY, WHITE};
-use super::{finite, save_png, RenderError};
+use super::draw::{self, BLACK, GREY, WHITE};
+use super::{finite, font, save_png, RenderError};
 
 /// One image with the words generated for it and boxes to show; normalized coordinates.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,34 +22,38 @@ pub struct SamplePanel {
 const PANEL_IMAGE: u32 = 256;
 /// Blank space around and between panels.
 const PAD: i64 = 12;
-/// Text line height at scale 1.
-const LINE: i64 = 11;
+/// Size of all text on panels, in pixels from ascent to descent.
+const TEXT: f32 = 14.0;
+/// Height of a line of text (the font's line at [`TEXT`], with a pixel to spare).
+const LINE: i64 = 18;
 /// Most panels in one row.
 const COLUMNS: usize = 4;
 
-/// Caption laid out in lines that fit `width` pixels: `(word index, x offset)` per line.
+/// Caption laid out in lines that fit `width` pixels: `(word index, x offset)` per line, with
+/// the words' widths measured in the font. A word wider than a line gets a line of its own (and
+/// is cut short when drawn, see [`shown_word`]).
 fn wrap(words: &[(String, Option<[f32; 2]>)], width: i64) -> Vec<Vec<(usize, i64)>> {
-    let max_chars = (width / GLYPH).max(1) as usize;
+    let space = font::text_width(" ", TEXT);
     let mut lines: Vec<Vec<(usize, i64)>> = vec![Vec::new()];
-    let mut used = 0usize;
+    let mut used = 0i64;
     for (i, (word, _)) in words.iter().enumerate() {
-        let len = word.chars().count().min(max_chars);
-        let need = if used == 0 { len } else { used + 1 + len };
-        if need > max_chars && used > 0 {
+        let len = font::text_width(&shown_word(word, width), TEXT);
+        let mut x = if used == 0 { 0 } else { used + space };
+        if x + len > width && used > 0 {
             lines.push(Vec::new());
-            used = 0;
+            x = 0;
         }
-        let x = if used == 0 {
-            0
-        } else {
-            (used + 1) as i64 * GLYPH
-        };
         if let Some(line) = lines.last_mut() {
             line.push((i, x));
         }
-        used = if used == 0 { len } else { used + 1 + len };
+        used = x + len;
     }
     lines
+}
+
+/// `word` as printed on a line `width` pixels wide: whole, or cut short with "…".
+fn shown_word(word: &str, width: i64) -> String {
+    font::truncate(word, TEXT, width)
 }
 
 fn check_point(p: [f32; 2], what: impl Fn() -> String) -> Result<(), RenderError> {
@@ -72,8 +76,8 @@ fn display_size(image: &RgbImage) -> (u32, u32) {
 /// Draws one panel with its top-left at `(x, y)`.
 fn draw_panel(canvas: &mut RgbImage, panel: &SamplePanel, x: i64, y: i64) {
     let width = PANEL_IMAGE as i64;
-    let title: String = panel.title.chars().take((width / GLYPH) as usize).collect();
-    draw::text(canvas, x, y, &title, 1, BLACK);
+    let title = font::truncate(&panel.title, TEXT, width);
+    font::text(canvas, x, y, &title, TEXT, BLACK);
     let (dw, dh) = display_size(&panel.image);
     let mut shown = draw::upscale_nearest(&panel.image, dw, dh);
     let (fw, fh) = (dw as f64, dh as f64);
@@ -95,7 +99,11 @@ fn draw_panel(canvas: &mut RgbImage, panel: &SamplePanel, x: i64, y: i64) {
         if label.is_empty() {
             continue;
         }
-        let (lw, lh) = (draw::text_width(label, 1) + 4, GLYPH + 2);
+        let label = font::truncate(label, TEXT, dw as i64 - 4);
+        let (lw, lh) = (
+            font::text_width(&label, TEXT) + 4,
+            font::line_height(TEXT) + 2,
+        );
         let lx = bx0.clamp(0, (dw as i64 - lw).max(0));
         // Above the box, else inside its top, else below it: the first spot free of other labels.
         let spots = [by0 - lh, by0 + 2, by1 + 1];
@@ -113,12 +121,12 @@ fn draw_panel(canvas: &mut RgbImage, panel: &SamplePanel, x: i64, y: i64) {
             .unwrap_or(0);
         taken.push((lx, ly, lx + lw, ly + lh));
         draw::fill_rect(&mut shown, lx, ly, lx + lw, ly + lh, *colour);
-        draw::text(
+        font::text(
             &mut shown,
             lx + 2,
             ly + 1,
-            label,
-            1,
+            &label,
+            TEXT,
             draw::contrasting(*colour),
         );
     }
@@ -144,14 +152,12 @@ fn draw_panel(canvas: &mut RgbImage, panel: &SamplePanel, x: i64, y: i64) {
             } else {
                 GREY
             };
-            let max_chars = (width / GLYPH) as usize;
-            let word: String = word.chars().take(max_chars).collect();
-            draw::text(
+            font::text(
                 canvas,
                 x + dx,
                 caption_top + row as i64 * LINE,
-                &word,
-                1,
+                &shown_word(word, width),
+                TEXT,
                 colour,
             );
         }
@@ -294,15 +300,46 @@ mod tests {
         assert_eq!(at(0.25, 0.25), draw::palette(0));
         assert_eq!(at(0.75, 0.5), draw::palette(1));
         assert_eq!(at(0.5, 0.9), [128, 128, 128]);
-        // The caption words are printed in their dot colours (and the unlocated one in grey).
+        // The caption words are printed in their dot colours (and the unlocated one in grey):
+        // anti-aliased, so count the pixels that are that colour blended at least half onto white.
         let below = |colour: [u8; 3]| {
             img.enumerate_pixels()
-                .filter(|(_, y, p)| *y > ORIGIN.1 + 256 && p.0 == colour)
+                .filter(|(_, y, p)| *y > ORIGIN.1 + 256 && tinted(p.0, colour))
                 .count()
         };
         assert!(below(draw::palette(0)) > 10);
         assert!(below(draw::palette(1)) > 10);
         assert!(below(GREY) > 10);
+        assert_eq!(below(draw::palette(2)), 0);
+    }
+
+    /// Whether `p` is `colour` blended onto white with coverage at least 1/2.
+    fn tinted(p: [u8; 3], colour: [u8; 3]) -> bool {
+        let depth = |c: u8| 255.0 - c as f32;
+        let ch = (0..3)
+            .max_by(|&a, &b| depth(colour[a]).total_cmp(&depth(colour[b])))
+            .unwrap_or(0);
+        let a = depth(p[ch]) / depth(colour[ch]);
+        a >= 0.5
+            && (0..3).all(|i| {
+                let expected = 255.0 - a * depth(colour[i]);
+                (p[i] as f32 - expected).abs() <= 3.0
+            })
+    }
+
+    #[test]
+    fn caption_words_sit_in_measured_slots_without_overlap() {
+        let words: Vec<(String, Option<[f32; 2]>)> = ["Wide", "ill", "MMM", "a", "tiny", "word"]
+            .iter()
+            .map(|w| (w.to_string(), None))
+            .collect();
+        let lines = wrap(&words, 256);
+        assert_eq!(lines.len(), 1);
+        let space = font::text_width(" ", TEXT);
+        for pair in lines[0].windows(2) {
+            let ((i, x), (_, next)) = (pair[0], pair[1]);
+            assert_eq!(next, x + font::text_width(&words[i].0, TEXT) + space);
+        }
     }
 
     #[test]
@@ -356,10 +393,24 @@ mod tests {
         assert!(lines.len() > 3);
         for line in &lines {
             let &(last, x) = line.last().unwrap();
-            assert!(x + draw::text_width(&words[last].0, 1) <= 256);
+            assert!(x + font::text_width(&shown_word(&words[last].0, 256), TEXT) <= 256);
         }
-        let long = vec![("x".repeat(100), None)];
+        // A word wider than the panel gets its own line and is cut short with an ellipsis.
+        let long = vec![
+            ("a".into(), None),
+            ("x".repeat(100), None),
+            ("b".into(), None),
+        ];
+        let lines = wrap(&long, 256);
+        assert_eq!(lines.len(), 3);
+        let shown = shown_word(&long[1].0, 256);
+        assert!(shown.ends_with('…') && font::text_width(&shown, TEXT) <= 256);
         assert!(samples_image(&[grey_panel(long)]).is_ok());
+    }
+
+    #[test]
+    fn a_line_of_text_fits_the_line_height() {
+        assert!(font::line_height(TEXT) <= LINE);
     }
 
     #[test]
