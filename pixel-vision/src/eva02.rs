@@ -3,7 +3,9 @@
 //! (`RotaryEmbeddingCat`, interleaved pairs, `ref_feat_shape` rescaling), q/k/v with q and v
 //! biases (fused `qkv` + `q_bias`/`v_bias` for tiny/small, separate `q_proj`/`k_proj`/`v_proj`
 //! for base/large), SwiGLU (packed `fc1`, or `fc1_g`/`fc1_x` with the inner `norm` when
-//! `scale_mlp`), and `fc_norm` (applied by timm after pooling, not in `forward_features`).
+//! `scale_mlp`), and one final LayerNorm ([`FinalNorm`]): `fc_norm` (timm's default with
+//! `global_pool='avg'`, applied after pooling, not in `forward_features`) or `norm` (token or no
+//! pooling, as the CLIP towers: applied at the end of `forward_features`).
 use crate::conv::{check_images, Conv2d, FeatureMap, Images};
 use crate::error::{VisionError, VisionResult};
 use crate::layers::{
@@ -14,7 +16,7 @@ use dfdx::prelude::*;
 use pixel_core::checkpoint::{load_params, LoadOptions, TensorStore};
 use pixel_core::nn::{attention, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
-use pixel_core::Result;
+use pixel_core::{CoreError, Result};
 use serde::{Deserialize, Serialize};
 
 /// Run-time configuration (timm's `Eva` arguments for EVA02).
@@ -36,8 +38,62 @@ pub struct Eva02Config {
     pub ref_feat_shape: usize,
     pub rope_temperature: f64,
     pub layer_norm_eps: f64,
+    /// Which final LayerNorm the model has (timm's `use_fc_norm`): `"fc"` (`fc_norm`, the
+    /// default) or `"features"` (`norm`, applied by `forward_features`).
+    pub final_norm: FinalNorm,
     /// Classifier classes (0: no `head`).
     pub num_classes: usize,
+}
+
+/// The final LayerNorm of timm's `Eva`, which keeps one of `norm` and `fc_norm`: `use_fc_norm`
+/// defaults to `global_pool == 'avg'`, and `norm` is there when `fc_norm` is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalNorm {
+    /// `fc_norm`, applied by timm's `forward_head` after average pooling; `forward_features`
+    /// ends with the last block (timm's default, `global_pool='avg'`: the classifiers).
+    #[default]
+    Fc,
+    /// `norm`, applied at the end of `forward_features` (`global_pool='token'` or `''`, or
+    /// `use_fc_norm=False`: the CLIP towers, feature extractors).
+    Features,
+}
+
+impl FinalNorm {
+    /// The timm state-dict name of this final norm's weight.
+    pub fn weight_name(self) -> &'static str {
+        match self {
+            FinalNorm::Fc => "fc_norm.weight",
+            FinalNorm::Features => "norm.weight",
+        }
+    }
+
+    /// The final norm a timm `Eva` state dict has: `norm.weight` means [`FinalNorm::Features`],
+    /// `fc_norm.weight` [`FinalNorm::Fc`]; both or neither is an error naming them.
+    pub fn of_store(store: &TensorStore) -> VisionResult<Self> {
+        let (fc, features) = (
+            FinalNorm::Fc.weight_name(),
+            FinalNorm::Features.weight_name(),
+        );
+        let problem = match (store.get(fc).is_some(), store.get(features).is_some()) {
+            (true, false) => return Ok(FinalNorm::Fc),
+            (false, true) => return Ok(FinalNorm::Features),
+            (true, true) => format!(
+                "it has both `{fc}` and `{features}`; an EVA02 here has one final norm (timm's \
+                 `use_fc_norm` without `use_post_transformer_norm`): drop the one the model \
+                 does not use"
+            ),
+            (false, false) => format!(
+                "it has neither `{fc}` nor `{features}`, one of which an EVA02 here needs \
+                 (timm's `Eva` without either norm, or not a timm `Eva` state dict?)"
+            ),
+        };
+        Err(CoreError::CheckpointMismatch {
+            path: store.origin.clone(),
+            problems: vec![problem],
+        }
+        .into())
+    }
 }
 
 impl Default for Eva02Config {
@@ -68,6 +124,7 @@ impl Eva02Config {
             ref_feat_shape: 16,
             rope_temperature: 10000.0,
             layer_norm_eps: 1e-6,
+            final_norm: FinalNorm::Fc,
             num_classes: 0,
         }
     }
@@ -389,7 +446,10 @@ pub struct Eva02<C: ConstDim, D: Device<f32>> {
     pub pos_embed: Tensor<(usize, usize, C), f32, D>,
     pub patch_embed: Conv2d<usize, C, D>,
     pub blocks: Vec<EvaBlock<C, D>>,
-    pub fc_norm: Norm<C, D>,
+    /// timm `norm`, the end of `forward_features` ([`FinalNorm::Features`]).
+    pub norm: Option<Norm<C, D>>,
+    /// timm `fc_norm`, for pooled features ([`FinalNorm::Fc`]; unused by `forward_features`).
+    pub fc_norm: Option<Norm<C, D>>,
     pub head: Option<Dense<C, usize, D>>,
     pub config: Eva02Config,
 }
@@ -425,25 +485,67 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
                 true,
             ),
             blocks,
-            fc_norm: Norm::new(dev, C::default(), eps),
+            norm: (config.final_norm == FinalNorm::Features)
+                .then(|| Norm::new(dev, C::default(), eps)),
+            fc_norm: (config.final_norm == FinalNorm::Fc)
+                .then(|| Norm::new(dev, C::default(), eps)),
             head: (config.num_classes > 0)
                 .then(|| Dense::new(dev, C::default(), config.num_classes, true)),
             config: config.clone(),
         })
     }
 
+    /// Builds the model for a timm state dict and loads it: the final norm is the file's
+    /// ([`FinalNorm::of_store`]), not `config`'s; everything else as [`Self::load_store`].
+    pub fn from_store(dev: &D, config: &Eva02Config, store: &TensorStore) -> VisionResult<Self> {
+        let config = Eva02Config {
+            final_norm: FinalNorm::of_store(store)?,
+            ..config.clone()
+        };
+        let mut eva = Self::new(dev, &config)?;
+        eva.load_store(store)?;
+        Ok(eva)
+    }
+
     /// Loads a timm state dict (safetensors) strictly; a `head` in the file sets the classes.
+    /// The final norm must be the config's: a file with the other one is an error naming its
+    /// tensor (use [`Self::from_store`] to follow the file).
     pub fn load_store(&mut self, store: &TensorStore) -> VisionResult<()> {
         if let Some(head) = store.get("head.weight") {
             let dev = self.cls_token.device().clone();
             self.config.num_classes = head.shape[0];
             self.head = Some(Dense::new(&dev, C::default(), head.shape[0], true));
         }
-        load_params(self, store, "", &LoadOptions::strict())?;
-        Ok(())
+        match load_params(self, store, "", &LoadOptions::strict()) {
+            Err(CoreError::CheckpointMismatch { path, mut problems }) => {
+                problems.extend(self.final_norm_hint(store));
+                Err(CoreError::CheckpointMismatch { path, problems }.into())
+            }
+            other => Ok(other?),
+        }
     }
 
-    /// timm `forward_features`: `[B, 1 + h*w, C]` (class token first, no final norm).
+    /// What to do when the file's final norm is not the config's (`None` when it is).
+    fn final_norm_hint(&self, store: &TensorStore) -> Option<String> {
+        let ours = self.config.final_norm;
+        let theirs = FinalNorm::of_store(store).ok().filter(|f| *f != ours)?;
+        let name = |f: FinalNorm| match f {
+            FinalNorm::Fc => "fc",
+            FinalNorm::Features => "features",
+        };
+        Some(format!(
+            "the file's final norm is `{}` (timm's `{}`), the config's final_norm is \"{}\" \
+             (`{}`): set final_norm = \"{}\", or build with Eva02::from_store to follow the file",
+            theirs.weight_name(),
+            theirs.weight_name().trim_end_matches(".weight"),
+            name(ours),
+            ours.weight_name(),
+            name(theirs),
+        ))
+    }
+
+    /// timm `forward_features`: `[B, 1 + h*w, C]` (class token first), ending with `norm` when
+    /// the model has it ([`FinalNorm::Features`]), with the last block otherwise.
     ///
     /// Images of another size than the config's get a bicubically resized position embedding
     /// and RoPE positions for their grid.
@@ -477,6 +579,9 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
         );
         for block in &self.blocks {
             x = block.forward(x, &rope);
+        }
+        if let Some(norm) = &self.norm {
+            x = norm.forward(x);
         }
         (x, (h, w))
     }
@@ -522,6 +627,7 @@ impl<C: ConstDim, D: Device<f32>> Params<D> for Eva02<C, D> {
         self.patch_embed
             .visit_params(&join(prefix, "patch_embed.proj"), v)?;
         self.blocks.visit_params(&join(prefix, "blocks"), v)?;
+        self.norm.visit_params(&join(prefix, "norm"), v)?;
         self.fc_norm.visit_params(&join(prefix, "fc_norm"), v)?;
         self.head.visit_params(&join(prefix, "head"), v)
     }
