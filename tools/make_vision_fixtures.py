@@ -22,6 +22,10 @@ Everything is randomly initialised from fixed seeds (no downloads):
 - eva02-test-norm.safetensors : a timm Eva built with `global_pool=''` (EVA02-L style), which
   keeps `norm` (the end of forward_features, as the CLIP towers) instead of `fc_norm`;
   eva02_norm_test_io.safetensors: its input and forward_features.
+- eva02-test-clip.safetensors : a timm Eva in the `eva02_*_clip_*` tower layout (EVA02-L/14
+  style: `scale_attn_inner=True`, so every block's attention has `attn.norm`; token pooling, so
+  `norm` and no `fc_norm`; a projection `head`); eva02_clip_test_io.safetensors: its input and
+  forward_features.
 - rel_pos.safetensors : segment-anything's get_rel_pos on tables that need interpolation.
 """
 import argparse
@@ -245,6 +249,16 @@ def eva_fixtures(out, seed=0):
                 seed + 30, seed + 31, io)
     save_file({k: t.contiguous() for k, t in io.items()}, os.path.join(out, "eva02_norm_test_io.safetensors"))
 
+    # The CLIP towers (`eva02_base_patch16_clip_224`, `eva02_large_patch14_clip_224/336`): as
+    # EVA02-B/L plus `scale_attn_inner=True` (a LayerNorm on the attention output before
+    # `proj`), `global_pool='token'` (so `norm`, no `fc_norm`) and a `head` (the CLIP
+    # projection, num_classes = the embedding width; unused by forward_features).
+    io = {}
+    eva_variant(out, "eva02-test-clip", dict(img_size=56, qkv_fused=False, scale_mlp=True, global_pool="token",
+                                             scale_attn_inner=True, num_classes=32),
+                seed + 40, seed + 41, io)
+    save_file({k: t.contiguous() for k, t in io.items()}, os.path.join(out, "eva02_clip_test_io.safetensors"))
+
 
 def eva_variant(out, name, v, weight_seed, input_seed, io):
     """Writes `{name}.safetensors` (a random timm Eva's state dict) and adds its input and
@@ -253,8 +267,9 @@ def eva_variant(out, name, v, weight_seed, input_seed, io):
 
     model = Eva(img_size=v["img_size"], patch_size=14, embed_dim=64, depth=2, num_heads=4,
                 mlp_ratio=4 * 2 / 3, qkv_fused=v["qkv_fused"], swiglu_mlp=True,
-                scale_mlp=v["scale_mlp"], use_rot_pos_emb=True, ref_feat_shape=(4, 4),
-                num_classes=0, global_pool=v.get("global_pool", "avg")).eval()
+                scale_mlp=v["scale_mlp"], scale_attn_inner=v.get("scale_attn_inner", False),
+                use_rot_pos_emb=True, ref_feat_shape=(4, 4), num_classes=v.get("num_classes", 0),
+                global_pool=v.get("global_pool", "avg")).eval()
     randomize(model, weight_seed)
     save_file({k: t.contiguous() for k, t in model.state_dict().items()},
               os.path.join(out, f"{name}.safetensors"))

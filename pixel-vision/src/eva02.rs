@@ -2,7 +2,8 @@
 //! embedding, class token, absolute position embedding, 2D RoPE on the patch tokens
 //! (`RotaryEmbeddingCat`, interleaved pairs, `ref_feat_shape` rescaling), q/k/v with q and v
 //! biases (fused `qkv` + `q_bias`/`v_bias` for tiny/small, separate `q_proj`/`k_proj`/`v_proj`
-//! for base/large), SwiGLU (packed `fc1`, or `fc1_g`/`fc1_x` with the inner `norm` when
+//! for base/large), a LayerNorm on the attention output before `proj` when `scale_attn_inner`
+//! (`attn.norm`, the `eva02_*_clip_*` towers), SwiGLU (packed `fc1`, or `fc1_g`/`fc1_x` with the inner `norm` when
 //! `scale_mlp`), and one final LayerNorm ([`FinalNorm`]): `fc_norm` (timm's default with
 //! `global_pool='avg'`, applied after pooling, not in `forward_features`) or `norm` (token or no
 //! pooling, as the CLIP towers: applied at the end of `forward_features`).
@@ -34,6 +35,10 @@ pub struct Eva02Config {
     pub qkv_fused: bool,
     /// SwiGLU with separate `fc1_g`/`fc1_x` and a LayerNorm before `fc2` (base, large).
     pub scale_mlp: bool,
+    /// A LayerNorm (`attn.norm`) on the attention output before `proj` (timm's
+    /// `scale_attn_inner`: the `eva02_*_clip_*` towers; false for the classifiers, and for
+    /// configs written before it existed).
+    pub scale_attn_inner: bool,
     /// The RoPE grid positions are rescaled so the feature grid maps onto this one.
     pub ref_feat_shape: usize,
     pub rope_temperature: f64,
@@ -121,6 +126,7 @@ impl Eva02Config {
             mlp_hidden: (embed_dim as f64 * (4.0 * 2.0 / 3.0)) as usize,
             qkv_fused,
             scale_mlp,
+            scale_attn_inner: false,
             ref_feat_shape: 16,
             rope_temperature: 10000.0,
             layer_norm_eps: 1e-6,
@@ -251,7 +257,12 @@ impl<D: Device<f32>> Rope<D> {
     }
 }
 
-/// EVA attention: q/k/v (k without bias), RoPE on patch tokens, `proj`.
+/// timm's name of the first block's attention-output norm, whose presence in a state dict means
+/// `scale_attn_inner` ([`Eva02::from_store`]).
+pub const ATTN_NORM_WEIGHT: &str = "blocks.0.attn.norm.weight";
+
+/// EVA attention: q/k/v (k without bias), RoPE on patch tokens, `norm` on the heads' output
+/// when `scale_attn_inner`, `proj`.
 #[derive(Debug, Clone)]
 pub struct EvaAttention<C: ConstDim, D: Device<f32>> {
     /// Fused projection `[3C, C]` without bias (tiny/small).
@@ -262,12 +273,15 @@ pub struct EvaAttention<C: ConstDim, D: Device<f32>> {
     pub q_proj: Option<Dense<C, C, D>>,
     pub k_proj: Option<Dense<C, C, D>>,
     pub v_proj: Option<Dense<C, C, D>>,
+    /// LayerNorm over the heads' concatenated output, before `proj` (`scale_attn_inner`).
+    pub norm: Option<Norm<C, D>>,
     pub proj: Dense<C, C, D>,
     pub heads: usize,
 }
 
 impl<C: ConstDim, D: Device<f32>> EvaAttention<C, D> {
-    pub fn new(dev: &D, heads: usize, fused: bool) -> Self {
+    /// `norm_eps`: the eps of `norm` (`Some` when `scale_attn_inner`), as for [`SwiGlu::new`].
+    pub fn new(dev: &D, heads: usize, fused: bool, norm_eps: Option<f64>) -> Self {
         let c = C::default();
         EvaAttention {
             qkv: fused.then(|| Dense::new(dev, c, 3 * C::SIZE, false)),
@@ -276,6 +290,7 @@ impl<C: ConstDim, D: Device<f32>> EvaAttention<C, D> {
             q_proj: (!fused).then(|| Dense::new(dev, c, c, true)),
             k_proj: (!fused).then(|| Dense::new(dev, c, c, false)),
             v_proj: (!fused).then(|| Dense::new(dev, c, c, true)),
+            norm: norm_eps.map(|eps| Norm::new(dev, c, eps)),
             proj: Dense::new(dev, c, c, true),
             heads,
         }
@@ -325,8 +340,12 @@ impl<C: ConstDim, D: Device<f32>> EvaAttention<C, D> {
         let k = self.rotate(to_heads(k, self.heads), rope);
         let v = to_heads(v, self.heads);
         let scale = 1.0 / ((c / self.heads) as f32).sqrt();
-        let out = attention(q, k, v, scale);
-        self.proj.forward(from_heads(out, C::default()))
+        let out = from_heads(attention(q, k, v, scale), C::default());
+        let out = match &self.norm {
+            Some(norm) => norm.forward(out),
+            None => out,
+        };
+        self.proj.forward(out)
     }
 
     /// RoPE on every token but the class token.
@@ -346,6 +365,7 @@ impl<C: ConstDim, D: Device<f32>> Params<D> for EvaAttention<C, D> {
         self.q_proj.visit_params(&join(prefix, "q_proj"), v)?;
         self.k_proj.visit_params(&join(prefix, "k_proj"), v)?;
         self.v_proj.visit_params(&join(prefix, "v_proj"), v)?;
+        self.norm.visit_params(&join(prefix, "norm"), v)?;
         self.proj.visit_params(&join(prefix, "proj"), v)
     }
 }
@@ -462,7 +482,12 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
         let blocks = (0..config.depth)
             .map(|_| EvaBlock {
                 norm1: Norm::new(dev, C::default(), eps),
-                attn: EvaAttention::new(dev, config.num_heads, config.qkv_fused),
+                attn: EvaAttention::new(
+                    dev,
+                    config.num_heads,
+                    config.qkv_fused,
+                    config.scale_attn_inner.then_some(eps),
+                ),
                 norm2: Norm::new(dev, C::default(), eps),
                 mlp: SwiGlu::new(
                     dev,
@@ -495,11 +520,14 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
         })
     }
 
-    /// Builds the model for a timm state dict and loads it: the final norm is the file's
-    /// ([`FinalNorm::of_store`]), not `config`'s; everything else as [`Self::load_store`].
+    /// Builds the model for a timm state dict and loads it: the final norm
+    /// ([`FinalNorm::of_store`]) and `scale_attn_inner` ([`ATTN_NORM_WEIGHT`] present) are the
+    /// file's, not `config`'s; everything else (widths, sizes) is `config`'s, and a file whose
+    /// shapes differ is an error as in [`Self::load_store`].
     pub fn from_store(dev: &D, config: &Eva02Config, store: &TensorStore) -> VisionResult<Self> {
         let config = Eva02Config {
             final_norm: FinalNorm::of_store(store)?,
+            scale_attn_inner: store.get(ATTN_NORM_WEIGHT).is_some(),
             ..config.clone()
         };
         let mut eva = Self::new(dev, &config)?;
@@ -508,8 +536,9 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
     }
 
     /// Loads a timm state dict (safetensors) strictly; a `head` in the file sets the classes.
-    /// The final norm must be the config's: a file with the other one is an error naming its
-    /// tensor (use [`Self::from_store`] to follow the file).
+    /// The final norm and `scale_attn_inner` must be the config's: a file with the other final
+    /// norm, or with(out) `attn.norm`, is an error that says so (use [`Self::from_store`] to
+    /// follow the file).
     pub fn load_store(&mut self, store: &TensorStore) -> VisionResult<()> {
         if let Some(head) = store.get("head.weight") {
             let dev = self.cls_token.device().clone();
@@ -519,6 +548,7 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
         match load_params(self, store, "", &LoadOptions::strict()) {
             Err(CoreError::CheckpointMismatch { path, mut problems }) => {
                 problems.extend(self.final_norm_hint(store));
+                problems.extend(self.attn_norm_hint(store));
                 Err(CoreError::CheckpointMismatch { path, problems }.into())
             }
             other => Ok(other?),
@@ -541,6 +571,21 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
             name(ours),
             ours.weight_name(),
             name(theirs),
+        ))
+    }
+
+    /// What to do when the file's `scale_attn_inner` is not the config's (`None` when it is).
+    fn attn_norm_hint(&self, store: &TensorStore) -> Option<String> {
+        let theirs = store.get(ATTN_NORM_WEIGHT).is_some();
+        let ours = self.config.scale_attn_inner;
+        if theirs == ours || self.config.depth == 0 {
+            return None;
+        }
+        let has = if theirs { "has" } else { "does not have" };
+        Some(format!(
+            "the file {has} `{ATTN_NORM_WEIGHT}` (timm's scale_attn_inner, as the \
+             eva02_*_clip_* towers), the config's scale_attn_inner is {ours}: set \
+             scale_attn_inner = {theirs}, or build with Eva02::from_store to follow the file"
         ))
     }
 

@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 use pixel_core::checkpoint::TensorStore;
 use pixel_core::testing::max_abs_diff;
-use pixel_vision::eva02::{Eva02, Eva02Config, FinalNorm};
+use pixel_vision::eva02::{Eva02, Eva02Config, FinalNorm, ATTN_NORM_WEIGHT};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -20,6 +20,16 @@ fn large_style() -> Eva02Config {
     let mut c = Eva02Config::sized(56, 64, 2, 4, false, true);
     c.ref_feat_shape = 4;
     c
+}
+
+/// The `eva02_*_clip_*` tower layout at test size: EVA02-L style plus `attn.norm`
+/// (`scale_attn_inner`) and `norm` (token pooling).
+fn clip_style() -> Eva02Config {
+    Eva02Config {
+        final_norm: FinalNorm::Features,
+        scale_attn_inner: true,
+        ..large_style()
+    }
 }
 
 fn run(name: &str, config: Eva02Config) {
@@ -67,6 +77,73 @@ fn eva02_with_features_norm_matches_timm() {
     let mut eva = Eva02::<Const<64>, Cpu>::new(&dev, &config).unwrap();
     eva.load_store(&read("eva02-test-norm")).unwrap();
     check("eva02-test-norm", &eva, "eva02_norm_test_io");
+}
+
+/// timm's CLIP towers (`scale_attn_inner=True`, `global_pool='token'`) normalise each
+/// attention output before `proj` and end `forward_features` with `norm`; a config with
+/// `scale_attn_inner` and `final_norm = "features"` does the same, and the tower's projection
+/// `head` loads beside them.
+#[test]
+fn eva02_clip_tower_matches_timm() {
+    let dev: Cpu = Default::default();
+    let mut eva = Eva02::<Const<64>, Cpu>::new(&dev, &clip_style()).unwrap();
+    eva.load_store(&read("eva02-test-clip")).unwrap();
+    assert!(eva.blocks.iter().all(|b| b.attn.norm.is_some()));
+    assert_eq!(eva.config.num_classes, 32);
+    check("eva02-test-clip", &eva, "eva02_clip_test_io");
+}
+
+/// `Eva02::from_store` takes `scale_attn_inner` from the file (`blocks.0.attn.norm.weight`
+/// present or not), whatever the config says, and the final norm with it.
+#[test]
+fn from_store_follows_the_files_attention_norm() {
+    let dev: Cpu = Default::default();
+    for (name, io, want_attn, want_final) in [
+        (
+            "eva02-test-clip",
+            "eva02_clip_test_io",
+            true,
+            FinalNorm::Features,
+        ),
+        (
+            "eva02-test-norm",
+            "eva02_norm_test_io",
+            false,
+            FinalNorm::Features,
+        ),
+        ("eva02-test", "eva02_test_io", false, FinalNorm::Fc),
+    ] {
+        for stated in [false, true] {
+            let config = Eva02Config {
+                scale_attn_inner: stated,
+                ..large_style()
+            };
+            let eva = Eva02::<Const<64>, Cpu>::from_store(&dev, &config, &read(name)).unwrap();
+            assert_eq!(eva.config.scale_attn_inner, want_attn, "{name}");
+            assert_eq!(eva.config.final_norm, want_final, "{name}");
+            check(name, &eva, io);
+        }
+    }
+}
+
+/// `from_store` follows the file's layout but not its widths: a file of another width is an
+/// error naming the tensor, as with `load_store`.
+#[test]
+fn from_store_keeps_the_configs_widths() {
+    let dev: Cpu = Default::default();
+    let config = Eva02Config {
+        mlp_hidden: 160,
+        ..large_style()
+    };
+    let err = Eva02::<Const<64>, Cpu>::from_store(&dev, &config, &read("eva02-test-clip"))
+        .expect_err("a file of other widths loaded")
+        .to_string();
+    assert!(
+        err.contains(
+            "`blocks.0.mlp.fc1_g.weight` has shape [170, 64], the model expects [160, 64]"
+        ),
+        "{err}"
+    );
 }
 
 /// `Eva02::from_store` takes the final norm from the file, whatever the config says.
@@ -130,6 +207,41 @@ fn a_checkpoint_with_the_other_final_norm_is_refused_naming_it() {
     }
 }
 
+/// Loading a file with(out) `attn.norm` into a config that says otherwise fails naming the
+/// tensor and `scale_attn_inner`, and says what to change.
+#[test]
+fn a_checkpoint_with_the_other_attention_norm_is_refused_naming_it() {
+    let dev: Cpu = Default::default();
+    for (name, config, what, hint) in [
+        (
+            "eva02-test-clip",
+            Eva02Config {
+                scale_attn_inner: false,
+                ..clip_style()
+            },
+            "unexpected",
+            "set scale_attn_inner = true",
+        ),
+        (
+            "eva02-test-norm",
+            clip_style(),
+            "missing",
+            "set scale_attn_inner = false",
+        ),
+    ] {
+        let mut eva = Eva02::<Const<64>, Cpu>::new(&dev, &config).unwrap();
+        let err = eva.load_store(&read(name)).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{what} tensor `{ATTN_NORM_WEIGHT}`")),
+            "{name}: {err}"
+        );
+        assert!(
+            err.contains(hint) && err.contains("from_store") && !err.contains("final norm is"),
+            "{name}: {err}"
+        );
+    }
+}
+
 /// A state dict with both final norms, or neither, cannot say which model it is: the error
 /// names both tensors.
 #[test]
@@ -159,13 +271,20 @@ fn a_checkpoint_with_both_or_no_final_norm_is_refused_naming_them() {
     }
 }
 
-/// Configs written before `final_norm` existed still read, as the `fc_norm` model.
+/// Configs written before `final_norm` and `scale_attn_inner` existed still read, as the
+/// `fc_norm` model without `attn.norm`.
 #[test]
-fn a_config_without_final_norm_means_fc_norm() {
-    let mut json = serde_json::to_value(large_style()).unwrap();
-    json.as_object_mut().unwrap().remove("final_norm");
+fn a_config_without_final_norm_or_scale_attn_inner_means_the_classifier_layout() {
+    let mut json = serde_json::to_value(clip_style()).unwrap();
+    let fields = json.as_object_mut().unwrap();
+    fields.remove("final_norm");
+    fields.remove("scale_attn_inner");
     let config: Eva02Config = serde_json::from_value(json).unwrap();
     assert_eq!(config.final_norm, FinalNorm::Fc);
+    assert!(!config.scale_attn_inner);
+    let json = serde_json::json!({ "scale_attn_inner": true });
+    let config: Eva02Config = serde_json::from_value(json).unwrap();
+    assert!(config.scale_attn_inner);
     let json = serde_json::json!({ "final_norm": "features" });
     let config: Eva02Config = serde_json::from_value(json).unwrap();
     assert_eq!(config.final_norm, FinalNorm::Features);
@@ -197,15 +316,18 @@ fn big_preset_parameter_counts_equal_the_references() {
 }
 
 #[test]
-fn test_preset_parameters_are_exactly_the_checkpoint_tensors_for_either_final_norm() {
+fn test_preset_parameters_are_exactly_the_checkpoint_tensors_for_each_layout() {
     use pixel_core::params::list_params;
     let dev: Cpu = Default::default();
-    for (name, final_norm) in [
-        ("eva02-test", FinalNorm::Fc),
-        ("eva02-test-norm", FinalNorm::Features),
+    for (name, final_norm, scale_attn_inner, num_classes) in [
+        ("eva02-test", FinalNorm::Fc, false, 0),
+        ("eva02-test-norm", FinalNorm::Features, false, 0),
+        ("eva02-test-clip", FinalNorm::Features, true, 32),
     ] {
         let config = Eva02Config {
             final_norm,
+            scale_attn_inner,
+            num_classes,
             ..large_style()
         };
         let mut eva = Eva02::<Const<64>, Cpu>::new(&dev, &config).unwrap();
