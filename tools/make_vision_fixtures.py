@@ -4,6 +4,7 @@
     pip install torch "transformers>=4.40,<5" timm segment-anything safetensors
     python tools/make_vision_fixtures.py                          # the committed fixtures (seed 0)
     python tools/make_vision_fixtures.py --seed 7 --out /tmp/v-7  # fresh ones (tools/check_parity.py)
+    python tools/make_vision_fixtures.py --only eva               # only the EVA02 ones (torch, timm)
 
 With `--seed 0` (the default) the output is the committed fixtures. With another seed every
 weight and input is drawn from that seed, and the prompt points and boxes are random too;
@@ -18,6 +19,13 @@ Everything is randomly initialised from fixed seeds (no downloads):
 - eva02-test.safetensors / eva02-test-fused.safetensors : timm Eva state dicts (EVA02-L style:
   separate q/k/v + SwiGLU with norm; EVA02-Ti style: fused qkv + packed SwiGLU, at a larger
   image than the RoPE reference shape); eva02_test_io.safetensors: inputs and forward_features.
+- eva02-test-norm.safetensors : a timm Eva built with `global_pool=''` (EVA02-L style), which
+  keeps `norm` (the end of forward_features, as the CLIP towers) instead of `fc_norm`;
+  eva02_norm_test_io.safetensors: its input and forward_features.
+- eva02-test-clip.safetensors : a timm Eva in the `eva02_*_clip_*` tower layout (EVA02-L/14
+  style: `scale_attn_inner=True`, so every block's attention has `attn.norm`; token pooling, so
+  `norm` and no `fc_norm`; a projection `head`); eva02_clip_test_io.safetensors: its input and
+  forward_features.
 - rel_pos.safetensors : segment-anything's get_rel_pos on tables that need interpolation.
 """
 import argparse
@@ -222,8 +230,6 @@ def official_fixtures(out_dir, hf_model, io):
 
 
 def eva_fixtures(out, seed=0):
-    from timm.models.eva import Eva
-
     io = {}
     variants = {
         # EVA02-B/L style (separate q/k/v, SwiGLU with its inner LayerNorm).
@@ -233,19 +239,45 @@ def eva_fixtures(out, seed=0):
         "eva02-test-fused": dict(img_size=84, qkv_fused=True, scale_mlp=False),
     }
     for i, (name, v) in enumerate(variants.items()):
-        model = Eva(img_size=v["img_size"], patch_size=14, embed_dim=64, depth=2, num_heads=4,
-                    mlp_ratio=4 * 2 / 3, qkv_fused=v["qkv_fused"], swiglu_mlp=True,
-                    scale_mlp=v["scale_mlp"], use_rot_pos_emb=True, ref_feat_shape=(4, 4),
-                    num_classes=0).eval()
-        randomize(model, seed + 10 + i)
-        save_file({k: t.contiguous() for k, t in model.state_dict().items()},
-                  os.path.join(out, f"{name}.safetensors"))
-        g = torch.Generator().manual_seed(seed + 20 + i)
-        x = torch.randn(2, 3, v["img_size"], v["img_size"], generator=g)
-        with torch.no_grad():
-            io[f"{name}.pixel_values"] = x
-            io[f"{name}.features"] = model.double().forward_features(x.double()).float()
+        eva_variant(out, name, v, seed + 10 + i, seed + 20 + i, io)
     save_file({k: t.contiguous() for k, t in io.items()}, os.path.join(out, "eva02_test_io.safetensors"))
+
+    # `global_pool=''` (as 'token', the CLIP towers' pooling) turns timm's `use_fc_norm` off:
+    # the model keeps `norm`, applied at the end of forward_features, and has no `fc_norm`.
+    io = {}
+    eva_variant(out, "eva02-test-norm", dict(img_size=56, qkv_fused=False, scale_mlp=True, global_pool=""),
+                seed + 30, seed + 31, io)
+    save_file({k: t.contiguous() for k, t in io.items()}, os.path.join(out, "eva02_norm_test_io.safetensors"))
+
+    # The CLIP towers (`eva02_base_patch16_clip_224`, `eva02_large_patch14_clip_224/336`): as
+    # EVA02-B/L plus `scale_attn_inner=True` (a LayerNorm on the attention output before
+    # `proj`), `global_pool='token'` (so `norm`, no `fc_norm`) and a `head` (the CLIP
+    # projection, num_classes = the embedding width; unused by forward_features).
+    io = {}
+    eva_variant(out, "eva02-test-clip", dict(img_size=56, qkv_fused=False, scale_mlp=True, global_pool="token",
+                                             scale_attn_inner=True, num_classes=32),
+                seed + 40, seed + 41, io)
+    save_file({k: t.contiguous() for k, t in io.items()}, os.path.join(out, "eva02_clip_test_io.safetensors"))
+
+
+def eva_variant(out, name, v, weight_seed, input_seed, io):
+    """Writes `{name}.safetensors` (a random timm Eva's state dict) and adds its input and
+    float64 forward_features to `io`."""
+    from timm.models.eva import Eva
+
+    model = Eva(img_size=v["img_size"], patch_size=14, embed_dim=64, depth=2, num_heads=4,
+                mlp_ratio=4 * 2 / 3, qkv_fused=v["qkv_fused"], swiglu_mlp=True,
+                scale_mlp=v["scale_mlp"], scale_attn_inner=v.get("scale_attn_inner", False),
+                use_rot_pos_emb=True, ref_feat_shape=(4, 4), num_classes=v.get("num_classes", 0),
+                global_pool=v.get("global_pool", "avg")).eval()
+    randomize(model, weight_seed)
+    save_file({k: t.contiguous() for k, t in model.state_dict().items()},
+              os.path.join(out, f"{name}.safetensors"))
+    g = torch.Generator().manual_seed(input_seed)
+    x = torch.randn(2, 3, v["img_size"], v["img_size"], generator=g)
+    with torch.no_grad():
+        io[f"{name}.pixel_values"] = x
+        io[f"{name}.features"] = model.double().forward_features(x.double()).float()
 
 
 def rel_pos_fixtures(out_dir, seed=0):
@@ -290,9 +322,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="pixel-vision parity fixtures")
     parser.add_argument("--seed", type=int, default=0, help="0 = the committed fixtures")
     parser.add_argument("--out", default=OUT, help="output folder (default: pixel-vision/tests/fixtures)")
+    parser.add_argument("--only", choices=["eva"],
+                        help="write only these fixtures (eva: the EVA02 ones, needs only torch and timm)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
+    if args.only == "eva":
+        eva_fixtures(args.out, args.seed)
+        raise SystemExit(0)
     model, io = sam_fixtures(args.out, args.seed)
     official_fixtures(args.out, model, io)
     eva_fixtures(args.out, args.seed)

@@ -26,7 +26,7 @@ pub enum VisionCommand {
         pixel vision forward --model eva02_large.safetensors --preset eva02-large --inputs in.safetensors --out out.safetensors\n  \
         pixel vision forward --model sam_vit_h.safetensors --preset sam-vit-h --inputs in.safetensors --out out.safetensors\n\n\
         MODEL: a HF SamModel folder (config.json + model.safetensors), a timm EVA02 state dict with\n\
-        --preset eva02-*, or a segment-anything checkpoint converted by tools/convert_sam_checkpoint.py\n\
+        --preset eva02-* (the preset's widths; classifier or CLIP-tower layout as the file has it), or a segment-anything checkpoint converted by tools/convert_sam_checkpoint.py\n\
         with --preset sam-vit-*.\n\
         IN (f32): pixel_values [B,3,H,W] (preprocessed)\n\
         OUT (f32): image_embeddings [B,C,h,w] (SAM) or features [B,1+h*w,C] (EVA02)"
@@ -331,8 +331,10 @@ impl Eva02PresetVisitor for EvaForward {
         use dfdx::prelude::*;
         let job = self.0;
         let dev = DefaultDevice::default();
-        let mut eva: Eva02<P::Dim, DefaultDevice> = P::build(&dev)?;
-        eva.load_store(&TensorStore::read(&job.model)?)?;
+        // The preset gives the widths; the file decides the final norm and the attention norm
+        // (timm's classifiers or CLIP towers), and shapes that differ are an error.
+        let store = TensorStore::read(&job.model)?;
+        let eva: Eva02<P::Dim, DefaultDevice> = Eva02::from_store(&dev, &P::config(), &store)?;
         let pixels = job.pixel_tensor(&dev, 3, eva.config.img_size)?;
         let (features, _) = eva.try_forward_features(pixels)?;
         let (b, n, c) = *features.shape();
@@ -482,6 +484,49 @@ fn group(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../pixel-vision/tests/fixtures/{name}"))
+    }
+
+    /// `pixel vision forward --preset eva02-test` on timm CLIP-tower and classifier state dicts
+    /// (the preset's layout is the classifier's) writes timm's forward_features, to 1e-4.
+    #[test]
+    fn vision_forward_loads_eva02_clip_towers_and_classifiers_with_one_preset() {
+        let dir = tempfile::tempdir().unwrap();
+        for (model, io, name) in [
+            ("eva02-test-clip", "eva02_clip_test_io", "eva02-test-clip"),
+            ("eva02-test-norm", "eva02_norm_test_io", "eva02-test-norm"),
+            ("eva02-test", "eva02_test_io", "eva02-test"),
+        ] {
+            let io = TensorStore::read(&fixture(&format!("{io}.safetensors"))).unwrap();
+            let mut inputs = TensorStore::default();
+            let pixels = io.require(&format!("{name}.pixel_values")).unwrap();
+            inputs.insert("pixel_values", pixels.clone());
+            let (inp, out) = (
+                dir.path().join("in.safetensors"),
+                dir.path().join("out.safetensors"),
+            );
+            inputs.write(&inp).unwrap();
+            run_vision(VisionCommand::Forward {
+                model: fixture(&format!("{model}.safetensors")),
+                preset: Some("eva02-test".into()),
+                inputs: inp,
+                out: out.clone(),
+            })
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+            let got = TensorStore::read(&out).unwrap();
+            let got = got.require("features").unwrap();
+            let want = io.require(&format!("{name}.features")).unwrap();
+            assert_eq!(got.shape, want.shape, "{model}");
+            let err = got
+                .to_f32()
+                .iter()
+                .zip(want.to_f32())
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-4, "{model}: max abs error {err}");
+        }
+    }
 
     #[test]
     fn the_tree_folds_numbered_layers_and_groups_digits() {

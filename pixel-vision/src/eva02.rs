@@ -2,8 +2,11 @@
 //! embedding, class token, absolute position embedding, 2D RoPE on the patch tokens
 //! (`RotaryEmbeddingCat`, interleaved pairs, `ref_feat_shape` rescaling), q/k/v with q and v
 //! biases (fused `qkv` + `q_bias`/`v_bias` for tiny/small, separate `q_proj`/`k_proj`/`v_proj`
-//! for base/large), SwiGLU (packed `fc1`, or `fc1_g`/`fc1_x` with the inner `norm` when
-//! `scale_mlp`), and `fc_norm` (applied by timm after pooling, not in `forward_features`).
+//! for base/large), a LayerNorm on the attention output before `proj` when `scale_attn_inner`
+//! (`attn.norm`, the `eva02_*_clip_*` towers), SwiGLU (packed `fc1`, or `fc1_g`/`fc1_x` with the inner `norm` when
+//! `scale_mlp`), and one final LayerNorm ([`FinalNorm`]): `fc_norm` (timm's default with
+//! `global_pool='avg'`, applied after pooling, not in `forward_features`) or `norm` (token or no
+//! pooling, as the CLIP towers: applied at the end of `forward_features`).
 use crate::conv::{check_images, Conv2d, FeatureMap, Images};
 use crate::error::{VisionError, VisionResult};
 use crate::layers::{
@@ -14,7 +17,7 @@ use dfdx::prelude::*;
 use pixel_core::checkpoint::{load_params, LoadOptions, TensorStore};
 use pixel_core::nn::{attention, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
-use pixel_core::Result;
+use pixel_core::{CoreError, Result};
 use serde::{Deserialize, Serialize};
 
 /// Run-time configuration (timm's `Eva` arguments for EVA02).
@@ -32,12 +35,70 @@ pub struct Eva02Config {
     pub qkv_fused: bool,
     /// SwiGLU with separate `fc1_g`/`fc1_x` and a LayerNorm before `fc2` (base, large).
     pub scale_mlp: bool,
+    /// A LayerNorm (`attn.norm`) on the attention output before `proj` (timm's
+    /// `scale_attn_inner`: the `eva02_*_clip_*` towers; false for the classifiers, and for
+    /// configs written before it existed).
+    pub scale_attn_inner: bool,
     /// The RoPE grid positions are rescaled so the feature grid maps onto this one.
     pub ref_feat_shape: usize,
     pub rope_temperature: f64,
     pub layer_norm_eps: f64,
+    /// Which final LayerNorm the model has (timm's `use_fc_norm`): `"fc"` (`fc_norm`, the
+    /// default) or `"features"` (`norm`, applied by `forward_features`).
+    pub final_norm: FinalNorm,
     /// Classifier classes (0: no `head`).
     pub num_classes: usize,
+}
+
+/// The final LayerNorm of timm's `Eva`, which keeps one of `norm` and `fc_norm`: `use_fc_norm`
+/// defaults to `global_pool == 'avg'`, and `norm` is there when `fc_norm` is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalNorm {
+    /// `fc_norm`, applied by timm's `forward_head` after average pooling; `forward_features`
+    /// ends with the last block (timm's default, `global_pool='avg'`: the classifiers).
+    #[default]
+    Fc,
+    /// `norm`, applied at the end of `forward_features` (`global_pool='token'` or `''`, or
+    /// `use_fc_norm=False`: the CLIP towers, feature extractors).
+    Features,
+}
+
+impl FinalNorm {
+    /// The timm state-dict name of this final norm's weight.
+    pub fn weight_name(self) -> &'static str {
+        match self {
+            FinalNorm::Fc => "fc_norm.weight",
+            FinalNorm::Features => "norm.weight",
+        }
+    }
+
+    /// The final norm a timm `Eva` state dict has: `norm.weight` means [`FinalNorm::Features`],
+    /// `fc_norm.weight` [`FinalNorm::Fc`]; both or neither is an error naming them.
+    pub fn of_store(store: &TensorStore) -> VisionResult<Self> {
+        let (fc, features) = (
+            FinalNorm::Fc.weight_name(),
+            FinalNorm::Features.weight_name(),
+        );
+        let problem = match (store.get(fc).is_some(), store.get(features).is_some()) {
+            (true, false) => return Ok(FinalNorm::Fc),
+            (false, true) => return Ok(FinalNorm::Features),
+            (true, true) => format!(
+                "it has both `{fc}` and `{features}`; an EVA02 here has one final norm (timm's \
+                 `use_fc_norm` without `use_post_transformer_norm`): drop the one the model \
+                 does not use"
+            ),
+            (false, false) => format!(
+                "it has neither `{fc}` nor `{features}`, one of which an EVA02 here needs \
+                 (timm's `Eva` without either norm, or not a timm `Eva` state dict?)"
+            ),
+        };
+        Err(CoreError::CheckpointMismatch {
+            path: store.origin.clone(),
+            problems: vec![problem],
+        }
+        .into())
+    }
 }
 
 impl Default for Eva02Config {
@@ -65,9 +126,11 @@ impl Eva02Config {
             mlp_hidden: (embed_dim as f64 * (4.0 * 2.0 / 3.0)) as usize,
             qkv_fused,
             scale_mlp,
+            scale_attn_inner: false,
             ref_feat_shape: 16,
             rope_temperature: 10000.0,
             layer_norm_eps: 1e-6,
+            final_norm: FinalNorm::Fc,
             num_classes: 0,
         }
     }
@@ -194,7 +257,12 @@ impl<D: Device<f32>> Rope<D> {
     }
 }
 
-/// EVA attention: q/k/v (k without bias), RoPE on patch tokens, `proj`.
+/// timm's name of the first block's attention-output norm, whose presence in a state dict means
+/// `scale_attn_inner` ([`Eva02::from_store`]).
+pub const ATTN_NORM_WEIGHT: &str = "blocks.0.attn.norm.weight";
+
+/// EVA attention: q/k/v (k without bias), RoPE on patch tokens, `norm` on the heads' output
+/// when `scale_attn_inner`, `proj`.
 #[derive(Debug, Clone)]
 pub struct EvaAttention<C: ConstDim, D: Device<f32>> {
     /// Fused projection `[3C, C]` without bias (tiny/small).
@@ -205,12 +273,15 @@ pub struct EvaAttention<C: ConstDim, D: Device<f32>> {
     pub q_proj: Option<Dense<C, C, D>>,
     pub k_proj: Option<Dense<C, C, D>>,
     pub v_proj: Option<Dense<C, C, D>>,
+    /// LayerNorm over the heads' concatenated output, before `proj` (`scale_attn_inner`).
+    pub norm: Option<Norm<C, D>>,
     pub proj: Dense<C, C, D>,
     pub heads: usize,
 }
 
 impl<C: ConstDim, D: Device<f32>> EvaAttention<C, D> {
-    pub fn new(dev: &D, heads: usize, fused: bool) -> Self {
+    /// `norm_eps`: the eps of `norm` (`Some` when `scale_attn_inner`), as for [`SwiGlu::new`].
+    pub fn new(dev: &D, heads: usize, fused: bool, norm_eps: Option<f64>) -> Self {
         let c = C::default();
         EvaAttention {
             qkv: fused.then(|| Dense::new(dev, c, 3 * C::SIZE, false)),
@@ -219,6 +290,7 @@ impl<C: ConstDim, D: Device<f32>> EvaAttention<C, D> {
             q_proj: (!fused).then(|| Dense::new(dev, c, c, true)),
             k_proj: (!fused).then(|| Dense::new(dev, c, c, false)),
             v_proj: (!fused).then(|| Dense::new(dev, c, c, true)),
+            norm: norm_eps.map(|eps| Norm::new(dev, c, eps)),
             proj: Dense::new(dev, c, c, true),
             heads,
         }
@@ -268,8 +340,12 @@ impl<C: ConstDim, D: Device<f32>> EvaAttention<C, D> {
         let k = self.rotate(to_heads(k, self.heads), rope);
         let v = to_heads(v, self.heads);
         let scale = 1.0 / ((c / self.heads) as f32).sqrt();
-        let out = attention(q, k, v, scale);
-        self.proj.forward(from_heads(out, C::default()))
+        let out = from_heads(attention(q, k, v, scale), C::default());
+        let out = match &self.norm {
+            Some(norm) => norm.forward(out),
+            None => out,
+        };
+        self.proj.forward(out)
     }
 
     /// RoPE on every token but the class token.
@@ -289,6 +365,7 @@ impl<C: ConstDim, D: Device<f32>> Params<D> for EvaAttention<C, D> {
         self.q_proj.visit_params(&join(prefix, "q_proj"), v)?;
         self.k_proj.visit_params(&join(prefix, "k_proj"), v)?;
         self.v_proj.visit_params(&join(prefix, "v_proj"), v)?;
+        self.norm.visit_params(&join(prefix, "norm"), v)?;
         self.proj.visit_params(&join(prefix, "proj"), v)
     }
 }
@@ -389,7 +466,10 @@ pub struct Eva02<C: ConstDim, D: Device<f32>> {
     pub pos_embed: Tensor<(usize, usize, C), f32, D>,
     pub patch_embed: Conv2d<usize, C, D>,
     pub blocks: Vec<EvaBlock<C, D>>,
-    pub fc_norm: Norm<C, D>,
+    /// timm `norm`, the end of `forward_features` ([`FinalNorm::Features`]).
+    pub norm: Option<Norm<C, D>>,
+    /// timm `fc_norm`, for pooled features ([`FinalNorm::Fc`]; unused by `forward_features`).
+    pub fc_norm: Option<Norm<C, D>>,
     pub head: Option<Dense<C, usize, D>>,
     pub config: Eva02Config,
 }
@@ -402,7 +482,12 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
         let blocks = (0..config.depth)
             .map(|_| EvaBlock {
                 norm1: Norm::new(dev, C::default(), eps),
-                attn: EvaAttention::new(dev, config.num_heads, config.qkv_fused),
+                attn: EvaAttention::new(
+                    dev,
+                    config.num_heads,
+                    config.qkv_fused,
+                    config.scale_attn_inner.then_some(eps),
+                ),
                 norm2: Norm::new(dev, C::default(), eps),
                 mlp: SwiGlu::new(
                     dev,
@@ -425,25 +510,87 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
                 true,
             ),
             blocks,
-            fc_norm: Norm::new(dev, C::default(), eps),
+            norm: (config.final_norm == FinalNorm::Features)
+                .then(|| Norm::new(dev, C::default(), eps)),
+            fc_norm: (config.final_norm == FinalNorm::Fc)
+                .then(|| Norm::new(dev, C::default(), eps)),
             head: (config.num_classes > 0)
                 .then(|| Dense::new(dev, C::default(), config.num_classes, true)),
             config: config.clone(),
         })
     }
 
+    /// Builds the model for a timm state dict and loads it: the final norm
+    /// ([`FinalNorm::of_store`]) and `scale_attn_inner` ([`ATTN_NORM_WEIGHT`] present) are the
+    /// file's, not `config`'s; everything else (widths, sizes) is `config`'s, and a file whose
+    /// shapes differ is an error as in [`Self::load_store`].
+    pub fn from_store(dev: &D, config: &Eva02Config, store: &TensorStore) -> VisionResult<Self> {
+        let config = Eva02Config {
+            final_norm: FinalNorm::of_store(store)?,
+            scale_attn_inner: store.get(ATTN_NORM_WEIGHT).is_some(),
+            ..config.clone()
+        };
+        let mut eva = Self::new(dev, &config)?;
+        eva.load_store(store)?;
+        Ok(eva)
+    }
+
     /// Loads a timm state dict (safetensors) strictly; a `head` in the file sets the classes.
+    /// The final norm and `scale_attn_inner` must be the config's: a file with the other final
+    /// norm, or with(out) `attn.norm`, is an error that says so (use [`Self::from_store`] to
+    /// follow the file).
     pub fn load_store(&mut self, store: &TensorStore) -> VisionResult<()> {
         if let Some(head) = store.get("head.weight") {
             let dev = self.cls_token.device().clone();
             self.config.num_classes = head.shape[0];
             self.head = Some(Dense::new(&dev, C::default(), head.shape[0], true));
         }
-        load_params(self, store, "", &LoadOptions::strict())?;
-        Ok(())
+        match load_params(self, store, "", &LoadOptions::strict()) {
+            Err(CoreError::CheckpointMismatch { path, mut problems }) => {
+                problems.extend(self.final_norm_hint(store));
+                problems.extend(self.attn_norm_hint(store));
+                Err(CoreError::CheckpointMismatch { path, problems }.into())
+            }
+            other => Ok(other?),
+        }
     }
 
-    /// timm `forward_features`: `[B, 1 + h*w, C]` (class token first, no final norm).
+    /// What to do when the file's final norm is not the config's (`None` when it is).
+    fn final_norm_hint(&self, store: &TensorStore) -> Option<String> {
+        let ours = self.config.final_norm;
+        let theirs = FinalNorm::of_store(store).ok().filter(|f| *f != ours)?;
+        let name = |f: FinalNorm| match f {
+            FinalNorm::Fc => "fc",
+            FinalNorm::Features => "features",
+        };
+        Some(format!(
+            "the file's final norm is `{}` (timm's `{}`), the config's final_norm is \"{}\" \
+             (`{}`): set final_norm = \"{}\", or build with Eva02::from_store to follow the file",
+            theirs.weight_name(),
+            theirs.weight_name().trim_end_matches(".weight"),
+            name(ours),
+            ours.weight_name(),
+            name(theirs),
+        ))
+    }
+
+    /// What to do when the file's `scale_attn_inner` is not the config's (`None` when it is).
+    fn attn_norm_hint(&self, store: &TensorStore) -> Option<String> {
+        let theirs = store.get(ATTN_NORM_WEIGHT).is_some();
+        let ours = self.config.scale_attn_inner;
+        if theirs == ours || self.config.depth == 0 {
+            return None;
+        }
+        let has = if theirs { "has" } else { "does not have" };
+        Some(format!(
+            "the file {has} `{ATTN_NORM_WEIGHT}` (timm's scale_attn_inner, as the \
+             eva02_*_clip_* towers), the config's scale_attn_inner is {ours}: set \
+             scale_attn_inner = {theirs}, or build with Eva02::from_store to follow the file"
+        ))
+    }
+
+    /// timm `forward_features`: `[B, 1 + h*w, C]` (class token first), ending with `norm` when
+    /// the model has it ([`FinalNorm::Features`]), with the last block otherwise.
     ///
     /// Images of another size than the config's get a bicubically resized position embedding
     /// and RoPE positions for their grid.
@@ -477,6 +624,9 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
         );
         for block in &self.blocks {
             x = block.forward(x, &rope);
+        }
+        if let Some(norm) = &self.norm {
+            x = norm.forward(x);
         }
         (x, (h, w))
     }
@@ -522,6 +672,7 @@ impl<C: ConstDim, D: Device<f32>> Params<D> for Eva02<C, D> {
         self.patch_embed
             .visit_params(&join(prefix, "patch_embed.proj"), v)?;
         self.blocks.visit_params(&join(prefix, "blocks"), v)?;
+        self.norm.visit_params(&join(prefix, "norm"), v)?;
         self.fc_norm.visit_params(&join(prefix, "fc_norm"), v)?;
         self.head.visit_params(&join(prefix, "head"), v)
     }

@@ -17,7 +17,7 @@
 //! | Paper (PixelLLM)        | Here                          | Reference                                   |
 //! |-------------------------|-------------------------------|---------------------------------------------|
 //! | image encoder (SAM)     | [`sam::SamImageEncoder`]      | segment-anything `ImageEncoderViT`, HF `SamVisionEncoder` |
-//! | image encoder (EVA02)   | [`eva02::Eva02`]              | timm `Eva` (`eva02_*_patch14_*`)            |
+//! | image encoder (EVA02)   | [`eva02::Eva02`]              | timm `Eva` (`eva02_*_patch14_*`, the `eva02_*_clip_*` towers) |
 //! | both, concatenated      | [`dual::DualImageEncoder`]    | scenic `forward_backbones` + `concat_visual_features` |
 //! | prompt encoder          | [`sam::SamPromptEncoder`]     | segment-anything `PromptEncoder`, HF `SamPromptEncoder` |
 //! | prompt feature extractor's transformer | [`sam::TwoWayTransformer`] | segment-anything `TwoWayTransformer`, scenic `PromptAdaptor` |
@@ -39,7 +39,7 @@ pub mod sam;
 pub use conv::{FeatureMap, Images};
 pub use dual::DualImageEncoder;
 pub use error::{VisionError, VisionResult};
-pub use eva02::{Eva02, Eva02Config};
+pub use eva02::{Eva02, Eva02Config, FinalNorm};
 pub use sam::{
     SamConfig, SamImageEncoder, SamMaskDecoder, SamModel, SamPromptEncoder, TwoWayTransformer,
 };
