@@ -232,7 +232,7 @@ impl TrainConfig {
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "LogLineOnDisk")]
+#[serde(try_from = "LogLineOnDisk")]
 pub struct LogLine {
     pub step: u64,
     /// The total: the sum of the parts' `weighted`.
@@ -271,84 +271,56 @@ impl LogLine {
     }
 }
 
-/// A `metrics.jsonl` line as written now, or as runs before named loss parts wrote it
-/// (`text_loss` and `location_loss`, the heads' losses summed unweighted): a run started
-/// then still resumes and plots.
+/// A `metrics.jsonl` line as written now (`losses`), or as runs before named loss parts wrote it
+/// (`text_loss` and `location_loss`, the heads' losses summed unweighted): a run started then
+/// still resumes and plots.
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum LogLineOnDisk {
-    Named {
-        step: u64,
-        loss: f32,
-        losses: Vec<LoggedLoss>,
-        lr: f32,
-        grad_norm: f32,
-        elapsed_s: f64,
-    },
-    Legacy {
-        step: u64,
-        loss: f32,
-        text_loss: f32,
-        location_loss: f32,
-        lr: f32,
-        grad_norm: f32,
-        elapsed_s: f64,
-    },
+struct LogLineOnDisk {
+    step: u64,
+    loss: f32,
+    losses: Option<Vec<LoggedLoss>>,
+    text_loss: Option<f32>,
+    location_loss: Option<f32>,
+    lr: f32,
+    grad_norm: f32,
+    elapsed_s: f64,
 }
 
-impl From<LogLineOnDisk> for LogLine {
-    fn from(line: LogLineOnDisk) -> Self {
-        match line {
-            LogLineOnDisk::Named {
-                step,
-                loss,
-                losses,
-                lr,
-                grad_norm,
-                elapsed_s,
-            } => LogLine {
-                step,
-                loss,
-                losses,
-                lr,
-                grad_norm,
-                elapsed_s,
-            },
-            LogLineOnDisk::Legacy {
-                step,
-                loss,
-                text_loss,
-                location_loss,
-                lr,
-                grad_norm,
-                elapsed_s,
-            } => {
+impl TryFrom<LogLineOnDisk> for LogLine {
+    type Error = String;
+
+    fn try_from(line: LogLineOnDisk) -> std::result::Result<Self, String> {
+        let losses = match (line.losses, line.text_loss, line.location_loss) {
+            (Some(losses), _, _) => losses,
+            (None, Some(text), Some(location)) => {
                 // The old log kept the heads' losses summed, without their weight; the total
                 // gives what they added to it.
-                let weighted = loss - text_loss;
-                let weight = if location_loss > 0.0 {
-                    weighted / location_loss
+                let weighted = line.loss - text;
+                let weight = if location > 0.0 {
+                    weighted / location
                 } else {
                     0.0
                 };
-                LogLine {
-                    step,
-                    loss,
-                    losses: vec![
-                        LoggedLoss::from(&LossPart::new("text", text_loss, 1.0)),
-                        LoggedLoss {
-                            name: "location".into(),
-                            unweighted: location_loss,
-                            weight,
-                            weighted,
-                        },
-                    ],
-                    lr,
-                    grad_norm,
-                    elapsed_s,
-                }
+                vec![
+                    LoggedLoss::from(&LossPart::new("text", text, 1.0)),
+                    LoggedLoss {
+                        name: "location".into(),
+                        unweighted: location,
+                        weight,
+                        weighted,
+                    },
+                ]
             }
-        }
+            _ => return Err("missing field `losses`".into()),
+        };
+        Ok(LogLine {
+            step: line.step,
+            loss: line.loss,
+            losses,
+            lr: line.lr,
+            grad_norm: line.grad_norm,
+            elapsed_s: line.elapsed_s,
+        })
     }
 }
 
@@ -1206,6 +1178,9 @@ mod tests {
         assert!((location.weight - 0.1).abs() < 1e-6);
         let new: LogLine = serde_json::from_str(&serde_json::to_string(&line).unwrap()).unwrap();
         assert_eq!(new.part("text"), line.part("text"));
+        let neither = r#"{"step":3,"loss":2.5,"lr":0.001,"grad_norm":1.5,"elapsed_s":0.3}"#;
+        let err = serde_json::from_str::<LogLine>(neither).unwrap_err();
+        assert!(err.to_string().contains("losses"), "{err}");
     }
 
     #[test]
