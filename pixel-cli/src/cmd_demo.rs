@@ -47,6 +47,10 @@ pub fn run(args: DemoArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::
         by(&r.acc50_by_objects)
     );
     println!(
+        "  box closest to the named object, by objects in the image: {}",
+        by(&r.named_object_by_objects)
+    );
+    println!(
         "  Acc@0.5 by expression length in tokens: {}",
         by(&r.acc50_by_expression_tokens)
     );

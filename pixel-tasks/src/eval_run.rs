@@ -472,6 +472,14 @@ fn result_rows(
             None,
         ),
     ];
+    for (n, acc) in &r.acc50_by_objects {
+        let metric = format!("Acc@0.5, images with {n} object(s)");
+        rows.push(row("referring localization", &metric, (*acc).into(), None));
+    }
+    for (n, share) in &r.named_object_by_objects {
+        let metric = format!("box closest to the named object, {n} object(s)");
+        rows.push(row("referring localization", &metric, (*share).into(), None));
+    }
     if let Some(s) = segmentation {
         let task = "referring segmentation";
         rows.push(row(task, "cIoU", s.ciou, Some(s.baseline_ciou)));
@@ -599,6 +607,7 @@ mod tests {
                 count: 4,
                 acc50_by_objects: [(1, 1.0), (3, 0.25)].into(),
                 acc50_by_expression_tokens: [(1, 0.5), (2, 0.5)].into(),
+                named_object_by_objects: [(1, 1.0), (3, 0.5)].into(),
             },
             trace_captioning: TraceReport {
                 point_l1: 0.1,
