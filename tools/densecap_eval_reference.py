@@ -23,7 +23,7 @@ Regenerate:
     pip install pycocoevalcap
     python3.11 tools/densecap_eval_reference.py
 
-writes pixel-tasks/tests/fixtures/metrics/densecap.json.
+writes pixel-metrics/tests/fixtures/metrics/densecap.json.
 """
 
 import json

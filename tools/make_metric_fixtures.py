@@ -6,7 +6,7 @@ Regenerate (needs java 17 on PATH, pycocoevalcap 1.2 and pycocotools):
     pip install pycocoevalcap pycocotools
     python3.11 tools/make_metric_fixtures.py
 
-Outputs, in pixel-tasks/tests/fixtures/metrics/:
+Outputs, in pixel-metrics/tests/fixtures/metrics/:
 
 - captions.json: seeded random captions over a small vocabulary plus hand-written ones, raw and
   PTB-tokenized by pycocoevalcap's PTBTokenizer (the CoreNLP jar), and pycocoevalcap's BLEU 1-4,
@@ -27,7 +27,7 @@ and, in pixel-tasks/tests/fixtures/datasets/ (needs scipy):
   centers and sampled points of scenic's `trace2coord` (build_ln_tfrecord.py logic: scipy
   interp1d with extrapolation, 16 linspace samples, min/max, trapezoid average), unclipped.
 
-The Rust tests in pixel-tasks/tests/metrics_parity.rs read these files.
+The Rust tests in pixel-metrics/tests/metrics_parity.rs read these files.
 """
 
 import json

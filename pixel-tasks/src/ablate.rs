@@ -15,8 +15,8 @@
 use crate::demo::{pretrain_language_model, run_demo, DemoConfig, DEFAULT_DEMO_CONFIG};
 use crate::error::{Result, TaskError};
 use crate::model::TinyHeadRegistry;
-use crate::progress::Job;
 use crate::render::{bar_chart_png, BarGroup};
+use pixel_base::progress::Job;
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::CoreError;
 use serde::{Deserialize, Serialize};

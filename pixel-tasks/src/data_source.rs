@@ -42,12 +42,12 @@ use crate::datasets::{
     RefSample, RegionSample, SkipMode, VgImage,
 };
 use crate::error::{Result, TaskError};
-use crate::metrics::masks::{Rle, RleCounts, Segmentation};
-use crate::progress::Job;
 use crate::shapes_ln::{
     ReferringExpression, RegionCaption, Sample, ShapesLn, ShapesLnConfig, Split, TracedWord,
 };
 use image::{GrayImage, RgbImage};
+use pixel_base::progress::Job;
+use pixel_metrics::masks::{Rle, RleCounts, Segmentation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //!
 //! Referring localization and trace point L1 come from [`crate::eval::evaluate`], next to the
 //! best constant predictors fitted on training images. Captioning tasks also generate text and
-//! score it against the reference captions with pycocoevalcap's metrics ([`crate::metrics`]:
+//! score it against the reference captions with pycocoevalcap's metrics ([`pixel_metrics`]:
 //! PTB tokenization, BLEU-1..4, METEOR with exact and stem matching, ROUGE-L, CIDEr-D).
 //! The heads that read the image are scored when configured ([`crate::eval_heads`]): a `mask`
 //! head on referring segmentation, a `detection` head on dense captioning.
@@ -18,8 +18,6 @@ use crate::eval_heads::{
     SegmentationReport,
 };
 use crate::heads::{HeadConfig, HeadPrediction, Scored};
-use crate::metrics::captions::{score_captions, CaptionScores, Predictions, References};
-use crate::metrics::Meteor;
 use crate::model::{TinyHeadRegistry, TinyPixelLlm};
 use crate::render::{mask_overlay, palette, samples_png, RenderError, SamplePanel, GREY};
 use crate::shapes_ln::{Sample, Split};
@@ -28,6 +26,8 @@ use crate::train::RunDir;
 use image::GrayImage;
 use pixel_core::checkpoint::{load_params_file, write_atomic};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use pixel_metrics::captions::{score_captions, CaptionScores, Predictions, References};
+use pixel_metrics::Meteor;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

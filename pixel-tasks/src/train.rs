@@ -15,8 +15,8 @@
 //! averages the losses of its devices. The gradients are summed in shard order, so a run gives
 //! the same weights whatever the threads' timing.
 use crate::error::{Result, TaskError};
-use crate::progress::Job;
 use dfdx::prelude::*;
+use pixel_base::progress::Job;
 use pixel_core::checkpoint::{load_params, save_params, write_atomic, LoadOptions, TensorStore};
 use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig, WarmupCosine};
 use pixel_core::params::{Params, Trainable};

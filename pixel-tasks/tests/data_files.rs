@@ -7,6 +7,7 @@
 //! the refer toolkit's `instances.json` and refs gives the same expressions, boxes and masks as
 //! from MDETR's file, with its bad records counted per file.
 use pixel_lm::tokenizer::T5Tokenizer;
+use pixel_metrics::masks::Segmentation;
 use pixel_tasks::data_source::{
     export_shapes, DataSource, DatasetConfig, ReferFiles, RefexpFiles, SampleSource,
 };
@@ -14,7 +15,6 @@ use pixel_tasks::datasets::{read_mdetr_refexp, read_vg_regions, DataReport, Reas
 use pixel_tasks::demo::{run_demo, training_examples, DemoConfig};
 use pixel_tasks::eval_run::{run_eval, EvalResults};
 use pixel_tasks::heads::HeadRegistry;
-use pixel_tasks::metrics::masks::Segmentation;
 use pixel_tasks::model::VocabMap;
 use pixel_tasks::shapes_ln::{Sample, ShapesLn, Split};
 use pixel_tasks::tasks::{Example, ExampleBuilder};

@@ -11,6 +11,8 @@ use dfdx::shapes::Const;
 use dfdx::tensor::Cpu;
 use pixel_core::checkpoint::{save_params, StoredTensor, TensorStore};
 use pixel_core::nn::Linear;
+use pixel_metrics::boxes::refloc_from_files;
+use pixel_metrics::masks::refseg_from_files;
 use pixel_tasks::ablate::Ablation;
 use pixel_tasks::data_source::export_shapes;
 use pixel_tasks::datasets::{
@@ -18,8 +20,6 @@ use pixel_tasks::datasets::{
     read_vg_regions, SkipMode,
 };
 use pixel_tasks::demo::DemoConfig;
-use pixel_tasks::metrics::boxes::refloc_from_files;
-use pixel_tasks::metrics::masks::refseg_from_files;
 use pixel_tasks::shapes_ln::{ShapesLn, ShapesLnConfig};
 use pixel_tasks::train::{load_latest_weights, read_log, RunDir};
 use proptest::prelude::*;

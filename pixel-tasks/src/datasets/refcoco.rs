@@ -34,7 +34,7 @@ use serde_json::value::RawValue;
 use super::{
     line_of, read_to_string, write_string, DatasetError, ReadSummary, Reason, SeenIds, SkipMode,
 };
-use crate::metrics::masks::Segmentation;
+use pixel_metrics::masks::Segmentation;
 
 /// One referring expression and its object.
 #[derive(Debug, Clone, PartialEq)]

@@ -29,8 +29,8 @@ use serde_json::value::RawValue;
 use super::{
     line_of, read_to_string, write_string, DatasetError, ReadSummary, Reason, SeenIds, SkipMode,
 };
-use crate::metrics::densecap::{DensecapGt, DensecapGtAnnotation, DensecapImage};
-use crate::metrics::AnyId;
+use pixel_metrics::densecap::{DensecapGt, DensecapGtAnnotation, DensecapImage};
+use pixel_metrics::AnyId;
 
 /// One described region.
 #[derive(Debug, Clone, PartialEq)]

@@ -40,7 +40,7 @@ pub use trace::trace_point_l1;
 pub enum MetricsError {
     #[error(
         "failed to read `{path}`: {source}{}",
-        pixel_core::text::read_help(source)
+        pixel_base::text::read_help(source)
     )]
     Io {
         path: PathBuf,
@@ -95,7 +95,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     expected: &'static str,
 ) -> Result<T, MetricsError> {
-    let text = pixel_core::text::read_text(path).map_err(|source| MetricsError::Io {
+    let text = pixel_base::text::read_text(path).map_err(|source| MetricsError::Io {
         path: path.to_path_buf(),
         source,
     })?;

@@ -16,12 +16,12 @@
 //! without any jar data (`meteor_equals_jar_where_jar_used_exact_and_stem_only`); with the jar's
 //! data everything is (`meteor_with_jar_data_reproduces_the_jar`, ignored by default because
 //! loading the 5M-entry paraphrase table takes seconds; run with
-//! `cargo test -p pixel-tasks --release --test metrics_parity -- --ignored`).
+//! `cargo test -p pixel-metrics --release --test metrics_parity -- --ignored`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use pixel_tasks::metrics::{
+use pixel_metrics::{
     bleu, captions, cider,
     densecap::{self, DensecapGt, DensecapPrediction, DensecapProtocol},
     masks::Rle,
@@ -371,8 +371,8 @@ fn rle_and_polygons_match_pycocotools() {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.to_compressed(), c.polygon_compressed, "case {i}: polygon");
         assert_eq!(p.area(), c.polygon_area, "case {i}: polygon area");
-        let (inter, union) = pixel_tasks::metrics::masks::intersection_union(&r, &p)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (inter, union) =
+            pixel_metrics::masks::intersection_union(&r, &p).unwrap_or_else(|e| panic!("{e}"));
         let iou = if union > 0 {
             inter as f64 / union as f64
         } else {

@@ -19,7 +19,7 @@
 //! The WordNet synonym stage needs the jar's data ([`SynonymDictionary`], from the jar's
 //! `synonym/` folder); without it, [`MeteorConfig::emulate_synonym_coverage`] reproduces its
 //! main side effect on the alignment. The measured gap to the jar with and without the optional
-//! data is stated in `pixel-tasks/tests/metrics_parity.rs`.
+//! data is stated in `pixel-metrics/tests/metrics_parity.rs`.
 
 #![allow(clippy::needless_range_loop)] // index loops mirror the reference implementation
 
@@ -193,7 +193,7 @@ impl SynonymDictionary {
     pub fn from_dir(dir: &Path) -> Result<Self, MetricsError> {
         let read = |name: &str| -> Result<(std::path::PathBuf, String), MetricsError> {
             let path = dir.join(name);
-            let text = pixel_core::text::read_text(&path).map_err(|source| MetricsError::Io {
+            let text = pixel_base::text::read_text(&path).map_err(|source| MetricsError::Io {
                 path: path.clone(),
                 source,
             })?;
@@ -463,7 +463,7 @@ impl Meteor {
 
     /// The jar's full `-l en` configuration from a pycocoevalcap-style install: synonyms read
     /// from `meteor-1.5.jar` and the paraphrase table `data/paraphrase-en.gz` next to it.
-    /// Reproduces the jar's scores (see `pixel-tasks/tests/metrics_parity.rs`); loading the
+    /// Reproduces the jar's scores (see `pixel-metrics/tests/metrics_parity.rs`); loading the
     /// paraphrase table takes a few seconds.
     pub fn from_jar(jar: &Path) -> Result<Self, MetricsError> {
         let table_path = jar
