@@ -41,7 +41,7 @@ use crate::datasets::{
     write_mdetr_refexp, write_vg_regions, DataReport, DatasetError, NarrativeSample, Reason,
     RefSample, RegionSample, SkipMode, VgImage,
 };
-use crate::error::{Result, TaskError};
+use crate::error::{DataError, Result};
 use crate::shapes_ln::{
     ReferringExpression, RegionCaption, Sample, ShapesLn, ShapesLnConfig, Split, TracedWord,
 };
@@ -240,7 +240,7 @@ impl DataSource {
             )?)),
             None => Ok(DataSource::Generator(
                 ShapesLn::new(data.clone(), seed)
-                    .map_err(|e| TaskError::Invalid(format!("data: {e}")))?,
+                    .map_err(|e| DataError::Invalid(format!("data: {e}")))?,
             )),
         }
     }
@@ -273,8 +273,8 @@ impl DataSource {
             return Ok(());
         };
         let text = serde_json::to_string_pretty(report)
-            .map_err(|e| TaskError::Invalid(format!("data report: {e}")))?;
-        std::fs::write(path, text).map_err(|e| TaskError::io(path, e))
+            .map_err(|e| DataError::Invalid(format!("data report: {e}")))?;
+        std::fs::write(path, text).map_err(|e| DataError::io(path, e))
     }
 }
 
@@ -379,7 +379,7 @@ impl FileSplit {
         let (narratives, summary) = read_narratives(&files.narratives, SkipMode::Strict)?;
         let mut reports = vec![FileReport::from_summary(&files.narratives, &summary)];
         if narratives.is_empty() {
-            return Err(TaskError::Invalid(format!(
+            return Err(DataError::Invalid(format!(
                 "`{}` has no narrative; the narratives define the images of a split",
                 files.narratives.display()
             )));
@@ -418,7 +418,7 @@ impl FileSplit {
 /// Training draws an image, then a task; every task must be available on some image.
 fn check_every_task_has_an_image(files: &SplitFiles, entries: &[FileEntry]) -> Result<()> {
     let none = |what: &str, path: &Path| {
-        TaskError::Invalid(format!(
+        DataError::Invalid(format!(
             "no image of `{}` has {what} in `{}`; the image ids must agree across the files",
             files.narratives.display(),
             path.display()
@@ -511,7 +511,7 @@ fn join_refexp(
         };
         match image.size {
             Some((width, height)) if (r.width, r.height) != (width, height) => {
-                return Err(TaskError::Invalid(format!(
+                return Err(DataError::Invalid(format!(
                     "`{}` gives image {} as {}x{} but `{}` is {width}x{height}",
                     files.referring.annotations().display(),
                     r.image_id,
@@ -640,7 +640,7 @@ impl ImageData {
         };
         let declared = (vg.width, vg.height);
         if !same_shape(declared, real) {
-            return Err(TaskError::Invalid(format!(
+            return Err(DataError::Invalid(format!(
                 "`{}` line {line}: VG image {} (COCO {key}) is {}x{}, but `{}` is {}x{}, not the same picture at another scale\n  help: check that image_data.json belongs to these images",
                 self.path.display(),
                 vg.image_id,
@@ -679,7 +679,7 @@ impl SampleSource for FileDataset {
             .ok()
             .and_then(|i| part.entries.get(i))
             .ok_or_else(|| {
-                TaskError::Invalid(format!(
+                DataError::Invalid(format!(
                     "image {index} of {} is out of range ({} images)",
                     part.files.narratives.display(),
                     part.entries.len()
@@ -698,7 +698,7 @@ impl SampleSource for FileDataset {
                     .map(|m| mask_image(m, width, height, self.image_size))
                     .transpose()
                     .map_err(|why| {
-                        TaskError::Invalid(format!(
+                        DataError::Invalid(format!(
                             "`{}`: the mask of \"{}\" (image {}) {why}",
                             part.files.referring.annotations().display(),
                             r.expression,
@@ -835,7 +835,7 @@ pub fn export_shapes(
         (Split::Train, train, &config.train),
         (Split::Validation, validation, &config.validation),
     ] {
-        std::fs::create_dir_all(&files.images).map_err(|e| TaskError::io(&files.images, e))?;
+        std::fs::create_dir_all(&files.images).map_err(|e| DataError::io(&files.images, e))?;
         let mut narratives = Vec::new();
         let mut refs = Vec::new();
         let mut regions = Vec::new();
@@ -846,7 +846,7 @@ pub fn export_shapes(
             sample
                 .image
                 .save(&path)
-                .map_err(|e| TaskError::Invalid(format!("cannot write {}: {e}", path.display())))?;
+                .map_err(|e| DataError::Invalid(format!("cannot write {}: {e}", path.display())))?;
             narratives.push(narrative_record(&sample, index));
             let (width, height) = sample.image.dimensions();
             for r in &sample.referring {
@@ -946,7 +946,7 @@ impl DatasetConfig {
             dataset: &'a DatasetConfig,
         }
         toml::to_string(&Section { dataset: self })
-            .map_err(|e| TaskError::Invalid(format!("the [dataset] section as TOML: {e}")))
+            .map_err(|e| DataError::Invalid(format!("the [dataset] section as TOML: {e}")))
     }
 }
 

@@ -1,8 +1,8 @@
 //! Bad input through the file data source: a malformed record in each of the three formats is an
 //! error naming the file and the line; a missing image or a file that is not an image names its
 //! path.
-use pixel_tasks::data_source::{export_shapes, DataSource, DatasetConfig, SampleSource};
-use pixel_tasks::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
+use pixel_data::data_source::{export_shapes, DataSource, DatasetConfig, SampleSource};
+use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
 use serde_json::Value;
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use pixel_tasks::datasets::{
+use pixel_data::datasets::{
     narratives::{
         locate_utterances, read_narratives, write_narratives, LocalizedNarrative, NarrativeSample,
     },

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
+use pixel_data::datasets::{refcoco, SkipMode};
 use pixel_metrics::masks::Segmentation;
-use pixel_tasks::datasets::{refcoco, SkipMode};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

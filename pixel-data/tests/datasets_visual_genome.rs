@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use pixel_tasks::datasets::{visual_genome, SkipMode};
+use pixel_data::datasets::{visual_genome, SkipMode};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

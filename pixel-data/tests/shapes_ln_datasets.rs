@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use pixel_tasks::datasets::narratives::read_narratives;
-use pixel_tasks::datasets::SkipMode;
-use pixel_tasks::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
+use pixel_data::datasets::narratives::read_narratives;
+use pixel_data::datasets::SkipMode;
+use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
 
 #[test]
 fn ln_reader_recovers_the_generator_word_boxes() {

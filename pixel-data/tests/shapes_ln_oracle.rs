@@ -2,7 +2,7 @@
 //! (connected components, mean colour, extent, a few probe pixels) rebuilds every caption exactly.
 //! This is what makes ShapesLN learnable by a tiny model: nothing in the text is hidden noise.
 
-use pixel_tasks::shapes_ln::{Colour, ShapesLn, ShapesLnConfig, Split};
+use pixel_data::shapes_ln::{Colour, ShapesLn, ShapesLnConfig, Split};
 
 /// A pixel belongs to an object when some channel is dark; backgrounds are light tints.
 fn is_object(p: [u8; 3]) -> bool {

@@ -1,7 +1,7 @@
 //! Properties of ShapesLN that the training and evaluation code rely on, checked on random
 //! seeds, indices and configs.
 
-use pixel_tasks::shapes_ln::{
+use pixel_data::shapes_ln::{
     vocabulary, Colour, LnRecord, ShapeKind, ShapesLn, ShapesLnConfig, Split,
 };
 use proptest::prelude::*;

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use pixel_tasks::render::{
+use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
+use pixel_render::{
     bar_chart_png, loss_curves_png, mask_overlay, palette, samples_png, save_png, SamplePanel,
     Scale,
 };
-use pixel_tasks::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
 
 /// Where pictures go: `SHAPES_LN_PNG_DIR` if set, else a temporary folder removed afterwards.
 fn out_dir() -> (PathBuf, Option<tempfile::TempDir>) {

@@ -6,7 +6,7 @@ use image::{Rgb, RgbImage};
 
 pub(crate) const WHITE: [u8; 3] = [255, 255, 255];
 pub(crate) const BLACK: [u8; 3] = [0, 0, 0];
-pub(crate) const GREY: [u8; 3] = [120, 120, 120];
+pub const GREY: [u8; 3] = [120, 120, 120];
 
 /// Colours that stay distinct from each other, on white and on most images (Tableau 10, with
 /// the grey swapped for black so every series is visible).

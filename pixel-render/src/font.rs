@@ -12,7 +12,7 @@ use image::RgbImage;
 use super::RenderError;
 
 /// DejaVu Sans 2.37 (Bitstream Vera licence: `assets/fonts/LICENSE-DejaVu.txt`).
-const FONT_BYTES: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+const FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 static FONT: LazyLock<FontRef<'static>> = LazyLock::new(|| {
     FontRef::try_from_slice(FONT_BYTES)

@@ -15,7 +15,8 @@ mod plot;
 use std::path::{Path, PathBuf};
 
 pub use draw::palette;
-pub(crate) use draw::GREY;
+/// The grey of ground-truth boxes and prompts in panels.
+pub use draw::GREY;
 pub use panels::{mask_overlay, samples_image, samples_png, SamplePanel};
 pub use plot::{
     bar_chart_image, bar_chart_png, loss_curves_image, loss_curves_png, BarGroup, Scale,

@@ -8,9 +8,9 @@
 //! `[x, y, w, h]` in pixels, METEOR against the merged ground truth's captions).
 use crate::error::{Result, TaskError};
 use crate::heads::Scored;
-use crate::shapes_ln::Sample;
 use image::{GrayImage, Luma};
 use pixel_core::geometry::BoxXyxy;
+use pixel_data::shapes_ln::Sample;
 use pixel_metrics::densecap::{
     DensecapGt, DensecapGtAnnotation, DensecapImage, DensecapPrediction,
 };
@@ -201,7 +201,7 @@ pub fn dense_captioning_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
+    use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
     use pixel_metrics::Meteor;
 
     fn samples(n: u64) -> Vec<Sample> {

@@ -1,7 +1,5 @@
 //! PixelLLM assembled from its parts, with output heads, tasks, data and evaluation.
 pub mod ablate;
-pub mod data_source;
-pub mod datasets;
 pub mod demo;
 pub mod error;
 pub mod eval;
@@ -16,9 +14,6 @@ pub mod predict;
 pub mod pretrain;
 pub mod pretrain_eva;
 pub mod pretrain_sam;
-pub mod render;
-pub mod shapes_ln;
 pub mod tasks;
-pub mod train;
 
 pub use error::{Result, TaskError};

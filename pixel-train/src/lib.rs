@@ -14,8 +14,10 @@
 //! backward on their own threads, and the loss is the mean of the shards' losses, as scenic
 //! averages the losses of its devices. The gradients are summed in shard order, so a run gives
 //! the same weights whatever the threads' timing.
-use crate::error::{Result, TaskError};
+pub mod error;
+
 use dfdx::prelude::*;
+pub use error::{Result, TrainError};
 use pixel_base::progress::Job;
 use pixel_core::checkpoint::{load_params, save_params, write_atomic, LoadOptions, TensorStore};
 use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig, WarmupCosine};
@@ -373,10 +375,11 @@ impl RunDir {
         if !pointer.exists() {
             return Ok(None);
         }
-        let text = pixel_core::text::read_text(&pointer).map_err(|e| TaskError::io(&pointer, e))?;
+        let text =
+            pixel_core::text::read_text(&pointer).map_err(|e| TrainError::io(&pointer, e))?;
         let name = text.trim();
         if checkpoint_step(name).is_none() {
-            return Err(TaskError::Format {
+            return Err(TrainError::Format {
                 path: pointer,
                 message: format!(
                     "it names `{name}`, not a checkpoint folder of this run (`step-` and the step number)\n  help: write the name of a folder in {} into it, or delete it to start over",
@@ -391,11 +394,11 @@ impl RunDir {
     fn checkpoint_folders(&self) -> Result<Vec<(u64, PathBuf)>> {
         let dir = self.checkpoints();
         let mut found = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| TaskError::io(&dir, e))? {
-            let entry = entry.map_err(|e| TaskError::io(&dir, e))?;
+        for entry in std::fs::read_dir(&dir).map_err(|e| TrainError::io(&dir, e))? {
+            let entry = entry.map_err(|e| TrainError::io(&dir, e))?;
             let is_dir = entry
                 .file_type()
-                .map_err(|e| TaskError::io(entry.path(), e))?
+                .map_err(|e| TrainError::io(entry.path(), e))?
                 .is_dir();
             let step = entry.file_name().to_str().and_then(checkpoint_step);
             if let (true, Some(step)) = (is_dir, step) {
@@ -490,7 +493,7 @@ where
     M::Batch: ThreadSafe,
     Gradients<f32, D>: ThreadSafe,
 {
-    std::fs::create_dir_all(&run.root).map_err(|e| TaskError::io(&run.root, e))?;
+    std::fs::create_dir_all(&run.root).map_err(|e| TrainError::io(&run.root, e))?;
     let mut optimizer = AdamW::new(config.optimizer);
     let mut start_step = 0;
     let mut elapsed_before = 0.0;
@@ -505,7 +508,7 @@ where
         Some(dir) => {
             let state = load_checkpoint(model, &mut optimizer, &dir)?;
             if state.step > config.steps {
-                return Err(TaskError::Config {
+                return Err(TrainError::Config {
                     key: "train.steps".into(),
                     message: format!(
                         "the run in {} is at step {} ({}), past train.steps = {}; resume with the steps it was started with, or train into another folder",
@@ -525,14 +528,14 @@ where
         }
         // A fresh start (or a resume with nothing to resume): the log starts over too.
         None if run.metrics_log().exists() => std::fs::remove_file(run.metrics_log())
-            .map_err(|e| TaskError::io(run.metrics_log(), e))?,
+            .map_err(|e| TrainError::io(run.metrics_log(), e))?,
         None => {}
     }
     let schedule = config.schedule();
     let progress = Job::start("train", run.root.display(), start_step, config.steps);
     let started = Instant::now();
     let mut last = None;
-    let diverged = |step: u64, (loss, lowest, at): (f32, f32, u64)| TaskError::Diverged {
+    let diverged = |step: u64, (loss, lowest, at): (f32, f32, u64)| TrainError::Diverged {
         step,
         loss,
         lowest,
@@ -544,7 +547,7 @@ where
         .create(true)
         .append(true)
         .open(run.metrics_log())
-        .map_err(|e| TaskError::io(run.metrics_log(), e))?;
+        .map_err(|e| TrainError::io(run.metrics_log(), e))?;
     let mut trainable = trainable.clone();
     let mut image_encoder_frozen = false;
     for step in start_step..config.steps {
@@ -567,7 +570,7 @@ where
             grads,
         } = sharded_step(model, trainable, &shards)?;
         if !loss_value.is_finite() {
-            return Err(TaskError::NonFiniteLoss {
+            return Err(TrainError::NonFiniteLoss {
                 step,
                 loss: loss_value,
                 parts: describe_parts(&parts),
@@ -581,7 +584,7 @@ where
         let lr = schedule.lr(step);
         let stats = optimizer
             .update_summed(model, &grads, trainable, lr)
-            .map_err(|e| TaskError::NonFiniteGradient {
+            .map_err(|e| TrainError::NonFiniteGradient {
                 step,
                 message: e.to_string(),
                 checkpoint: run.latest_checkpoint().ok().flatten(),
@@ -598,8 +601,8 @@ where
         };
         if done % config.log_every.max(1) == 0 || done == config.steps {
             let json =
-                serde_json::to_string(&line).map_err(|e| TaskError::Invalid(e.to_string()))?;
-            writeln!(log_file, "{json}").map_err(|e| TaskError::io(run.metrics_log(), e))?;
+                serde_json::to_string(&line).map_err(|e| TrainError::Invalid(e.to_string()))?;
+            writeln!(log_file, "{json}").map_err(|e| TrainError::io(run.metrics_log(), e))?;
             let each: Vec<String> = parts
                 .iter()
                 .map(|p| format!("{} {:.3}", p.name, p.weighted()))
@@ -612,7 +615,7 @@ where
             // The updated weights' own loss on this batch, before they may be called good.
             let (check, parts) = sharded_loss(model, &shards)?;
             if !check.is_finite() {
-                return Err(TaskError::NonFiniteLoss {
+                return Err(TrainError::NonFiniteLoss {
                     step: done,
                     loss: check,
                     parts: describe_parts(&parts),
@@ -658,7 +661,7 @@ fn shard<D: Device<f32>, M: TrainStep<D>>(batch: M::Batch, shards: usize) -> Res
     if shards == 1 {
         return Ok(vec![batch]);
     }
-    M::split_batch(&batch, shards).ok_or_else(|| TaskError::Config {
+    M::split_batch(&batch, shards).ok_or_else(|| TrainError::Config {
         key: "train.shards".into(),
         message: format!(
             "this batch does not split into {shards} shards (fewer examples than shards, or a loss over the whole batch); use 1"
@@ -773,19 +776,19 @@ fn save_checkpoint<D: Device<f32>, M: Params<D>>(
 ) -> Result<()> {
     let name = checkpoint_name(state.step);
     let dir = run.checkpoints().join(&name);
-    std::fs::create_dir_all(&dir).map_err(|e| TaskError::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
     save_params(model, &dir.join("model.safetensors"), HashMap::new())?;
     optimizer
         .state()
         .write(&dir.join("optimizer.safetensors"))?;
     let state_json =
-        serde_json::to_vec_pretty(state).map_err(|e| TaskError::Invalid(e.to_string()))?;
+        serde_json::to_vec_pretty(state).map_err(|e| TrainError::Invalid(e.to_string()))?;
     write_atomic(&dir.join("trainer_state.json"), &state_json)?;
     write_atomic(&run.latest_pointer(), name.as_bytes())?;
     // Every other checkpoint folder this trainer named, half-deleted ones included.
     for (step, old) in run.checkpoint_folders()? {
         if step != state.step {
-            std::fs::remove_dir_all(&old).map_err(|e| TaskError::io(&old, e))?;
+            std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
         }
     }
     Ok(())
@@ -798,8 +801,8 @@ fn load_checkpoint<D: Device<f32>, M: Params<D>>(
 ) -> Result<TrainerState> {
     let state_path = dir.join("trainer_state.json");
     let text =
-        pixel_core::text::read_text(&state_path).map_err(|e| TaskError::io(&state_path, e))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| TaskError::Format {
+        pixel_core::text::read_text(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::Format {
         path: state_path.clone(),
         message: e.to_string(),
     })?;
@@ -811,7 +814,7 @@ fn load_checkpoint<D: Device<f32>, M: Params<D>>(
         .and_then(|n| n.strip_prefix("step-"))
         .and_then(|n| n.parse::<u64>().ok());
     if named.is_some_and(|step| step != state.step) {
-        return Err(TaskError::Format {
+        return Err(TrainError::Format {
             path: state_path,
             message: format!(
                 "says step {} but its folder is {}; the checkpoint was not written by this run as it is (remove it, or point `latest` at another)",
@@ -832,7 +835,7 @@ pub fn load_latest_weights<D: Device<f32>, M: Params<D>>(
     run: &RunDir,
 ) -> Result<u64> {
     let dir = run.latest_checkpoint()?.ok_or_else(|| {
-        TaskError::Invalid(format!("no checkpoint in {}", run.checkpoints().display()))
+        TrainError::Invalid(format!("no checkpoint in {}", run.checkpoints().display()))
     })?;
     let mut optimizer = AdamW::new(AdamWConfig::default());
     Ok(load_checkpoint(model, &mut optimizer, &dir)?.step)
@@ -841,7 +844,7 @@ pub fn load_latest_weights<D: Device<f32>, M: Params<D>>(
 /// Reads `metrics.jsonl`. A last line without its newline that does not parse is a write the
 /// run did not finish (killed mid-line) and is dropped; any other bad line is an error.
 pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
-    let text = pixel_core::text::read_text(path).map_err(|e| TaskError::io(path, e))?;
+    let text = pixel_core::text::read_text(path).map_err(|e| TrainError::io(path, e))?;
     let torn_tail = !text.is_empty() && !text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();
     let mut parsed = Vec::with_capacity(lines.len());
@@ -853,7 +856,7 @@ pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
             Ok(l) => parsed.push(l),
             Err(_) if torn_tail && i + 1 == lines.len() => {}
             Err(e) => {
-                return Err(TaskError::Format {
+                return Err(TrainError::Format {
                     path: path.to_path_buf(),
                     message: format!("line {}: {e}", i + 1),
                 })
@@ -877,7 +880,7 @@ fn truncate_log(path: &Path, step: u64) -> Result<()> {
     if !text.is_empty() {
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes()).map_err(TaskError::from)
+    write_atomic(path, text.as_bytes()).map_err(TrainError::from)
 }
 
 #[cfg(test)]
@@ -981,7 +984,7 @@ mod tests {
     fn killed_at(step: u64) -> impl FnMut(u64) -> Result<(Vec<f32>, Vec<f32>)> {
         move |s| {
             if s == step {
-                Err(TaskError::Invalid("killed".into()))
+                Err(TrainError::Invalid("killed".into()))
             } else {
                 batch(s, None)
             }
@@ -1094,7 +1097,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(&err, TaskError::Config { key, .. } if key == "train.shards"),
+            matches!(&err, TrainError::Config { key, .. } if key == "train.shards"),
             "{err}"
         );
     }

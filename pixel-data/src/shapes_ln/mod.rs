@@ -404,8 +404,8 @@ pub struct LnRecord {
 impl Sample {
     /// A render panel of the ground truth: each word at its point, each object's box labelled
     /// with its referring expression; for eyeballing the data (`render::samples_png`).
-    pub fn ground_truth_panel(&self) -> crate::render::SamplePanel {
-        crate::render::SamplePanel {
+    pub fn ground_truth_panel(&self) -> pixel_render::SamplePanel {
+        pixel_render::SamplePanel {
             image: self.image.clone(),
             words: self
                 .words
@@ -792,7 +792,7 @@ mod tests {
         let panel = s.ground_truth_panel();
         assert_eq!(panel.words.len(), s.words.len());
         assert_eq!(panel.boxes.len(), s.objects.len());
-        assert!(crate::render::samples_image(&[panel]).is_ok());
+        assert!(pixel_render::samples_image(&[panel]).is_ok());
     }
 
     #[test]
