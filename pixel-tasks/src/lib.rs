@@ -1,4 +1,6 @@
-//! PixelLLM assembled from its parts, with output heads, tasks, data and evaluation.
+//! PixelLLM assembled from its parts (model, output heads, tasks, evaluation, pretraining), and
+//! the runners behind the `pixel` command (demo, eval, ablate, grads, predict). Data, metrics,
+//! pictures and the training loop are crates of their own (docs/ARCHITECTURE.md).
 pub mod ablate;
 pub mod demo;
 pub mod error;
