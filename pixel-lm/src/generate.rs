@@ -6,7 +6,7 @@
 //! encoder output. Output heads (PixelLLM's point head) run on the decoder features of each step
 //! and are never fed back, so generation also returns, for every generated position of the
 //! returned sequences, the decoder's final hidden state that predicted the token there.
-use crate::presets::T5Dims;
+use crate::dims::T5Dims;
 use crate::t5::T5;
 use dfdx::prelude::*;
 use pixel_core::nn::{attention_with_bias, merge_heads, padding_bias, split_heads, Heads, Seq};

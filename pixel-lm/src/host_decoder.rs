@@ -7,23 +7,14 @@
 //! row-major dot products, with
 //! the same arithmetic as [`T5::decode_step`] (tested equal to full-sequence decoding, and to HF
 //! through the parity fixtures).
-use crate::presets::T5Dims;
+use crate::dims::T5Dims;
+use crate::host_weights::{HostBlock, HostFf, HostLinear, HostWeights};
 use crate::t5::{relative_position_bucket, T5Attention, T5DenseAct, T5};
 use dfdx::prelude::*;
 use pixel_core::nn::{Activation, Linear, LoraLinear, Mlp, RmsNorm, Seq};
 use std::sync::Arc;
 
 const MASKED: f32 = pixel_core::nn::attention::MASKED;
-
-/// `y = W x (+ b) (+ scale * B A x)` on host vectors, `W` row-major `[out, in]`.
-struct HostLinear {
-    w: Vec<f32>,
-    bias: Option<Vec<f32>>,
-    out: usize,
-    inp: usize,
-    /// `A` `[rank, in]`, `B` `[out, rank]`, scale.
-    lora: Option<(Vec<f32>, Vec<f32>, usize, f32)>,
-}
 
 impl HostLinear {
     fn new<I: ConstDim, O: ConstDim, D: Device<f32>>(l: &Linear<I, O, D>) -> Self {
@@ -208,58 +199,6 @@ impl HostMlp {
             activate(self.activation, &mut h);
         }
         last.forward(&h)
-    }
-}
-
-enum HostFf {
-    Plain(HostLinear, HostLinear, Activation),
-    Gated(HostLinear, HostLinear, HostLinear, Activation),
-}
-
-struct HostBlock {
-    self_norm: Vec<f32>,
-    q: HostLinear,
-    k: HostLinear,
-    v: HostLinear,
-    o: HostLinear,
-    cross_norm: Vec<f32>,
-    cq: HostLinear,
-    co: HostLinear,
-    ff_norm: Vec<f32>,
-    ff: HostFf,
-}
-
-/// Host copies of the decoder and LM-head weights, made once per model and shared by every
-/// [`HostDecoder`] (see [`T5::host_weights`]).
-pub struct HostWeights {
-    blocks: Vec<HostBlock>,
-    final_norm: Vec<f32>,
-    head: HostLinear,
-    head_scale: f32,
-    /// `[buckets, heads]`.
-    position_table: Vec<f32>,
-    buckets: usize,
-    max_distance: usize,
-    heads: usize,
-    eps: f64,
-}
-
-impl std::fmt::Debug for HostWeights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HostWeights {{ blocks: {}, .. }}", self.blocks.len())
-    }
-}
-
-/// The lazily made [`HostWeights`] of a model. Every `&mut` access to the model's parameters
-/// through [`pixel_core::params::Params`] (optimizers, loaders) and `add_lora` clears it; code
-/// that assigns weights through the public fields directly must call
-/// [`T5::clear_host_weights`].
-#[derive(Debug, Clone, Default)]
-pub struct HostWeightsCache(std::sync::OnceLock<Arc<HostWeights>>);
-
-impl HostWeightsCache {
-    pub fn clear(&mut self) {
-        self.0 = std::sync::OnceLock::new();
     }
 }
 
