@@ -62,7 +62,7 @@ impl std::fmt::Display for Dtype {
 }
 
 /// The values, in the type they are kept in.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 enum Storage {
     F32(Vec<f32>),
     /// bf16 bits.
@@ -72,7 +72,7 @@ enum Storage {
 }
 
 /// A row-major `[rows, cols]` matrix of frozen weights (a linear layer's `[out, in]`).
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct HostMatrix {
     rows: usize,
     cols: usize,

@@ -1,0 +1,413 @@
+//! T5 for inference with frozen weights stored as f32, bf16 or f16 ([`Dtype`]), on host
+//! vectors: encoder, KV-cached decoder, greedy and beam search, all arithmetic in f32.
+//!
+//! [`T5`] trains and holds f32 dfdx tensors; [`HostT5`] only runs, and holds each weight once in
+//! its dtype ([`HostMatrix`], no f32 copy). Loaded from an HF folder, a bf16 checkpoint's bits
+//! are kept as they are ([`HostT5::from_pretrained`]); from a trained [`T5`], the weights are
+//! rounded ([`HostT5::from_model`], LoRA adapters kept in f32). Its dims come from
+//! `config.json` at run time, so any T5 size loads without a preset.
+//!
+//! With f32 weights it computes what [`T5`] computes (to summation order); with bf16 weights
+//! what HF computes in f32 from the bf16-rounded checkpoint (tested on the parity fixtures).
+use crate::config::T5Config;
+use crate::error::{LmError, Result};
+use crate::generate::{search, GenerateOptions, HostGeneration};
+use crate::host_decoder::{DecoderBlock, DecoderWeights, Embed, HostDecoder};
+use crate::host_layers::{attend_head, rms_norm, HostAttention, HostFf, HostLinear, MASKED};
+use crate::load::checkpoint_path;
+use crate::presets::T5Dims;
+use crate::t5::{relative_position_bucket, T5};
+use dfdx::prelude::*;
+use pixel_core::host_matrix::{read_matrices, Dtype, HostMatrix};
+use pixel_core::CoreError;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+struct EncoderBlock {
+    norm: Vec<f32>,
+    attention: HostAttention,
+    ff_norm: Vec<f32>,
+    ff: HostFf,
+}
+
+/// A T5 whose weights are [`HostMatrix`]es of one [`Dtype`].
+pub struct HostT5 {
+    pub config: T5Config,
+    dtype: Dtype,
+    /// `shared`: the token embedding, and the LM head of tied models.
+    shared: Arc<HostMatrix>,
+    encoder: Vec<EncoderBlock>,
+    encoder_norm: Vec<f32>,
+    /// `[buckets, heads]` of encoder block 0.
+    encoder_position: Vec<f32>,
+    decoder: Arc<DecoderWeights>,
+}
+
+impl std::fmt::Debug for HostT5 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HostT5 {{ {} + {} layers, {} }}",
+            self.encoder.len(),
+            self.decoder.blocks.len(),
+            self.dtype
+        )
+    }
+}
+
+/// Which tensors keep the run's dtype: the matrices. Norm weights and position tables are
+/// small and stay f32.
+fn dtype_of(name: &str, dtype: Dtype) -> Dtype {
+    if name.contains("layer_norm") || name.contains("relative_attention_bias") {
+        Dtype::F32
+    } else {
+        dtype
+    }
+}
+
+impl HostT5 {
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The decoder's weights, for [`DecoderWeights::step_bytes`] and [`HostDecoder`]s.
+    pub fn decoder_weights(&self) -> &Arc<DecoderWeights> {
+        &self.decoder
+    }
+
+    /// A trained model's weights, rounded to `dtype`.
+    pub fn from_model<P: T5Dims, D: Device<f32>>(model: &T5<P, D>, dtype: Dtype) -> Self {
+        let shared = Arc::new(HostMatrix::from_f32(
+            P::Vocab::SIZE,
+            P::Model::SIZE,
+            model.shared.weight.as_vec(),
+            dtype,
+        ));
+        let decoder = match &model.lm_head {
+            Some(_) => model.decoder_weights(dtype),
+            None => model.decoder_weights_with_head(dtype, shared.clone()),
+        };
+        let encoder = model
+            .encoder
+            .block
+            .iter()
+            .map(|b| EncoderBlock {
+                norm: b.self_attention_norm.weight.as_vec(),
+                attention: HostAttention::from_dfdx(&b.self_attention, dtype),
+                ff_norm: b.ff_norm.weight.as_vec(),
+                ff: HostFf::from_dfdx(&b.ff, dtype),
+            })
+            .collect();
+        let encoder_position = model.encoder.block[0]
+            .self_attention
+            .relative_attention_bias
+            .as_ref()
+            .expect("encoder block 0 has the position bias")
+            .as_vec();
+        HostT5 {
+            config: model.config.clone(),
+            dtype,
+            shared,
+            encoder,
+            encoder_norm: model.encoder.final_layer_norm.weight.as_vec(),
+            encoder_position,
+            decoder: Arc::new(decoder),
+        }
+    }
+
+    /// Loads `dir/config.json` and its checkpoint (one file or shards) with the weights stored
+    /// as `dtype`: a checkpoint already in `dtype` is copied bit for bit, never widened.
+    /// Strict as [`T5::load_store`]: one error lists every missing, misshapen and unexpected
+    /// tensor.
+    pub fn from_pretrained(dir: &Path, dtype: Dtype) -> Result<Self> {
+        let config = T5Config::from_file(&dir.join("config.json"))?;
+        let path = checkpoint_path(dir)?;
+        let tensors = read_matrices(&path, |name| dtype_of(name, dtype))?;
+        let mut loader = Loader {
+            tensors,
+            problems: Vec::new(),
+        };
+        let model = Self::build(&config, dtype, &mut loader);
+        loader.finish(&path)?;
+        Ok(model)
+    }
+
+    fn build(config: &T5Config, dtype: Dtype, l: &mut Loader) -> Self {
+        let (d, inner, ff, vocab) = (
+            config.d_model,
+            config.inner_dim(),
+            config.d_ff,
+            config.vocab_size,
+        );
+        let heads = config.num_heads;
+        let buckets = config.relative_attention_num_buckets;
+        let act = config
+            .activation()
+            .expect("T5Config::from_file validated the activation");
+        let shared = Arc::new(l.matrix("shared.weight", vocab, d));
+        let attention = |l: &mut Loader, p: &str| HostAttention {
+            q: HostLinear::new(l.matrix(&format!("{p}.q.weight"), inner, d)),
+            k: HostLinear::new(l.matrix(&format!("{p}.k.weight"), inner, d)),
+            v: HostLinear::new(l.matrix(&format!("{p}.v.weight"), inner, d)),
+            o: HostLinear::new(l.matrix(&format!("{p}.o.weight"), d, inner)),
+        };
+        let feed_forward = |l: &mut Loader, p: &str| {
+            let mut w = |n: &str, rows, cols| HostLinear::new(l.matrix(&format!("{p}.{n}.weight"), rows, cols));
+            if config.is_gated() {
+                HostFf::Gated(w("wi_0", ff, d), w("wi_1", ff, d), w("wo", d, ff), act)
+            } else {
+                HostFf::Plain(w("wi", ff, d), w("wo", d, ff), act)
+            }
+        };
+        let encoder = (0..config.num_layers)
+            .map(|i| {
+                let p = format!("encoder.block.{i}");
+                EncoderBlock {
+                    norm: l.vector(&format!("{p}.layer.0.layer_norm.weight"), d),
+                    attention: attention(l, &format!("{p}.layer.0.SelfAttention")),
+                    ff_norm: l.vector(&format!("{p}.layer.1.layer_norm.weight"), d),
+                    ff: feed_forward(l, &format!("{p}.layer.1.DenseReluDense")),
+                }
+            })
+            .collect();
+        let blocks = (0..config.decoder_layers())
+            .map(|i| {
+                let p = format!("decoder.block.{i}");
+                DecoderBlock {
+                    self_norm: l.vector(&format!("{p}.layer.0.layer_norm.weight"), d),
+                    self_attention: attention(l, &format!("{p}.layer.0.SelfAttention")),
+                    cross_norm: l.vector(&format!("{p}.layer.1.layer_norm.weight"), d),
+                    cross_attention: attention(l, &format!("{p}.layer.1.EncDecAttention")),
+                    ff_norm: l.vector(&format!("{p}.layer.2.layer_norm.weight"), d),
+                    ff: feed_forward(l, &format!("{p}.layer.2.DenseReluDense")),
+                }
+            })
+            .collect();
+        let position = |l: &mut Loader, stack: &str| {
+            l.vector_2d(
+                &format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                buckets,
+                heads,
+            )
+        };
+        let encoder_position = position(l, "encoder");
+        let decoder_position = position(l, "decoder");
+        let (head, head_scale) = if config.tie_word_embeddings {
+            l.duplicate("lm_head.weight", &shared);
+            (shared.clone(), (d as f32).powf(-0.5))
+        } else {
+            (Arc::new(l.matrix("lm_head.weight", vocab, d)), 1.0)
+        };
+        for name in ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"] {
+            l.duplicate(name, &shared);
+        }
+        HostT5 {
+            config: config.clone(),
+            dtype,
+            shared,
+            encoder,
+            encoder_norm: l.vector("encoder.final_layer_norm.weight", d),
+            encoder_position,
+            decoder: Arc::new(DecoderWeights {
+                blocks,
+                final_norm: l.vector("decoder.final_layer_norm.weight", d),
+                head,
+                head_scale,
+                position_table: decoder_position,
+                buckets,
+                max_distance: config.relative_attention_max_distance,
+                heads,
+                eps: config.layer_norm_epsilon,
+            }),
+        }
+    }
+
+    /// The encoder on token ids `[batch, tokens]` (`mask` `[batch * tokens]`, true = real):
+    /// its final hidden states `[batch * tokens, d_model]`, as [`T5::encode`].
+    pub fn encode(&self, ids: &[usize], mask: &[bool], batch: usize) -> Vec<f32> {
+        let tokens = ids.len() / batch.max(1);
+        let (heads, eps) = (self.config.num_heads, self.config.layer_norm_epsilon);
+        let buckets = self.config.relative_attention_num_buckets;
+        let max_distance = self.config.relative_attention_max_distance;
+        // Position bias `[query, key, head]`.
+        let mut position = Vec::with_capacity(tokens * tokens * heads);
+        for i in 0..tokens {
+            for j in 0..tokens {
+                let bucket =
+                    relative_position_bucket(j as i64 - i as i64, true, buckets, max_distance);
+                position.extend_from_slice(&self.encoder_position[bucket * heads..(bucket + 1) * heads]);
+            }
+        }
+        let mut x = self.embed(ids);
+        for b in &self.encoder {
+            let a = &b.attention;
+            let inner = a.q.out();
+            let dk = inner / heads;
+            let h = rms_norm(&x, &b.norm, eps);
+            let (q, k, v) = (a.q.forward(&h), a.k.forward(&h), a.v.forward(&h));
+            let mut out = vec![0.0f32; batch * tokens * inner];
+            for r in 0..batch {
+                let rows = r * tokens * inner..(r + 1) * tokens * inner;
+                let keep = &mask[r * tokens..(r + 1) * tokens];
+                for i in 0..tokens {
+                    for hd in 0..heads {
+                        let o = (r * tokens + i) * inner + hd * dk;
+                        attend_head(
+                            &q[o..o + dk],
+                            &k[rows.clone()],
+                            &v[rows.clone()],
+                            inner,
+                            hd,
+                            dk,
+                            |j| {
+                                position[(i * tokens + j) * heads + hd]
+                                    + if keep[j] { 0.0 } else { MASKED }
+                            },
+                            &mut out[o..o + dk],
+                        );
+                    }
+                }
+            }
+            x.iter_mut()
+                .zip(a.o.forward(&out))
+                .for_each(|(x, y)| *x += y);
+            let h = rms_norm(&x, &b.ff_norm, eps);
+            x.iter_mut()
+                .zip(b.ff.forward(&h))
+                .for_each(|(x, y)| *x += y);
+        }
+        rms_norm(&x, &self.encoder_norm, eps)
+    }
+
+    /// A decoder for encoder states `[batch * source, d_model]` from [`Self::encode`].
+    pub fn start(&self, encoder_hidden: &[f32], mask: &[bool], batch: usize) -> HostDecoder {
+        self.decoder.start(encoder_hidden, mask, batch, 1)
+    }
+
+    /// One decoding step, one token per row: hidden states `[rows, d_model]` and logits
+    /// `[rows, vocab]`.
+    pub fn step(&self, decoder: &mut HostDecoder, ids: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        assert_eq!(ids.len(), decoder.rows, "one token per row");
+        decoder.step(self.embed(ids))
+    }
+
+    /// Greedy or beam search over a batch from its encoder states (e.g. PixelLLM's visual
+    /// tokens and prompt, encoded elsewhere), as [`T5::generate`].
+    pub fn generate_encoded(
+        &self,
+        encoder_hidden: &[f32],
+        mask: &[bool],
+        batch: usize,
+        options: &GenerateOptions,
+    ) -> HostGeneration {
+        search(
+            self,
+            &self.decoder,
+            &self.config,
+            encoder_hidden,
+            mask,
+            batch,
+            options,
+        )
+    }
+
+    /// Greedy or beam search over token sequences of any lengths: padded into one batch (pad
+    /// id, masked), encoded and decoded together. Row `i` of the result equals `inputs[i]`
+    /// generated alone (tested).
+    pub fn generate(&self, inputs: &[Vec<usize>], options: &GenerateOptions) -> HostGeneration {
+        let (ids, mask) = pad_batch(inputs, self.config.pad_token_id);
+        let enc = self.encode(&ids, &mask, inputs.len());
+        self.generate_encoded(&enc, &mask, inputs.len(), options)
+    }
+}
+
+impl Embed for HostT5 {
+    fn embed(&self, ids: &[usize]) -> Vec<f32> {
+        let d = self.config.d_model;
+        let mut x = vec![0.0f32; ids.len() * d];
+        for (row, &id) in x.chunks_exact_mut(d).zip(ids) {
+            self.shared.row_into(id, row);
+        }
+        x
+    }
+}
+
+/// Sequences of any lengths as one `[batch, longest]` batch of ids padded with `pad`, and its
+/// mask (true = real token).
+pub fn pad_batch(inputs: &[Vec<usize>], pad: usize) -> (Vec<usize>, Vec<bool>) {
+    let longest = inputs.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(inputs.len() * longest);
+    let mut mask = Vec::with_capacity(inputs.len() * longest);
+    for row in inputs {
+        ids.extend(row.iter().copied().chain(std::iter::repeat(pad)).take(longest));
+        mask.extend((0..longest).map(|i| i < row.len()));
+    }
+    (ids, mask)
+}
+
+/// Takes tensors out of a checkpoint by name and shape, collecting every problem.
+struct Loader {
+    tensors: BTreeMap<String, HostMatrix>,
+    problems: Vec<String>,
+}
+
+impl Loader {
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> HostMatrix {
+        match self.tensors.remove(name) {
+            Some(m) if (m.rows(), m.cols()) == (rows, cols) => m,
+            Some(m) => {
+                self.problems.push(format!(
+                    "tensor `{name}` has shape [{}, {}], the model expects [{rows}, {cols}]",
+                    m.rows(),
+                    m.cols()
+                ));
+                HostMatrix::from_f32(0, 0, Vec::new(), Dtype::F32)
+            }
+            None => {
+                self.problems
+                    .push(format!("missing tensor `{name}` (shape [{rows}, {cols}])"));
+                HostMatrix::from_f32(0, 0, Vec::new(), Dtype::F32)
+            }
+        }
+    }
+
+    /// A 1-D f32 tensor (norm weights).
+    fn vector(&mut self, name: &str, len: usize) -> Vec<f32> {
+        self.matrix(name, 1, len).to_f32()
+    }
+
+    /// A 2-D f32 tensor, row-major.
+    fn vector_2d(&mut self, name: &str, rows: usize, cols: usize) -> Vec<f32> {
+        self.matrix(name, rows, cols).to_f32()
+    }
+
+    /// HF may store copies of `shared.weight` for tied embeddings: accepted when equal (both
+    /// are read in the same dtype, so their stored values are compared).
+    fn duplicate(&mut self, name: &str, shared: &HostMatrix) {
+        if let Some(copy) = self.tensors.remove(name) {
+            if copy != *shared {
+                self.problems.push(format!(
+                    "tensor `{name}` differs from `shared.weight`, but this model ties them"
+                ));
+            }
+        }
+    }
+
+    fn finish(self, path: &Path) -> Result<()> {
+        let mut problems = self.problems;
+        problems.extend(
+            self.tensors
+                .keys()
+                .map(|k| format!("unexpected tensor `{k}` (the model has no such parameter)")),
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(LmError::Core(CoreError::CheckpointMismatch {
+                path: path.to_path_buf(),
+                problems,
+            }))
+        }
+    }
+}
