@@ -280,6 +280,39 @@ impl HostT5 {
         rms_norm(&x, &self.encoder_norm, eps)
     }
 
+    /// HF's `model(input_ids, attention_mask, decoder_input_ids)` with teacher forcing, the
+    /// decoder run one cached step per position: encoder states `[batch * source, d_model]`,
+    /// decoder hidden states `[batch * steps, d_model]` and logits `[batch * steps, vocab]`.
+    pub fn forward(
+        &self,
+        input_ids: &[usize],
+        mask: &[bool],
+        batch: usize,
+        decoder_input_ids: &[usize],
+    ) -> HostForward {
+        let encoder_hidden = self.encode(input_ids, mask, batch);
+        let steps = decoder_input_ids.len() / batch.max(1);
+        let (d, vocab) = (self.config.d_model, self.config.vocab_size);
+        let mut decoder = self.start(&encoder_hidden, mask, batch);
+        let mut decoder_hidden = vec![0.0f32; batch * steps * d];
+        let mut logits = vec![0.0f32; batch * steps * vocab];
+        for t in 0..steps {
+            let ids: Vec<usize> = (0..batch).map(|b| decoder_input_ids[b * steps + t]).collect();
+            let (h, l) = self.step(&mut decoder, &ids);
+            for b in 0..batch {
+                let row = b * steps + t;
+                decoder_hidden[row * d..(row + 1) * d].copy_from_slice(&h[b * d..(b + 1) * d]);
+                logits[row * vocab..(row + 1) * vocab]
+                    .copy_from_slice(&l[b * vocab..(b + 1) * vocab]);
+            }
+        }
+        HostForward {
+            encoder_hidden,
+            decoder_hidden,
+            logits,
+        }
+    }
+
     /// A decoder for encoder states `[batch * source, d_model]` from [`Self::encode`].
     pub fn start(&self, encoder_hidden: &[f32], mask: &[bool], batch: usize) -> HostDecoder {
         self.decoder.start(encoder_hidden, mask, batch, 1)
@@ -320,6 +353,14 @@ impl HostT5 {
         let enc = self.encode(&ids, &mask, inputs.len());
         self.generate_encoded(&enc, &mask, inputs.len(), options)
     }
+}
+
+/// Outputs of [`HostT5::forward`], row-major as HF's `[batch, tokens, ...]`.
+#[derive(Debug, Clone)]
+pub struct HostForward {
+    pub encoder_hidden: Vec<f32>,
+    pub decoder_hidden: Vec<f32>,
+    pub logits: Vec<f32>,
 }
 
 impl Embed for HostT5 {
