@@ -80,8 +80,29 @@ def main():
         half = copy.deepcopy(model).to(torch.bfloat16)
         run("bf16 greedy 32 tokens, KV cache, encoder included",
             lambda: half.generate(input_ids=ids, attention_mask=mask, use_cache=True, **gen))
+    enc = model.encoder(input_ids=ids, attention_mask=mask)
+    prefix = out[:, :16]
+    past = model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=prefix, use_cache=True).past_key_values
+    nxt = out[:, 16:17]
+    head = torch.nn.Sequential(
+        torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
+        torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 4),
+    )
+
+    def step(with_head):
+        cache = copy.deepcopy(past)
+        o = model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=nxt, past_key_values=cache,
+                  use_cache=True, output_hidden_states=with_head)
+        if with_head:
+            head(o.decoder_hidden_states[-1])
+
+    run("one decoding step (incl. cache copy)", lambda: step(False), args.repeats * 5)
+    run("one decoding step + point head (incl. cache copy)", lambda: step(True), args.repeats * 5)
     for k, v in results.items():
         print(f"{k:55s} {v * 1000:9.2f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -166,13 +166,18 @@ fn bench(c: &mut Criterion) {
     for dtype in [Dtype::F32, Dtype::Bf16] {
         let host = HostT5::from_model(&model, dtype);
         let out = host.generate(std::slice::from_ref(&ids), &greedy);
-        assert_eq!(out.sequences[0].len(), NEW_TOKENS + 1, "greedy stopped early");
+        assert_eq!(
+            out.sequences[0].len(),
+            NEW_TOKENS + 1,
+            "greedy stopped early"
+        );
         g.bench_function(format!("HostT5 {dtype} encoder forward"), |b| {
             b.iter(|| host.encode(&ids, &mask, 1))
         });
-        g.bench_function(format!("HostT5 {dtype} greedy 32 tokens, encoder included"), |b| {
-            b.iter(|| host.generate(std::slice::from_ref(&ids), &greedy))
-        });
+        g.bench_function(
+            format!("HostT5 {dtype} greedy 32 tokens, encoder included"),
+            |b| b.iter(|| host.generate(std::slice::from_ref(&ids), &greedy)),
+        );
         let enc = host.encode(&ids, &mask, 1);
         let mut dec = host.start(&enc, &mask, 1);
         for &t in &out.sequences[0][..16] {

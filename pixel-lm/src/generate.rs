@@ -10,9 +10,9 @@ use crate::config::T5Config;
 use crate::host_decoder::{DecoderWeights, Decoding, Embed};
 use crate::presets::T5Dims;
 use crate::t5::T5;
-use std::sync::Arc;
 use dfdx::prelude::*;
 use pixel_core::nn::{attention_with_bias, merge_heads, padding_bias, split_heads, Heads, Seq};
+use std::sync::Arc;
 
 /// How to generate.
 #[derive(Debug, Clone, Copy, PartialEq)]

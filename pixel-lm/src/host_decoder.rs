@@ -175,7 +175,9 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
     /// converted again here; [`crate::HostT5::from_model`] shares one copy instead.
     pub(crate) fn decoder_weights(&self, dtype: Dtype) -> DecoderWeights {
         let head = Arc::new(match &self.lm_head {
-            Some(h) => HostMatrix::from_f32(P::Vocab::SIZE, P::Model::SIZE, h.weight.as_vec(), dtype),
+            Some(h) => {
+                HostMatrix::from_f32(P::Vocab::SIZE, P::Model::SIZE, h.weight.as_vec(), dtype)
+            }
             None => HostMatrix::from_f32(
                 P::Vocab::SIZE,
                 P::Model::SIZE,

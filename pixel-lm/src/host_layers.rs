@@ -245,9 +245,7 @@ impl HostFf {
             HostFf::Gated(wi_0, wi_1, wo, act) => {
                 let mut a = wi_0.forward(h);
                 activate(*act, &mut a);
-                a.iter_mut()
-                    .zip(wi_1.forward(h))
-                    .for_each(|(a, l)| *a *= l);
+                a.iter_mut().zip(wi_1.forward(h)).for_each(|(a, l)| *a *= l);
                 wo.forward(&a)
             }
         }

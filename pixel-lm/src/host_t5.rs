@@ -153,7 +153,9 @@ impl HostT5 {
             o: HostLinear::new(l.matrix(&format!("{p}.o.weight"), d, inner)),
         };
         let feed_forward = |l: &mut Loader, p: &str| {
-            let mut w = |n: &str, rows, cols| HostLinear::new(l.matrix(&format!("{p}.{n}.weight"), rows, cols));
+            let mut w = |n: &str, rows, cols| {
+                HostLinear::new(l.matrix(&format!("{p}.{n}.weight"), rows, cols))
+            };
             if config.is_gated() {
                 HostFf::Gated(w("wi_0", ff, d), w("wi_1", ff, d), w("wo", d, ff), act)
             } else {
@@ -236,7 +238,9 @@ impl HostT5 {
             for j in 0..tokens {
                 let bucket =
                     relative_position_bucket(j as i64 - i as i64, true, buckets, max_distance);
-                position.extend_from_slice(&self.encoder_position[bucket * heads..(bucket + 1) * heads]);
+                position.extend_from_slice(
+                    &self.encoder_position[bucket * heads..(bucket + 1) * heads],
+                );
             }
         }
         let mut x = self.embed(ids);
@@ -297,7 +301,9 @@ impl HostT5 {
         let mut decoder_hidden = vec![0.0f32; batch * steps * d];
         let mut logits = vec![0.0f32; batch * steps * vocab];
         for t in 0..steps {
-            let ids: Vec<usize> = (0..batch).map(|b| decoder_input_ids[b * steps + t]).collect();
+            let ids: Vec<usize> = (0..batch)
+                .map(|b| decoder_input_ids[b * steps + t])
+                .collect();
             let (h, l) = self.step(&mut decoder, &ids);
             for b in 0..batch {
                 let row = b * steps + t;
@@ -381,7 +387,12 @@ pub fn pad_batch(inputs: &[Vec<usize>], pad: usize) -> (Vec<usize>, Vec<bool>) {
     let mut ids = Vec::with_capacity(inputs.len() * longest);
     let mut mask = Vec::with_capacity(inputs.len() * longest);
     for row in inputs {
-        ids.extend(row.iter().copied().chain(std::iter::repeat(pad)).take(longest));
+        ids.extend(
+            row.iter()
+                .copied()
+                .chain(std::iter::repeat(pad))
+                .take(longest),
+        );
         mask.extend((0..longest).map(|i| i < row.len()));
     }
     (ids, mask)

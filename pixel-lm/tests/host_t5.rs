@@ -59,8 +59,14 @@ fn check_close(name: &str, got: &[f32], want: &[f32], tolerance: f32) {
     assert_eq!(got.len(), want.len(), "{name}: length");
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let err = max_abs_diff(got, want);
-    eprintln!("{name}: max abs error {err:.3e}, relative {:.3e}", err / scale);
-    assert!(err <= tolerance * scale, "{name}: {err} > {tolerance} x {scale}");
+    eprintln!(
+        "{name}: max abs error {err:.3e}, relative {:.3e}",
+        err / scale
+    );
+    assert!(
+        err <= tolerance * scale,
+        "{name}: {err} > {tolerance} x {scale}"
+    );
 }
 
 /// The fixture in the checkpoint's own 16-bit dtype against HF's f32 outputs on those weights.
@@ -69,19 +75,48 @@ fn parity_in_dtype(name: &str, dtype: Dtype) {
     assert_eq!(model.dtype(), dtype);
     let case = Case::read(name);
     let (input_ids, batch, _) = case.ids(&case.inputs, "input_ids");
-    let mask: Vec<bool> = case.ids(&case.inputs, "attention_mask").0.iter().map(|&m| m == 1).collect();
+    let mask: Vec<bool> = case
+        .ids(&case.inputs, "attention_mask")
+        .0
+        .iter()
+        .map(|&m| m == 1)
+        .collect();
     let (dec_ids, _, _) = case.ids(&case.inputs, "decoder_input_ids");
     let out = model.forward(&input_ids, &mask, batch, &dec_ids);
     let want = |k: &str| case.outputs.get(k).unwrap().to_f32();
-    check_close(&format!("{name} {dtype} encoder"), &out.encoder_hidden, &want("encoder_last_hidden_state"), 1e-4);
-    check_close(&format!("{name} {dtype} decoder"), &out.decoder_hidden, &want("decoder_hidden"), 1e-4);
-    check_close(&format!("{name} {dtype} logits"), &out.logits, &want("logits"), 1e-4);
+    check_close(
+        &format!("{name} {dtype} encoder"),
+        &out.encoder_hidden,
+        &want("encoder_last_hidden_state"),
+        1e-4,
+    );
+    check_close(
+        &format!("{name} {dtype} decoder"),
+        &out.decoder_hidden,
+        &want("decoder_hidden"),
+        1e-4,
+    );
+    check_close(
+        &format!("{name} {dtype} logits"),
+        &out.logits,
+        &want("logits"),
+        1e-4,
+    );
     let inputs: Vec<Vec<usize>> = input_ids
         .chunks(input_ids.len() / batch)
         .zip(mask.chunks(input_ids.len() / batch))
-        .map(|(ids, m)| ids.iter().zip(m).filter(|(_, &m)| m).map(|(&i, _)| i).collect())
+        .map(|(ids, m)| {
+            ids.iter()
+                .zip(m)
+                .filter(|(_, &m)| m)
+                .map(|(&i, _)| i)
+                .collect()
+        })
         .collect();
-    for (key, beams) in [("greedy_sequences", 1), ("beam_sequences", case.scalar("num_beams"))] {
+    for (key, beams) in [
+        ("greedy_sequences", 1),
+        ("beam_sequences", case.scalar("num_beams")),
+    ] {
         let options = GenerateOptions {
             max_new_tokens: case.scalar("max_new_tokens"),
             num_beams: beams,
@@ -110,14 +145,28 @@ fn bf16_matches_hf_run_in_bf16() {
     let case = Case::read(name);
     let run = TensorStore::read(&fixtures().join(name).join("bf16_run.safetensors")).unwrap();
     let (input_ids, batch, _) = case.ids(&case.inputs, "input_ids");
-    let mask: Vec<bool> = case.ids(&case.inputs, "attention_mask").0.iter().map(|&m| m == 1).collect();
+    let mask: Vec<bool> = case
+        .ids(&case.inputs, "attention_mask")
+        .0
+        .iter()
+        .map(|&m| m == 1)
+        .collect();
     let (dec_ids, _, _) = case.ids(&case.inputs, "decoder_input_ids");
     let out = model.forward(&input_ids, &mask, batch, &dec_ids);
     let hf = run.get("logits").unwrap();
     let live = hf.shape[2];
     let vocab = model.config.vocab_size;
-    let ours: Vec<f32> = out.logits.chunks(vocab).flat_map(|r| r[..live].to_vec()).collect();
-    check_close("bf16 logits vs HF bf16", &ours, &hf.to_f32(), BF16_RUN_TOLERANCE);
+    let ours: Vec<f32> = out
+        .logits
+        .chunks(vocab)
+        .flat_map(|r| r[..live].to_vec())
+        .collect();
+    check_close(
+        "bf16 logits vs HF bf16",
+        &ours,
+        &hf.to_f32(),
+        BF16_RUN_TOLERANCE,
+    );
 
     let seqs = |store: &TensorStore, key: &str| {
         let (v, _, len) = case.ids(store, key);
@@ -126,7 +175,12 @@ fn bf16_matches_hf_run_in_bf16() {
     let mut inputs = Vec::new();
     let per = input_ids.len() / batch;
     for b in 0..batch {
-        inputs.push((0..per).filter(|&i| mask[b * per + i]).map(|i| input_ids[b * per + i]).collect::<Vec<_>>());
+        inputs.push(
+            (0..per)
+                .filter(|&i| mask[b * per + i])
+                .map(|i| input_ids[b * per + i])
+                .collect::<Vec<_>>(),
+        );
     }
     let options = |num_beams| GenerateOptions {
         max_new_tokens: case.scalar("max_new_tokens"),
@@ -134,9 +188,16 @@ fn bf16_matches_hf_run_in_bf16() {
         length_penalty: 1.0,
     };
     let greedy = model.generate(&inputs, &options(1));
-    assert_eq!(greedy.sequences, seqs(&run, "greedy_sequences"), "greedy vs HF bf16");
+    assert_eq!(
+        greedy.sequences,
+        seqs(&run, "greedy_sequences"),
+        "greedy vs HF bf16"
+    );
     let beam = model.generate(&inputs, &options(case.scalar("num_beams")));
-    let (hf_bf16, hf_f32) = (seqs(&run, "beam_sequences"), seqs(&case.outputs, "beam_sequences"));
+    let (hf_bf16, hf_f32) = (
+        seqs(&run, "beam_sequences"),
+        seqs(&case.outputs, "beam_sequences"),
+    );
     let mut compared = 0;
     for (b, got) in beam.sequences.iter().enumerate() {
         if hf_bf16[b] == hf_f32[b] {
@@ -144,7 +205,10 @@ fn bf16_matches_hf_run_in_bf16() {
             compared += 1;
         }
     }
-    assert!(compared > 0, "no beam row where HF's bf16 and f32 runs agree");
+    assert!(
+        compared > 0,
+        "no beam row where HF's bf16 and f32 runs agree"
+    );
 }
 
 /// f32 [`HostT5`] computes what the dfdx [`T5`] computes.
@@ -152,20 +216,42 @@ fn host_f32_equals_dfdx<P: T5Dims>(name: &str) {
     let dev: Cpu = Default::default();
     let dir = fixtures().join(name);
     let t5 = T5::<P, Cpu>::from_pretrained(&dir, &dev).unwrap();
-    for host in [HostT5::from_model(&t5, Dtype::F32), HostT5::from_pretrained(&dir, Dtype::F32).unwrap()] {
+    for host in [
+        HostT5::from_model(&t5, Dtype::F32),
+        HostT5::from_pretrained(&dir, Dtype::F32).unwrap(),
+    ] {
         let ids: Vec<usize> = (0..2 * 9).map(|i| 2 + (i * 389) % 2000).collect();
         let mask: Vec<bool> = (0..18).map(|i| i < 9 || i % 9 < 5).collect();
         let want = t5.encode::<NoneTape>(t5.ids(&ids, 2), &mask);
         let got = host.encode(&ids, &mask, 2);
         let rows_real: Vec<usize> = (0..18).filter(|&i| mask[i]).collect();
-        let pick = |v: &[f32]| -> Vec<f32> { rows_real.iter().flat_map(|&r| v[r * 64..(r + 1) * 64].to_vec()).collect() };
-        check_close(&format!("{name} host encoder"), &pick(&got), &pick(&want.as_vec()), 1e-5);
+        let pick = |v: &[f32]| -> Vec<f32> {
+            rows_real
+                .iter()
+                .flat_map(|&r| v[r * 64..(r + 1) * 64].to_vec())
+                .collect()
+        };
+        check_close(
+            &format!("{name} host encoder"),
+            &pick(&got),
+            &pick(&want.as_vec()),
+            1e-5,
+        );
         for beams in [1, 3] {
-            let options = GenerateOptions { max_new_tokens: 6, num_beams: beams, length_penalty: 1.0 };
+            let options = GenerateOptions {
+                max_new_tokens: 6,
+                num_beams: beams,
+                length_penalty: 1.0,
+            };
             let a = t5.generate(&want, &mask, &options);
             let b = host.generate_encoded(&want.as_vec(), &mask, 2, &options);
             assert_eq!(a.sequences, b.sequences, "{name} beams {beams}");
-            check_close(&format!("{name} host features"), &b.hidden, &a.hidden.as_vec(), 1e-5);
+            check_close(
+                &format!("{name} host features"),
+                &b.hidden,
+                &a.hidden.as_vec(),
+                1e-5,
+            );
         }
     }
 }
@@ -191,21 +277,42 @@ fn each_row_of_a_batched_decode_equals_the_row_decoded_alone() {
         let inputs: Vec<Vec<usize>> = [11, 3, 7, 1, 9]
             .iter()
             .enumerate()
-            .map(|(r, &n)| (0..n).map(|i| 2 + (r * 977 + i * 131) % 2000).chain([1]).collect())
+            .map(|(r, &n)| {
+                (0..n)
+                    .map(|i| 2 + (r * 977 + i * 131) % 2000)
+                    .chain([1])
+                    .collect()
+            })
             .collect();
         for beams in [1, 3] {
-            let options = GenerateOptions { max_new_tokens: 7, num_beams: beams, length_penalty: 1.0 };
+            let options = GenerateOptions {
+                max_new_tokens: 7,
+                num_beams: beams,
+                length_penalty: 1.0,
+            };
             let batched = model.generate(&inputs, &options);
             let steps = batched.sequences[0].len() - 1;
             for (r, input) in inputs.iter().enumerate() {
                 let alone = model.generate(std::slice::from_ref(input), &options);
                 let len = alone.sequences[0].len();
                 let row = &batched.sequences[r];
-                assert_eq!(&row[..len], &alone.sequences[0][..], "{dtype} beams {beams} row {r}");
+                assert_eq!(
+                    &row[..len],
+                    &alone.sequences[0][..],
+                    "{dtype} beams {beams} row {r}"
+                );
                 let fill = if beams == 1 { 0 } else { 1 };
-                assert!(row[len..].iter().all(|&t| t == fill), "{dtype} row {r} padding {row:?}");
+                assert!(
+                    row[len..].iter().all(|&t| t == fill),
+                    "{dtype} row {r} padding {row:?}"
+                );
                 let features = &batched.hidden[r * steps * d..(r * steps + len - 1) * d];
-                check_close(&format!("{dtype} beams {beams} row {r} features"), features, &alone.hidden, 1e-5);
+                check_close(
+                    &format!("{dtype} beams {beams} row {r} features"),
+                    features,
+                    &alone.hidden,
+                    1e-5,
+                );
             }
         }
         // Logits of one teacher-forced step, batched against alone.
@@ -232,7 +339,10 @@ fn bf16_weights_halve_the_bytes_a_step_reads() {
     let dir = fixtures().join("flan-t5-test");
     let f32 = HostT5::from_pretrained(&dir, Dtype::F32).unwrap();
     let bf16 = HostT5::from_pretrained(&dir, Dtype::Bf16).unwrap();
-    assert_eq!(f32.decoder_weights().step_bytes(), 2 * bf16.decoder_weights().step_bytes());
+    assert_eq!(
+        f32.decoder_weights().step_bytes(),
+        2 * bf16.decoder_weights().step_bytes()
+    );
 }
 
 #[test]
@@ -242,8 +352,45 @@ fn a_checkpoint_missing_a_tensor_fails_naming_it() {
     std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
     let store = TensorStore::read(&src.join("model.safetensors")).unwrap();
     let mut cut = store.clone();
-    cut.tensors.remove("decoder.block.1.layer.2.DenseReluDense.wo.weight");
+    cut.tensors
+        .remove("decoder.block.1.layer.2.DenseReluDense.wo.weight");
     cut.write(&tmp.path().join("model.safetensors")).unwrap();
-    let err = HostT5::from_pretrained(tmp.path(), Dtype::Bf16).unwrap_err().to_string();
-    assert!(err.contains("missing tensor `decoder.block.1.layer.2.DenseReluDense.wo.weight`"), "{err}");
+    let err = HostT5::from_pretrained(tmp.path(), Dtype::Bf16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing tensor `decoder.block.1.layer.2.DenseReluDense.wo.weight`"),
+        "{err}"
+    );
+}
+
+/// `pixel lm forward|generate --dtype bf16` on the fixture files.
+#[test]
+fn bf16_tensor_files_in_and_out_match_hf() {
+    let dir = fixtures().join("flan-t5-test");
+    let model = HostT5::from_pretrained(&dir, Dtype::Bf16).unwrap();
+    let inputs = TensorStore::read(&dir.join("inputs.safetensors")).unwrap();
+    let case = Case::read("flan-t5-test");
+    let out = model.forward_tensors(&inputs).unwrap();
+    for key in ["encoder_last_hidden_state", "decoder_hidden", "logits"] {
+        let (got, want) = (out.get(key).unwrap(), case.outputs.get(key).unwrap());
+        assert_eq!(got.shape, want.shape, "{key}");
+        check_close(&format!("file {key}"), &got.to_f32(), &want.to_f32(), 1e-4);
+    }
+    for (key, num_beams) in [
+        ("greedy_sequences", 1),
+        ("beam_sequences", case.scalar("num_beams")),
+    ] {
+        let options = GenerateOptions {
+            max_new_tokens: case.scalar("max_new_tokens"),
+            num_beams,
+            length_penalty: 1.0,
+        };
+        let out = model.generate_tensors(&inputs, &options).unwrap();
+        assert_eq!(
+            out.get("sequences").unwrap(),
+            case.outputs.get(key).unwrap(),
+            "{key}"
+        );
+    }
 }

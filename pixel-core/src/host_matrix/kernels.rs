@@ -239,8 +239,16 @@ mod tests {
     fn storages(w: &[f32]) -> [Storage; 3] {
         [
             Storage::F32(w.to_vec()),
-            Storage::Bf16(w.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()),
-            Storage::F16(w.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()),
+            Storage::Bf16(
+                w.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect(),
+            ),
+            Storage::F16(
+                w.iter()
+                    .map(|&v| half::f16::from_f32(v).to_bits())
+                    .collect(),
+            ),
         ]
     }
 
@@ -248,9 +256,17 @@ mod tests {
     /// shapes with tails (inp not a multiple of 16) and row counts that are not multiples of 4.
     #[test]
     fn kernels_equal_an_f64_reference_within_f32_rounding() {
-        for (out, inp, n) in [(37, 21, 3), (16, 64, 1), (9, 512, 8), (5, 100, 6), (3, 7, 13)] {
+        for (out, inp, n) in [
+            (37, 21, 3),
+            (16, 64, 1),
+            (9, 512, 8),
+            (5, 100, 6),
+            (3, 7, 13),
+        ] {
             let w = matrix(out, inp);
-            let x: Vec<f32> = (0..n * inp).map(|i| ((i * 31) % 17) as f32 * 0.37 - 3.0).collect();
+            let x: Vec<f32> = (0..n * inp)
+                .map(|i| ((i * 31) % 17) as f32 * 0.37 - 3.0)
+                .collect();
             for storage in storages(&w) {
                 let mut fast = vec![0.0; n * out];
                 let mut portable = vec![0.0; n * out];
@@ -276,8 +292,14 @@ mod tests {
     #[test]
     fn half_conversions_are_exact_for_representable_values() {
         for v in [0.0f32, 1.0, -2.5, 0.125, 65504.0, -3.0e-5] {
-            assert_eq!(f16_to_f32(half::f16::from_f32(v).to_bits()), half::f16::from_f32(v).to_f32());
-            assert_eq!(bf16_to_f32(half::bf16::from_f32(v).to_bits()), half::bf16::from_f32(v).to_f32());
+            assert_eq!(
+                f16_to_f32(half::f16::from_f32(v).to_bits()),
+                half::f16::from_f32(v).to_f32()
+            );
+            assert_eq!(
+                bf16_to_f32(half::bf16::from_f32(v).to_bits()),
+                half::bf16::from_f32(v).to_f32()
+            );
         }
     }
 }

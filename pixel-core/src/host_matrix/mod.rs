@@ -81,7 +81,13 @@ pub struct HostMatrix {
 
 impl std::fmt::Debug for HostMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HostMatrix [{}, {}] {}", self.rows, self.cols, self.dtype())
+        write!(
+            f,
+            "HostMatrix [{}, {}] {}",
+            self.rows,
+            self.cols,
+            self.dtype()
+        )
     }
 }
 
@@ -128,7 +134,10 @@ impl HostMatrix {
             ref other => return Err(format!("a matrix must be 1-D or 2-D, it is {other:?}")),
         };
         let data = view.data();
-        let halves = || data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let halves = || {
+            data.chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        };
         let floats = || {
             data.chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -136,12 +145,18 @@ impl HostMatrix {
         let storage = match (view.dtype(), dtype) {
             (SafeDtype::BF16, Dtype::Bf16) => Storage::Bf16(halves().collect()),
             (SafeDtype::F16, Dtype::F16) => Storage::F16(halves().collect()),
-            (SafeDtype::BF16, Dtype::F32) => Storage::F32(halves().map(kernels::bf16_to_f32).collect()),
-            (SafeDtype::F16, Dtype::F32) => Storage::F32(halves().map(kernels::f16_to_f32).collect()),
-            (SafeDtype::F32, Dtype::F32) => Storage::F32(floats().collect()),
-            (SafeDtype::F32, Dtype::Bf16) => {
-                Storage::Bf16(floats().map(|v| half::bf16::from_f32(v).to_bits()).collect())
+            (SafeDtype::BF16, Dtype::F32) => {
+                Storage::F32(halves().map(kernels::bf16_to_f32).collect())
             }
+            (SafeDtype::F16, Dtype::F32) => {
+                Storage::F32(halves().map(kernels::f16_to_f32).collect())
+            }
+            (SafeDtype::F32, Dtype::F32) => Storage::F32(floats().collect()),
+            (SafeDtype::F32, Dtype::Bf16) => Storage::Bf16(
+                floats()
+                    .map(|v| half::bf16::from_f32(v).to_bits())
+                    .collect(),
+            ),
             (SafeDtype::F32, Dtype::F16) => {
                 Storage::F16(floats().map(|v| half::f16::from_f32(v).to_bits()).collect())
             }
@@ -374,7 +389,10 @@ mod tests {
         let m = HostMatrix::from_f32(1, 3, vec![1.0 + 1.0 / 256.0, 3.0e-3, -7.0], Dtype::Bf16);
         assert_eq!(m.dtype(), Dtype::Bf16);
         assert_eq!(m.bytes(), 6);
-        assert_eq!(m.to_f32(), vec![1.0, half::bf16::from_f32(3.0e-3).to_f32(), -7.0]);
+        assert_eq!(
+            m.to_f32(),
+            vec![1.0, half::bf16::from_f32(3.0e-3).to_f32(), -7.0]
+        );
     }
 
     #[test]
@@ -387,20 +405,32 @@ mod tests {
             .collect();
         let floats: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let views = [
-            ("w", TensorView::new(SafeDtype::BF16, vec![2, 3], &bits).unwrap()),
-            ("norm", TensorView::new(SafeDtype::F32, vec![6], &floats).unwrap()),
+            (
+                "w",
+                TensorView::new(SafeDtype::BF16, vec![2, 3], &bits).unwrap(),
+            ),
+            (
+                "norm",
+                TensorView::new(SafeDtype::F32, vec![6], &floats).unwrap(),
+            ),
         ];
         let path = dir.path().join("m.safetensors");
         ::safetensors::serialize_to_file(views, &None, &path).unwrap();
-        let read = read_matrices(&path, |name| {
-            if name == "w" {
-                Dtype::Bf16
-            } else {
-                Dtype::F32
-            }
-        })
+        let read = read_matrices(
+            &path,
+            |name| {
+                if name == "w" {
+                    Dtype::Bf16
+                } else {
+                    Dtype::F32
+                }
+            },
+        )
         .unwrap();
-        let want: Vec<f32> = values.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+        let want: Vec<f32> = values
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
         assert_eq!((read["w"].rows(), read["w"].cols()), (2, 3));
         assert_eq!(read["w"].to_f32(), want);
         assert_eq!(read["norm"].to_f32(), values);
@@ -414,7 +444,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.safetensors");
         std::fs::write(&path, b"not a checkpoint").unwrap();
-        let err = read_matrices(&path, |_| Dtype::Bf16).unwrap_err().to_string();
+        let err = read_matrices(&path, |_| Dtype::Bf16)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("broken.safetensors"), "{err}");
     }
 }
