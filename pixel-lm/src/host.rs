@@ -69,7 +69,7 @@ impl HostT5 {
     ) -> Result<TensorStore> {
         let inputs = Inputs::read(inputs)?;
         inputs.check_ids(&inputs.input_ids, "input_ids", self.config.vocab_size)?;
-        let enc = self.encode(&inputs.input_ids, &inputs.mask, inputs.batch);
+        let enc = self.encode_real(&inputs.input_ids, &inputs.mask, inputs.batch);
         let out = self.generate_encoded(&enc, &inputs.mask, inputs.batch, options);
         let b = inputs.batch;
         let len = out.sequences.first().map_or(0, Vec::len);

@@ -13,7 +13,7 @@ use crate::config::T5Config;
 use crate::error::{LmError, Result};
 use crate::generate::{search, GenerateOptions, HostGeneration};
 use crate::host_decoder::{DecoderBlock, DecoderWeights, Embed, HostDecoder};
-use crate::host_layers::{attend_head, rms_norm, HostAttention, HostFf, HostLinear, MASKED};
+use crate::host_layers::{attend_head, rms_norm, HostAttention, HostFf, HostLinear};
 use crate::load::checkpoint_path;
 use crate::presets::T5Dims;
 use crate::t5::{relative_position_bucket, T5};
@@ -226,10 +226,28 @@ impl HostT5 {
     }
 
     /// The encoder on token ids `[batch, tokens]` (`mask` `[batch * tokens]`, true = real):
-    /// its final hidden states `[batch * tokens, d_model]`, as [`T5::encode`].
+    /// its final hidden states `[batch * tokens, d_model]`, as [`T5::encode`] and HF compute
+    /// them, padded positions included.
     pub fn encode(&self, ids: &[usize], mask: &[bool], batch: usize) -> Vec<f32> {
+        self.encode_rows(ids, mask, batch, true)
+    }
+
+    /// [`Self::encode`] where padded positions are not computed (left zero): what decoding
+    /// needs, since cross-attention masks them. Real positions get the same values, because a
+    /// masked key's attention weight is exactly zero in f32 either way.
+    pub fn encode_real(&self, ids: &[usize], mask: &[bool], batch: usize) -> Vec<f32> {
+        self.encode_rows(ids, mask, batch, false)
+    }
+
+    /// The encoder over the positions it computes (all, or the real ones), each attending to
+    /// the real positions of its sequence.
+    fn encode_rows(&self, ids: &[usize], mask: &[bool], batch: usize, padded: bool) -> Vec<f32> {
         let tokens = ids.len() / batch.max(1);
-        let (heads, eps) = (self.config.num_heads, self.config.layer_norm_epsilon);
+        let (heads, eps, d) = (
+            self.config.num_heads,
+            self.config.layer_norm_epsilon,
+            self.config.d_model,
+        );
         let buckets = self.config.relative_attention_num_buckets;
         let max_distance = self.config.relative_attention_max_distance;
         // Position bias `[query, key, head]`.
@@ -243,31 +261,44 @@ impl HostT5 {
                 );
             }
         }
-        let mut x = self.embed(ids);
+        // Computed positions (flat `r * tokens + i`), and per sequence the range of them that
+        // are its rows and the indices (into those) of its real positions: the keys.
+        let rows: Vec<usize> = (0..batch * tokens).filter(|&p| padded || mask[p]).collect();
+        let ranges: Vec<std::ops::Range<usize>> = (0..batch)
+            .map(|r| {
+                let start = rows.partition_point(|&p| p < r * tokens);
+                start..rows.partition_point(|&p| p < (r + 1) * tokens)
+            })
+            .collect();
+        let row_ids: Vec<usize> = rows.iter().map(|&p| ids[p]).collect();
+        let mut x = self.embed(&row_ids);
         for b in &self.encoder {
             let a = &b.attention;
             let inner = a.q.out();
             let dk = inner / heads;
             let h = rms_norm(&x, &b.norm, eps);
             let (q, k, v) = (a.q.forward(&h), a.k.forward(&h), a.v.forward(&h));
-            let mut out = vec![0.0f32; batch * tokens * inner];
-            for r in 0..batch {
-                let rows = r * tokens * inner..(r + 1) * tokens * inner;
-                let keep = &mask[r * tokens..(r + 1) * tokens];
-                for i in 0..tokens {
+            let mut out = vec![0.0f32; rows.len() * inner];
+            for range in &ranges {
+                let keys: Vec<usize> = range.clone().filter(|&n| mask[rows[n]]).collect();
+                let gather = |t: &[f32]| -> Vec<f32> {
+                    keys.iter()
+                        .flat_map(|&n| t[n * inner..(n + 1) * inner].iter().copied())
+                        .collect()
+                };
+                let (kr, vr) = (gather(&k), gather(&v));
+                for n in range.clone() {
+                    let i = rows[n] % tokens;
                     for hd in 0..heads {
-                        let o = (r * tokens + i) * inner + hd * dk;
+                        let o = n * inner + hd * dk;
                         attend_head(
                             &q[o..o + dk],
-                            &k[rows.clone()],
-                            &v[rows.clone()],
+                            &kr,
+                            &vr,
                             inner,
                             hd,
                             dk,
-                            |j| {
-                                position[(i * tokens + j) * heads + hd]
-                                    + if keep[j] { 0.0 } else { MASKED }
-                            },
+                            |j| position[(i * tokens + rows[keys[j]] % tokens) * heads + hd],
                             &mut out[o..o + dk],
                         );
                     }
@@ -281,7 +312,15 @@ impl HostT5 {
                 .zip(b.ff.forward(&h))
                 .for_each(|(x, y)| *x += y);
         }
-        rms_norm(&x, &self.encoder_norm, eps)
+        let x = rms_norm(&x, &self.encoder_norm, eps);
+        if padded {
+            return x;
+        }
+        let mut full = vec![0.0f32; batch * tokens * d];
+        for (n, &p) in rows.iter().enumerate() {
+            full[p * d..(p + 1) * d].copy_from_slice(&x[n * d..(n + 1) * d]);
+        }
+        full
     }
 
     /// HF's `model(input_ids, attention_mask, decoder_input_ids)` with teacher forcing, the
@@ -356,7 +395,7 @@ impl HostT5 {
     /// generated alone (tested).
     pub fn generate(&self, inputs: &[Vec<usize>], options: &GenerateOptions) -> HostGeneration {
         let (ids, mask) = pad_batch(inputs, self.config.pad_token_id);
-        let enc = self.encode(&ids, &mask, inputs.len());
+        let enc = self.encode_real(&ids, &mask, inputs.len());
         self.generate_encoded(&enc, &mask, inputs.len(), options)
     }
 }

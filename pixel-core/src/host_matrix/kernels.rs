@@ -2,8 +2,9 @@
 //! bf16 or f16 and every sum accumulated in f32.
 //!
 //! Two kernels, both reading each weight row from memory once for all rows of `x`:
-//! - AVX2 + FMA (+ F16C for f16), chosen at run time when the CPU has them: 8 lanes, two
-//!   accumulators per row of `x`, up to [`BLOCK`] rows of `x` per converted weight vector;
+//! - AVX2 + FMA + F16C, chosen at run time when the CPU has them: 8 lanes; one row of `x` (a
+//!   decoding step at batch 1) with two accumulators; several rows (a batch) two weight rows
+//!   at a time against up to [`BLOCK`] rows of `x`, so that each load serves several FMAs;
 //! - a portable scalar kernel with 16 independent lanes per row (the layout the compiler
 //!   vectorizes without reassociating), used elsewhere.
 //!
@@ -170,7 +171,30 @@ mod simd {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn rows<T: Load>(w: &[T], out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
         let n = x.len() / inp;
-        for (o, wr) in w.chunks_exact(inp).enumerate().take(out) {
+        // Several rows of `x` (a batch): two weight rows at a time, so that each loaded `x`
+        // vector serves two FMAs and each converted weight vector up to `BLOCK`.
+        let pairs = if n > 1 { out / 2 } else { 0 };
+        for p in 0..pairs {
+            let o = 2 * p;
+            let (w0, w1) = (&w[o * inp..(o + 1) * inp], &w[(o + 1) * inp..(o + 2) * inp]);
+            let mut r = 0;
+            while r < n {
+                let b = (n - r).min(BLOCK);
+                let mut sums = [[0.0f32; BLOCK]; 2];
+                match b {
+                    4 => pair_block::<T, 4>(w0, w1, x, r, inp, &mut sums),
+                    3 => pair_block::<T, 3>(w0, w1, x, r, inp, &mut sums),
+                    2 => pair_block::<T, 2>(w0, w1, x, r, inp, &mut sums),
+                    _ => pair_block::<T, 1>(w0, w1, x, r, inp, &mut sums),
+                }
+                for i in 0..b {
+                    y[(r + i) * out + o] = sums[0][i];
+                    y[(r + i) * out + o + 1] = sums[1][i];
+                }
+                r += b;
+            }
+        }
+        for (o, wr) in w.chunks_exact(inp).enumerate().take(out).skip(2 * pairs) {
             let mut r = 0;
             while r < n {
                 let b = (n - r).min(BLOCK);
@@ -185,6 +209,44 @@ mod simd {
                     y[(r + i) * out + o] = *s;
                 }
                 r += b;
+            }
+        }
+    }
+
+    /// Dot products of weight rows `w0`, `w1` with rows `r..r + R` of `x`, one accumulator
+    /// per pair (2R independent chains).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pair_block<T: Load, const R: usize>(
+        w0: &[T],
+        w1: &[T],
+        x: &[f32],
+        r: usize,
+        inp: usize,
+        sums: &mut [[f32; BLOCK]; 2],
+    ) {
+        let mut acc0 = [_mm256_setzero_ps(); R];
+        let mut acc1 = [_mm256_setzero_ps(); R];
+        let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
+        let xp: [*const f32; R] = std::array::from_fn(|i| x.as_ptr().add((r + i) * inp));
+        let full = inp / 8 * 8;
+        let mut i = 0;
+        while i < full {
+            let a = T::load8(p0.add(i));
+            let b = T::load8(p1.add(i));
+            for k in 0..R {
+                let xv = _mm256_loadu_ps(xp[k].add(i));
+                acc0[k] = _mm256_fmadd_ps(a, xv, acc0[k]);
+                acc1[k] = _mm256_fmadd_ps(b, xv, acc1[k]);
+            }
+            i += 8;
+        }
+        for k in 0..R {
+            for (j, (acc, wr)) in [(acc0[k], w0), (acc1[k], w1)].into_iter().enumerate() {
+                let mut lanes = [0.0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+                let tail: f32 = (full..inp).map(|t| wr[t].widen() * *xp[k].add(t)).sum();
+                sums[j][k] = lanes.iter().sum::<f32>() + tail;
             }
         }
     }
