@@ -91,9 +91,9 @@ impl std::fmt::Debug for HostMatrix {
     }
 }
 
-/// Products with more rows than this go through `gemm` on widened panels; fewer (decoding
-/// steps) through the kernels that read each weight once. Measured on the T5 bench's shapes:
-/// at 16 rows both take about as long.
+/// Products with more rows than this (an encoder's tokens) go through `gemm` on widened
+/// panels; fewer (decoding steps, a batch's rows and beams) through the kernels that read each
+/// weight once. A chosen value, not a tuned one: the T5 benches use 1, 8 and 64+ rows.
 const GEMM_ROWS: usize = 16;
 
 /// Weight rows widened to f32 at a time on the `gemm` path (128 x 512 f32 = 256 KiB).
