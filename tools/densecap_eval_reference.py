@@ -1,5 +1,5 @@
 #!/usr/bin/env python3.11
-"""Reference dense-captioning evaluator and the fixture pixel-tasks' densecap parity test uses.
+"""Reference dense-captioning evaluator and the fixture pixel-metrics' densecap parity test uses.
 
 A straightforward Python port, written from the logic of
 - densecap's Lua evaluator (jcjohnson/densecap `eval/eval_utils.lua`, `DenseCaptioningEvaluator`,
@@ -23,14 +23,14 @@ Regenerate:
     pip install pycocoevalcap
     python3.11 tools/densecap_eval_reference.py
 
-writes pixel-tasks/tests/fixtures/metrics/densecap.json.
+writes pixel-metrics/tests/fixtures/metrics/densecap.json.
 """
 
 import json
 import os
 import random
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "pixel-tasks", "tests", "fixtures", "metrics",
+OUT = os.path.join(os.path.dirname(__file__), "..", "pixel-metrics", "tests", "fixtures", "metrics",
                    "densecap.json")
 
 LUA = dict(meteor_thresholds=[0.05, 0.1, 0.15, 0.2, 0.25], plus_one=True, unmatched_takes_last=True,

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3.11
-"""Writes the caption- and mask-metric parity fixtures of pixel-tasks.
+"""Writes the caption- and mask-metric parity fixtures of pixel-metrics (and pixel-data's LN reference).
 
 Regenerate (needs java 17 on PATH, pycocoevalcap 1.2 and pycocotools):
 
     pip install pycocoevalcap pycocotools
     python3.11 tools/make_metric_fixtures.py
 
-Outputs, in pixel-tasks/tests/fixtures/metrics/:
+Outputs, in pixel-metrics/tests/fixtures/metrics/:
 
 - captions.json: seeded random captions over a small vocabulary plus hand-written ones, raw and
   PTB-tokenized by pycocoevalcap's PTBTokenizer (the CoreNLP jar), and pycocoevalcap's BLEU 1-4,
@@ -21,13 +21,13 @@ Outputs, in pixel-tasks/tests/fixtures/metrics/:
 - masks.json: random masks and polygons with pycocotools' compressed RLE strings, areas and IoUs.
 - tokenizer.json: tricky raw captions and their pycocoevalcap PTB tokenization.
 
-and, in pixel-tasks/tests/fixtures/datasets/ (needs scipy):
+and, in pixel-data/tests/fixtures/datasets/ (needs scipy):
 
 - ln_scenic_reference.json: random Localized Narratives records with the per-utterance boxes,
   centers and sampled points of scenic's `trace2coord` (build_ln_tfrecord.py logic: scipy
   interp1d with extrapolation, 16 linspace samples, min/max, trapezoid average), unclipped.
 
-The Rust tests in pixel-tasks/tests/metrics_parity.rs read these files.
+The Rust tests in pixel-metrics/tests/metrics_parity.rs read these files.
 """
 
 import json
@@ -42,7 +42,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from pycocotools import mask as mask_utils
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "pixel-tasks", "tests", "fixtures", "metrics")
+OUT = os.path.join(os.path.dirname(__file__), "..", "pixel-metrics", "tests", "fixtures", "metrics")
 
 SUBJECTS = ["a man", "a woman", "the dog", "two dogs", "a cat", "some people", "a child",
             "the player", "a bus", "a red car", "an old truck", "three birds", "a girl's kite"]
@@ -347,7 +347,8 @@ def main():
         json.dump(masks_fixture(rng), f)
     with open(os.path.join(OUT, "tokenizer.json"), "w") as f:
         json.dump(tokenizer_fixture(random.Random(5)), f, indent=0)
-    ln_out = os.path.join(OUT, "..", "datasets", "ln_scenic_reference.json")
+    ln_out = os.path.join(os.path.dirname(__file__), "..", "pixel-data", "tests", "fixtures", "datasets",
+                          "ln_scenic_reference.json")
     with open(ln_out, "w") as f:
         json.dump(ln_fixture(random.Random(11)), f)
     for name, f in [("captions", fx), ("captions_vocab", vfx)]:

@@ -6,16 +6,16 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use dfdx::prelude::*;
 use pixel_core::optim::alloc_grads;
+use pixel_data::shapes_ln::ShapesLn;
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::demo::{training_examples, DemoConfig};
+use pixel_tasks::demo::{training_examples, ExperimentConfig};
 use pixel_tasks::model::TinyPixelLlm;
-use pixel_tasks::shapes_ln::ShapesLn;
 use pixel_tasks::tasks::ExampleBuilder;
-use pixel_tasks::train::TrainStep;
+use pixel_train::TrainStep;
 use std::time::Duration;
 
 fn bench(c: &mut Criterion) {
-    let config = DemoConfig::builtin().unwrap();
+    let config = ExperimentConfig::builtin().unwrap();
     let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
     let tokenizer = T5Tokenizer::bundled().unwrap();
     let vocab = model.vocab.clone();

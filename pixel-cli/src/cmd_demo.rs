@@ -1,5 +1,5 @@
 //! `pixel demo`: the main job, on the built-in config unless one is given.
-use pixel_tasks::demo::{run_demo, DemoConfig};
+use pixel_tasks::demo::{run_demo, ExperimentConfig};
 use pixel_tasks::model::TinyHeadRegistry;
 use std::path::PathBuf;
 
@@ -21,8 +21,8 @@ pub struct DemoArgs {
 
 pub fn run(args: DemoArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = match &args.config {
-        Some(path) => DemoConfig::load(path)?,
-        None => DemoConfig::builtin()?,
+        Some(path) => ExperimentConfig::load(path)?,
+        None => ExperimentConfig::builtin()?,
     };
     if let Some(steps) = args.steps {
         config.train.steps = steps;
@@ -45,6 +45,10 @@ pub fn run(args: DemoArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::
     println!(
         "  Acc@0.5 by objects in the image: {}",
         by(&r.acc50_by_objects)
+    );
+    println!(
+        "  box closest to the named object, by objects in the image: {}",
+        by(&r.named_object_by_objects)
     );
     println!(
         "  Acc@0.5 by expression length in tokens: {}",

@@ -1,6 +1,6 @@
 //! `pixel eval`: a trained checkpoint on every configured task; writes results.json and
 //! results.md.
-use pixel_tasks::demo::DemoConfig;
+use pixel_tasks::demo::ExperimentConfig;
 use pixel_tasks::eval_run::{results_markdown, run_eval};
 use pixel_tasks::model::TinyHeadRegistry;
 use std::path::PathBuf;
@@ -24,8 +24,8 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::error::Error>> {
     let config = match &args.config {
-        Some(path) => DemoConfig::load(path)?,
-        None => DemoConfig::builtin()?,
+        Some(path) => ExperimentConfig::load(path)?,
+        None => ExperimentConfig::builtin()?,
     };
     let results = run_eval(&config, &args.checkpoint, &args.out, heads)?;
     print!("{}", results_markdown(&results));

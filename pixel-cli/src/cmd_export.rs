@@ -1,8 +1,8 @@
 //! `pixel export-shapes`: ShapesLN written as Localized Narratives, RefCOCO (MDETR) and Visual
 //! Genome files, which `[dataset]` in an experiment config reads back.
-use pixel_tasks::data_source::export_shapes;
-use pixel_tasks::demo::DemoConfig;
-use pixel_tasks::shapes_ln::ShapesLn;
+use pixel_data::data_source::export_shapes;
+use pixel_data::shapes_ln::ShapesLn;
+use pixel_tasks::demo::ExperimentConfig;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -30,8 +30,8 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = match &args.config {
-        Some(path) => DemoConfig::load(path)?,
-        None => DemoConfig::builtin()?,
+        Some(path) => ExperimentConfig::load(path)?,
+        None => ExperimentConfig::builtin()?,
     };
     let data = ShapesLn::new(config.data.clone(), config.seed)?;
     let dataset = export_shapes(&data, &args.out, args.train, args.val)?;

@@ -1,6 +1,6 @@
 //! `pixel grads`: one training step's initial weights, batch and gradients as safetensors, for
 //! the PyTorch twin (`tools/twin/grads.py`) to recompute and compare.
-use pixel_tasks::demo::DemoConfig;
+use pixel_tasks::demo::ExperimentConfig;
 use pixel_tasks::grads::write_grads;
 use pixel_tasks::model::TinyHeadRegistry;
 use std::path::PathBuf;
@@ -30,8 +30,8 @@ pub struct GradsArgs {
 
 pub fn run(args: GradsArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = match &args.config {
-        Some(path) => DemoConfig::load(path)?,
-        None => DemoConfig::builtin()?,
+        Some(path) => ExperimentConfig::load(path)?,
+        None => ExperimentConfig::builtin()?,
     };
     if let Some(seed) = args.seed {
         config.model_seed = Some(seed);

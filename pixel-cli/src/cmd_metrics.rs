@@ -3,7 +3,7 @@
 use std::error::Error;
 use std::path::PathBuf;
 
-use pixel_tasks::metrics::{
+use pixel_metrics::{
     boxes, captions,
     densecap::{self, DensecapProtocol},
     masks,

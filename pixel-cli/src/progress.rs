@@ -1,8 +1,8 @@
 //! The terminal's progress bars: the library reports its long jobs as `tracing` events
-//! ([`pixel_tasks::progress`]), and this layer draws one bar per job (concurrent jobs, as an
+//! ([`pixel_base::progress`]), and this layer draws one bar per job (concurrent jobs, as an
 //! ablation's runs, each get theirs) and prints their result lines above the bars.
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use pixel_tasks::progress::TARGET;
+use pixel_base::progress::TARGET;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
@@ -146,7 +146,7 @@ impl Visit for Fields {
 mod tests {
     use super::*;
     use indicatif::ProgressDrawTarget;
-    use pixel_tasks::progress::Job;
+    use pixel_base::progress::Job;
 
     /// A job's events move its own bar: started at its position and length, advanced, and
     /// finished or abandoned when the job ends; a second job has a bar of its own.

@@ -3,8 +3,8 @@
 //! fails alone, a missing head is named, and the HTTP API answers a real client, refuses bad
 //! requests with a 4xx and goes on serving.
 use base64::Engine;
+use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
 use pixel_tasks::predict::Answer;
-use pixel_tasks::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

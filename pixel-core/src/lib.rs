@@ -21,7 +21,8 @@ pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod testing;
-pub mod text;
+/// Reading user text files; lives in `pixel-base` so that tensor-free crates reach it too.
+pub use pixel_base::text;
 
 pub use error::{CoreError, Result};
 

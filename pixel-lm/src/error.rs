@@ -10,10 +10,14 @@ pub enum LmError {
     #[error("invalid T5 config `{path}`: {message}")]
     Config { path: PathBuf, message: String },
     #[error(
-        "T5 config `{path}` matches no preset: {message}\n  (presets: {}; add one in pixel-lm/src/presets.rs)",
-        crate::presets::PRESET_NAMES.join(", ")
+        "T5 config `{path}` matches no preset: {message}\n  (presets: {presets}; add one in pixel-lm/src/presets.rs)"
     )]
-    NoPreset { path: PathBuf, message: String },
+    NoPreset {
+        path: PathBuf,
+        message: String,
+        /// The preset names, comma-separated.
+        presets: String,
+    },
     #[error(
         "model folder `{0}` has neither `model.safetensors` nor `model.safetensors.index.json`"
     )]

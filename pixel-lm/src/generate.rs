@@ -7,8 +7,9 @@
 //! and are never fed back, so generation also returns, for every generated position of the
 //! returned sequences, the decoder's final hidden state that predicted the token there.
 use crate::config::T5Config;
-use crate::host_decoder::{DecoderWeights, Decoding, Embed};
-use crate::presets::T5Dims;
+use crate::dims::T5Dims;
+use crate::host_decoder::{Decoding, Embed};
+use crate::host_weights::DecoderWeights;
 use crate::t5::T5;
 use dfdx::prelude::*;
 use pixel_core::nn::{attention_with_bias, merge_heads, padding_bias, split_heads, Heads, Seq};

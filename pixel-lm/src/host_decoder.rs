@@ -2,17 +2,18 @@
 //!
 //! Decoding feeds one token per row, so every linear layer is a product of a few rows with each
 //! weight matrix: memory-bound work on which dfdx's general matmul (built for `m >= 1` blocks)
-//! spends several times the necessary time. [`DecoderWeights`] holds the decoder and LM head
-//! weights as [`pixel_core::host_matrix::HostMatrix`] (f32, bf16 or f16), and each step reads
+//! spends several times the necessary time. [`DecoderWeights`] (in `host_weights`) holds the
+//! decoder and LM head weights as [`HostMatrix`] (f32, bf16 or f16), and each step reads
 //! every weight once for all rows of the batch (all sequences, all beams), with the arithmetic of
 //! [`T5::decode_step`] (tested equal to full-sequence decoding, and to HF through the parity
 //! fixtures).
 //!
-//! The f32 model ([`T5`]) makes its [`DecoderWeights`] lazily in f32; the 16-bit model
-//! ([`crate::HostT5`]) holds them in its dtype.
-use crate::host_layers::{attend_head, rms_norm, HostAttention, HostFf, MASKED};
-use crate::presets::T5Dims;
-use crate::t5::{relative_position_bucket, T5};
+//! The f32 model ([`T5`]) makes its [`DecoderWeights`] lazily in f32 (here: the host copies of
+//! its dfdx layers); the 16-bit model ([`crate::HostT5`]) holds them in its dtype.
+use crate::dims::T5Dims;
+use crate::host_layers::{attend_head, rms_norm, HostAttention, HostFf, HostLinear, MASKED};
+use crate::host_weights::{DecoderBlock, DecoderWeights};
+use crate::t5::{relative_position_bucket, T5Attention, T5DenseAct, T5};
 use dfdx::prelude::*;
 use pixel_core::host_matrix::{Dtype, HostMatrix};
 use pixel_core::nn::{RmsNorm, Seq};
@@ -20,57 +21,7 @@ use std::sync::Arc;
 
 pub use crate::host_layers::HostMlp;
 
-pub(crate) struct DecoderBlock {
-    pub self_norm: Vec<f32>,
-    pub self_attention: HostAttention,
-    pub cross_norm: Vec<f32>,
-    pub cross_attention: HostAttention,
-    pub ff_norm: Vec<f32>,
-    pub ff: HostFf,
-}
-
-/// The decoder and LM-head weights on the host, shared by every [`HostDecoder`] of a model.
-pub struct DecoderWeights {
-    pub(crate) blocks: Vec<DecoderBlock>,
-    pub(crate) final_norm: Vec<f32>,
-    /// `lm_head`, or `shared` for tied models (then scaled by `head_scale`).
-    pub(crate) head: Arc<HostMatrix>,
-    pub(crate) head_scale: f32,
-    /// `[buckets, heads]`.
-    pub(crate) position_table: Vec<f32>,
-    pub(crate) buckets: usize,
-    pub(crate) max_distance: usize,
-    pub(crate) heads: usize,
-    pub(crate) eps: f64,
-}
-
-impl std::fmt::Debug for DecoderWeights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "DecoderWeights {{ blocks: {}, {} }}",
-            self.blocks.len(),
-            self.head.dtype()
-        )
-    }
-}
-
 impl DecoderWeights {
-    /// Weight bytes one decoding step reads whatever the batch: every block's projections and
-    /// feed-forward (cross-attention keys and values excluded: computed once per input) and the
-    /// LM head.
-    pub fn step_bytes(&self) -> usize {
-        let blocks: usize = self
-            .blocks
-            .iter()
-            .map(|b| {
-                let c = &b.cross_attention;
-                b.self_attention.bytes() + c.q.bytes() + c.o.bytes() + b.ff.bytes()
-            })
-            .sum();
-        blocks + self.head.bytes()
-    }
-
     /// A decoder for encoder states `[batch * source, d_model]` (mask `[batch * source]`, true =
     /// real token), each input repeated `repeat` times as consecutive rows (beams): the
     /// cross-attention keys and values computed once per input, empty self-attention caches.
@@ -115,19 +66,6 @@ impl DecoderWeights {
     }
 }
 
-/// The lazily made f32 [`DecoderWeights`] of a [`T5`]. Every `&mut` access to the model's
-/// parameters through [`pixel_core::params::Params`] (optimizers, loaders) and `add_lora`
-/// clears it; code that assigns weights through the public fields directly must call
-/// [`T5::clear_host_weights`].
-#[derive(Debug, Clone, Default)]
-pub struct HostWeightsCache(std::sync::OnceLock<Arc<DecoderWeights>>);
-
-impl HostWeightsCache {
-    pub fn clear(&mut self) {
-        self.0 = std::sync::OnceLock::new();
-    }
-}
-
 /// Keys and values of one block for every row.
 #[derive(Clone)]
 struct BlockCache {
@@ -149,6 +87,50 @@ pub struct HostDecoder {
     source: usize,
     pub rows: usize,
     pub len: usize,
+}
+
+// The dfdx layers' host copies are made here, not in `host_layers`, so that `host_layers` and
+// `host_weights` (which the model holds) never reach back to `t5`.
+impl HostAttention {
+    /// `T5Attention`'s projections stored as `dtype` (LoRA factors stay f32).
+    pub(crate) fn from_dfdx<P: T5Dims, D: Device<f32>>(
+        a: &T5Attention<P, D>,
+        dtype: Dtype,
+    ) -> Self {
+        HostAttention {
+            q: HostLinear::from_lora(&a.q, dtype),
+            k: HostLinear::from_linear(&a.k, dtype),
+            v: HostLinear::from_lora(&a.v, dtype),
+            o: HostLinear::from_linear(&a.o, dtype),
+        }
+    }
+}
+
+impl HostFf {
+    /// `DenseReluDense`'s weights stored as `dtype`.
+    pub(crate) fn from_dfdx<P: T5Dims, D: Device<f32>>(
+        ff: &T5DenseAct<P, D>,
+        dtype: Dtype,
+    ) -> Self {
+        match ff {
+            T5DenseAct::Plain { wi, wo, act } => HostFf::Plain(
+                HostLinear::from_linear(wi, dtype),
+                HostLinear::from_linear(wo, dtype),
+                *act,
+            ),
+            T5DenseAct::Gated {
+                wi_0,
+                wi_1,
+                wo,
+                act,
+            } => HostFf::Gated(
+                HostLinear::from_linear(wi_0, dtype),
+                HostLinear::from_linear(wi_1, dtype),
+                HostLinear::from_linear(wo, dtype),
+                *act,
+            ),
+        }
+    }
 }
 
 fn norm_vec<C: ConstDim, D: Device<f32>>(n: &RmsNorm<C, D>) -> Vec<f32> {

@@ -1,8 +1,6 @@
 //! T5's layers on host vectors over [`HostMatrix`] weights (f32, bf16 or f16, f32 arithmetic):
 //! the pieces of the host decoder ([`crate::host_decoder`]) and the host encoder
 //! ([`crate::host_t5`]), with the arithmetic of their dfdx counterparts in [`crate::t5`].
-use crate::t5::{T5Attention, T5DenseAct};
-use crate::T5Dims;
 use dfdx::prelude::*;
 use pixel_core::host_matrix::{Dtype, HostMatrix};
 use pixel_core::nn::{Activation, Linear, LoraLinear, Mlp};
@@ -193,15 +191,6 @@ pub(crate) struct HostAttention {
 }
 
 impl HostAttention {
-    pub fn from_dfdx<P: T5Dims, D: Device<f32>>(a: &T5Attention<P, D>, dtype: Dtype) -> Self {
-        HostAttention {
-            q: HostLinear::from_lora(&a.q, dtype),
-            k: HostLinear::from_linear(&a.k, dtype),
-            v: HostLinear::from_lora(&a.v, dtype),
-            o: HostLinear::from_linear(&a.o, dtype),
-        }
-    }
-
     pub fn bytes(&self) -> usize {
         self.q.bytes() + self.k.bytes() + self.v.bytes() + self.o.bytes()
     }
@@ -214,27 +203,6 @@ pub(crate) enum HostFf {
 }
 
 impl HostFf {
-    pub fn from_dfdx<P: T5Dims, D: Device<f32>>(ff: &T5DenseAct<P, D>, dtype: Dtype) -> Self {
-        match ff {
-            T5DenseAct::Plain { wi, wo, act } => HostFf::Plain(
-                HostLinear::from_linear(wi, dtype),
-                HostLinear::from_linear(wo, dtype),
-                *act,
-            ),
-            T5DenseAct::Gated {
-                wi_0,
-                wi_1,
-                wo,
-                act,
-            } => HostFf::Gated(
-                HostLinear::from_linear(wi_0, dtype),
-                HostLinear::from_linear(wi_1, dtype),
-                HostLinear::from_linear(wo, dtype),
-                *act,
-            ),
-        }
-    }
-
     pub fn forward(&self, h: &[f32]) -> Vec<f32> {
         match self {
             HostFf::Plain(wi, wo, act) => {

@@ -10,12 +10,13 @@
 //! With f32 weights it computes what [`T5`] computes (to summation order); with bf16 weights
 //! what HF computes in f32 from the bf16-rounded checkpoint (tested on the parity fixtures).
 use crate::config::T5Config;
+use crate::dims::T5Dims;
 use crate::error::{LmError, Result};
 use crate::generate::{search, GenerateOptions, HostGeneration};
-use crate::host_decoder::{DecoderBlock, DecoderWeights, Embed, HostDecoder};
+use crate::host_decoder::{Embed, HostDecoder};
 use crate::host_layers::{attend_head, rms_norm, HostAttention, HostFf, HostLinear};
+use crate::host_weights::{DecoderBlock, DecoderWeights};
 use crate::load::checkpoint_path;
-use crate::presets::T5Dims;
 use crate::t5::{relative_position_bucket, T5};
 use dfdx::prelude::*;
 use pixel_core::host_matrix::{read_matrices, Dtype, HostMatrix};

@@ -2,20 +2,25 @@
 //!
 //! - [`t5`]: the model, module for module with HF's state-dict names; generic over the tape so
 //!   it trains (encoder, decoder, LoRA).
-//! - [`presets`]: compile-time channel dims ([`T5Dims`]) of the published checkpoints and the
-//!   test presets, and [`AnyT5`], chosen from `config.json`.
+//! - [`presets`]: the published checkpoints' and the test presets' dims, and [`AnyT5`], chosen
+//!   from `config.json`.
+//! - [`dims`]: the channel dims as types ([`T5Dims`]) and the check of a config against them.
 //! - [`config`]: HF `config.json` ([`T5Config`]).
 //! - [`load`]: HF checkpoints (single file or shards; f32/f16/bf16), LoRA adapter files.
 //! - [`generate`]: KV-cached greedy and beam search with HF `generate` semantics, returning the
 //!   decoder features of every generated position for PixelLLM's output heads.
 //! - [`tokenizer`]: the T5 SentencePiece vocabulary.
+//! - [`host_t5`]: [`HostT5`], inference on f32/bf16/f16 weights; [`host_weights`] and
+//!   [`host_decoder`]: the host decoder weights and step both models generate with.
 pub mod config;
+pub mod dims;
 pub mod error;
 pub mod generate;
 pub mod host;
 pub mod host_decoder;
 mod host_layers;
 pub mod host_t5;
+pub mod host_weights;
 pub mod load;
 pub mod presets;
 pub mod t5;

@@ -1,8 +1,8 @@
 //! HF checkpoints in and out: `config.json` + `model.safetensors` (or shards with
 //! `model.safetensors.index.json`), and LoRA adapters in their own small file.
 use crate::config::T5Config;
+use crate::dims::T5Dims;
 use crate::error::{LmError, Result};
-use crate::presets::T5Dims;
 use crate::t5::T5;
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{load_params, save_params, LoadOptions, StoredTensor, TensorStore};

@@ -5,58 +5,12 @@
 //! own (pixel-tasks' demo does). Only the four channel dims are types; layer counts, heads,
 //! buckets, eps and the feed-forward variant come from [`T5Config`] at run time.
 use crate::config::T5Config;
+use crate::dims::describe;
+pub use crate::dims::{check_dims, dim_differences, T5Dims};
 use crate::error::{LmError, Result};
 use crate::t5::T5;
 use dfdx::prelude::*;
 use std::path::Path;
-
-/// The channel dims of a T5 model, as types.
-pub trait T5Dims: 'static + Copy + Clone + Default + std::fmt::Debug + Send + Sync {
-    /// The preset's name, e.g. `flan-t5-small`.
-    const NAME: &'static str;
-    /// `vocab_size`.
-    type Vocab: ConstDim;
-    /// `d_model`.
-    type Model: ConstDim;
-    /// `num_heads * d_kv`.
-    type Inner: ConstDim;
-    /// `d_ff`.
-    type Ff: ConstDim;
-}
-
-/// `(name, value in the config, value of the preset)` for each channel dim that differs.
-pub fn dim_differences<P: T5Dims>(config: &T5Config) -> Vec<(&'static str, usize, usize)> {
-    [
-        ("vocab_size", config.vocab_size, P::Vocab::SIZE),
-        ("d_model", config.d_model, P::Model::SIZE),
-        ("num_heads * d_kv", config.inner_dim(), P::Inner::SIZE),
-        ("d_ff", config.d_ff, P::Ff::SIZE),
-    ]
-    .into_iter()
-    .filter(|(_, a, b)| a != b)
-    .collect()
-}
-
-/// Fails, naming every dim that differs, when `config` does not have `P`'s dims.
-pub fn check_dims<P: T5Dims>(config: &T5Config) -> std::result::Result<(), String> {
-    let diffs = dim_differences::<P>(config);
-    if diffs.is_empty() {
-        return Ok(());
-    }
-    Err(format!(
-        "the config does not have the dims of preset `{}`: {}",
-        P::NAME,
-        describe(&diffs)
-    ))
-}
-
-fn describe(diffs: &[(&str, usize, usize)]) -> String {
-    diffs
-        .iter()
-        .map(|(name, got, want)| format!("{name} is {got}, the preset has {want}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 macro_rules! presets {
     ($( $(#[$doc:meta])* $ty:ident, $variant:ident, $name:literal, $vocab:literal, $model:literal, $inner:literal, $ff:literal; )*) => {
@@ -171,6 +125,7 @@ impl<D: Device<f32>> AnyT5<D> {
         let mut model = AnyT5::new(dev, &config).map_err(|message| LmError::NoPreset {
             path: config_path.clone(),
             message,
+            presets: PRESET_NAMES.join(", "),
         })?;
         let store = crate::load::read_checkpoint(dir)?;
         with_t5!(&mut model, m => m.load_store(&store)?);

@@ -19,8 +19,8 @@
 //! computed in block 0 and shared by every block, and (v1.0) the decoder output scaled by
 //! `d_model^-0.5` before the tied LM head. There is no dropout: inference semantics throughout.
 use crate::config::T5Config;
+use crate::dims::T5Dims;
 use crate::error::{LmError, Result};
-use crate::presets::T5Dims;
 use dfdx::prelude::*;
 use pixel_core::nn::{
     attention_with_bias, causal_bias, merge_heads, padding_bias, split_heads, Activation,
@@ -495,14 +495,14 @@ pub struct T5<P: T5Dims, D: Device<f32>> {
     /// `None` when tied to `shared` (T5 v1.0).
     pub lm_head: Option<Linear<P::Model, P::Vocab, D>>,
     /// Host copies of the decoder weights for generation, made on first use; cleared by every
-    /// mutable parameter access (see [`crate::host_decoder::HostWeightsCache`]).
-    pub host_weights: crate::host_decoder::HostWeightsCache,
+    /// mutable parameter access (see [`crate::host_weights::HostWeightsCache`]).
+    pub host_weights: crate::host_weights::HostWeightsCache,
 }
 
 impl<P: T5Dims, D: Device<f32>> T5<P, D> {
     /// A randomly initialised model; fails when `config`'s dims are not `P`'s.
     pub fn new(dev: &D, config: &T5Config) -> Result<Self> {
-        crate::presets::check_dims::<P>(config).map_err(LmError::Invalid)?;
+        crate::dims::check_dims::<P>(config).map_err(LmError::Invalid)?;
         config.validate().map_err(LmError::Invalid)?;
         Ok(T5 {
             config: config.clone(),

@@ -5,20 +5,20 @@
 //! variant (fewer steps, so the ablation fits a time budget), and `variants`, each a TOML patch
 //! deep-merged into the base: `[variants.lora] model.lm.mode = "lora"`. Tables merge key by key;
 //! any other value (arrays such as `[[model.heads]]` included) replaces the base's. The merged
-//! document is parsed as a [`DemoConfig`], so an unknown key fails naming the variant and its key
+//! document is parsed as a [`ExperimentConfig`], so an unknown key fails naming the variant and its key
 //! path (`variants.lora.model.foo`).
 //!
 //! Runs go to `OUT/runs/<variant>/seed-<seed>/` (a demo run folder); a run with `metrics.json`
 //! is done and skipped when the ablation is run again, an interrupted one resumes from its last
 //! checkpoint. Each run keeps the base's data seed (`seed`) and sets `model_seed` and
 //! `train.seed` to its seed, so every variant and seed is evaluated on the same validation split.
-use crate::demo::{pretrain_language_model, run_demo, DemoConfig, DEFAULT_DEMO_CONFIG};
+use crate::demo::{pretrain_language_model, run_demo, ExperimentConfig, DEFAULT_DEMO_CONFIG};
 use crate::error::{Result, TaskError};
 use crate::model::TinyHeadRegistry;
-use crate::progress::Job;
-use crate::render::{bar_chart_png, BarGroup};
+use pixel_base::progress::Job;
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::CoreError;
+use pixel_render::{bar_chart_png, BarGroup};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -67,7 +67,7 @@ pub struct MetricSpec {
 #[derive(Debug, Clone)]
 pub struct Variant {
     pub name: String,
-    pub config: DemoConfig,
+    pub config: ExperimentConfig,
 }
 
 /// A parsed ablation: every variant's config is valid.
@@ -184,21 +184,22 @@ impl Ablation {
             deep_merge(&mut merged, patch);
             let merged_text = toml::to_string(&merged)
                 .map_err(|e| invalid(&format!("variants.{name}"), e.to_string()))?;
-            let config = match pixel_core::config::parse_toml::<DemoConfig>(&merged_text, path) {
-                Ok(config) => config,
-                Err(CoreError::Config { key, message, .. }) => {
-                    // The line number would be the merged document's, which no one wrote.
-                    let message = match message.rsplit_once(" (line ") {
-                        Some((text, _)) => text.to_string(),
-                        None => message,
-                    };
-                    return Err(invalid(
-                        &origin_of(&key, &message, name, patch, &file.overrides, &base_origin),
-                        message,
-                    ));
-                }
-                Err(other) => return Err(other.into()),
-            };
+            let config =
+                match pixel_core::config::parse_toml::<ExperimentConfig>(&merged_text, path) {
+                    Ok(config) => config,
+                    Err(CoreError::Config { key, message, .. }) => {
+                        // The line number would be the merged document's, which no one wrote.
+                        let message = match message.rsplit_once(" (line ") {
+                            Some((text, _)) => text.to_string(),
+                            None => message,
+                        };
+                        return Err(invalid(
+                            &origin_of(&key, &message, name, patch, &file.overrides, &base_origin),
+                            message,
+                        ));
+                    }
+                    Err(other) => return Err(other.into()),
+                };
             config
                 .validate()
                 .map_err(|e| invalid(&format!("variants.{name}"), e.to_string()))?;
@@ -218,7 +219,7 @@ impl Ablation {
     }
 
     /// The config of one run: the variant's, with the run's seed for the model and the batches.
-    pub fn run_config(&self, variant: &Variant, seed: u64) -> DemoConfig {
+    pub fn run_config(&self, variant: &Variant, seed: u64) -> ExperimentConfig {
         let mut config = variant.config.clone();
         config.model_seed = Some(seed);
         config.train.seed = seed;
@@ -445,10 +446,10 @@ pub fn run_ablation(
 
     // Pretrain first, once per distinct (variant config, seed) with `[pretrain]`, so that two
     // runs never pretrain the same cached LM at once; the runs then load it from the cache.
-    let mut pretrains: Vec<DemoConfig> = Vec::new();
+    let mut pretrains: Vec<ExperimentConfig> = Vec::new();
     for &(v, seed) in &jobs {
         let config = ablation.run_config(&ablation.variants[v], seed);
-        let same_lm = |c: &DemoConfig| {
+        let same_lm = |c: &ExperimentConfig| {
             c.pretrain == config.pretrain
                 && c.model_seed == config.model_seed
                 && c.model == config.model
@@ -556,11 +557,14 @@ fn parallel_for<T: Send>(
 }
 
 /// Pretrains (or finds cached) the LM a run config asks for.
-fn pretrain_only(config: &DemoConfig, heads: &TinyHeadRegistry) -> Result<()> {
+fn pretrain_only(config: &ExperimentConfig, heads: &TinyHeadRegistry) -> Result<()> {
     let tokenizer = pixel_lm::tokenizer::T5Tokenizer::bundled()
         .map_err(|e| TaskError::Invalid(e.to_string()))?;
-    let data =
-        crate::data_source::DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
+    let data = pixel_data::data_source::DataSource::new(
+        &config.data,
+        config.seed,
+        config.dataset.as_ref(),
+    )?;
     let mut model =
         crate::model::TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     pretrain_language_model(config, &mut model, &data, &tokenizer)?;

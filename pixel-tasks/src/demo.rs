@@ -1,26 +1,28 @@
 //! The main job: train a tiny PixelLLM on ShapesLN, evaluate it, and write what a person looks
 //! at (`metrics.json`, `loss.png`, `samples.png`) into the run folder.
-use crate::data_source::{DataSource, DatasetConfig, SampleSource};
 use crate::error::{Result, TaskError};
 use crate::eval::{evaluate, referring_boxes, Baselines, EvalReport, Predictor};
 use crate::model::{ModelConfig, PixelTiny, TinyHeadRegistry, TinyPixelLlm};
 use crate::pretrain::{install_lm, pretrained_lm, PretrainConfig, PretrainReport};
 use crate::pretrain_eva::{pretrained_eva, EvaPretrainConfig, EvaPretrainReport};
 use crate::pretrain_sam::{pretrained_sam, SamPretrainConfig, SamPretrainReport};
-use crate::render::{loss_curves_png, samples_png, SamplePanel, Scale};
-use crate::shapes_ln::{Sample, ShapesLnConfig, Split};
 use crate::tasks::{Example, ExampleBuilder};
-use crate::train::{read_log, train, LoggedLoss, RunDir, TrainConfig, TrainReport};
 use pixel_core::checkpoint::write_atomic;
+use pixel_data::data_source::{DataSource, DatasetConfig, SampleSource};
+use pixel_data::shapes_ln::{Sample, ShapesLnConfig, Split};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use pixel_render::{loss_curves_png, samples_png, SamplePanel, Scale};
+use pixel_train::{read_log, train, LoggedLoss, RunDir, TrainConfig, TrainReport};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The demo's experiment: data, model, tasks, training and evaluation.
+/// An experiment, one TOML file (`configs/*.toml`): data, model, tasks, training and evaluation.
+/// `pixel demo` runs it, and `pixel eval`, `pixel ablate` and `pixel grads` read it; the built-in
+/// one is [`DEFAULT_DEMO_CONFIG`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DemoConfig {
+pub struct ExperimentConfig {
     pub seed: u64,
     #[serde(default)]
     pub data: ShapesLnConfig,
@@ -220,17 +222,17 @@ fn in_file(err: TaskError, origin: &Path) -> TaskError {
 /// The built-in demo config; `configs/demo.toml` is the same file.
 pub const DEFAULT_DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 
-impl DemoConfig {
-    pub fn builtin() -> Result<DemoConfig> {
+impl ExperimentConfig {
+    pub fn builtin() -> Result<ExperimentConfig> {
         let origin = Path::new("configs/demo.toml");
-        let config: DemoConfig = pixel_core::config::parse_toml(DEFAULT_DEMO_CONFIG, origin)?;
+        let config: ExperimentConfig = pixel_core::config::parse_toml(DEFAULT_DEMO_CONFIG, origin)?;
         config.validate_as(origin)?;
         Ok(config)
     }
 
     /// Reads, parses and checks the config at `path`: every error names the file and the key.
-    pub fn load(path: &Path) -> Result<DemoConfig> {
-        let config: DemoConfig = pixel_core::config::load_toml(path)?;
+    pub fn load(path: &Path) -> Result<ExperimentConfig> {
+        let config: ExperimentConfig = pixel_core::config::load_toml(path)?;
         config.validate_as(path)?;
         Ok(config)
     }
@@ -250,7 +252,7 @@ impl DemoConfig {
         }
         self.model.validate()?;
         self.data.validate().map_err(|e| {
-            let crate::shapes_ln::ShapesLnError::InvalidConfig { field, problem } = e;
+            let pixel_data::shapes_ln::ShapesLnError::InvalidConfig { field, problem } = e;
             TaskError::Config {
                 key: format!("data.{field}"),
                 message: problem,
@@ -381,7 +383,7 @@ pub fn evaluation_examples(
 
 /// Runs the demo into `out`; with `resume`, continues from the run's last checkpoint.
 pub fn run_demo(
-    config: &DemoConfig,
+    config: &ExperimentConfig,
     out: &Path,
     resume: bool,
     heads: &TinyHeadRegistry,
@@ -409,14 +411,14 @@ pub fn run_demo(
         &run,
         resume,
         |step| {
-            training_examples(
+            Ok(training_examples(
                 &data,
                 &builder,
                 &config.tasks,
                 config.train.batch_size,
                 config.train.seed,
                 step,
-            )
+            )?)
         },
     )?;
 
@@ -467,16 +469,17 @@ const RESUMABLE_CHANGES: &[&str] = &["eval.", "train.log_every", "train.checkpoi
 /// Keeps the resolved config in `out/config.json`. A resumed run must have the config it was
 /// started with, but for [`RESUMABLE_CHANGES`]; a change to anything else is an error naming the
 /// first key that differs.
-fn keep_run_config(config: &DemoConfig, out: &Path, resume: bool) -> Result<()> {
+fn keep_run_config(config: &ExperimentConfig, out: &Path, resume: bool) -> Result<()> {
     let path = out.join("config.json");
     let current = serde_json::to_value(config).map_err(|e| TaskError::Invalid(e.to_string()))?;
     if resume && path.exists() {
         let text = pixel_core::text::read_text(&path).map_err(|e| TaskError::io(&path, e))?;
-        // Through `DemoConfig`, so both sides turn f32s into JSON numbers the same way.
-        let stored: DemoConfig = serde_json::from_str(&text).map_err(|e| TaskError::Format {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        // Through `ExperimentConfig`, so both sides turn f32s into JSON numbers the same way.
+        let stored: ExperimentConfig =
+            serde_json::from_str(&text).map_err(|e| TaskError::Format {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         let stored =
             serde_json::to_value(&stored).map_err(|e| TaskError::Invalid(e.to_string()))?;
         let mut differences = Vec::new();
@@ -536,7 +539,7 @@ fn differing_keys(
 /// With `[pretrain]`, replaces `model`'s language model by the pretrained one (from the cache,
 /// or pretrained now and cached).
 pub fn pretrain_language_model(
-    config: &DemoConfig,
+    config: &ExperimentConfig,
     model: &mut TinyPixelLlm,
     data: &impl SampleSource,
     tokenizer: &T5Tokenizer,
@@ -553,7 +556,7 @@ pub fn pretrain_language_model(
 /// With `[pretrain_eva]` / `[pretrain_sam]`, replaces `model`'s EVA02 / SAM image encoder by
 /// the pretrained one (from the cache, or pretrained now and cached).
 pub fn pretrain_image_encoders(
-    config: &DemoConfig,
+    config: &ExperimentConfig,
     model: &mut TinyPixelLlm,
     data: &impl SampleSource,
     tokenizer: &T5Tokenizer,
@@ -637,7 +640,7 @@ fn write_samples_png(
     data: &impl SampleSource,
     builder: &ExampleBuilder,
     tokenizer: &T5Tokenizer,
-    config: &DemoConfig,
+    config: &ExperimentConfig,
     path: &Path,
 ) -> Result<()> {
     let samples: Vec<Sample> = (0..config
@@ -645,7 +648,7 @@ fn write_samples_png(
         .sample_images
         .min(data.images(Split::Validation)))
         .map(|i| data.load(Split::Validation, i))
-        .collect::<Result<_>>()?;
+        .collect::<pixel_data::Result<_>>()?;
     let captions: Vec<Example> = samples
         .iter()
         .map(|s| builder.trace_captioning(s))
@@ -712,12 +715,12 @@ pub fn words_with_points(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shapes_ln::ShapesLn;
     use crate::tasks::TaskKind;
+    use pixel_data::shapes_ln::ShapesLn;
 
     #[test]
     fn builtin_config_parses() {
-        let config = DemoConfig::builtin().unwrap();
+        let config = ExperimentConfig::builtin().unwrap();
         assert!(config.train.steps > 0);
         config.model.validate().unwrap();
     }
@@ -800,7 +803,7 @@ mod tests {
             let text = DEFAULT_DEMO_CONFIG.replacen(good, bad, 1);
             std::fs::write(&path, &text).unwrap();
             let line = text.lines().position(|l| l.trim() == bad).unwrap() + 1;
-            let err = DemoConfig::load(&path).unwrap_err().to_string();
+            let err = ExperimentConfig::load(&path).unwrap_err().to_string();
             assert!(
                 err.contains("exp.toml")
                     && err.contains(&format!("`{key}`"))
@@ -855,7 +858,7 @@ mod tests {
                     t.replacen(a, b, 1)
                 });
             std::fs::write(&path, &text).unwrap();
-            let err = DemoConfig::load(&path).unwrap_err().to_string();
+            let err = ExperimentConfig::load(&path).unwrap_err().to_string();
             assert!(
                 err.starts_with(&format!(
                     "invalid config `{}`: at key `{key}`:",
@@ -868,7 +871,7 @@ mod tests {
 
     #[test]
     fn a_task_schedule_takes_over_from_its_steps() {
-        let mut mix = DemoConfig::builtin().unwrap().tasks;
+        let mut mix = ExperimentConfig::builtin().unwrap().tasks;
         let later = |from_step, referring| LaterTaskMix {
             from_step,
             trace_captioning: 1.0 - referring,
@@ -888,11 +891,12 @@ mod tests {
         assert_eq!(referring, vec![0.5, 0.5, 0.75, 0.75, 1.0, 1.0]);
         assert!(mix.check().is_ok());
         // Only referring from step 20: every drawn example is one.
-        let data = ShapesLn::new(DemoConfig::builtin().unwrap().data, 0).unwrap();
+        let data = ShapesLn::new(ExperimentConfig::builtin().unwrap().data, 0).unwrap();
         let tokenizer = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
-        let vocab = crate::model::TinyPixelLlm::build(&DemoConfig::builtin().unwrap().model, 0)
-            .unwrap()
-            .vocab;
+        let vocab =
+            crate::model::TinyPixelLlm::build(&ExperimentConfig::builtin().unwrap().model, 0)
+                .unwrap()
+                .vocab;
         let builder = ExampleBuilder {
             tokenizer: &tokenizer,
             vocab: &vocab,
@@ -924,7 +928,7 @@ mod tests {
     #[test]
     fn a_resumed_run_keeps_the_config_it_was_started_with() {
         let dir = tempfile::tempdir().unwrap();
-        let config = DemoConfig::builtin().unwrap();
+        let config = ExperimentConfig::builtin().unwrap();
         keep_run_config(&config, dir.path(), false).unwrap();
         // What only changes the logging and the evaluation may differ.
         let mut changed = config.clone();
@@ -933,17 +937,17 @@ mod tests {
         keep_run_config(&changed, dir.path(), true).unwrap();
         for (edit, key) in [
             (
-                Box::new(|c: &mut DemoConfig| c.train.peak_lr *= 2.0)
-                    as Box<dyn Fn(&mut DemoConfig)>,
+                Box::new(|c: &mut ExperimentConfig| c.train.peak_lr *= 2.0)
+                    as Box<dyn Fn(&mut ExperimentConfig)>,
                 "train.peak_lr",
             ),
-            (Box::new(|c: &mut DemoConfig| c.seed += 1), "seed"),
+            (Box::new(|c: &mut ExperimentConfig| c.seed += 1), "seed"),
             (
-                Box::new(|c: &mut DemoConfig| c.train.steps += 1),
+                Box::new(|c: &mut ExperimentConfig| c.train.steps += 1),
                 "train.steps",
             ),
             (
-                Box::new(|c: &mut DemoConfig| c.model.heads[0].weight = 1.0),
+                Box::new(|c: &mut ExperimentConfig| c.model.heads[0].weight = 1.0),
                 "model.heads",
             ),
         ] {
@@ -973,7 +977,7 @@ mod tests {
         for entry in files {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                let config = DemoConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                let config = ExperimentConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 // Building the model checks each head's own keys, which parsing leaves alone.
                 TinyPixelLlm::build(&config.model, 0)
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -997,30 +1001,33 @@ mod tests {
     #[test]
     fn bad_configs_name_the_key() {
         let unknown = DEFAULT_DEMO_CONFIG.replace("[train]\n", "[train]\nlearning_rate = 1.0\n");
-        let err = pixel_core::config::parse_toml::<DemoConfig>(&unknown, Path::new("bad.toml"))
-            .unwrap_err()
-            .to_string();
+        let err =
+            pixel_core::config::parse_toml::<ExperimentConfig>(&unknown, Path::new("bad.toml"))
+                .unwrap_err()
+                .to_string();
         assert!(
             err.contains("bad.toml") && err.contains("train") && err.contains("learning_rate"),
             "{err}"
         );
         let wrong_type =
             DEFAULT_DEMO_CONFIG.replace("output_tokens = 8", "output_tokens = \"eight\"");
-        let err = pixel_core::config::parse_toml::<DemoConfig>(&wrong_type, Path::new("bad.toml"))
-            .unwrap_err()
-            .to_string();
+        let err =
+            pixel_core::config::parse_toml::<ExperimentConfig>(&wrong_type, Path::new("bad.toml"))
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("model.output_tokens"), "{err}");
     }
 
     #[test]
     fn new_eval_keys_default_and_misspelt_ones_fail() {
-        let config = DemoConfig::builtin().unwrap();
+        let config = ExperimentConfig::builtin().unwrap();
         assert_eq!(config.eval.densecap_max_proposals, 10);
         let misspelt =
             DEFAULT_DEMO_CONFIG.replace("[eval]\n", "[eval]\ndensecap_max_proposal = 3\n");
-        let err = pixel_core::config::parse_toml::<DemoConfig>(&misspelt, Path::new("bad.toml"))
-            .unwrap_err()
-            .to_string();
+        let err =
+            pixel_core::config::parse_toml::<ExperimentConfig>(&misspelt, Path::new("bad.toml"))
+                .unwrap_err()
+                .to_string();
         assert!(
             err.contains("eval") && err.contains("densecap_max_proposal"),
             "{err}"
@@ -1030,7 +1037,7 @@ mod tests {
     #[test]
     fn training_batches_are_deterministic_in_step() {
         let tokenizer = T5Tokenizer::bundled().unwrap();
-        let config = DemoConfig::builtin().unwrap();
+        let config = ExperimentConfig::builtin().unwrap();
         let data = ShapesLn::new(config.data.clone(), 0).unwrap();
         let vocab = crate::model::VocabMap::identity(32128);
         let builder = ExampleBuilder {

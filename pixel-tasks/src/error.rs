@@ -6,7 +6,9 @@ pub enum TaskError {
     #[error(transparent)]
     Core(#[from] pixel_core::CoreError),
     #[error(transparent)]
-    Dataset(#[from] crate::datasets::DatasetError),
+    Dataset(#[from] pixel_data::datasets::DatasetError),
+    #[error(transparent)]
+    Data(#[from] pixel_data::DataError),
     #[error(
         "cannot access `{path}`: {source}{}",
         pixel_core::text::read_help(source)
@@ -18,33 +20,8 @@ pub enum TaskError {
     },
     #[error("`{path}` is malformed: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("the loss became {} at step {step} ({parts}); nothing was saved for this step{}",
-        if loss.is_nan() { "NaN" } else { "infinite" },
-        checkpoint.as_ref().map(|c| format!(", the last good checkpoint is `{}`", c.display())).unwrap_or_default())]
-    NonFiniteLoss {
-        step: u64,
-        loss: f32,
-        /// Each loss part with its value and weight, so the one that failed shows.
-        parts: String,
-        checkpoint: Option<PathBuf>,
-    },
-    #[error("a gradient became non-finite at step {step}: {message}; nothing was saved for this step{}",
-        checkpoint.as_ref().map(|c| format!(", the last good checkpoint is `{}`", c.display())).unwrap_or_default())]
-    NonFiniteGradient {
-        step: u64,
-        message: String,
-        checkpoint: Option<PathBuf>,
-    },
-    #[error("training diverged at step {step}: the smoothed loss {loss} is over {factor} x its lowest, {lowest} at step {lowest_step}; nothing was saved for this step{}\n  help: lower train.peak_lr or set train.clip_grad_norm; train.divergence_factor = 0 switches this check off",
-        checkpoint.as_ref().map(|c| format!(", the last good checkpoint is `{}`", c.display())).unwrap_or_default())]
-    Diverged {
-        step: u64,
-        loss: f32,
-        lowest: f32,
-        lowest_step: u64,
-        factor: f32,
-        checkpoint: Option<PathBuf>,
-    },
+    #[error(transparent)]
+    Train(#[from] pixel_train::TrainError),
     /// A config value that is wrong on its own or next to another one, by key path.
     #[error("{key}: {message}")]
     Config { key: String, message: String },
@@ -62,3 +39,11 @@ impl TaskError {
 }
 
 pub type Result<T, E = TaskError> = std::result::Result<T, E>;
+
+/// A model's loss error as the trainer carries it ([`pixel_train::TrainError::Model`]): whole,
+/// so `?` in a `TrainStep::loss` of this crate keeps its message.
+impl From<TaskError> for pixel_train::TrainError {
+    fn from(error: TaskError) -> Self {
+        pixel_train::TrainError::model(error)
+    }
+}

@@ -81,6 +81,11 @@ pub struct ReferringReport {
     /// names the kind alone, two add the colour or the size, three name all.
     #[serde(default, deserialize_with = "usize_keys")]
     pub acc50_by_expression_tokens: BTreeMap<usize, f32>,
+    /// By objects in the image as `acc50_by_objects`: how often the predicted box overlaps the
+    /// named object more than any other (IoU). It separates choosing the object from drawing its
+    /// box: a model that binds but draws loosely scores high here and low on Acc@0.5.
+    #[serde(default, deserialize_with = "usize_keys")]
+    pub named_object_by_objects: BTreeMap<usize, f32>,
 }
 
 /// A map with integer keys read from JSON's string keys. `results.json` and `metrics.json`
@@ -223,6 +228,29 @@ pub fn acc50_by_group(
         .collect()
 }
 
+/// Within each group of `groups`, the share of predictions whose IoU with their target is
+/// positive and at least their IoU with every other box of `objects` (each example's boxes,
+/// the target among them).
+pub fn named_object_by_group(
+    predictions: &[BoxXyxy],
+    targets: &[BoxXyxy],
+    objects: &[&[BoxXyxy]],
+    groups: &[usize],
+) -> BTreeMap<usize, f32> {
+    let mut tally: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for (((p, t), boxes), g) in predictions.iter().zip(targets).zip(objects).zip(groups) {
+        let named = p.iou(*t);
+        let picks_named = named > 0.0 && boxes.iter().all(|o| p.iou(*o) <= named);
+        let entry = tally.entry(*g).or_default();
+        entry.0 += usize::from(picks_named);
+        entry.1 += 1;
+    }
+    tally
+        .into_iter()
+        .map(|(g, (hits, n))| (g, hits as f32 / n as f32))
+        .collect()
+}
+
 /// The scored head's box for each referring example (one batch), from
 /// [`referring_head_predictions`]; the whole image where it gives none.
 pub fn referring_boxes(model: &impl Predictor, examples: &[Example]) -> Result<Vec<BoxXyxy>> {
@@ -280,6 +308,12 @@ pub fn evaluate(
     let (acc50, miou) = acc50_and_miou(&predicted, &targets);
     let objects: Vec<usize> = referring.iter().map(|e| e.object_boxes.len()).collect();
     let acc50_by_objects = acc50_by_group(&predicted, &targets, &objects);
+    let object_boxes: Vec<&[BoxXyxy]> = referring
+        .iter()
+        .map(|e| e.object_boxes.as_slice())
+        .collect();
+    let named_object_by_objects =
+        named_object_by_group(&predicted, &targets, &object_boxes, &objects);
     let lengths: Vec<usize> = referring
         .iter()
         .map(|e| e.target_ids.len().saturating_sub(1))
@@ -324,6 +358,7 @@ pub fn evaluate(
             count: targets.len(),
             acc50_by_objects,
             acc50_by_expression_tokens,
+            named_object_by_objects,
         },
         trace_captioning: TraceReport {
             point_l1: per_point(l1_sum),
@@ -355,6 +390,25 @@ mod tests {
         let (acc, miou) = acc50_and_miou(&[half, t], &[t, t]);
         assert_eq!(acc, 0.5);
         assert!((miou - 0.75).abs() < 1e-6);
+    }
+
+    #[test]
+    fn named_object_by_group_counts_the_closest_object_not_the_fit() {
+        let left = BoxXyxy::new(0.0, 0.0, 0.4, 0.4).unwrap();
+        let right = BoxXyxy::new(0.6, 0.6, 1.0, 1.0).unwrap();
+        // Loose but on the named object (IoU < 0.5), on the other object, and on neither.
+        let loose = BoxXyxy::new(0.0, 0.0, 0.5, 0.6).unwrap();
+        let nowhere = BoxXyxy::new(0.45, 0.45, 0.55, 0.55).unwrap();
+        let objects: [&[BoxXyxy]; 4] = [&[left, right], &[left, right], &[left, right], &[left]];
+        let by = named_object_by_group(
+            &[loose, right, nowhere, left],
+            &[left, left, left, left],
+            &objects,
+            &[2, 2, 2, 1],
+        );
+        assert!(loose.iou(left) < 0.5);
+        assert_eq!(by[&2], 1.0 / 3.0);
+        assert_eq!(by[&1], 1.0);
     }
 
     #[test]

@@ -170,10 +170,10 @@ fn add_heads(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::{evaluation_examples, DemoConfig};
+    use crate::demo::{evaluation_examples, ExperimentConfig};
     use crate::model::TinyPixelLlm;
-    use crate::shapes_ln::{ShapesLn, Split};
     use crate::tasks::ExampleBuilder;
+    use pixel_data::shapes_ln::{ShapesLn, Split};
     use pixel_lm::tokenizer::T5Tokenizer;
 
     fn bx(x0: f32, y0: f32, x1: f32, y1: f32) -> BoxXyxy {
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_tiny_model_reports_shares_that_sum_to_one_per_head() {
-        let config = DemoConfig::builtin().unwrap();
+        let config = ExperimentConfig::builtin().unwrap();
         let model = TinyPixelLlm::build(&config.model, 0).unwrap();
         let tokenizer = T5Tokenizer::bundled().unwrap();
         let builder = ExampleBuilder {

@@ -1,21 +1,21 @@
 //! Scores of the heads that read the image, for `pixel eval`: referring segmentation (a `mask`
 //! head) and dense captioning (a `detection` head whose proposals are captioned).
 //!
-//! Both hand the model's outputs to the benchmark metrics of [`crate::metrics`], so the numbers
+//! Both hand the model's outputs to the benchmark metrics of [`pixel_metrics`], so the numbers
 //! are computed as the references compute them: masks as COCO RLE into scenic's
 //! `RefCocoEvaluator` formulas ([`refseg_scores`]: cIoU, gIoU, mask Acc@0.5), detections with
 //! their captions into the PixelLLM dense-captioning protocol ([`densecap_map`], boxes as
 //! `[x, y, w, h]` in pixels, METEOR against the merged ground truth's captions).
 use crate::error::{Result, TaskError};
 use crate::heads::Scored;
-use crate::metrics::densecap::{
-    DensecapGt, DensecapGtAnnotation, DensecapImage, DensecapPrediction,
-};
-use crate::metrics::masks::{refseg_scores, RleCounts, Segmentation};
-use crate::metrics::{densecap_map, AnyId, DensecapProtocol, MeteorScorer, RefSegScores, Rle};
-use crate::shapes_ln::Sample;
 use image::{GrayImage, Luma};
 use pixel_core::geometry::BoxXyxy;
+use pixel_data::shapes_ln::Sample;
+use pixel_metrics::densecap::{
+    DensecapGt, DensecapGtAnnotation, DensecapImage, DensecapPrediction,
+};
+use pixel_metrics::masks::{refseg_scores, RleCounts, Segmentation};
+use pixel_metrics::{densecap_map, AnyId, DensecapProtocol, MeteorScorer, RefSegScores, Rle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -201,8 +201,8 @@ pub fn dense_captioning_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Meteor;
-    use crate::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
+    use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
+    use pixel_metrics::Meteor;
 
     fn samples(n: u64) -> Vec<Sample> {
         let data = ShapesLn::new(ShapesLnConfig::default(), 5).unwrap_or_else(|e| panic!("{e}"));

@@ -4,12 +4,11 @@
 //!
 //! Referring localization and trace point L1 come from [`crate::eval::evaluate`], next to the
 //! best constant predictors fitted on training images. Captioning tasks also generate text and
-//! score it against the reference captions with pycocoevalcap's metrics ([`crate::metrics`]:
+//! score it against the reference captions with pycocoevalcap's metrics ([`pixel_metrics`]:
 //! PTB tokenization, BLEU-1..4, METEOR with exact and stem matching, ROUGE-L, CIDEr-D).
 //! The heads that read the image are scored when configured ([`crate::eval_heads`]): a `mask`
 //! head on referring segmentation, a `detection` head on dense captioning.
-use crate::data_source::{DataSource, SampleSource};
-use crate::demo::{evaluation_examples, DemoConfig};
+use crate::demo::{evaluation_examples, ExperimentConfig};
 use crate::error::{Result, TaskError};
 use crate::eval::{evaluate, referring_head_predictions, Baselines, EvalReport, Predictor};
 use crate::eval_attention::{referring_attention, BindingReport, RegionShares};
@@ -18,16 +17,17 @@ use crate::eval_heads::{
     SegmentationReport,
 };
 use crate::heads::{HeadConfig, HeadPrediction, Scored};
-use crate::metrics::captions::{score_captions, CaptionScores, Predictions, References};
-use crate::metrics::Meteor;
 use crate::model::{TinyHeadRegistry, TinyPixelLlm};
-use crate::render::{mask_overlay, palette, samples_png, RenderError, SamplePanel, GREY};
-use crate::shapes_ln::{Sample, Split};
 use crate::tasks::{Example, ExampleBuilder, TaskKind};
-use crate::train::RunDir;
 use image::GrayImage;
 use pixel_core::checkpoint::{load_params_file, write_atomic};
+use pixel_data::data_source::{DataSource, SampleSource};
+use pixel_data::shapes_ln::{Sample, Split};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use pixel_metrics::captions::{score_captions, CaptionScores, Predictions, References};
+use pixel_metrics::Meteor;
+use pixel_render::{mask_overlay, palette, samples_png, RenderError, SamplePanel, GREY};
+use pixel_train::RunDir;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -102,7 +102,7 @@ pub fn resolve_checkpoint(checkpoint: &Path) -> Result<(PathBuf, Option<u64>)> {
 /// Evaluates the checkpoint on the data of `config` and writes `out/results.json` and
 /// `out/results.md`.
 pub fn run_eval(
-    config: &DemoConfig,
+    config: &ExperimentConfig,
     checkpoint: &Path,
     out: &Path,
     heads: &TinyHeadRegistry,
@@ -152,7 +152,7 @@ pub fn run_eval(
 
     let samples: Vec<Sample> = (0..validation_images)
         .map(|i| data.load(Split::Validation, i))
-        .collect::<Result<_>>()?;
+        .collect::<pixel_data::Result<_>>()?;
     let meteor = Meteor::default();
     let mut trace = CaptionSet::default();
     let mut examples = Vec::with_capacity(samples.len());
@@ -236,7 +236,7 @@ pub fn run_eval(
 }
 
 /// The name of the first configured head of `kind`.
-fn head_of_kind<'c>(config: &'c DemoConfig, kind: &str) -> Option<&'c str> {
+fn head_of_kind<'c>(config: &'c ExperimentConfig, kind: &str) -> Option<&'c str> {
     config
         .model
         .heads
@@ -262,7 +262,7 @@ fn referring_segmentation(
     validation: &[Example],
     mask_head: &str,
     baselines: &Baselines,
-    config: &DemoConfig,
+    config: &ExperimentConfig,
     png: &Path,
 ) -> Result<Option<SegmentationReport>> {
     let batch_size = config.eval.batch_size;
@@ -320,7 +320,7 @@ fn dense_captioning(
     model: &impl Predictor,
     builder: &ExampleBuilder,
     tokenizer: &T5Tokenizer,
-    config: &DemoConfig,
+    config: &ExperimentConfig,
     samples: &[Sample],
     detection_head: &str,
     meteor: &Meteor,
@@ -410,7 +410,7 @@ fn generate_texts(
     examples: &[Example],
     builder: &ExampleBuilder,
     tokenizer: &T5Tokenizer,
-    config: &DemoConfig,
+    config: &ExperimentConfig,
 ) -> Result<Vec<String>> {
     let mut texts = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(config.eval.batch_size.max(1)) {
@@ -472,6 +472,19 @@ fn result_rows(
             None,
         ),
     ];
+    for (n, acc) in &r.acc50_by_objects {
+        let metric = format!("Acc@0.5, images with {n} object(s)");
+        rows.push(row("referring localization", &metric, (*acc).into(), None));
+    }
+    for (n, share) in &r.named_object_by_objects {
+        let metric = format!("box closest to the named object, {n} object(s)");
+        rows.push(row(
+            "referring localization",
+            &metric,
+            (*share).into(),
+            None,
+        ));
+    }
     if let Some(s) = segmentation {
         let task = "referring segmentation";
         rows.push(row(task, "cIoU", s.ciou, Some(s.baseline_ciou)));
@@ -599,6 +612,7 @@ mod tests {
                 count: 4,
                 acc50_by_objects: [(1, 1.0), (3, 0.25)].into(),
                 acc50_by_expression_tokens: [(1, 0.5), (2, 0.5)].into(),
+                named_object_by_objects: [(1, 1.0), (3, 0.5)].into(),
             },
             trace_captioning: TraceReport {
                 point_l1: 0.1,

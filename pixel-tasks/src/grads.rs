@@ -15,7 +15,7 @@
 //!   what the demo is scored on.
 use crate::demo::{
     evaluation_examples, pretrain_image_encoders, pretrain_language_model, training_examples,
-    DemoConfig,
+    ExperimentConfig,
 };
 use crate::error::{Result, TaskError};
 use crate::eval::Predictor;
@@ -41,7 +41,7 @@ pub struct GradsReport {
 /// Builds the model of `config` (seeded as `pixel demo` seeds it, LM pretraining included),
 /// draws training step `step`'s batch and writes the step's inputs and gradients into `out`.
 pub fn write_grads(
-    config: &DemoConfig,
+    config: &ExperimentConfig,
     step: u64,
     train_steps: u64,
     out: &Path,
@@ -49,8 +49,11 @@ pub fn write_grads(
 ) -> Result<GradsReport> {
     std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
     let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
-    let data =
-        crate::data_source::DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
+    let data = pixel_data::data_source::DataSource::new(
+        &config.data,
+        config.seed,
+        config.dataset.as_ref(),
+    )?;
     let mut model = TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     pretrain_language_model(config, &mut model, &data, &tokenizer)?;
     pretrain_image_encoders(config, &mut model, &data, &tokenizer)?;
@@ -86,7 +89,7 @@ pub fn write_grads(
         let validation = evaluation_examples(
             &data,
             &builder,
-            crate::shapes_ln::Split::Validation,
+            pixel_data::shapes_ln::Split::Validation,
             config.eval.validation_images,
         )?;
         for (task, name) in [

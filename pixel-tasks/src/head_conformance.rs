@@ -14,18 +14,18 @@
 //!
 //! and its config entry must survive TOML and JSON round trips unchanged. A failure names the
 //! check and the case (seed, batch size, caption length), so it can be run again alone.
-use crate::demo::{training_examples, DemoConfig};
+use crate::demo::{training_examples, ExperimentConfig};
 use crate::error::{Result, TaskError};
 use crate::eval::Predictor;
 use crate::heads::HeadConfig;
 use crate::model::{TinyHeadRegistry, TinyPixelLlm};
-use crate::shapes_ln::ShapesLn;
 use crate::tasks::{Batch, ExampleBuilder};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{collect_params, load_params, LoadOptions};
 use pixel_core::optim::alloc_grads;
 use pixel_core::params::{ParamTensor, ParamVisitor, Params, Trainable};
 use pixel_core::DefaultDevice;
+use pixel_data::shapes_ln::ShapesLn;
 use pixel_lm::tokenizer::T5Tokenizer;
 use rand::{Rng, SeedableRng};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -95,8 +95,8 @@ pub fn check_head(registry: &TinyHeadRegistry, heads_toml: &str, run: Conformanc
 }
 
 /// The built-in demo config with `heads_toml` in place of its heads, every task in the mix.
-fn config_with_heads(heads_toml: &str) -> Result<DemoConfig> {
-    let mut config = DemoConfig::builtin()?;
+fn config_with_heads(heads_toml: &str) -> Result<ExperimentConfig> {
+    let mut config = ExperimentConfig::builtin()?;
     #[derive(serde::Deserialize)]
     struct Heads {
         model: Model,
@@ -141,7 +141,7 @@ fn config_round_trips(head: &HeadConfig) -> Result<()> {
 
 fn check_case(
     registry: &TinyHeadRegistry,
-    config: &DemoConfig,
+    config: &ExperimentConfig,
     name: &str,
     unused: &[&str],
     case: Case,
@@ -366,7 +366,7 @@ mod tests {
         fn loss(
             &self,
             inputs: &HeadInputs<PixelTiny, DefaultDevice>,
-        ) -> Result<Option<crate::train::TapedScalar<DefaultDevice>>> {
+        ) -> Result<Option<pixel_train::TapedScalar<DefaultDevice>>> {
             self.0.loss(inputs)
         }
         fn decode(

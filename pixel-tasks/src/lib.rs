@@ -1,7 +1,7 @@
-//! PixelLLM assembled from its parts, with output heads, tasks, data and evaluation.
+//! PixelLLM assembled from its parts (model, output heads, tasks, evaluation, pretraining), and
+//! the runners behind the `pixel` command (demo, eval, ablate, grads, predict). Data, metrics,
+//! pictures and the training loop are crates of their own (docs/ARCHITECTURE.md).
 pub mod ablate;
-pub mod data_source;
-pub mod datasets;
 pub mod demo;
 pub mod error;
 pub mod eval;
@@ -11,16 +11,11 @@ pub mod eval_run;
 pub mod grads;
 pub mod head_conformance;
 pub mod heads;
-pub mod metrics;
 pub mod model;
 pub mod predict;
 pub mod pretrain;
 pub mod pretrain_eva;
 pub mod pretrain_sam;
-pub mod progress;
-pub mod render;
-pub mod shapes_ln;
 pub mod tasks;
-pub mod train;
 
 pub use error::{Result, TaskError};

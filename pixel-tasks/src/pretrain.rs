@@ -10,38 +10,26 @@
 //! A pretrained LM is cached under `pretrain.cache` in a folder named by a hash of the pretrain
 //! settings, the seed, the preset and the sub-vocabulary, so the variants and seeds of an
 //! ablation that share them pretrain once.
-use crate::data_source::SampleSource;
 use crate::error::{Result, TaskError};
+use crate::model::vocab::SENTINELS;
 use crate::model::{LmMode, PixelDims, PixelLlm, VocabMap};
-use crate::shapes_ln::Split;
-use crate::train::{
-    load_latest_weights, train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep,
-};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::loss::label_smoothed_cross_entropy;
 use pixel_core::optim::AdamWConfig;
 use pixel_core::params::{ParamVisitor, Params, Trainable};
+use pixel_data::data_source::SampleSource;
+use pixel_data::shapes_ln::Split;
 use pixel_lm::presets::T5Dims;
 use pixel_lm::t5::T5;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use pixel_train::{
+    load_latest_weights, train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep,
+};
 use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// The sentinel pieces span corruption uses, in order; the tiny preset's sub-vocabulary holds
-/// them (a sequence of the length pretraining uses has at most a few spans).
-pub const SENTINELS: [&str; 8] = [
-    "<extra_id_0>",
-    "<extra_id_1>",
-    "<extra_id_2>",
-    "<extra_id_3>",
-    "<extra_id_4>",
-    "<extra_id_5>",
-    "<extra_id_6>",
-    "<extra_id_7>",
-];
 
 /// `[pretrain]`: denoising pretraining of the language model before PixelLLM training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -296,7 +284,7 @@ impl<L: T5Dims, D: Device<f32>> TrainStep<D> for Denoiser<L, D> {
         &self,
         batch: &DenoiseBatch,
         grads: Gradients<f32, D>,
-    ) -> Result<(TapedScalar<D>, LossParts)> {
+    ) -> pixel_train::Result<(TapedScalar<D>, LossParts)> {
         let dev = self.lm.device();
         // The tape starts with the slots allocated for the trainable parameters.
         let start: Tensor<(), f32, D> = dev.zeros_like(&());
@@ -446,9 +434,9 @@ pub fn pretrained_lm<P: PixelDims>(
         &train_config,
         &run,
         true,
-        |step| denoising_batch(data, tokenizer, vocab, config, seed, step),
+        |step| Ok(denoising_batch(data, tokenizer, vocab, config, seed, step)?),
     )?;
-    let log = crate::train::read_log(&run.metrics_log())?;
+    let log = pixel_train::read_log(&run.metrics_log())?;
     let report = PretrainReport {
         config: config.clone(),
         seed,
@@ -535,9 +523,9 @@ pub fn install_lm<P: PixelDims>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::DemoConfig;
+    use crate::demo::ExperimentConfig;
     use crate::model::TinyPixelLlm;
-    use crate::shapes_ln::ShapesLn;
+    use pixel_data::shapes_ln::ShapesLn;
 
     /// Mean denoising loss of `lm` over `batches`, without training.
     fn denoising_loss<L: T5Dims>(
@@ -627,7 +615,7 @@ mod tests {
     #[test]
     fn pretraining_lowers_the_denoising_loss_and_the_cache_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let demo = DemoConfig::builtin().unwrap();
+        let demo = ExperimentConfig::builtin().unwrap();
         let data = ShapesLn::new(demo.data.clone(), 0).unwrap();
         let tokenizer = T5Tokenizer::bundled().unwrap();
         let vocab = TinyPixelLlm::build(&demo.model, 0).unwrap().vocab;
@@ -673,7 +661,7 @@ mod tests {
 
     #[test]
     fn the_tiny_vocabulary_holds_the_sentinels() {
-        let demo = DemoConfig::builtin().unwrap();
+        let demo = ExperimentConfig::builtin().unwrap();
         let vocab = TinyPixelLlm::build(&demo.model, 0).unwrap().vocab;
         let tokenizer = T5Tokenizer::bundled().unwrap();
         let ids = sentinel_ids(&tokenizer, &vocab).unwrap();

@@ -13,16 +13,16 @@
 //! is their own.
 //!
 //! Cached like the LM's pretraining (`crate::pretrain`): `cache/<preset>-eva-<hash>`.
-use crate::data_source::SampleSource;
 use crate::error::{Result, TaskError};
 use crate::model::presets::LmVocab;
 use crate::model::{PixelDims, VocabMap};
-use crate::shapes_ln::{Sample, Split};
-use crate::train::{train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use dfdx::prelude::*;
 use pixel_core::nn::{sincos_2d, Embedding, Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params, Trainable};
+use pixel_data::data_source::SampleSource;
+use pixel_data::shapes_ln::{Sample, Split};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID};
+use pixel_train::{train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use pixel_vision::eva02::Eva02;
 use pixel_vision::preprocess::CLIP_NORMALIZATION;
 use rand::{Rng, SeedableRng};
@@ -249,7 +249,7 @@ impl<P: PixelDims, D: Device<f32>> TrainStep<D> for RegionPhraseAligner<P, D> {
         &self,
         batch: &RegionPhraseBatch,
         grads: Gradients<f32, D>,
-    ) -> Result<(TapedScalar<D>, LossParts)> {
+    ) -> pixel_train::Result<(TapedScalar<D>, LossParts)> {
         // The tape starts with the slots allocated for the trainable parameters.
         let start: Tensor<(), f32, D> = self.dev.zeros_like(&());
         let (_, tape) = start.traced(grads).split_tape();
@@ -406,7 +406,7 @@ fn region_phrase_batch(
         rand::rngs::StdRng::seed_from_u64(seed ^ step.wrapping_mul(0xA076_1D64_78BD_642F));
     let samples = (0..config.batch_size)
         .map(|_| data.load(Split::Train, rng.gen_range(0..data.images(Split::Train))))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<pixel_data::Result<Vec<_>>>()?;
     RegionPhraseBatch::new(&samples, grid, tokenizer, vocab)
 }
 
@@ -462,13 +462,17 @@ pub fn pretrained_eva<P: PixelDims>(
         &config.train_config(seed),
         &run,
         true,
-        |step| region_phrase_batch(data, tokenizer, vocab, grid, config, seed, step),
+        |step| {
+            Ok(region_phrase_batch(
+                data, tokenizer, vocab, grid, config, seed, step,
+            )?)
+        },
     )?;
     let validation = (0..config.eval_images.min(data.images(Split::Validation)))
         .map(|i| data.load(Split::Validation, i))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<pixel_data::Result<Vec<_>>>()?;
     let batch = RegionPhraseBatch::new(&validation, grid, tokenizer, vocab)?;
-    let log = crate::train::read_log(&run.metrics_log())?;
+    let log = pixel_train::read_log(&run.metrics_log())?;
     let report = EvaPretrainReport {
         config: config.clone(),
         seed,
@@ -488,8 +492,8 @@ pub fn pretrained_eva<P: PixelDims>(
 mod tests {
     use super::*;
     use crate::model::PixelTiny;
-    use crate::shapes_ln::{ShapesLn, ShapesLnConfig};
     use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig};
+    use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig};
 
     fn batch(images: u64) -> (RegionPhraseBatch, VocabMap) {
         let tokenizer = T5Tokenizer::bundled().unwrap();

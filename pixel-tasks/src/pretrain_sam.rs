@@ -7,15 +7,15 @@
 //! error of the predicted IoU. Only the image encoder is kept, for PixelLLM's frozen branch; its
 //! metric is the mean IoU of held-out prompts' masks. Cached like the LM's pretraining
 //! (`crate::pretrain`): `cache/<preset>-sam-<hash>`.
-use crate::data_source::SampleSource;
 use crate::error::{Result, TaskError};
 use crate::heads::mask::area_average;
 use crate::model::PixelDims;
-use crate::shapes_ln::{Sample, Split};
-use crate::train::{train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use dfdx::prelude::*;
 use pixel_core::nn::sincos_2d;
 use pixel_core::params::{ParamVisitor, Params, Trainable};
+use pixel_data::data_source::SampleSource;
+use pixel_data::shapes_ln::{Sample, Split};
+use pixel_train::{train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use pixel_vision::preprocess::SAM_NORMALIZATION;
 use pixel_vision::sam::{
     MaskPrediction, SamConfig, SamImageEncoder, SamMaskDecoderConfig, SamModel,
@@ -196,7 +196,7 @@ impl<P: PixelDims, D: Device<f32>> TrainStep<D> for PromptableSegmenter<P, D> {
         &self,
         batch: &SegmentationBatch,
         grads: Gradients<f32, D>,
-    ) -> Result<(TapedScalar<D>, LossParts)> {
+    ) -> pixel_train::Result<(TapedScalar<D>, LossParts)> {
         let start: Tensor<(), f32, D> = self.dev.zeros_like(&());
         let (_, tape) = start.traced(grads).split_tape();
         let MaskPrediction {
@@ -430,11 +430,11 @@ pub fn pretrained_sam<P: PixelDims>(
         &config.train_config(seed),
         &run,
         true,
-        |step| segmentation_batch::<P>(data, config, seed, step),
+        |step| Ok(segmentation_batch::<P>(data, config, seed, step)?),
     )?;
     let validation = (0..config.eval_images.min(data.images(Split::Validation)))
         .map(|i| data.load(Split::Validation, i))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<pixel_data::Result<Vec<_>>>()?;
     let chosen: Vec<(&Sample, usize)> = validation
         .iter()
         .flat_map(|s| (0..s.objects.len()).map(move |k| (s, k)))
@@ -447,7 +447,7 @@ pub fn pretrained_sam<P: PixelDims>(
     let side = mask_side::<P>();
     let box_miou = segmenter.mean_iou(&SegmentationBatch::new(&chosen, None, side)?)?;
     let point_miou = segmenter.mean_iou(&SegmentationBatch::new(&chosen, Some(&points), side)?)?;
-    let log = crate::train::read_log(&run.metrics_log())?;
+    let log = pixel_train::read_log(&run.metrics_log())?;
     let report = SamPretrainReport {
         config: config.clone(),
         seed,
@@ -467,8 +467,8 @@ pub fn pretrained_sam<P: PixelDims>(
 mod tests {
     use super::*;
     use crate::model::PixelTiny;
-    use crate::shapes_ln::{ShapesLn, ShapesLnConfig};
     use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig};
+    use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig};
 
     /// A few AdamW steps on one box-prompted batch: the segmentation loss falls, through SAM's
     /// image encoder, prompt encoder and mask decoder.

@@ -8,9 +8,9 @@
 use crate::error::{Result, TaskError};
 use crate::heads::Scored;
 use crate::model::VocabMap;
-use crate::shapes_ln::Sample;
 use image::{GrayImage, RgbImage};
 use pixel_core::geometry::BoxXyxy;
+use pixel_data::shapes_ln::Sample;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -387,7 +387,7 @@ fn pad(ids: &[usize], len: usize, fill: usize) -> impl Iterator<Item = usize> + 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
+    use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
 
     fn tokenizer() -> T5Tokenizer {
         T5Tokenizer::bundled().unwrap()

@@ -6,19 +6,19 @@
 //! regions join the narratives' images through `image_data.json`'s COCO ids. RefCOCO read from
 //! the refer toolkit's `instances.json` and refs gives the same expressions, boxes and masks as
 //! from MDETR's file, with its bad records counted per file.
-use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::data_source::{
+use pixel_data::data_source::{
     export_shapes, DataSource, DatasetConfig, ReferFiles, RefexpFiles, SampleSource,
 };
-use pixel_tasks::datasets::{read_mdetr_refexp, read_vg_regions, DataReport, Reason, SkipMode};
-use pixel_tasks::demo::{run_demo, training_examples, DemoConfig};
+use pixel_data::datasets::{read_mdetr_refexp, read_vg_regions, DataReport, Reason, SkipMode};
+use pixel_data::shapes_ln::{Sample, ShapesLn, Split};
+use pixel_data::Result;
+use pixel_lm::tokenizer::T5Tokenizer;
+use pixel_metrics::masks::Segmentation;
+use pixel_tasks::demo::{run_demo, training_examples, ExperimentConfig};
 use pixel_tasks::eval_run::{run_eval, EvalResults};
 use pixel_tasks::heads::HeadRegistry;
-use pixel_tasks::metrics::masks::Segmentation;
 use pixel_tasks::model::VocabMap;
-use pixel_tasks::shapes_ln::{Sample, ShapesLn, Split};
 use pixel_tasks::tasks::{Example, ExampleBuilder};
-use pixel_tasks::Result;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -44,25 +44,25 @@ impl SampleSource for FirstImages {
     }
 }
 
-fn exported(dir: &std::path::Path) -> (DemoConfig, ShapesLn, DataSource) {
+fn exported(dir: &std::path::Path) -> (ExperimentConfig, ShapesLn, DataSource) {
     let (config, generator) = export_only(dir);
     let files = DataSource::new(&config.data, config.seed, config.dataset.as_ref()).unwrap();
     (config, generator, files)
 }
 
 /// The demo config reading an export of the generator's first images, before it is opened.
-fn export_only(dir: &Path) -> (DemoConfig, ShapesLn) {
-    let mut config = DemoConfig::builtin().unwrap();
+fn export_only(dir: &Path) -> (ExperimentConfig, ShapesLn) {
+    let mut config = ExperimentConfig::builtin().unwrap();
     let generator = ShapesLn::new(config.data.clone(), config.seed).unwrap();
     config.dataset = Some(export_shapes(&generator, dir, TRAIN, VAL).unwrap());
     (config, generator)
 }
 
-fn dataset(config: &mut DemoConfig) -> &mut DatasetConfig {
+fn dataset(config: &mut ExperimentConfig) -> &mut DatasetConfig {
     config.dataset.as_mut().unwrap()
 }
 
-fn open(config: &DemoConfig) -> pixel_tasks::Result<DataSource> {
+fn open(config: &ExperimentConfig) -> Result<DataSource> {
     DataSource::new(&config.data, config.seed, config.dataset.as_ref())
 }
 
@@ -508,7 +508,7 @@ fn max_skipped_fraction_outside_0_1_fails_naming_the_key() {
     let good = format!("{}\n{section}", pixel_tasks::demo::DEFAULT_DEMO_CONFIG);
     std::fs::write(&path, &good).unwrap();
     assert_eq!(
-        DemoConfig::load(&path)
+        ExperimentConfig::load(&path)
             .unwrap()
             .dataset
             .unwrap()
@@ -520,7 +520,7 @@ fn max_skipped_fraction_outside_0_1_fails_naming_the_key() {
         good.replace("max_skipped_fraction = 0.01", "max_skipped_fraction = 1.5"),
     )
     .unwrap();
-    let err = DemoConfig::load(&path)
+    let err = ExperimentConfig::load(&path)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -549,7 +549,7 @@ fn vg_image(image_id: i64, coco_id: Option<u64>, width: u32, height: u32) -> Val
 /// COCO id) and boxes in an image twice the size (`scale` x the exported image's side), with
 /// `image_data.json` mapping the VG ids to the narratives' (COCO) ids; plus a VG image that is
 /// not COCO's and a region of an image `image_data.json` does not list.
-fn regions_with_vg_ids(config: &mut DemoConfig, scale: (f64, f64)) -> std::path::PathBuf {
+fn regions_with_vg_ids(config: &mut ExperimentConfig, scale: (f64, f64)) -> std::path::PathBuf {
     let side = f64::from(config.data.image_size);
     let size = |s: f64| (side * s) as u32;
     let train = &mut dataset(config).train;
@@ -648,7 +648,7 @@ fn image_data_of_another_shape_is_an_error_naming_its_line() {
 /// `tools/refer_pickle_to_json.py` writes `refs(unc).p`, one per expression in split `train`,
 /// plus a ref of split `val` that the train split must not read. The train split then reads
 /// them (`refer = { instances, refs, split = "train" }`).
-fn refer_files(config: &mut DemoConfig) -> ReferFiles {
+fn refer_files(config: &mut ExperimentConfig) -> ReferFiles {
     let train = &mut dataset(config).train;
     let mdetr = read_json(train.referring.expressions());
     let mut images = std::collections::BTreeMap::new();

@@ -11,17 +11,17 @@ use dfdx::shapes::Const;
 use dfdx::tensor::Cpu;
 use pixel_core::checkpoint::{save_params, StoredTensor, TensorStore};
 use pixel_core::nn::Linear;
-use pixel_tasks::ablate::Ablation;
-use pixel_tasks::data_source::export_shapes;
-use pixel_tasks::datasets::{
+use pixel_data::data_source::export_shapes;
+use pixel_data::datasets::{
     load_image, read_mdetr_refexp, read_narratives, read_refer, read_vg_image_data,
     read_vg_regions, SkipMode,
 };
-use pixel_tasks::demo::DemoConfig;
-use pixel_tasks::metrics::boxes::refloc_from_files;
-use pixel_tasks::metrics::masks::refseg_from_files;
-use pixel_tasks::shapes_ln::{ShapesLn, ShapesLnConfig};
-use pixel_tasks::train::{load_latest_weights, read_log, RunDir};
+use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig};
+use pixel_metrics::boxes::refloc_from_files;
+use pixel_metrics::masks::refseg_from_files;
+use pixel_tasks::ablate::Ablation;
+use pixel_tasks::demo::ExperimentConfig;
+use pixel_train::{load_latest_weights, read_log, RunDir};
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -117,7 +117,7 @@ fn seeds() -> &'static Seeds {
         save_params(&mut model(), &weights, HashMap::new()).unwrap();
         let optimizer = dir.path().join("optimizer.safetensors");
         optimizer_state().write(&optimizer).unwrap();
-        let refer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datasets/refer");
+        let refer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixel-data/tests/fixtures/datasets/refer");
         let log = [
             "{\"step\":1,\"loss\":2.5,\"losses\":[{\"name\":\"text\",\"unweighted\":2.0,\"weight\":1.0,\"weighted\":2.0},{\"name\":\"point\",\"unweighted\":5.0,\"weight\":0.1,\"weighted\":0.5}],\"lr\":0.001,\"grad_norm\":1.5,\"elapsed_s\":0.3}\n",
             "{\"step\":2,\"loss\":2.5,\"text_loss\":2.0,\"location_loss\":5.0,\"lr\":0.001,\"grad_norm\":1.5,\"elapsed_s\":0.3}\n",
@@ -261,7 +261,7 @@ proptest! {
     fn configs_and_ablations_never_panic(edits in edits()) {
         let s = seeds();
         let (_d, p) = file("exp.toml", &mutate(&s.config, &edits));
-        let _ = DemoConfig::load(&p);
+        let _ = ExperimentConfig::load(&p);
         let text = String::from_utf8_lossy(&mutate(&s.ablation, &edits)).into_owned();
         let _ = Ablation::parse(&text, Path::new("abl.toml"));
     }
@@ -326,7 +326,7 @@ fn the_seeds_parse() {
     .unwrap();
     assert_eq!(TensorStore::read(&index).unwrap().tensors.len(), 2);
     let (_d, p) = file("exp.toml", &s.config);
-    DemoConfig::load(&p).unwrap();
+    ExperimentConfig::load(&p).unwrap();
     let (_d, p) = file("metrics.jsonl", &s.log);
     assert_eq!(read_log(&p).unwrap().len(), 2);
     let run = run_with_state(&s.trainer_state);

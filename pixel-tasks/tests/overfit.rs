@@ -1,15 +1,15 @@
 //! End to end: the tiny PixelLLM overfits a handful of ShapesLN examples, and a checkpoint
 //! round trip gives identical outputs.
 use pixel_core::checkpoint::{load_params_file, save_params};
+use pixel_data::shapes_ln::{ShapesLn, Split};
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::demo::DemoConfig;
+use pixel_tasks::demo::ExperimentConfig;
 use pixel_tasks::eval::Predictor;
 use pixel_tasks::model::TinyPixelLlm;
-use pixel_tasks::shapes_ln::{ShapesLn, Split};
 use pixel_tasks::tasks::{Example, ExampleBuilder};
-use pixel_tasks::train::{read_log, train, RunDir, TrainConfig};
+use pixel_train::{read_log, train, RunDir, TrainConfig};
 
-fn fixed_examples(model: &TinyPixelLlm, config: &DemoConfig) -> Vec<Example> {
+fn fixed_examples(model: &TinyPixelLlm, config: &ExperimentConfig) -> Vec<Example> {
     let tokenizer = T5Tokenizer::bundled().unwrap();
     let builder = ExampleBuilder {
         tokenizer: &tokenizer,
@@ -34,7 +34,7 @@ fn fixed_examples(model: &TinyPixelLlm, config: &DemoConfig) -> Vec<Example> {
 
 #[test]
 fn tiny_pixel_llm_overfits_a_handful_of_examples() {
-    let mut config = DemoConfig::builtin().unwrap();
+    let mut config = ExperimentConfig::builtin().unwrap();
     // Without smoothing the text loss can approach 0, so a 10x fall is reachable.
     config.model.label_smoothing = 0.0;
     let mut model = TinyPixelLlm::build(&config.model, 1).unwrap();
@@ -66,7 +66,7 @@ fn tiny_pixel_llm_overfits_a_handful_of_examples() {
 /// float sums (exact on the CPU; CUDA's atomic reductions may differ in the last bit).
 #[test]
 fn checkpoint_round_trip_gives_the_same_outputs() {
-    let config = DemoConfig::builtin().unwrap();
+    let config = ExperimentConfig::builtin().unwrap();
     let mut model = TinyPixelLlm::build(&config.model, 2).unwrap();
     let batch = model.batch(&fixed_examples(&model, &config)).unwrap();
     let before = model.teacher_forced(&batch).unwrap();
@@ -92,7 +92,7 @@ fn checkpoint_round_trip_gives_the_same_outputs() {
 
 #[test]
 fn truncated_checkpoint_fails_with_a_clear_message() {
-    let config = DemoConfig::builtin().unwrap();
+    let config = ExperimentConfig::builtin().unwrap();
     let mut model = TinyPixelLlm::build(&config.model, 2).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
@@ -109,7 +109,7 @@ fn truncated_checkpoint_fails_with_a_clear_message() {
 
 #[test]
 fn checkpoint_of_another_shape_lists_every_problem() {
-    let config = DemoConfig::builtin().unwrap();
+    let config = ExperimentConfig::builtin().unwrap();
     let mut model = TinyPixelLlm::build(&config.model, 2).unwrap();
     let mut other_config = config.model.clone();
     other_config.output_tokens += 1;

@@ -5,7 +5,7 @@
 //! weights are rebuilt here from the config's seed. Regenerate with
 //! `tools/make_twin_fixtures.sh` after a change to initialisation, data or the model.
 use pixel_core::checkpoint::TensorStore;
-use pixel_tasks::demo::DemoConfig;
+use pixel_tasks::demo::ExperimentConfig;
 use pixel_tasks::grads::write_grads;
 use pixel_tasks::heads::HeadRegistry;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ fn max_abs(v: &[f32]) -> f32 {
 /// Recomputes the step of fixture `name` and compares it with the twin's, tensor by tensor.
 fn gradients_match_the_twin(name: &str) {
     let dir = fixture(name);
-    let config = DemoConfig::load(&dir.join("config.toml")).unwrap();
+    let config = ExperimentConfig::load(&dir.join("config.toml")).unwrap();
     let out = tempfile::tempdir().unwrap();
     write_grads(&config, 0, 0, out.path(), &HeadRegistry::builtin()).unwrap();
 

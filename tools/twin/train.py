@@ -8,7 +8,7 @@
 DIR (from `pixel grads --train-steps N`): config.toml, init.safetensors, train/step-NNNNNNN.safetensors
 (the batch of each training step, in order), val-referring.safetensors, val-trace.safetensors.
 
-Training follows pixel-tasks/src/train.rs and pixel-core/src/optim.rs: one batch per step in
+Training follows pixel-train/src/lib.rs and pixel-core/src/optim.rs: one batch per step in
 order; the loss of `PixelLlm::loss_terms` (text + sum of weight * head loss); AdamW with bias
 correction, `update = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`,
 `p -= lr * (update + wd * p)` with wd only for tensors of >= 2 dims, after scaling every gradient
@@ -292,7 +292,7 @@ def evaluate(model: M.PixelLlm, referring: dict, trace: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Training loop (pixel-tasks/src/train.rs)
+# Training loop (pixel-train/src/lib.rs)
 # --------------------------------------------------------------------------------------------
 
 

@@ -10,10 +10,10 @@ use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
 use pixel_tasks::heads::{
     options, DecodedTokens, HeadBuild, HeadInputs, HeadPrediction, HeadTable, OutputHead, Reads,
+    TapedScalar,
 };
 use pixel_tasks::model::presets::LmWidth;
 use pixel_tasks::model::{PixelDims, PixelTiny};
-use pixel_tasks::train::TapedScalar;
 
 type Dev = pixel_core::DefaultDevice;
 type Hidden = <PixelTiny as PixelDims>::PointHidden;

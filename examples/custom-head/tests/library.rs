@@ -2,17 +2,17 @@
 //! it trains (its loss falls), decodes teacher-forced and generated, names its tensors
 //! `heads.circle.*`, and checks its keys with their path. `docs/HEADS.md` walks through it.
 use pixel_core::params::list_params;
+use pixel_data::shapes_ln::{ShapesLn, Split};
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::demo::{DemoConfig, DEFAULT_DEMO_CONFIG};
+use pixel_tasks::demo::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
 use pixel_tasks::eval::Predictor;
 use pixel_tasks::model::TinyPixelLlm;
-use pixel_tasks::shapes_ln::{ShapesLn, Split};
 use pixel_tasks::tasks::{Example, ExampleBuilder};
-use pixel_tasks::train::{read_log, train, RunDir, TrainConfig};
+use pixel_train::{read_log, train, RunDir, TrainConfig};
 use std::path::Path;
 
 /// The demo config with `heads` in place of its `[[model.heads]]`.
-fn config(heads: &str) -> pixel_tasks::Result<DemoConfig> {
+fn config(heads: &str) -> pixel_tasks::Result<ExperimentConfig> {
     let start = DEFAULT_DEMO_CONFIG.find("[[model.heads]]").unwrap();
     let end = DEFAULT_DEMO_CONFIG.find("[model.lm]").unwrap();
     let text = format!(
@@ -26,7 +26,7 @@ fn config(heads: &str) -> pixel_tasks::Result<DemoConfig> {
     )?)
 }
 
-fn examples(model: &TinyPixelLlm, config: &DemoConfig) -> Vec<Example> {
+fn examples(model: &TinyPixelLlm, config: &ExperimentConfig) -> Vec<Example> {
     let tokenizer = T5Tokenizer::bundled().unwrap();
     let builder = ExampleBuilder {
         tokenizer: &tokenizer,

@@ -12,11 +12,11 @@ use crate::error::Result;
 use crate::heads::registry::{options, HeadBuild};
 use crate::heads::{DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads, Scored};
 use crate::model::PixelDims;
-use crate::train::TapedScalar;
 use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
+use pixel_train::TapedScalar;
 use serde::Deserialize;
 
 /// Per cell: objectness logit, centre offset x and y in the cell, width, height.

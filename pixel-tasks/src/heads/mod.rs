@@ -27,12 +27,13 @@ use crate::error::Result;
 use crate::model::presets::LmWidth;
 use crate::model::{PixelDims, VocabMap};
 use crate::tasks::{Batch, Example};
-use crate::train::TapedScalar;
 use dfdx::prelude::*;
 use image::GrayImage;
 use pixel_core::geometry::BoxXyxy;
 use pixel_core::nn::Seq;
 use pixel_core::params::Params;
+/// What a head's loss returns; re-exported so a head needs no dependency on the trainer.
+pub use pixel_train::TapedScalar;
 use pixel_vision::{FeatureMap, SamPromptEncoder};
 
 /// Where a head's locations come from; evaluation reads each kind its own way.

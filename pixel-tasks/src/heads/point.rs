@@ -15,11 +15,11 @@ use crate::heads::{
 };
 use crate::model::presets::LmWidth;
 use crate::model::PixelDims;
-use crate::train::TapedScalar;
 use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
+use pixel_train::TapedScalar;
 use serde::Deserialize;
 
 /// Four numbers per token: `(x0, y0, x1, y1)`, two corner points.

@@ -10,9 +10,9 @@
 use crate::error::Result;
 use crate::heads::pixel_l1_weighted;
 use crate::tasks::{Batch, TaskKind};
-use crate::train::TapedScalar;
 use dfdx::prelude::*;
 use pixel_core::nn::Seq;
+use pixel_train::TapedScalar;
 use serde::Deserialize;
 
 /// Weights of the referring box loss terms, in the head's loss before the head's `weight`.

@@ -240,12 +240,12 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> HeadRegistry<P, D> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use crate::demo::{DemoConfig, DEFAULT_DEMO_CONFIG};
+    use crate::demo::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
     use crate::model::TinyPixelLlm;
     use std::path::Path;
 
     /// The demo config with `heads` (TOML `[[model.heads]]` tables) in place of its heads.
-    pub(crate) fn config_with(heads: &str) -> crate::Result<DemoConfig> {
+    pub(crate) fn config_with(heads: &str) -> crate::Result<ExperimentConfig> {
         let start = DEFAULT_DEMO_CONFIG.find("[[model.heads]]").unwrap();
         let end = DEFAULT_DEMO_CONFIG.find("[model.lm]").unwrap();
         let text = format!(

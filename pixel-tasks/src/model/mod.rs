@@ -22,7 +22,6 @@ use crate::heads::{
     DecodeMode, DecodedTokens, HeadInputs, HeadPrediction, HeadRegistry, OutputHead, Reads,
 };
 use crate::tasks::{Batch, Example};
-use crate::train::{LossPart, LossParts, TapedScalar, TrainStep};
 use dfdx::prelude::*;
 use pixel_core::geometry::BoxXyxy;
 use pixel_core::loss::label_smoothed_cross_entropy;
@@ -31,6 +30,7 @@ use pixel_core::params::{count_params, join, list_params, ParamVisitor, Params, 
 use pixel_lm::generate::GenerateOptions;
 use pixel_lm::t5::T5;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use pixel_train::{LossPart, LossParts, TapedScalar, TrainStep};
 use pixel_vision::preprocess::{Normalization, CLIP_NORMALIZATION, SAM_NORMALIZATION};
 use pixel_vision::{DualImageEncoder, FeatureMap, Images, SamPromptEncoder};
 use presets::{LmVocab, LmWidth};
@@ -426,8 +426,8 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> TrainStep<D> for Pix
         &self,
         examples: &Vec<Example>,
         grads: Gradients<f32, D>,
-    ) -> Result<(TapedScalar<D>, LossParts)> {
-        self.loss_terms(&self.batch(examples)?, grads)
+    ) -> pixel_train::Result<(TapedScalar<D>, LossParts)> {
+        Ok(self.loss_terms(&self.batch(examples)?, grads)?)
     }
 
     fn set_aux_loss_scale(&mut self, scale: f32) {
@@ -440,7 +440,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> TrainStep<D> for Pix
     }
 
     fn split_batch(examples: &Vec<Example>, shards: usize) -> Option<Vec<Vec<Example>>> {
-        crate::train::split_evenly(examples, shards)
+        pixel_train::split_evenly(examples, shards)
     }
 }
 
@@ -644,10 +644,10 @@ impl TinyPixelLlm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::{training_examples, DemoConfig};
-    use crate::shapes_ln::ShapesLn;
+    use crate::demo::{training_examples, ExperimentConfig};
     use crate::tasks::ExampleBuilder;
     use pixel_core::optim::alloc_grads;
+    use pixel_data::shapes_ln::ShapesLn;
 
     /// Names of the trainable parameters of `model` that `grads` has no gradient for.
     fn without_gradient(
@@ -718,7 +718,7 @@ mod tests {
 
     #[test]
     fn a_visual_token_reads_its_own_patch() {
-        let config = DemoConfig::builtin().unwrap();
+        let config = ExperimentConfig::builtin().unwrap();
         let model = TinyPixelLlm::build(&config.model, 0).unwrap();
         let e = examples(&config, &model.vocab, 1).remove(0);
         let grid = 8;
@@ -765,7 +765,7 @@ mod tests {
         }
     }
 
-    fn examples(config: &DemoConfig, vocab: &VocabMap, count: usize) -> Vec<Example> {
+    fn examples(config: &ExperimentConfig, vocab: &VocabMap, count: usize) -> Vec<Example> {
         let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
         let builder = ExampleBuilder {
             tokenizer: &tok,
@@ -779,7 +779,7 @@ mod tests {
     #[test]
     fn every_trainable_parameter_gets_a_gradient() {
         for freeze_sam in [true, false] {
-            let mut config = DemoConfig::builtin().unwrap();
+            let mut config = ExperimentConfig::builtin().unwrap();
             config.model.freeze_sam = freeze_sam;
             let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
             let ex = examples(&config, &model.vocab.clone(), 2);
@@ -797,7 +797,7 @@ mod tests {
 
     #[test]
     fn a_visual_position_table_trains_and_leaves_the_rest_of_the_initialisation_alone() {
-        let mut config = DemoConfig::builtin().unwrap();
+        let mut config = ExperimentConfig::builtin().unwrap();
         let mut plain = TinyPixelLlm::build(&config.model, 0).unwrap();
         config.model.visual_position_std = 1.0;
         config.model.visual_relative_bias = false;
@@ -844,7 +844,7 @@ mod tests {
     #[test]
     fn each_lm_mode_updates_what_trains_and_nothing_frozen() {
         for mode in [LmMode::Full, LmMode::Lora, LmMode::Frozen] {
-            let mut config = DemoConfig::builtin().unwrap();
+            let mut config = ExperimentConfig::builtin().unwrap();
             config.model.lm.mode = mode;
             let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
             let ex = examples(&config, &model.vocab.clone(), 2);
@@ -885,7 +885,7 @@ mod tests {
     /// everything after it still trains.
     #[test]
     fn a_frozen_image_encoder_gets_no_gradient_and_the_rest_still_trains() {
-        let config = DemoConfig::builtin().unwrap();
+        let config = ExperimentConfig::builtin().unwrap();
         let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
         let ex = examples(&config, &model.vocab.clone(), 2);
         let pattern = model.freeze_image_encoder().unwrap();
@@ -1021,7 +1021,7 @@ mod tests {
             let examples = crate::demo::evaluation_examples(
                 &data,
                 &builder,
-                crate::shapes_ln::Split::Validation,
+                pixel_data::shapes_ln::Split::Validation,
                 2,
             )
             .unwrap();

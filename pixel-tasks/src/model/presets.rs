@@ -128,10 +128,10 @@ impl PixelDims for PixelTiny {
     }
 
     fn vocabulary_words() -> Option<Vec<&'static str>> {
-        let mut words = crate::shapes_ln::vocabulary();
+        let mut words = pixel_data::shapes_ln::vocabulary();
         words.extend(crate::tasks::REFERRING_PREFIX.split_whitespace());
         // The sentinels of LM pretraining's span corruption.
-        words.extend(crate::pretrain::SENTINELS);
+        words.extend(super::vocab::SENTINELS);
         Some(words)
     }
 }

@@ -8,6 +8,20 @@ use crate::error::{Result, TaskError};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use std::collections::BTreeMap;
 
+/// The sentinel pieces LM pretraining's span corruption uses (`crate::pretrain`), in order; the
+/// tiny preset's sub-vocabulary holds them (a sequence of the length pretraining uses has at most
+/// a few spans). Here, with the model, so that the model's presets need not reach pretraining.
+pub const SENTINELS: [&str; 8] = [
+    "<extra_id_0>",
+    "<extra_id_1>",
+    "<extra_id_2>",
+    "<extra_id_3>",
+    "<extra_id_4>",
+    "<extra_id_5>",
+    "<extra_id_6>",
+    "<extra_id_7>",
+];
+
 /// T5's unknown-piece id.
 pub const UNK_ID: usize = 2;
 

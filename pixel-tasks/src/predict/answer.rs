@@ -2,10 +2,10 @@
 //! and `POST /api/predict`.
 use super::request::Task;
 use crate::error::{Result, TaskError};
-use crate::metrics::masks::{Rle, RleCounts, Segmentation};
 use image::GrayImage;
 use pixel_core::geometry::BoxXyxy;
 use pixel_lm::tokenizer::T5Tokenizer;
+use pixel_metrics::masks::{Rle, RleCounts, Segmentation};
 use serde::{Deserialize, Serialize};
 
 /// One answer; the fields a task does not produce are left out.

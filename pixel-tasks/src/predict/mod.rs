@@ -8,12 +8,12 @@ mod annotate;
 mod answer;
 mod request;
 
-pub use crate::data_source::model_image;
 pub use annotate::annotate;
 pub use answer::{mask_from_rle, mask_rle, to_pixels, words_at, Answer, Region, WordAt};
+pub use pixel_data::data_source::model_image;
 pub use request::{Query, Request, Task};
 
-use crate::demo::DemoConfig;
+use crate::demo::ExperimentConfig;
 use crate::error::{Result, TaskError};
 use crate::eval::{referring_head_predictions, scored, Predictor};
 use crate::eval_run::resolve_checkpoint;
@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 /// A model loaded from a checkpoint, with its config and tokenizer.
 pub struct TrainedModel {
     model: TinyPixelLlm,
-    pub config: DemoConfig,
+    pub config: ExperimentConfig,
     tokenizer: T5Tokenizer,
     /// The weights file loaded and its training step, when the checkpoint folder names it.
     pub weights: PathBuf,
@@ -389,16 +389,17 @@ fn run_config(checkpoint: &Path) -> Result<PathBuf> {
 }
 
 /// An experiment config: a run's `config.json`, or TOML.
-fn read_config(path: &Path) -> Result<DemoConfig> {
+fn read_config(path: &Path) -> Result<ExperimentConfig> {
     if path.extension().is_some_and(|e| e == "json") {
         let text = pixel_core::text::read_text(path).map_err(|e| TaskError::io(path, e))?;
-        let config: DemoConfig = serde_json::from_str(&text).map_err(|e| TaskError::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let config: ExperimentConfig =
+            serde_json::from_str(&text).map_err(|e| TaskError::Format {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     } else {
-        DemoConfig::load(path)
+        ExperimentConfig::load(path)
     }
 }

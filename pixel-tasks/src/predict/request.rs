@@ -3,11 +3,11 @@
 //!
 //! Everything a request can get wrong is found here, before the model runs, so one bad request
 //! gives one error and the others of its batch still run.
-use crate::data_source::model_image;
 use crate::error::{Result, TaskError};
 use base64::Engine;
 use image::RgbImage;
 use pixel_core::geometry::BoxXyxy;
+use pixel_data::data_source::model_image;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

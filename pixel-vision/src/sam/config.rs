@@ -4,7 +4,6 @@
 //! unknown fields are ignored here rather than denied; every field the model reads has the
 //! HF default.
 use crate::error::{VisionError, VisionResult};
-use crate::sam::image_encoder::check_width;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -225,6 +224,17 @@ impl SamConfig {
             )));
         }
         Ok(())
+    }
+}
+
+/// Checks a config's widths against the type-level ones.
+fn check_width(what: &str, config: usize, typed: usize) -> VisionResult<()> {
+    if config == typed {
+        Ok(())
+    } else {
+        Err(VisionError::Config(format!(
+            "{what} is {config} in the config but the model type has {typed}; pick the preset whose widths match"
+        )))
     }
 }
 

@@ -2,7 +2,7 @@
 //! embedding, absolute position embedding, ViT blocks with windowed or global attention and
 //! decomposed relative positions, and the neck down to the prompt/decoder width.
 use crate::conv::{Conv2d, FeatureMap, Images};
-use crate::error::{VisionError, VisionResult};
+use crate::error::VisionResult;
 use crate::layers::{
     from_heads, realize, slice_channels, to_heads, Dense, Heads, MlpBlock, Norm, Tokens,
 };
@@ -400,17 +400,6 @@ impl<C: ConstDim, O: ConstDim, D: Device<f32>> Params<D> for SamImageEncoder<C, 
             .visit_params(&join(prefix, "patch_embed.projection"), v)?;
         self.layers.visit_params(&join(prefix, "layers"), v)?;
         self.neck.visit_params(&join(prefix, "neck"), v)
-    }
-}
-
-/// Checks a config's widths against the type-level ones.
-pub(crate) fn check_width(what: &str, config: usize, typed: usize) -> VisionResult<()> {
-    if config == typed {
-        Ok(())
-    } else {
-        Err(VisionError::Config(format!(
-            "{what} is {config} in the config but the model type has {typed}; pick the preset whose widths match"
-        )))
     }
 }
 
