@@ -28,6 +28,14 @@ exactly what the stored checkpoint encodes. To keep the files small in git, rows
 embedding and LM head are zero (they compress away); EOS's LM-head row is scaled so that some
 sequences end early, which exercises the padding rules of greedy and beam search.
 `buckets.safetensors` holds HF's `_relative_position_bucket` over -300..300 for a few settings.
+
+    python tools/make_t5_fixtures.py --bf16-run
+
+adds `flan-t5-test/bf16_run.safetensors` from the committed bf16 checkpoint and inputs: HF run in
+bf16 (weights and activations, `torch_dtype=torch.bfloat16`): `logits` (as f32, the first 2048
+vocabulary columns: the others are zero rows of the head), and
+`greedy_sequences`, `beam_sequences` with the settings above. pixel-lm's bf16 path keeps f32
+activations, so its ids must equal these and its logits lie within bf16 tolerance of them.
 """
 import argparse
 import json
@@ -129,12 +137,38 @@ def tune_eos(model, inputs):
     print(f"  EOS row scale {best}")
 
 
+def bf16_run(root):
+    """HF in bf16 on the committed flan-t5-test checkpoint and inputs."""
+    from safetensors.torch import load_file
+
+    out_dir = os.path.join(root, "flan-t5-test")
+    model = T5ForConditionalGeneration.from_pretrained(out_dir, torch_dtype=torch.bfloat16).eval()
+    inputs = load_file(os.path.join(out_dir, "inputs.safetensors"))
+    logits = model(**inputs).logits.float()
+    greedy = generate(model, inputs, 1)
+    beam = generate(model, inputs, NUM_BEAMS)
+    print("bf16 greedy", greedy.tolist())
+    print("bf16 beam", beam.tolist())
+    save_file(
+        {
+            "logits": logits[..., :LIVE_ROWS].contiguous(),
+            "greedy_sequences": greedy.contiguous(),
+            "beam_sequences": beam.contiguous(),
+        },
+        os.path.join(out_dir, "bf16_run.safetensors"),
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="0 = the committed fixtures")
     parser.add_argument("--out", default=ROOT, help="output folder (default: pixel-lm/tests/fixtures)")
+    parser.add_argument("--bf16-run", action="store_true", help="only add flan-t5-test/bf16_run.safetensors")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.bf16_run:
+        bf16_run(args.out)
+        return
     os.makedirs(args.out, exist_ok=True)
     storage = [("t5-test", torch.float16), ("flan-t5-test", torch.bfloat16)]
     # Seed 0 keeps the committed fixtures' choices; other seeds draw them.

@@ -8,17 +8,23 @@
 //! thread. "stream the step's weight bytes" measures that floor in the same run: a summing
 //! read of a buffer of the same size.
 //!
-//! Run: `cargo bench -p pixel-benches --bench t5_decode`.
+//! The same work with weights stored as bf16 ([`HostT5`], f32 arithmetic): its step reads half
+//! the bytes, so its floor is half the f32 stream time. Batched decoding: greedy 32 new tokens
+//! for 8 inputs of 64 down to 15 tokens (padded), one weight read per step for all 8 rows.
+//!
+//! Run: `cargo bench -p pixel-benches --bench t5_decode`; `tools/compare_speed.sh` runs it beside
+//! HF transformers and prints the ratios.
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use dfdx::prelude::*;
 use pixel_core::nn::{Activation, Mlp};
 use pixel_lm::host_decoder::HostMlp;
 use pixel_lm::presets::FlanT5Small;
-use pixel_lm::{T5Config, T5};
+use pixel_lm::{Dtype, GenerateOptions, HostT5, T5Config, T5};
 use std::time::Duration;
 
 const INPUT_TOKENS: usize = 64;
 const NEW_TOKENS: usize = 32;
+const BATCH: usize = 8;
 
 /// f32 values a decoding step reads: per decoder block self-attention q, k, v, o and
 /// cross-attention q, o (`d_model x inner` each), the gated FFN (`3 x d_model x d_ff`), and the
@@ -143,6 +149,56 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    g.finish();
+
+    // 16-bit weights and batched decoding.
+    let greedy = GenerateOptions {
+        max_new_tokens: NEW_TOKENS,
+        ..Default::default()
+    };
+    let batch: Vec<Vec<usize>> = (0..BATCH)
+        .map(|r| ids[..INPUT_TOKENS - 7 * r].to_vec())
+        .collect();
+    let mut g = c.benchmark_group("t5_decode flan-t5-small 16-bit and batched");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        let host = HostT5::from_model(&model, dtype);
+        let out = host.generate(std::slice::from_ref(&ids), &greedy);
+        assert_eq!(
+            out.sequences[0].len(),
+            NEW_TOKENS + 1,
+            "greedy stopped early"
+        );
+        g.bench_function(format!("HostT5 {dtype} encoder forward"), |b| {
+            b.iter(|| host.encode(&ids, &mask, 1))
+        });
+        g.bench_function(
+            format!("HostT5 {dtype} greedy 32 tokens, encoder included"),
+            |b| b.iter(|| host.generate(std::slice::from_ref(&ids), &greedy)),
+        );
+        let enc = host.encode(&ids, &mask, 1);
+        let mut dec = host.start(&enc, &mask, 1);
+        for &t in &out.sequences[0][..16] {
+            host.step(&mut dec, &[t]);
+        }
+        g.bench_function(format!("HostT5 {dtype} one decoding step"), |b| {
+            b.iter_batched(
+                || dec.clone(),
+                |mut dec| host.step(&mut dec, &next),
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function(
+            format!("HostT5 {dtype} greedy 32 tokens batch {BATCH}, encoder included"),
+            |b| b.iter(|| host.generate(&batch, &greedy)),
+        );
+        eprintln!(
+            "HostT5 {dtype}: a decoding step reads {:.1} MB of weights",
+            host.decoder_weights().step_bytes() as f64 / 1e6
+        );
+    }
     g.finish();
 }
 

@@ -2,7 +2,7 @@
 //! (safetensors), for parity checks against HF transformers and for scripts.
 use pixel_core::checkpoint::TensorStore;
 use pixel_core::DefaultDevice;
-use pixel_lm::{AnyT5, GenerateOptions, T5Tokenizer};
+use pixel_lm::{AnyT5, Dtype, GenerateOptions, HostT5, T5Tokenizer};
 use std::error::Error;
 use std::path::PathBuf;
 
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub enum LmCommand {
     /// Encoder hidden states and logits with teacher forcing, as HF's `model(...)`.
     #[command(
-        after_help = "Example:\n  pixel lm forward --model flan-t5-small --inputs in.safetensors --out out.safetensors\n\n\
+        after_help = "Example:\n  pixel lm forward --model flan-t5-small --inputs in.safetensors --out out.safetensors\n  pixel lm forward --model flan-t5-small --dtype bf16 --inputs in.safetensors --out out.safetensors\n\n\
         IN (i64): input_ids [B,S], attention_mask [B,S] (optional, 1 = real), decoder_input_ids [B,T]\n\
         OUT (f32): encoder_last_hidden_state [B,S,D], decoder_hidden [B,T,D], logits [B,T,V]"
     )]
@@ -19,6 +19,10 @@ pub enum LmCommand {
         /// HF model folder.
         #[arg(long)]
         model: PathBuf,
+        /// How to store the weights: f32 (the trainable dfdx model), bf16 or f16 (16-bit
+        /// weights, f32 arithmetic; a checkpoint in that dtype loads without widening).
+        #[arg(long, default_value = "f32")]
+        dtype: Dtype,
         /// Inputs, a safetensors file.
         #[arg(long)]
         inputs: PathBuf,
@@ -28,13 +32,16 @@ pub enum LmCommand {
     },
     /// Greedy or beam search, as HF's `generate(do_sample=False)`.
     #[command(
-        after_help = "Example:\n  pixel lm generate --model flan-t5-small --inputs in.safetensors --max-new-tokens 20 --num-beams 4 --out out.safetensors\n\n\
+        after_help = "Example:\n  pixel lm generate --model flan-t5-small --inputs in.safetensors --max-new-tokens 20 --num-beams 4 --out out.safetensors\n  pixel lm generate --model flan-t5-small --dtype bf16 --inputs in.safetensors --out out.safetensors\n\n\
         IN (i64): input_ids [B,S], attention_mask [B,S] (optional)\n\
         OUT: sequences (i64) [B,L], starting with the decoder start token; decoder_hidden (f32) [B,L-1,D]"
     )]
     Generate {
         #[arg(long)]
         model: PathBuf,
+        /// How to store the weights: f32, bf16 or f16 (as for `forward`).
+        #[arg(long, default_value = "f32")]
+        dtype: Dtype,
         #[arg(long)]
         inputs: PathBuf,
         /// New tokens after the decoder start token.
@@ -67,28 +74,42 @@ pub struct TokenizeArgs {
 
 pub fn run(cmd: LmCommand) -> Result<(), Box<dyn Error>> {
     match cmd {
-        LmCommand::Forward { model, inputs, out } => {
-            let dev = DefaultDevice::default();
-            let t5 = AnyT5::from_pretrained(&model, &dev)?;
-            let outputs = t5.forward_tensors(&TensorStore::read(&inputs)?)?;
+        LmCommand::Forward {
+            model,
+            dtype,
+            inputs,
+            out,
+        } => {
+            let inputs = TensorStore::read(&inputs)?;
+            let outputs = if dtype == Dtype::F32 {
+                let dev = DefaultDevice::default();
+                AnyT5::from_pretrained(&model, &dev)?.forward_tensors(&inputs)?
+            } else {
+                HostT5::from_pretrained(&model, dtype)?.forward_tensors(&inputs)?
+            };
             outputs.write(&out)?;
         }
         LmCommand::Generate {
             model,
+            dtype,
             inputs,
             max_new_tokens,
             num_beams,
             length_penalty,
             out,
         } => {
-            let dev = DefaultDevice::default();
-            let t5 = AnyT5::from_pretrained(&model, &dev)?;
             let options = GenerateOptions {
                 max_new_tokens,
                 num_beams: num_beams.max(1),
                 length_penalty,
             };
-            let outputs = t5.generate_tensors(&TensorStore::read(&inputs)?, &options)?;
+            let inputs = TensorStore::read(&inputs)?;
+            let outputs = if dtype == Dtype::F32 {
+                let dev = DefaultDevice::default();
+                AnyT5::from_pretrained(&model, &dev)?.generate_tensors(&inputs, &options)?
+            } else {
+                HostT5::from_pretrained(&model, dtype)?.generate_tensors(&inputs, &options)?
+            };
             outputs.write(&out)?;
         }
     }

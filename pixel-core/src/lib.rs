@@ -7,12 +7,15 @@
 //! - [`checkpoint`]: strict safetensors loading, atomic saving.
 //! - [`nn`]: layers with compile-time channel dims (linear + LoRA, norms, MLP, attention,
 //!   position encodings).
+//! - [`host_matrix`]: frozen weights on the host in f32, bf16 or f16, with f32-accumulating
+//!   AVX2 / portable kernels (16-bit inference).
 //! - [`loss`]: label-smoothed cross-entropy and masked L1.
 //! - [`optim`]: AdamW over the trainable parameters, warmup + cosine schedule, clipping.
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod geometry;
+pub mod host_matrix;
 pub mod loss;
 pub mod nn;
 pub mod optim;

@@ -6,10 +6,14 @@
 //! encoder output. Output heads (PixelLLM's point head) run on the decoder features of each step
 //! and are never fed back, so generation also returns, for every generated position of the
 //! returned sequences, the decoder's final hidden state that predicted the token there.
+use crate::config::T5Config;
 use crate::dims::T5Dims;
+use crate::host_decoder::{Decoding, Embed};
+use crate::host_weights::DecoderWeights;
 use crate::t5::T5;
 use dfdx::prelude::*;
 use pixel_core::nn::{attention_with_bias, merge_heads, padding_bias, split_heads, Heads, Seq};
+use std::sync::Arc;
 
 /// How to generate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -177,23 +181,38 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
         self.decoder.final_layer_norm.forward(x)
     }
 
-    /// Greedy or beam search from precomputed encoder states `[batch, source, d_model]`.
+    /// Greedy or beam search from precomputed encoder states `[batch, source, d_model]` and
+    /// their mask (`[batch * source]`, true = real token): every row of the batch is decoded
+    /// at once, each step reading the decoder weights once for all rows (see
+    /// [`crate::host_decoder`]). Rows may have different lengths (padding); each row's result
+    /// equals that row decoded alone.
     pub fn generate(
         &self,
         encoder_hidden: &Seq<P::Model, D>,
         encoder_mask: &[bool],
         options: &GenerateOptions,
     ) -> Generation<P::Model, D> {
-        if options.num_beams <= 1 {
-            self.generate_greedy(encoder_hidden, encoder_mask, options.max_new_tokens)
-        } else {
-            self.generate_beam(
-                encoder_hidden,
-                encoder_mask,
-                options.max_new_tokens,
-                options.num_beams,
-                options.length_penalty,
-            )
+        let batch = encoder_hidden.shape().0;
+        let out = search(
+            self,
+            &self.host_weights(),
+            &self.config,
+            &encoder_hidden.as_vec(),
+            encoder_mask,
+            batch,
+            options,
+        );
+        self.to_generation(out)
+    }
+
+    fn to_generation(&self, out: HostGeneration) -> Generation<P::Model, D> {
+        let batch = out.sequences.len();
+        let steps = out.sequences.first().map_or(1, Vec::len) - 1;
+        Generation {
+            sequences: out.sequences,
+            hidden: self
+                .device()
+                .tensor_from_vec(out.hidden, (batch, steps, P::Model::default())),
         }
     }
 
@@ -205,10 +224,14 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
         encoder_mask: &[bool],
         max_new_tokens: usize,
     ) -> Generation<P::Model, D> {
-        let mut decoder = self.host_decoder(encoder_hidden, encoder_mask);
-        self.greedy_loop(encoder_hidden.shape().0, max_new_tokens, |ids| {
-            self.host_step(&mut decoder, ids)
-        })
+        self.generate(
+            encoder_hidden,
+            encoder_mask,
+            &GenerateOptions {
+                max_new_tokens,
+                ..Default::default()
+            },
+        )
     }
 
     /// Greedy search that re-runs the full decoder on the whole prefix each step (no cache):
@@ -221,7 +244,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
     ) -> Generation<P::Model, D> {
         let batch = encoder_hidden.shape().0;
         let mut prefix: Vec<Vec<usize>> = vec![Vec::new(); batch];
-        self.greedy_loop(batch, max_new_tokens, |ids| {
+        let out = greedy(&self.config, batch, max_new_tokens, |ids| {
             for (row, &id) in prefix.iter_mut().zip(ids) {
                 row.push(id);
             }
@@ -237,62 +260,11 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
                 .realize::<(usize, usize, P::Model)>();
             let logits = self.lm_logits(last.clone()).as_vec();
             (last.as_vec(), logits)
-        })
+        });
+        self.to_generation(out)
     }
 
-    fn greedy_loop(
-        &self,
-        batch: usize,
-        max_new_tokens: usize,
-        mut step: impl FnMut(&[usize]) -> (Vec<f32>, Vec<f32>),
-    ) -> Generation<P::Model, D> {
-        let (pad, eos, start) = (
-            self.config.pad_token_id,
-            self.config.eos(),
-            self.config.decoder_start_token_id,
-        );
-        let vocab = P::Vocab::SIZE;
-        let model = P::Model::SIZE;
-        let mut sequences = vec![vec![start]; batch];
-        let mut unfinished = vec![true; batch];
-        let mut states: Vec<Vec<f32>> = Vec::new();
-        for _ in 0..max_new_tokens {
-            let last: Vec<usize> = sequences.iter().map(|s| *s.last().unwrap()).collect();
-            let (hidden, logits) = step(&last);
-            states.push(hidden);
-            for b in 0..batch {
-                let next = if unfinished[b] {
-                    argmax(&logits[b * vocab..(b + 1) * vocab])
-                } else {
-                    pad
-                };
-                sequences[b].push(next);
-                unfinished[b] &= next != eos;
-            }
-            if unfinished.iter().all(|u| !u) {
-                break;
-            }
-        }
-        let steps = states.len();
-        let mut flat = Vec::with_capacity(batch * steps * model);
-        for b in 0..batch {
-            for s in &states {
-                flat.extend_from_slice(&s[b * model..(b + 1) * model]);
-            }
-        }
-        Generation {
-            sequences,
-            hidden: self
-                .device()
-                .tensor_from_vec(flat, (batch, steps, P::Model::default())),
-        }
-    }
-
-    /// Beam search as HF's (`do_sample=False`, `early_stopping=False`): each step keeps the
-    /// `2 * num_beams` best continuations of all beams; those ending in EOS among the first
-    /// `num_beams` become finished hypotheses scored `sum log p / len^length_penalty`, the best
-    /// `num_beams` others continue. An input stops when no running beam can beat its worst
-    /// finished hypothesis; the result is the best finished hypothesis of each input.
+    /// Beam search as HF's (see [`beam`]).
     pub fn generate_beam(
         &self,
         encoder_hidden: &Seq<P::Model, D>,
@@ -301,174 +273,267 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
         num_beams: usize,
         length_penalty: f32,
     ) -> Generation<P::Model, D> {
-        let (batch, source, _) = *encoder_hidden.shape();
-        let k = num_beams;
-        let rows = batch * k;
-        let (pad, eos, start) = (
-            self.config.pad_token_id,
-            self.config.eos(),
-            self.config.decoder_start_token_id,
-        );
-        let fill = if pad != 0 { pad } else { eos };
-        let vocab = P::Vocab::SIZE;
-        let model = P::Model::SIZE;
-        let max_length = 1 + max_new_tokens;
+        self.generate(
+            encoder_hidden,
+            encoder_mask,
+            &GenerateOptions {
+                max_new_tokens,
+                num_beams,
+                length_penalty,
+            },
+        )
+    }
+}
 
-        // Every input repeated once per beam.
-        let dev = self.device();
-        let expand: Vec<usize> = (0..rows).map(|r| r / k).collect();
-        let enc = encoder_hidden
-            .clone()
-            .gather(dev.tensor_from_vec(expand.clone(), (rows,)));
-        let mask: Vec<bool> = expand
-            .iter()
-            .flat_map(|&b| encoder_mask[b * source..(b + 1) * source].iter().copied())
-            .collect();
-        let mut decoder = self.host_decoder(&enc, &mask);
+/// Generated sequences and the decoder features that produced them, on host vectors (what
+/// [`Generation`] holds as a tensor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostGeneration {
+    /// `[batch][len]`, as [`Generation::sequences`].
+    pub sequences: Vec<Vec<usize>>,
+    /// `[batch, len - 1, d_model]`, as [`Generation::hidden`].
+    pub hidden: Vec<f32>,
+}
 
-        let fresh = |score: f32| Hyp {
-            tokens: vec![start],
-            hidden: Vec::new(),
-            score,
-            finished: false,
-        };
-        let mut running: Vec<Vec<Hyp>> = (0..batch)
-            .map(|_| {
-                (0..k)
-                    .map(|i| fresh(if i == 0 { 0.0 } else { -1e9 }))
-                    .collect()
-            })
-            .collect();
-        let mut finished: Vec<Vec<Hyp>> = (0..batch)
-            .map(|_| (0..k).map(|_| fresh(-1e9)).collect())
-            .collect();
-        let mut improvable = vec![true; batch];
-        if max_new_tokens > 0 {
-            loop {
-                let cur_len = running[0][0].tokens.len();
-                let last: Vec<usize> = running
-                    .iter()
-                    .flat_map(|beams| beams.iter().map(|h| *h.tokens.last().unwrap()))
-                    .collect();
-                let (hidden, logits) = self.host_step(&mut decoder, &last);
-                let at_max = cur_len + 1 >= max_length;
-                let mut all_hit = true;
-                let mut parents = Vec::with_capacity(rows);
-                for b in 0..batch {
-                    // Accumulated log-probabilities of all continuations of all beams.
-                    let mut scores = Vec::with_capacity(k * vocab);
-                    for (i, hyp) in running[b].iter().enumerate() {
-                        let row = &logits[(b * k + i) * vocab..(b * k + i + 1) * vocab];
-                        scores.extend(log_softmax(row).into_iter().map(|l| l + hyp.score));
-                    }
-                    let top = top_k(&scores, 2 * k);
-                    let cands: Vec<(usize, usize, f32, bool)> = top
-                        .iter()
-                        .map(|&idx| {
-                            let tok = idx % vocab;
-                            (idx / vocab, tok, scores[idx], tok == eos || at_max)
-                        })
-                        .collect();
-                    all_hit &= cands.iter().all(|c| c.3);
-                    let extend = |&(beam, tok, score, _): &(usize, usize, f32, bool)| {
-                        let parent = &running[b][beam];
-                        let mut tokens = parent.tokens.clone();
-                        tokens.push(tok);
-                        let mut h = parent.hidden.clone();
-                        let row = b * k + beam;
-                        h.extend_from_slice(&hidden[row * model..(row + 1) * model]);
-                        Hyp {
-                            tokens,
-                            hidden: h,
-                            score,
-                            finished: false,
-                        }
-                    };
-                    // Beams that continue: the best `k` candidates that did not stop.
-                    let live: Vec<f32> = cands
-                        .iter()
-                        .map(|c| c.2 + if c.3 { -1e9 } else { 0.0 })
-                        .collect();
-                    let next: Vec<Hyp> = top_k(&live, k)
-                        .into_iter()
-                        .map(|j| {
-                            parents.push(b * k + cands[j].0);
-                            Hyp {
-                                score: live[j],
-                                ..extend(&cands[j])
-                            }
-                        })
-                        .collect();
-                    // Finished hypotheses: merge the stopped top-`k` candidates into the best `k`.
-                    let norm = (cur_len as f32).powf(length_penalty);
-                    let mut merged: Vec<f32> = finished[b].iter().map(|h| h.score).collect();
-                    for (j, c) in cands.iter().enumerate() {
-                        let just_finished = c.3 && j < k;
-                        let mut s = c.2 / norm;
-                        if !improvable[b] {
-                            s += -1e9;
-                        }
-                        if !just_finished {
-                            s += -1e9;
-                        }
-                        merged.push(s);
-                    }
-                    let keep = top_k(&merged, k);
-                    let old = std::mem::take(&mut finished[b]);
-                    finished[b] = keep
-                        .into_iter()
-                        .map(|m| {
-                            if m < k {
-                                old[m].clone()
-                            } else {
-                                let j = m - k;
-                                Hyp {
-                                    score: merged[m],
-                                    finished: cands[j].3 && j < k,
-                                    ..extend(&cands[j])
-                                }
-                            }
-                        })
-                        .collect();
-                    running[b] = next;
-                }
-                decoder.reorder(&parents);
-                // Can a running beam still beat the worst finished hypothesis?
-                let new_len = cur_len + 1;
-                for b in 0..batch {
-                    let best = running[b][0].score / ((new_len - 1) as f32).powf(length_penalty);
-                    let min = finished[b]
-                        .iter()
-                        .map(|h| h.score)
-                        .fold(f32::INFINITY, f32::min);
-                    improvable[b] &= finished[b]
-                        .iter()
-                        .any(|h| best > if h.finished { min } else { -1e9 });
-                }
-                if all_hit || !improvable.iter().any(|&i| i) {
-                    break;
-                }
-            }
+/// Greedy or beam search over `batch` inputs whose encoder states `[batch * source, d_model]`
+/// and mask are given, with `weights` and the token embedding of `model`.
+pub(crate) fn search<E: Embed + ?Sized>(
+    model: &E,
+    weights: &Arc<DecoderWeights>,
+    config: &T5Config,
+    encoder_hidden: &[f32],
+    encoder_mask: &[bool],
+    batch: usize,
+    options: &GenerateOptions,
+) -> HostGeneration {
+    let beams = options.num_beams.max(1);
+    let mut decoding = Decoding {
+        model,
+        decoder: weights.start(encoder_hidden, encoder_mask, batch, beams),
+    };
+    if beams == 1 {
+        greedy(config, batch, options.max_new_tokens, |ids| {
+            decoding.step(ids)
+        })
+    } else {
+        beam(
+            config,
+            &mut decoding,
+            batch,
+            options.max_new_tokens,
+            beams,
+            options.length_penalty,
+        )
+    }
+}
+
+/// Greedy search as HF's over a step function (ids of the last tokens -> hidden states and
+/// logits of every row).
+fn greedy(
+    config: &T5Config,
+    batch: usize,
+    max_new_tokens: usize,
+    mut step: impl FnMut(&[usize]) -> (Vec<f32>, Vec<f32>),
+) -> HostGeneration {
+    let (pad, eos, start) = (
+        config.pad_token_id,
+        config.eos(),
+        config.decoder_start_token_id,
+    );
+    let (vocab, model) = (config.vocab_size, config.d_model);
+    let mut sequences = vec![vec![start]; batch];
+    let mut unfinished = vec![true; batch];
+    let mut states: Vec<Vec<f32>> = Vec::new();
+    for _ in 0..max_new_tokens {
+        let last: Vec<usize> = sequences.iter().map(|s| s[s.len() - 1]).collect();
+        let (hidden, logits) = step(&last);
+        states.push(hidden);
+        for b in 0..batch {
+            let next = if unfinished[b] {
+                argmax(&logits[b * vocab..(b + 1) * vocab])
+            } else {
+                pad
+            };
+            sequences[b].push(next);
+            unfinished[b] &= next != eos;
         }
-        let best: Vec<&Hyp> = finished.iter().map(|f| &f[0]).collect();
-        let len = best.iter().map(|h| h.tokens.len()).max().unwrap_or(1);
-        let mut hidden = vec![0.0f32; batch * (len - 1) * model];
-        let sequences = best
-            .iter()
-            .enumerate()
-            .map(|(b, h)| {
-                let off = b * (len - 1) * model;
-                hidden[off..off + h.hidden.len()].copy_from_slice(&h.hidden);
-                let mut s = h.tokens.clone();
-                s.resize(len, fill);
-                s
-            })
-            .collect();
-        Generation {
-            sequences,
-            hidden: dev.tensor_from_vec(hidden, (batch, len - 1, P::Model::default())),
+        if unfinished.iter().all(|u| !u) {
+            break;
         }
     }
+    let mut hidden = Vec::with_capacity(batch * states.len() * model);
+    for b in 0..batch {
+        for s in &states {
+            hidden.extend_from_slice(&s[b * model..(b + 1) * model]);
+        }
+    }
+    HostGeneration { sequences, hidden }
+}
+
+/// Beam search as HF's (`do_sample=False`, `early_stopping=False`) on a decoder started with
+/// `num_beams` rows per input: each step keeps the `2 * num_beams` best continuations of all
+/// beams; those ending in EOS among the first `num_beams` become finished hypotheses scored
+/// `sum log p / len^length_penalty`, the best `num_beams` others continue. An input stops when
+/// no running beam can beat its worst finished hypothesis; the result is the best finished
+/// hypothesis of each input.
+fn beam<E: Embed + ?Sized>(
+    config: &T5Config,
+    decoding: &mut Decoding<'_, E>,
+    batch: usize,
+    max_new_tokens: usize,
+    num_beams: usize,
+    length_penalty: f32,
+) -> HostGeneration {
+    let k = num_beams;
+    let rows = batch * k;
+    let (pad, eos, start) = (
+        config.pad_token_id,
+        config.eos(),
+        config.decoder_start_token_id,
+    );
+    let fill = if pad != 0 { pad } else { eos };
+    let (vocab, model) = (config.vocab_size, config.d_model);
+    let max_length = 1 + max_new_tokens;
+
+    let fresh = |score: f32| Hyp {
+        tokens: vec![start],
+        hidden: Vec::new(),
+        score,
+        finished: false,
+    };
+    let mut running: Vec<Vec<Hyp>> = (0..batch)
+        .map(|_| {
+            (0..k)
+                .map(|i| fresh(if i == 0 { 0.0 } else { -1e9 }))
+                .collect()
+        })
+        .collect();
+    let mut finished: Vec<Vec<Hyp>> = (0..batch)
+        .map(|_| (0..k).map(|_| fresh(-1e9)).collect())
+        .collect();
+    let mut improvable = vec![true; batch];
+    if max_new_tokens > 0 {
+        loop {
+            let cur_len = running[0][0].tokens.len();
+            let last: Vec<usize> = running
+                .iter()
+                .flat_map(|beams| beams.iter().map(|h| h.tokens[h.tokens.len() - 1]))
+                .collect();
+            let (hidden, logits) = decoding.step(&last);
+            let at_max = cur_len + 1 >= max_length;
+            let mut all_hit = true;
+            let mut parents = Vec::with_capacity(rows);
+            for b in 0..batch {
+                // Accumulated log-probabilities of all continuations of all beams.
+                let mut scores = Vec::with_capacity(k * vocab);
+                for (i, hyp) in running[b].iter().enumerate() {
+                    let row = &logits[(b * k + i) * vocab..(b * k + i + 1) * vocab];
+                    scores.extend(log_softmax(row).into_iter().map(|l| l + hyp.score));
+                }
+                let top = top_k(&scores, 2 * k);
+                let cands: Vec<(usize, usize, f32, bool)> = top
+                    .iter()
+                    .map(|&idx| {
+                        let tok = idx % vocab;
+                        (idx / vocab, tok, scores[idx], tok == eos || at_max)
+                    })
+                    .collect();
+                all_hit &= cands.iter().all(|c| c.3);
+                let extend = |&(beam, tok, score, _): &(usize, usize, f32, bool)| {
+                    let parent = &running[b][beam];
+                    let mut tokens = parent.tokens.clone();
+                    tokens.push(tok);
+                    let mut h = parent.hidden.clone();
+                    let row = b * k + beam;
+                    h.extend_from_slice(&hidden[row * model..(row + 1) * model]);
+                    Hyp {
+                        tokens,
+                        hidden: h,
+                        score,
+                        finished: false,
+                    }
+                };
+                // Beams that continue: the best `k` candidates that did not stop.
+                let live: Vec<f32> = cands
+                    .iter()
+                    .map(|c| c.2 + if c.3 { -1e9 } else { 0.0 })
+                    .collect();
+                let next: Vec<Hyp> = top_k(&live, k)
+                    .into_iter()
+                    .map(|j| {
+                        parents.push(b * k + cands[j].0);
+                        Hyp {
+                            score: live[j],
+                            ..extend(&cands[j])
+                        }
+                    })
+                    .collect();
+                // Finished hypotheses: merge the stopped top-`k` candidates into the best `k`.
+                let norm = (cur_len as f32).powf(length_penalty);
+                let mut merged: Vec<f32> = finished[b].iter().map(|h| h.score).collect();
+                for (j, c) in cands.iter().enumerate() {
+                    let just_finished = c.3 && j < k;
+                    let mut s = c.2 / norm;
+                    if !improvable[b] {
+                        s += -1e9;
+                    }
+                    if !just_finished {
+                        s += -1e9;
+                    }
+                    merged.push(s);
+                }
+                let keep = top_k(&merged, k);
+                let old = std::mem::take(&mut finished[b]);
+                finished[b] = keep
+                    .into_iter()
+                    .map(|m| {
+                        if m < k {
+                            old[m].clone()
+                        } else {
+                            let j = m - k;
+                            Hyp {
+                                score: merged[m],
+                                finished: cands[j].3 && j < k,
+                                ..extend(&cands[j])
+                            }
+                        }
+                    })
+                    .collect();
+                running[b] = next;
+            }
+            decoding.decoder.reorder(&parents);
+            // Can a running beam still beat the worst finished hypothesis?
+            let new_len = cur_len + 1;
+            for b in 0..batch {
+                let best = running[b][0].score / ((new_len - 1) as f32).powf(length_penalty);
+                let min = finished[b]
+                    .iter()
+                    .map(|h| h.score)
+                    .fold(f32::INFINITY, f32::min);
+                improvable[b] &= finished[b]
+                    .iter()
+                    .any(|h| best > if h.finished { min } else { -1e9 });
+            }
+            if all_hit || !improvable.iter().any(|&i| i) {
+                break;
+            }
+        }
+    }
+    let best: Vec<&Hyp> = finished.iter().map(|f| &f[0]).collect();
+    let len = best.iter().map(|h| h.tokens.len()).max().unwrap_or(1);
+    let mut hidden = vec![0.0f32; batch * (len - 1) * model];
+    let sequences = best
+        .iter()
+        .enumerate()
+        .map(|(b, h)| {
+            let off = b * (len - 1) * model;
+            hidden[off..off + h.hidden.len()].copy_from_slice(&h.hidden);
+            let mut s = h.tokens.clone();
+            s.resize(len, fill);
+            s
+        })
+        .collect();
+    HostGeneration { sequences, hidden }
 }
 
 #[derive(Debug, Clone)]

@@ -1,11 +1,13 @@
 //! Tensors in, tensors out: the model on named host tensors (a safetensors file's contents),
-//! for `pixel lm forward|generate` and for scripts comparing against HF transformers.
+//! for `pixel lm forward|generate` and for scripts comparing against HF transformers; the f32
+//! model ([`AnyT5`]) or the 16-bit one ([`HostT5`], `--dtype bf16|f16`).
 //!
 //! Inputs (i64): `input_ids` `[B,S]`, `attention_mask` `[B,S]` (optional, 1 = real token),
 //! `decoder_input_ids` `[B,T]` (forward only). Outputs: see [`AnyT5::forward_tensors`] and
 //! [`AnyT5::generate_tensors`].
 use crate::error::{LmError, Result};
 use crate::generate::GenerateOptions;
+use crate::host_t5::HostT5;
 use crate::presets::{AnyT5, T5Dims};
 use crate::t5::T5;
 use crate::with_t5;
@@ -30,6 +32,58 @@ impl<D: Device<f32>> AnyT5<D> {
     ) -> Result<TensorStore> {
         let inputs = Inputs::read(inputs)?;
         with_t5!(self, m => generate(m, &inputs, options))
+    }
+}
+
+impl HostT5 {
+    /// [`AnyT5::forward_tensors`] with this model's weights (f32, bf16 or f16).
+    pub fn forward_tensors(&self, inputs: &TensorStore) -> Result<TensorStore> {
+        let inputs = Inputs::read(inputs)?;
+        let dec = inputs.decoder_input_ids.as_ref().ok_or_else(|| {
+            inputs.invalid("the forward pass needs `decoder_input_ids` [batch, tokens]".into())
+        })?;
+        let vocab = self.config.vocab_size;
+        inputs.check_ids(&inputs.input_ids, "input_ids", vocab)?;
+        inputs.check_ids(dec, "decoder_input_ids", vocab)?;
+        let out = self.forward(&inputs.input_ids, &inputs.mask, inputs.batch, dec);
+        let (b, d) = (inputs.batch, self.config.d_model);
+        let (s, t) = (inputs.input_ids.len() / b, dec.len() / b);
+        let mut store = TensorStore::default();
+        store.insert(
+            "encoder_last_hidden_state",
+            StoredTensor::f32(vec![b, s, d], out.encoder_hidden),
+        );
+        store.insert(
+            "decoder_hidden",
+            StoredTensor::f32(vec![b, t, d], out.decoder_hidden),
+        );
+        store.insert("logits", StoredTensor::f32(vec![b, t, vocab], out.logits));
+        Ok(store)
+    }
+
+    /// [`AnyT5::generate_tensors`] with this model's weights (f32, bf16 or f16).
+    pub fn generate_tensors(
+        &self,
+        inputs: &TensorStore,
+        options: &GenerateOptions,
+    ) -> Result<TensorStore> {
+        let inputs = Inputs::read(inputs)?;
+        inputs.check_ids(&inputs.input_ids, "input_ids", self.config.vocab_size)?;
+        let enc = self.encode_real(&inputs.input_ids, &inputs.mask, inputs.batch);
+        let out = self.generate_encoded(&enc, &inputs.mask, inputs.batch, options);
+        let b = inputs.batch;
+        let len = out.sequences.first().map_or(0, Vec::len);
+        let flat: Vec<i64> = out.sequences.iter().flatten().map(|&t| t as i64).collect();
+        let mut store = TensorStore::default();
+        store.insert("sequences", StoredTensor::i64(vec![b, len], flat));
+        store.insert(
+            "decoder_hidden",
+            StoredTensor::f32(
+                vec![b, len.saturating_sub(1), self.config.d_model],
+                out.hidden,
+            ),
+        );
+        Ok(store)
     }
 }
 
@@ -123,11 +177,14 @@ impl Inputs {
     }
 
     fn check_vocab<P: T5Dims>(&self, ids: &[usize], name: &str) -> Result<()> {
-        match ids.iter().find(|&&i| i >= P::Vocab::SIZE) {
-            Some(i) => Err(self.invalid(format!(
-                "`{name}` holds id {i}, the vocabulary has {}",
-                P::Vocab::SIZE
-            ))),
+        self.check_ids(ids, name, P::Vocab::SIZE)
+    }
+
+    fn check_ids(&self, ids: &[usize], name: &str, vocab: usize) -> Result<()> {
+        match ids.iter().find(|&&i| i >= vocab) {
+            Some(i) => {
+                Err(self.invalid(format!("`{name}` holds id {i}, the vocabulary has {vocab}")))
+            }
             None => Ok(()),
         }
     }

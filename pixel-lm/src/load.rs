@@ -18,17 +18,28 @@ type LoraPair<P, D> =
 /// Copies of `shared.weight` that HF may store for tied embeddings.
 const EMBED_DUPLICATES: [&str; 2] = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"];
 
-/// Reads the checkpoint of an HF model folder: `model.safetensors`, else the shards named in
-/// `model.safetensors.index.json`. f32, f16 and bf16 are all read as f32.
-pub fn read_checkpoint(dir: &Path) -> Result<TensorStore> {
+/// The checkpoint of an HF model folder: `model.safetensors`, else the index
+/// `model.safetensors.index.json` naming its shards.
+pub fn checkpoint_path(dir: &Path) -> Result<PathBuf> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if single.exists() {
-        Ok(TensorStore::read(&single)?)
+        Ok(single)
     } else if index.exists() {
-        Ok(TensorStore::read_sharded(&index)?)
+        Ok(index)
     } else {
         Err(LmError::NoCheckpoint(dir.to_path_buf()))
+    }
+}
+
+/// Reads the checkpoint of an HF model folder ([`checkpoint_path`]). f32, f16 and bf16 are all
+/// read as f32 (for 16-bit inference without widening, see [`crate::HostT5`]).
+pub fn read_checkpoint(dir: &Path) -> Result<TensorStore> {
+    let path = checkpoint_path(dir)?;
+    if path.extension().is_some_and(|e| e == "json") {
+        Ok(TensorStore::read_sharded(&path)?)
+    } else {
+        Ok(TensorStore::read(&path)?)
     }
 }
 

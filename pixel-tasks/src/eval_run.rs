@@ -478,7 +478,12 @@ fn result_rows(
     }
     for (n, share) in &r.named_object_by_objects {
         let metric = format!("box closest to the named object, {n} object(s)");
-        rows.push(row("referring localization", &metric, (*share).into(), None));
+        rows.push(row(
+            "referring localization",
+            &metric,
+            (*share).into(),
+            None,
+        ));
     }
     if let Some(s) = segmentation {
         let task = "referring segmentation";
