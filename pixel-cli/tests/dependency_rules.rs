@@ -25,7 +25,7 @@ const LAYERS: &[(&str, u32)] = &[
 
 /// Crates whose whole dependency closure must be free of dfdx (a project without tensors can
 /// use them).
-const TENSOR_FREE: &[&str] = &["pixel-base", "pixel-metrics", "pixel-render"];
+const TENSOR_FREE: &[&str] = &["pixel-base", "pixel-metrics", "pixel-render", "pixel-data"];
 
 /// Crates whose modules still import each other in a cycle (pixel-tasks: model <-> heads <->
 /// tasks <-> eval, model -> demo in tests; see ARCHITECTURE.md). The test fails once one is
