@@ -1,5 +1,6 @@
 //! `pixel demo`: the main job, on the built-in config unless one is given.
-use pixel_tasks::demo::{run_demo, ExperimentConfig};
+use pixel_tasks::demo::run_demo;
+use pixel_tasks::experiment::ExperimentConfig;
 use pixel_tasks::model::TinyHeadRegistry;
 use std::path::PathBuf;
 

@@ -27,11 +27,6 @@ const LAYERS: &[(&str, u32)] = &[
 /// use them).
 const TENSOR_FREE: &[&str] = &["pixel-base", "pixel-metrics", "pixel-render", "pixel-data"];
 
-/// Crates whose modules still import each other in a cycle (pixel-tasks: model <-> heads <->
-/// tasks <-> eval, model -> demo in tests; see ARCHITECTURE.md). The test fails once one is
-/// fixed, so that it leaves this list.
-const KNOWN_MODULE_CYCLES: &[&str] = &["pixel-tasks"];
-
 struct Member {
     name: String,
     dir: PathBuf,
@@ -262,22 +257,15 @@ fn no_module_imports_a_module_that_imports_it_back() {
             }
         }
     }
-    let unexpected: Vec<String> = cyclic
+    let cycles: Vec<String> = cyclic
         .iter()
-        .filter(|(name, _)| !KNOWN_MODULE_CYCLES.contains(&name.as_str()))
         .map(|(name, cycles)| format!("{name}: {}", cycles.join("; ")))
         .collect();
     assert!(
-        unexpected.is_empty(),
+        cycles.is_empty(),
         "module import cycles:\n{}",
-        unexpected.join("\n")
+        cycles.join("\n")
     );
-    for name in KNOWN_MODULE_CYCLES {
-        assert!(
-            cyclic.contains_key(*name),
-            "{name} has no module cycle any more: remove it from KNOWN_MODULE_CYCLES"
-        );
-    }
 }
 
 #[test]

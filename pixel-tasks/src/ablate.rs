@@ -12,8 +12,9 @@
 //! is done and skipped when the ablation is run again, an interrupted one resumes from its last
 //! checkpoint. Each run keeps the base's data seed (`seed`) and sets `model_seed` and
 //! `train.seed` to its seed, so every variant and seed is evaluated on the same validation split.
-use crate::demo::{pretrain_language_model, run_demo, ExperimentConfig, DEFAULT_DEMO_CONFIG};
+use crate::demo::{pretrain_language_model, run_demo};
 use crate::error::{Result, TaskError};
+use crate::experiment::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
 use crate::model::TinyHeadRegistry;
 use pixel_base::progress::Job;
 use pixel_core::checkpoint::write_atomic;

@@ -170,8 +170,9 @@ fn add_heads(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::{evaluation_examples, ExperimentConfig};
+    use crate::experiment::ExperimentConfig;
     use crate::model::TinyPixelLlm;
+    use crate::task_mix::evaluation_examples;
     use crate::tasks::ExampleBuilder;
     use pixel_data::shapes_ln::{ShapesLn, Split};
     use pixel_lm::tokenizer::T5Tokenizer;

@@ -8,7 +8,6 @@
 //! PTB tokenization, BLEU-1..4, METEOR with exact and stem matching, ROUGE-L, CIDEr-D).
 //! The heads that read the image are scored when configured ([`crate::eval_heads`]): a `mask`
 //! head on referring segmentation, a `detection` head on dense captioning.
-use crate::demo::{evaluation_examples, ExperimentConfig};
 use crate::error::{Result, TaskError};
 use crate::eval::{evaluate, referring_head_predictions, Baselines, EvalReport, Predictor};
 use crate::eval_attention::{referring_attention, BindingReport, RegionShares};
@@ -16,8 +15,10 @@ use crate::eval_heads::{
     dense_captioning_report, segmentation_report, DenseCaptioningReport, Detection,
     SegmentationReport,
 };
+use crate::experiment::ExperimentConfig;
 use crate::heads::{HeadConfig, HeadPrediction, Scored};
 use crate::model::{TinyHeadRegistry, TinyPixelLlm};
+use crate::task_mix::evaluation_examples;
 use crate::tasks::{Example, ExampleBuilder, TaskKind};
 use image::GrayImage;
 use pixel_core::checkpoint::{load_params_file, write_atomic};
@@ -478,7 +479,12 @@ fn result_rows(
     }
     for (n, share) in &r.named_object_by_objects {
         let metric = format!("box closest to the named object, {n} object(s)");
-        rows.push(row("referring localization", &metric, (*share).into(), None));
+        rows.push(row(
+            "referring localization",
+            &metric,
+            (*share).into(),
+            None,
+        ));
     }
     if let Some(s) = segmentation {
         let task = "referring segmentation";

@@ -13,13 +13,12 @@
 //!   examples of each evaluated task as one batch each, `val-referring.safetensors` and
 //!   `val-trace.safetensors`, so the twin can train on what the demo trains on and be scored on
 //!   what the demo is scored on.
-use crate::demo::{
-    evaluation_examples, pretrain_image_encoders, pretrain_language_model, training_examples,
-    ExperimentConfig,
-};
+use crate::demo::{pretrain_image_encoders, pretrain_language_model};
 use crate::error::{Result, TaskError};
 use crate::eval::Predictor;
+use crate::experiment::ExperimentConfig;
 use crate::model::{TinyHeadRegistry, TinyPixelLlm};
+use crate::task_mix::{evaluation_examples, training_examples};
 use crate::tasks::{Batch, TaskKind};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{save_params, StoredTensor, TensorStore};

@@ -14,11 +14,12 @@
 //!
 //! and its config entry must survive TOML and JSON round trips unchanged. A failure names the
 //! check and the case (seed, batch size, caption length), so it can be run again alone.
-use crate::demo::{training_examples, ExperimentConfig};
 use crate::error::{Result, TaskError};
 use crate::eval::Predictor;
+use crate::experiment::ExperimentConfig;
 use crate::heads::HeadConfig;
 use crate::model::{TinyHeadRegistry, TinyPixelLlm};
+use crate::task_mix::training_examples;
 use crate::tasks::{Batch, ExampleBuilder};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{collect_params, load_params, LoadOptions};

@@ -11,8 +11,8 @@
 //! settings, the seed, the preset and the sub-vocabulary, so the variants and seeds of an
 //! ablation that share them pretrain once.
 use crate::error::{Result, TaskError};
-use crate::model::vocab::SENTINELS;
 use crate::model::{LmMode, PixelDims, PixelLlm, VocabMap};
+use crate::vocab::SENTINELS;
 use dfdx::prelude::*;
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::loss::label_smoothed_cross_entropy;
@@ -523,8 +523,8 @@ pub fn install_lm<P: PixelDims>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::ExperimentConfig;
-    use crate::model::TinyPixelLlm;
+    use crate::model::{ModelConfig, TinyPixelLlm};
+    use crate::testing::demo_section;
     use pixel_data::shapes_ln::ShapesLn;
 
     /// Mean denoising loss of `lm` over `batches`, without training.
@@ -615,10 +615,10 @@ mod tests {
     #[test]
     fn pretraining_lowers_the_denoising_loss_and_the_cache_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let demo = ExperimentConfig::builtin().unwrap();
-        let data = ShapesLn::new(demo.data.clone(), 0).unwrap();
+        let data = ShapesLn::new(demo_section("data"), 0).unwrap();
         let tokenizer = T5Tokenizer::bundled().unwrap();
-        let vocab = TinyPixelLlm::build(&demo.model, 0).unwrap().vocab;
+        let model: ModelConfig = demo_section("model");
+        let vocab = TinyPixelLlm::build(&model, 0).unwrap().vocab;
         let config = tiny_pretrain(dir.path(), 60);
         // Held-out batches: another seed than training's.
         let held_out: Vec<DenoiseBatch> = (0..2)
@@ -661,8 +661,8 @@ mod tests {
 
     #[test]
     fn the_tiny_vocabulary_holds_the_sentinels() {
-        let demo = ExperimentConfig::builtin().unwrap();
-        let vocab = TinyPixelLlm::build(&demo.model, 0).unwrap().vocab;
+        let model: ModelConfig = demo_section("model");
+        let vocab = TinyPixelLlm::build(&model, 0).unwrap().vocab;
         let tokenizer = T5Tokenizer::bundled().unwrap();
         let ids = sentinel_ids(&tokenizer, &vocab).unwrap();
         assert_eq!(ids.len(), SENTINELS.len());

@@ -14,8 +14,8 @@
 //!
 //! Cached like the LM's pretraining (`crate::pretrain`): `cache/<preset>-eva-<hash>`.
 use crate::error::{Result, TaskError};
-use crate::model::presets::LmVocab;
 use crate::model::{PixelDims, VocabMap};
+use crate::presets::LmVocab;
 use dfdx::prelude::*;
 use pixel_core::nn::{sincos_2d, Embedding, Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params, Trainable};

@@ -6,14 +6,20 @@
 //! regresses the object's box (scenic's `point_output_ignore = '^end-1'`); trace captioning has no text prompt and supervises each word with
 //! its mouse-trace box; location-conditioned captioning prompts with a box.
 use crate::error::{Result, TaskError};
-use crate::heads::Scored;
-use crate::model::VocabMap;
+use crate::vocab::VocabMap;
 use image::{GrayImage, RgbImage};
 use pixel_core::geometry::BoxXyxy;
 use pixel_data::shapes_ln::Sample;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+
+/// A scored box: a detection proposal, which [`ExampleBuilder::location_prompts`] prompts with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub bbox: BoxXyxy,
+    pub score: f32,
+}
 
 /// The tasks PixelLLM is trained and evaluated on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -14,10 +14,12 @@ use pixel_data::shapes_ln::{Sample, ShapesLn, Split};
 use pixel_data::Result;
 use pixel_lm::tokenizer::T5Tokenizer;
 use pixel_metrics::masks::Segmentation;
-use pixel_tasks::demo::{run_demo, training_examples, ExperimentConfig};
+use pixel_tasks::demo::run_demo;
 use pixel_tasks::eval_run::{run_eval, EvalResults};
+use pixel_tasks::experiment::ExperimentConfig;
 use pixel_tasks::heads::HeadRegistry;
 use pixel_tasks::model::VocabMap;
+use pixel_tasks::task_mix::training_examples;
 use pixel_tasks::tasks::{Example, ExampleBuilder};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -505,7 +507,10 @@ fn max_skipped_fraction_outside_0_1_fails_naming_the_key() {
     let section = config.dataset.as_ref().unwrap().to_toml_section().unwrap();
     assert!(section.contains("max_skipped_fraction = 0.01"), "{section}");
     let path = dir.path().join("exp.toml");
-    let good = format!("{}\n{section}", pixel_tasks::demo::DEFAULT_DEMO_CONFIG);
+    let good = format!(
+        "{}\n{section}",
+        pixel_tasks::experiment::DEFAULT_DEMO_CONFIG
+    );
     std::fs::write(&path, &good).unwrap();
     assert_eq!(
         ExperimentConfig::load(&path)

@@ -3,8 +3,8 @@
 use pixel_core::checkpoint::{load_params_file, save_params};
 use pixel_data::shapes_ln::{ShapesLn, Split};
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::demo::ExperimentConfig;
 use pixel_tasks::eval::Predictor;
+use pixel_tasks::experiment::ExperimentConfig;
 use pixel_tasks::model::TinyPixelLlm;
 use pixel_tasks::tasks::{Example, ExampleBuilder};
 use pixel_train::{read_log, train, RunDir, TrainConfig};

@@ -12,8 +12,8 @@ use pixel_tasks::heads::{
     options, DecodedTokens, HeadBuild, HeadInputs, HeadPrediction, HeadTable, OutputHead, Reads,
     TapedScalar,
 };
-use pixel_tasks::model::presets::LmWidth;
 use pixel_tasks::model::{PixelDims, PixelTiny};
+use pixel_tasks::presets::LmWidth;
 
 type Dev = pixel_core::DefaultDevice;
 type Hidden = <PixelTiny as PixelDims>::PointHidden;

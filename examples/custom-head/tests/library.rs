@@ -4,8 +4,8 @@
 use pixel_core::params::list_params;
 use pixel_data::shapes_ln::{ShapesLn, Split};
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::demo::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
 use pixel_tasks::eval::Predictor;
+use pixel_tasks::experiment::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
 use pixel_tasks::model::TinyPixelLlm;
 use pixel_tasks::tasks::{Example, ExampleBuilder};
 use pixel_train::{read_log, train, RunDir, TrainConfig};

@@ -3,15 +3,15 @@
 //! A [`CornerHead`] of kind [`CornerKind::Box`]: the point head's trunk (LayerNorm, MLP with
 //! GELU), but the four outputs are a box's centre and size through a sigmoid, `(cx, cy, w, h)`,
 //! so every prediction is a valid box inside the image; the loss is the same L1 on its corners
-//! in pixels. A referring expression's box is the mean of its tokens' boxes. Config
-//! (`kind = "box"`): `depth`, `pre_norm` as the point head's.
+//! in pixels. A referring expression's box is the mean of its tokens' boxes. `point.rs` holds
+//! the head and both kinds' geometry; this file is the registry's constructor for the kind.
+//! Config (`kind = "box"`): `depth`, `pre_norm` as the point head's.
 use crate::error::Result;
+use crate::heads::config::HeadBuild;
 use crate::heads::point::{build_corner_head, CornerKind};
-use crate::heads::registry::HeadBuild;
 use crate::heads::OutputHead;
-use crate::model::PixelDims;
+use crate::presets::PixelDims;
 use dfdx::prelude::*;
-use pixel_core::geometry::{BoxXyxy, Point};
 
 /// The registry's constructor for `kind = "box"`.
 pub fn build<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
@@ -21,40 +21,11 @@ pub fn build<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>(
     build_corner_head::<P, D>(build, table, CornerKind::Box)
 }
 
-/// `(cx, cy, w, h) -> (x0, y0, x1, y1)` as a matrix, so the conversion stays on the tape.
-pub fn centre_size_to_corners<D: Device<f32> + pixel_core::ThreadSafe>(
-    dev: &D,
-) -> Tensor<Rank2<4, 4>, f32, D> {
-    // Rows: cx, cy, w, h; columns: x0, y0, x1, y1.
-    dev.tensor([
-        [1.0, 0.0, 1.0, 0.0],
-        [0.0, 1.0, 0.0, 1.0],
-        [-0.5, 0.0, 0.5, 0.0],
-        [0.0, -0.5, 0.0, 0.5],
-    ])
-}
-
-/// The coordinate-wise mean of the valid tokens' boxes `[T * 4]` (clipped to the image); the
-/// whole image when no token is valid.
-pub fn mean_box(corners: &[f32], valid: &[bool]) -> BoxXyxy {
-    let boxes: Vec<&[f32]> = corners
-        .chunks(4)
-        .zip(valid)
-        .filter(|(_, &v)| v)
-        .map(|(b, _)| b)
-        .collect();
-    if boxes.is_empty() {
-        return BoxXyxy::whole_image();
-    }
-    let n = boxes.len() as f32;
-    let mean = |c: usize| boxes.iter().map(|b| b[c]).sum::<f32>() / n;
-    BoxXyxy::from_corners(Point::new(mean(0), mean(1)), Point::new(mean(2), mean(3))).clip_unit()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heads::point::CornerHead;
+    use crate::heads::point::{mean_box, CornerHead};
+    use pixel_core::geometry::BoxXyxy;
 
     #[test]
     fn every_output_is_a_box_of_the_sigmoid_centre_and_size() {

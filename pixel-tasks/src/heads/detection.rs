@@ -9,9 +9,9 @@
 //! ([`crate::tasks::ExampleBuilder::location_prompts`]). Config (`kind = "detection"`):
 //! `depth` (default 2), `threshold` (default 0.5), `max_proposals` (default 10).
 use crate::error::Result;
-use crate::heads::registry::{options, HeadBuild};
+use crate::heads::config::{options, HeadBuild};
 use crate::heads::{DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads, Scored};
-use crate::model::PixelDims;
+use crate::presets::PixelDims;
 use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};

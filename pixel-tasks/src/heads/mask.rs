@@ -9,9 +9,9 @@
 //! Config (`kind = "mask"`): `prompt` (required: an earlier head that gives a box), `depth`
 //! (two-way blocks, default 2).
 use crate::error::Result;
-use crate::heads::registry::{options, HeadBuild};
+use crate::heads::config::{options, HeadBuild};
 use crate::heads::{DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads};
-use crate::model::PixelDims;
+use crate::presets::PixelDims;
 use dfdx::prelude::*;
 use image::{GrayImage, Luma};
 use pixel_core::geometry::BoxXyxy;

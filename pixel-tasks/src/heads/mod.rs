@@ -10,6 +10,7 @@
 //! paper's baselines), `mask` (SAM's mask decoder prompted by another head's box) and
 //! `detection` (scored proposals from the image features).
 pub mod boxes;
+pub mod config;
 pub mod detection;
 pub mod mask;
 pub mod point;
@@ -17,16 +18,20 @@ pub mod referring_box;
 pub mod registry;
 pub mod text;
 
+pub use config::{options, HeadBuild, HeadConfig, HeadConstructor, HeadTable};
 pub use detection::DetectionHead;
 pub use mask::MaskHead;
 pub use point::{box_from_token_points, CornerHead, CornerKind};
-pub use registry::{options, HeadBuild, HeadConfig, HeadConstructor, HeadRegistry, HeadTable};
+pub use registry::HeadRegistry;
 pub use text::{BinCodec, StringCodec, TextHead};
 
 use crate::error::Result;
-use crate::model::presets::LmWidth;
-use crate::model::{PixelDims, VocabMap};
+use crate::presets::LmWidth;
+use crate::presets::PixelDims;
+/// A detection proposal; defined with the tasks that prompt with it.
+pub use crate::tasks::Scored;
 use crate::tasks::{Batch, Example};
+use crate::vocab::VocabMap;
 use dfdx::prelude::*;
 use image::GrayImage;
 use pixel_core::geometry::BoxXyxy;
@@ -88,13 +93,6 @@ pub enum DecodeMode {
     TeacherForced,
     /// The decoder read its own generated text (position `i` reads `said[i - 1]`).
     Generated,
-}
-
-/// A scored box (a detection proposal).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scored {
-    pub bbox: BoxXyxy,
-    pub score: f32,
 }
 
 /// What one head read off one example.

@@ -8,13 +8,13 @@
 //! `referring_box = { l1 = .., giou = .. }`: referring expressions trained with a detector's
 //! box loss instead of the pixel L1 (`crate::heads::referring_box`; not in the paper).
 use crate::error::{Result, TaskError};
+use crate::heads::config::{options, HeadBuild};
 use crate::heads::referring_box::{corner_loss_with_referring_boxes, ReferringBoxWeights};
-use crate::heads::registry::{options, HeadBuild};
 use crate::heads::{
     pixel_l1, rows_of_four, DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads,
 };
-use crate::model::presets::LmWidth;
-use crate::model::PixelDims;
+use crate::presets::LmWidth;
+use crate::presets::PixelDims;
 use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};
@@ -125,8 +125,7 @@ impl<M: ConstDim, H: ConstDim, D: Device<f32> + pixel_core::ThreadSafe> CornerHe
             kind,
             norm: pre_norm.then(|| LayerNorm::new(dev, 1e-6)),
             mlp: Mlp::new(dev, depth, Activation::Gelu),
-            centre_size_to_corners: (kind == CornerKind::Box)
-                .then(|| crate::heads::boxes::centre_size_to_corners(dev)),
+            centre_size_to_corners: (kind == CornerKind::Box).then(|| centre_size_to_corners(dev)),
             referring_box: None,
         }
     }
@@ -157,7 +156,7 @@ impl<M: ConstDim, H: ConstDim, D: Device<f32> + pixel_core::ThreadSafe> CornerHe
         }
         Ok(Some(match self.kind {
             CornerKind::Points => box_from_token_points(corners, valid)?,
-            CornerKind::Box => crate::heads::boxes::mean_box(corners, valid),
+            CornerKind::Box => mean_box(corners, valid),
         }))
     }
 }
@@ -243,6 +242,36 @@ pub fn box_from_token_points(corners: &[f32], valid: &[bool]) -> Result<BoxXyxy>
         x1: b.x1.max(p.x),
         y1: b.y1.max(p.y),
     }))
+}
+
+/// `(cx, cy, w, h) -> (x0, y0, x1, y1)` as a matrix, so the conversion stays on the tape.
+pub fn centre_size_to_corners<D: Device<f32> + pixel_core::ThreadSafe>(
+    dev: &D,
+) -> Tensor<Rank2<4, 4>, f32, D> {
+    // Rows: cx, cy, w, h; columns: x0, y0, x1, y1.
+    dev.tensor([
+        [1.0, 0.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, 1.0],
+        [-0.5, 0.0, 0.5, 0.0],
+        [0.0, -0.5, 0.0, 0.5],
+    ])
+}
+
+/// The coordinate-wise mean of the valid tokens' boxes `[T * 4]` (clipped to the image); the
+/// whole image when no token is valid.
+pub fn mean_box(corners: &[f32], valid: &[bool]) -> BoxXyxy {
+    let boxes: Vec<&[f32]> = corners
+        .chunks(4)
+        .zip(valid)
+        .filter(|(_, &v)| v)
+        .map(|(b, _)| b)
+        .collect();
+    if boxes.is_empty() {
+        return BoxXyxy::whole_image();
+    }
+    let n = boxes.len() as f32;
+    let mean = |c: usize| boxes.iter().map(|b| b[c]).sum::<f32>() / n;
+    BoxXyxy::from_corners(Point::new(mean(0), mean(1)), Point::new(mean(2), mean(3))).clip_unit()
 }
 
 #[cfg(test)]

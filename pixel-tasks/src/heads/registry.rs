@@ -1,116 +1,12 @@
-//! Heads by name: the `[[model.heads]]` config entries and the registry that builds them.
-//!
-//! Each entry names a registered `kind`; the keys every head has (`kind`, `name`, `weight`) are
-//! read here, the rest go to the head's constructor, which parses them into its own options
-//! struct with [`options`], so a misspelt or mistyped key fails naming its path
-//! (`model.heads[1].bins: invalid type ...`).
+//! Heads by name: the registry that builds the `[[model.heads]]` entries (`config.rs`).
 use crate::error::{Result, TaskError};
+use crate::heads::config::{HeadBuild, HeadConfig, HeadConstructor};
 use crate::heads::{OutputHead, Reads};
-use crate::model::PixelDims;
+use crate::presets::PixelDims;
 use dfdx::prelude::*;
 use pixel_lm::tokenizer::T5Tokenizer;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// One `[[model.heads]]` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeadConfig {
-    /// The registered head type (`point`, `box`, `bins`, `string`, `mask`, `detection`, or one
-    /// a program registered).
-    pub kind: String,
-    /// Names the head's tensors (`heads.<name>.*`), loss and predictions; defaults to `kind`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Weight of the head's loss in the total (0.1 for the paper's point head); finite, >= 0.
-    #[serde(
-        default = "default_weight",
-        deserialize_with = "pixel_core::config::range::non_negative"
-    )]
-    pub weight: f32,
-    /// The head's own keys, checked by its constructor.
-    #[serde(flatten)]
-    pub options: toml::Table,
-}
-
-fn default_weight() -> f32 {
-    1.0
-}
-
-impl HeadConfig {
-    /// The head's name: `name`, else `kind`.
-    pub fn name(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.kind)
-    }
-}
-
-/// Parses a head's own keys into `T` (use `#[serde(deny_unknown_fields)]` on it); errors name
-/// the key path under `key`, e.g. `model.heads[1].bins`.
-pub fn options<T: DeserializeOwned>(table: &toml::Table, key: &str) -> Result<T> {
-    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|err| {
-        let path = err.path().to_string();
-        let key = if path == "." {
-            key.to_string()
-        } else {
-            format!("{key}.{path}")
-        };
-        TaskError::Config {
-            key,
-            message: err.inner().to_string(),
-        }
-    })
-}
-
-/// What a head's constructor gets besides its keys.
-pub struct HeadBuild<'a, D> {
-    pub dev: &'a D,
-    /// The head's name (`name`, else `kind`).
-    pub name: String,
-    /// Where its table is, e.g. `model.heads[1]`: the prefix of every error it reports.
-    pub key: String,
-    /// `(name, reads)` of the heads configured before it (a mask head prompts with one).
-    pub earlier: Vec<(String, Reads)>,
-    /// Side of the image-feature grid the model hands heads; `None` when it has no image
-    /// encoder that provides features.
-    pub image_grid: Option<usize>,
-    /// T5's tokenizer (text heads write coordinates with it).
-    pub tokenizer: Arc<T5Tokenizer>,
-}
-
-impl<D> HeadBuild<'_, D> {
-    /// An error about key `sub` of this head (`model.heads[i].<sub>`; the table when empty).
-    pub fn error(&self, sub: &str, message: impl Into<String>) -> TaskError {
-        TaskError::Config {
-            key: if sub.is_empty() {
-                self.key.clone()
-            } else {
-                format!("{}.{sub}", self.key)
-            },
-            message: message.into(),
-        }
-    }
-
-    /// Errors naming `<key>.kind` when the model hands heads no image features.
-    pub fn require_image(&self, what: &str) -> Result<usize> {
-        self.image_grid.ok_or_else(|| {
-            self.error(
-                "kind",
-                format!(
-                    "{what} needs image features, and this model has no image encoder that \
-                     provides them"
-                ),
-            )
-        })
-    }
-}
-
-/// A head's own keys, as TOML (a head parses them with [`options`]).
-pub type HeadTable = toml::Table;
-
-/// Builds a head from its keys (everything but `kind`, `name` and `weight`).
-pub type HeadConstructor<P, D> =
-    fn(&HeadBuild<'_, D>, &HeadTable) -> Result<Box<dyn OutputHead<P, D>>>;
 
 /// Head kinds by name.
 pub struct HeadRegistry<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> {
@@ -239,31 +135,34 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> HeadRegistry<P, D> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use crate::demo::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
-    use crate::model::TinyPixelLlm;
-    use std::path::Path;
+mod tests {
+    use super::*;
+    use crate::presets::PixelTiny;
+    use crate::testing::{demo_section_with_heads, demo_with_heads};
+    use pixel_core::DefaultDevice;
 
-    /// The demo config with `heads` (TOML `[[model.heads]]` tables) in place of its heads.
-    pub(crate) fn config_with(heads: &str) -> crate::Result<ExperimentConfig> {
-        let start = DEFAULT_DEMO_CONFIG.find("[[model.heads]]").unwrap();
-        let end = DEFAULT_DEMO_CONFIG.find("[model.lm]").unwrap();
-        let text = format!(
-            "{}{heads}\n{}",
-            &DEFAULT_DEMO_CONFIG[..start],
-            &DEFAULT_DEMO_CONFIG[end..]
-        );
-        Ok(pixel_core::config::parse_toml(
-            &text,
-            Path::new("heads.toml"),
-        )?)
+    /// The `[model]` section's heads (the rest of it is the model's).
+    #[derive(Debug, serde::Deserialize)]
+    struct Heads {
+        heads: Vec<HeadConfig>,
+    }
+
+    /// The demo config's `[model]` with `heads` (TOML `[[model.heads]]` tables) in place of its
+    /// heads.
+    fn configs(heads: &str) -> Vec<HeadConfig> {
+        demo_section_with_heads::<Heads>("model", heads).heads
+    }
+
+    /// The built-in heads built from `heads` as the tiny model builds them (its 8 x 8
+    /// image-feature grid).
+    fn build(heads: &str) -> Result<Vec<Box<dyn OutputHead<PixelTiny, DefaultDevice>>>> {
+        let dev = DefaultDevice::seed_from_u64(0);
+        let tokenizer = Arc::new(T5Tokenizer::bundled().unwrap());
+        HeadRegistry::builtin().build(&dev, &configs(heads), Some(8), tokenizer)
     }
 
     fn build_error(heads: &str) -> String {
-        let config = config_with(heads).unwrap();
-        TinyPixelLlm::build(&config.model, 0)
-            .unwrap_err()
-            .to_string()
+        build(heads).unwrap_err().to_string()
     }
 
     const POINT: &str = "[[model.heads]]\nkind = \"point\"\nweight = 0.1\n";
@@ -327,12 +226,10 @@ pub(crate) mod tests {
             "{err}"
         );
         // A second point head under its own name is fine.
-        let config = config_with(&format!("{POINT}{POINT}name = \"point2\"\n")).unwrap();
-        let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
-        let names = pixel_core::params::list_params(&mut model);
-        assert!(names
-            .iter()
-            .any(|p| p.name == "heads.point2.mlp.layers.2.weight"));
+        let mut heads = build(&format!("{POINT}{POINT}name = \"point2\"\n")).unwrap();
+        assert_eq!(heads[1].name(), "point2");
+        let names = pixel_core::params::list_params(&mut *heads[1]);
+        assert!(names.iter().any(|p| p.name == "mlp.layers.2.weight"));
     }
 
     #[test]
@@ -359,9 +256,17 @@ pub(crate) mod tests {
             "{err}"
         );
         // A weight out of range fails when the config is read, naming the key and its line.
-        let err = config_with("[[model.heads]]\nkind = \"point\"\nweight = -1.0\n")
-            .unwrap_err()
-            .to_string();
+        #[derive(Debug, serde::Deserialize)]
+        struct Demo {
+            #[allow(dead_code)] // parsed for its errors
+            model: Heads,
+        }
+        let err = pixel_core::config::parse_toml::<Demo>(
+            &demo_with_heads("[[model.heads]]\nkind = \"point\"\nweight = -1.0\n"),
+            std::path::Path::new("heads.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("`model.heads[0].weight`") && err.contains(">= 0") && err.contains("line"),
             "{err}"
@@ -370,15 +275,14 @@ pub(crate) mod tests {
 
     #[test]
     fn a_mask_head_without_image_features_is_refused() {
-        let config = config_with(&format!(
+        let heads = configs(&format!(
             "{POINT}[[model.heads]]\nkind = \"mask\"\nprompt = \"point\"\n"
-        ))
-        .unwrap();
-        let dev = pixel_core::DefaultDevice::seed_from_u64(0);
-        let tokenizer = std::sync::Arc::new(pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap());
-        let registry = super::HeadRegistry::<crate::model::PixelTiny, _>::builtin();
+        ));
+        let dev = DefaultDevice::seed_from_u64(0);
+        let tokenizer = Arc::new(T5Tokenizer::bundled().unwrap());
+        let registry = HeadRegistry::<PixelTiny, _>::builtin();
         let err = registry
-            .build(&dev, &config.model.heads, None, tokenizer.clone())
+            .build(&dev, &heads, None, tokenizer.clone())
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -386,8 +290,6 @@ pub(crate) mod tests {
             "model.heads[1].kind: the mask head needs image features, and this model has no \
              image encoder that provides them"
         );
-        assert!(registry
-            .build(&dev, &config.model.heads, Some(8), tokenizer)
-            .is_ok());
+        assert!(registry.build(&dev, &heads, Some(8), tokenizer).is_ok());
     }
 }

@@ -12,10 +12,11 @@
 //! the generated text, or, teacher-forced, from the argmax at the positions where the target
 //! writes a box.
 use crate::error::{Result, TaskError};
-use crate::heads::registry::{options, HeadBuild};
+use crate::heads::config::{options, HeadBuild};
 use crate::heads::{DecodeMode, DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads};
-use crate::model::{PixelDims, VocabMap};
+use crate::presets::PixelDims;
 use crate::tasks::{Example, TaskKind};
+use crate::vocab::VocabMap;
 use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 use pixel_core::params::{ParamVisitor, Params};

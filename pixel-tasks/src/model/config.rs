@@ -70,7 +70,7 @@ impl ModelConfig {
                 message,
             })
         };
-        let presets = crate::model::presets::PRESETS;
+        let presets = crate::presets::PRESETS;
         if !presets.contains(&self.preset.as_str()) {
             return bad(
                 "preset",

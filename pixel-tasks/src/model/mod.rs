@@ -7,20 +7,19 @@
 //! 5. output heads: the vocabulary head and, on the same decoder features, the configured heads
 //!    (`crate::heads`; the paper's is the point head).
 pub mod config;
-pub mod presets;
 pub mod prompt_feature_extractor;
-pub mod vocab;
 
+pub use crate::presets::{PixelDims, PixelTiny};
+pub use crate::vocab::VocabMap;
 pub use config::{LmConfig, LmMode, ModelConfig};
-pub use presets::{PixelDims, PixelTiny};
 pub use prompt_feature_extractor::{PromptFeatureExtractor, PromptFuse};
-pub use vocab::VocabMap;
 
 use crate::error::{Result, TaskError};
 use crate::eval::{Generated, Predictor, TeacherForced};
 use crate::heads::{
     DecodeMode, DecodedTokens, HeadInputs, HeadPrediction, HeadRegistry, OutputHead, Reads,
 };
+use crate::presets::{LmVocab, LmWidth};
 use crate::tasks::{Batch, Example};
 use dfdx::prelude::*;
 use pixel_core::geometry::BoxXyxy;
@@ -33,7 +32,6 @@ use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use pixel_train::{LossPart, LossParts, TapedScalar, TrainStep};
 use pixel_vision::preprocess::{Normalization, CLIP_NORMALIZATION, SAM_NORMALIZATION};
 use pixel_vision::{DualImageEncoder, FeatureMap, Images, SamPromptEncoder};
-use presets::{LmVocab, LmWidth};
 use std::sync::Arc;
 
 type Lm<P> = <P as PixelDims>::Lm;
@@ -644,10 +642,35 @@ impl TinyPixelLlm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::{training_examples, ExperimentConfig};
+    use crate::task_mix::{evaluation_examples, training_examples, TaskMix};
     use crate::tasks::ExampleBuilder;
+    use crate::testing::{demo_section, demo_section_with_heads};
     use pixel_core::optim::alloc_grads;
     use pixel_data::shapes_ln::ShapesLn;
+    use pixel_data::shapes_ln::ShapesLnConfig;
+
+    /// The demo's model, data and task mix (`configs/demo.toml`).
+    struct Demo {
+        model: ModelConfig,
+        data: ShapesLnConfig,
+        tasks: TaskMix,
+    }
+
+    fn demo() -> Demo {
+        Demo {
+            model: demo_section("model"),
+            data: demo_section("data"),
+            tasks: demo_section("tasks"),
+        }
+    }
+
+    /// [`demo`] with `heads` (TOML `[[model.heads]]` tables) in place of its heads.
+    fn demo_with_heads(heads: &str) -> Demo {
+        Demo {
+            model: demo_section_with_heads("model", heads),
+            ..demo()
+        }
+    }
 
     /// Names of the trainable parameters of `model` that `grads` has no gradient for.
     fn without_gradient(
@@ -718,7 +741,7 @@ mod tests {
 
     #[test]
     fn a_visual_token_reads_its_own_patch() {
-        let config = ExperimentConfig::builtin().unwrap();
+        let config = demo();
         let model = TinyPixelLlm::build(&config.model, 0).unwrap();
         let e = examples(&config, &model.vocab, 1).remove(0);
         let grid = 8;
@@ -765,7 +788,7 @@ mod tests {
         }
     }
 
-    fn examples(config: &ExperimentConfig, vocab: &VocabMap, count: usize) -> Vec<Example> {
+    fn examples(config: &Demo, vocab: &VocabMap, count: usize) -> Vec<Example> {
         let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
         let builder = ExampleBuilder {
             tokenizer: &tok,
@@ -779,7 +802,7 @@ mod tests {
     #[test]
     fn every_trainable_parameter_gets_a_gradient() {
         for freeze_sam in [true, false] {
-            let mut config = ExperimentConfig::builtin().unwrap();
+            let mut config = demo();
             config.model.freeze_sam = freeze_sam;
             let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
             let ex = examples(&config, &model.vocab.clone(), 2);
@@ -797,7 +820,7 @@ mod tests {
 
     #[test]
     fn a_visual_position_table_trains_and_leaves_the_rest_of_the_initialisation_alone() {
-        let mut config = ExperimentConfig::builtin().unwrap();
+        let mut config = demo();
         let mut plain = TinyPixelLlm::build(&config.model, 0).unwrap();
         config.model.visual_position_std = 1.0;
         config.model.visual_relative_bias = false;
@@ -844,7 +867,7 @@ mod tests {
     #[test]
     fn each_lm_mode_updates_what_trains_and_nothing_frozen() {
         for mode in [LmMode::Full, LmMode::Lora, LmMode::Frozen] {
-            let mut config = ExperimentConfig::builtin().unwrap();
+            let mut config = demo();
             config.model.lm.mode = mode;
             let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
             let ex = examples(&config, &model.vocab.clone(), 2);
@@ -885,7 +908,7 @@ mod tests {
     /// everything after it still trains.
     #[test]
     fn a_frozen_image_encoder_gets_no_gradient_and_the_rest_still_trains() {
-        let config = ExperimentConfig::builtin().unwrap();
+        let config = demo();
         let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
         let ex = examples(&config, &model.vocab.clone(), 2);
         let pattern = model.freeze_image_encoder().unwrap();
@@ -911,7 +934,7 @@ mod tests {
                      [[model.heads]]\nkind = \"bins\"\nbins = 16\n\
                      [[model.heads]]\nkind = \"mask\"\nprompt = \"point\"\n\
                      [[model.heads]]\nkind = \"detection\"\n";
-        let mut config = crate::heads::registry::tests::config_with(heads).unwrap();
+        let mut config = demo_with_heads(heads);
         config.tasks.trace_captioning = 0.3;
         config.tasks.referring_localization = 0.7;
         let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
@@ -959,7 +982,7 @@ mod tests {
     #[test]
     fn a_text_head_reads_back_the_boxes_it_wrote() {
         let heads = "[[model.heads]]\nkind = \"bins\"\nbins = 50\n";
-        let config = crate::heads::registry::tests::config_with(heads).unwrap();
+        let config = demo_with_heads(heads);
         let model = TinyPixelLlm::build(&config.model, 0).unwrap();
         let ex = examples(&config, &model.vocab, 6);
         let batch = model.batch(&ex).unwrap();
@@ -1009,7 +1032,7 @@ mod tests {
             "[[model.heads]]\nkind = \"box\"\nweight = 0.1\n",
             "[[model.heads]]\nkind = \"string\"\ndecimals = 1\n",
         ] {
-            let config = crate::heads::registry::tests::config_with(heads).unwrap();
+            let config = demo_with_heads(heads);
             let model = TinyPixelLlm::build(&config.model, 0).unwrap();
             let tok = pixel_lm::tokenizer::T5Tokenizer::bundled().unwrap();
             let builder = ExampleBuilder {
@@ -1018,13 +1041,9 @@ mod tests {
                 max_target_tokens: 20,
             };
             let data = ShapesLn::new(config.data.clone(), 0).unwrap();
-            let examples = crate::demo::evaluation_examples(
-                &data,
-                &builder,
-                pixel_data::shapes_ln::Split::Validation,
-                2,
-            )
-            .unwrap();
+            let examples =
+                evaluation_examples(&data, &builder, pixel_data::shapes_ln::Split::Validation, 2)
+                    .unwrap();
             let referring = examples
                 .iter()
                 .filter(|e| e.task == crate::tasks::TaskKind::ReferringLocalization)

@@ -13,14 +13,14 @@ pub use answer::{mask_from_rle, mask_rle, to_pixels, words_at, Answer, Region, W
 pub use pixel_data::data_source::model_image;
 pub use request::{Query, Request, Task};
 
-use crate::demo::ExperimentConfig;
 use crate::error::{Result, TaskError};
 use crate::eval::{referring_head_predictions, scored, Predictor};
 use crate::eval_run::resolve_checkpoint;
+use crate::experiment::ExperimentConfig;
 use crate::heads::{HeadConfig, HeadPrediction, Scored};
-use crate::model::vocab::UNK_ID;
 use crate::model::{TinyHeadRegistry, TinyPixelLlm};
 use crate::tasks::{tokenize_words, Example, TaskKind, REFERRING_PREFIX};
+use crate::vocab::UNK_ID;
 use pixel_core::checkpoint::load_params_file;
 use pixel_core::geometry::BoxXyxy;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};

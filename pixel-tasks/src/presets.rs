@@ -131,7 +131,7 @@ impl PixelDims for PixelTiny {
         let mut words = pixel_data::shapes_ln::vocabulary();
         words.extend(crate::tasks::REFERRING_PREFIX.split_whitespace());
         // The sentinels of LM pretraining's span corruption.
-        words.extend(super::vocab::SENTINELS);
+        words.extend(crate::vocab::SENTINELS);
         Some(words)
     }
 }
