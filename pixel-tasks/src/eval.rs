@@ -397,7 +397,7 @@ mod tests {
         let left = BoxXyxy::new(0.0, 0.0, 0.4, 0.4).unwrap();
         let right = BoxXyxy::new(0.6, 0.6, 1.0, 1.0).unwrap();
         // Loose but on the named object (IoU < 0.5), on the other object, and on neither.
-        let loose = BoxXyxy::new(0.0, 0.0, 0.5, 0.6).unwrap();
+        let loose = BoxXyxy::new(0.0, 0.0, 0.5, 0.7).unwrap();
         let nowhere = BoxXyxy::new(0.45, 0.45, 0.55, 0.55).unwrap();
         let objects: [&[BoxXyxy]; 4] = [&[left, right], &[left, right], &[left, right], &[left]];
         let by = named_object_by_group(
