@@ -1,6 +1,6 @@
 //! `pixel ablate`: every variant of an ablation config over its seeds, tabulated.
+use pixel_model::model::TinyHeadRegistry;
 use pixel_tasks::ablate::{run_ablation, Ablation};
-use pixel_tasks::model::TinyHeadRegistry;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]

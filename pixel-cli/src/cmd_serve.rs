@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use pixel_data::shapes_ln::{ShapesLn, Split};
-use pixel_tasks::model::TinyHeadRegistry;
+use pixel_model::model::TinyHeadRegistry;
 use pixel_tasks::predict::{annotate, Request, Task, TrainedModel};
 use serde::Deserialize;
 use std::path::PathBuf;

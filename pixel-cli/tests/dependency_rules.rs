@@ -19,8 +19,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("pixel-lm", 2),
     ("pixel-data", 2),
     ("pixel-train", 2),
-    ("pixel-tasks", 3),
-    ("pixel-cli", 4),
+    ("pixel-model", 3),
+    ("pixel-tasks", 4),
+    ("pixel-cli", 5),
 ];
 
 /// Crates whose whole dependency closure must be free of dfdx (a project without tensors can

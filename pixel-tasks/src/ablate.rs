@@ -15,10 +15,10 @@
 use crate::demo::{pretrain_language_model, run_demo};
 use crate::error::{Result, TaskError};
 use crate::experiment::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
-use crate::model::TinyHeadRegistry;
 use pixel_base::progress::Job;
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::CoreError;
+use pixel_model::model::TinyHeadRegistry;
 use pixel_render::{bar_chart_png, BarGroup};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -567,7 +567,7 @@ fn pretrain_only(config: &ExperimentConfig, heads: &TinyHeadRegistry) -> Result<
         config.dataset.as_ref(),
     )?;
     let mut model =
-        crate::model::TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
+        pixel_model::model::TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     pretrain_language_model(config, &mut model, &data, &tokenizer)?;
     Ok(())
 }
@@ -763,7 +763,7 @@ mod tests {
         assert_eq!(ablation.variants[0].config.train.steps, 7);
         assert_eq!(
             ablation.variants[0].config.model.lm.mode,
-            crate::model::LmMode::Frozen
+            pixel_model::model::LmMode::Frozen
         );
         assert_eq!(ablation.variants[1].config.train.steps, 9);
         let run = ablation.run_config(&ablation.variants[1], 2);

@@ -1,18 +1,18 @@
 //! The main job: train a tiny PixelLLM on ShapesLN, evaluate it, and write what a person looks
 //! at (`metrics.json`, `loss.png`, `samples.png`) into the run folder.
 use crate::error::{Result, TaskError};
-use crate::eval::{evaluate, referring_boxes, Baselines, EvalReport, Predictor};
 use crate::experiment::ExperimentConfig;
-use crate::model::{PixelTiny, TinyHeadRegistry, TinyPixelLlm};
 use crate::pretrain::{install_lm, pretrained_lm, PretrainReport};
 use crate::pretrain_eva::{pretrained_eva, EvaPretrainReport};
 use crate::pretrain_sam::{pretrained_sam, SamPretrainReport};
-use crate::task_mix::{evaluation_examples, training_examples};
-use crate::tasks::{Example, ExampleBuilder};
 use pixel_core::checkpoint::write_atomic;
 use pixel_data::data_source::{DataSource, SampleSource};
 use pixel_data::shapes_ln::{Sample, Split};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use pixel_model::eval::{evaluate, referring_boxes, Baselines, EvalReport, Predictor};
+use pixel_model::model::{PixelTiny, TinyHeadRegistry, TinyPixelLlm};
+use pixel_model::task_mix::{evaluation_examples, training_examples};
+use pixel_model::tasks::{Example, ExampleBuilder};
 use pixel_render::{loss_curves_png, samples_png, SamplePanel, Scale};
 use pixel_train::{read_log, train, LoggedLoss, RunDir, TrainReport};
 use serde::{Deserialize, Serialize};
@@ -316,7 +316,7 @@ fn write_samples_png(
     let captions: Vec<Example> = samples
         .iter()
         .map(|s| builder.trace_captioning(s))
-        .collect::<Result<_>>()?;
+        .collect::<pixel_model::Result<_>>()?;
     let generated = model.generate(&model.batch(&captions)?, config.eval.max_new_tokens)?;
     let mut panels = Vec::new();
     for (sample, generation) in samples.iter().zip(&generated) {

@@ -22,11 +22,24 @@ pub enum TaskError {
     Format { path: PathBuf, message: String },
     #[error(transparent)]
     Train(#[from] pixel_train::TrainError),
+    #[error(transparent)]
+    Model(pixel_model::ModelError),
     /// A config value that is wrong on its own or next to another one, by key path.
     #[error("{key}: {message}")]
     Config { key: String, message: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// The model's errors as the runners report them: a config error keeps its key path (so a
+/// runner names the file it read it from), the rest travel whole.
+impl From<pixel_model::ModelError> for TaskError {
+    fn from(error: pixel_model::ModelError) -> Self {
+        match error {
+            pixel_model::ModelError::Config { key, message } => TaskError::Config { key, message },
+            other => TaskError::Model(other),
+        }
+    }
 }
 
 impl TaskError {

@@ -7,12 +7,12 @@
 //! that binds words to objects puts more on the named object than its area; one that only finds
 //! objects gives every object about its area's share (README, "What the demo learns").
 use crate::error::Result;
-use crate::eval::Predictor;
-use crate::model::{PixelDims, PixelLlm};
-use crate::tasks::{Example, TaskKind};
 use dfdx::prelude::*;
 use pixel_core::geometry::BoxXyxy;
 use pixel_core::nn::AttentionMap;
+use pixel_model::eval::Predictor;
+use pixel_model::model::{PixelDims, PixelLlm};
+use pixel_model::tasks::{Example, TaskKind};
 use serde::{Deserialize, Serialize};
 
 /// Shares of attention, or of the image grid, by region; they sum to 1.
@@ -171,11 +171,11 @@ fn add_heads(
 mod tests {
     use super::*;
     use crate::experiment::ExperimentConfig;
-    use crate::model::TinyPixelLlm;
-    use crate::task_mix::evaluation_examples;
-    use crate::tasks::ExampleBuilder;
     use pixel_data::shapes_ln::{ShapesLn, Split};
     use pixel_lm::tokenizer::T5Tokenizer;
+    use pixel_model::model::TinyPixelLlm;
+    use pixel_model::task_mix::evaluation_examples;
+    use pixel_model::tasks::ExampleBuilder;
 
     fn bx(x0: f32, y0: f32, x1: f32, y1: f32) -> BoxXyxy {
         BoxXyxy::new(x0, y0, x1, y1).unwrap()

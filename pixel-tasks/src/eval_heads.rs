@@ -7,7 +7,6 @@
 //! their captions into the PixelLLM dense-captioning protocol ([`densecap_map`], boxes as
 //! `[x, y, w, h]` in pixels, METEOR against the merged ground truth's captions).
 use crate::error::{Result, TaskError};
-use crate::heads::Scored;
 use image::{GrayImage, Luma};
 use pixel_core::geometry::BoxXyxy;
 use pixel_data::shapes_ln::Sample;
@@ -16,6 +15,7 @@ use pixel_metrics::densecap::{
 };
 use pixel_metrics::masks::{refseg_scores, RleCounts, Segmentation};
 use pixel_metrics::{densecap_map, AnyId, DensecapProtocol, MeteorScorer, RefSegScores, Rle};
+use pixel_model::heads::Scored;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

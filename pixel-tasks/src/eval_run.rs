@@ -2,24 +2,19 @@
 //! split of the experiment's data (the generator or files), written as `results.json` and a
 //! readable `results.md` table.
 //!
-//! Referring localization and trace point L1 come from [`crate::eval::evaluate`], next to the
+//! Referring localization and trace point L1 come from [`pixel_model::eval::evaluate`], next to the
 //! best constant predictors fitted on training images. Captioning tasks also generate text and
 //! score it against the reference captions with pycocoevalcap's metrics ([`pixel_metrics`]:
 //! PTB tokenization, BLEU-1..4, METEOR with exact and stem matching, ROUGE-L, CIDEr-D).
 //! The heads that read the image are scored when configured ([`crate::eval_heads`]): a `mask`
 //! head on referring segmentation, a `detection` head on dense captioning.
 use crate::error::{Result, TaskError};
-use crate::eval::{evaluate, referring_head_predictions, Baselines, EvalReport, Predictor};
 use crate::eval_attention::{referring_attention, BindingReport, RegionShares};
 use crate::eval_heads::{
     dense_captioning_report, segmentation_report, DenseCaptioningReport, Detection,
     SegmentationReport,
 };
 use crate::experiment::ExperimentConfig;
-use crate::heads::{HeadConfig, HeadPrediction, Scored};
-use crate::model::{TinyHeadRegistry, TinyPixelLlm};
-use crate::task_mix::evaluation_examples;
-use crate::tasks::{Example, ExampleBuilder, TaskKind};
 use image::GrayImage;
 use pixel_core::checkpoint::{load_params_file, write_atomic};
 use pixel_data::data_source::{DataSource, SampleSource};
@@ -27,6 +22,11 @@ use pixel_data::shapes_ln::{Sample, Split};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use pixel_metrics::captions::{score_captions, CaptionScores, Predictions, References};
 use pixel_metrics::Meteor;
+use pixel_model::eval::{evaluate, referring_head_predictions, Baselines, EvalReport, Predictor};
+use pixel_model::heads::{HeadConfig, HeadPrediction, Scored};
+use pixel_model::model::{TinyHeadRegistry, TinyPixelLlm};
+use pixel_model::task_mix::evaluation_examples;
+use pixel_model::tasks::{Example, ExampleBuilder, TaskKind};
 use pixel_render::{mask_overlay, palette, samples_png, RenderError, SamplePanel, GREY};
 use pixel_train::RunDir;
 use serde::{Deserialize, Serialize};
@@ -332,7 +332,7 @@ fn dense_captioning(
     let carriers: Vec<Example> = samples
         .iter()
         .map(|s| builder.trace_captioning(s))
-        .collect::<Result<_>>()?;
+        .collect::<pixel_model::Result<_>>()?;
     let mut proposals: Vec<Vec<Scored>> = Vec::with_capacity(samples.len());
     for chunk in carriers.chunks(config.eval.batch_size.max(1)) {
         for heads in model.teacher_forced(&model.batch(chunk)?)?.heads {
@@ -595,7 +595,7 @@ fn binding_markdown(report: &BindingReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::{ReferringReport, TraceReport};
+    use pixel_model::eval::{ReferringReport, TraceReport};
 
     #[test]
     fn a_flattened_report_reads_back_with_its_integer_keys() {

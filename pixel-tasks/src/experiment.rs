@@ -2,13 +2,13 @@
 //! evaluation and pretraining, each section read by the type of the crate or module that uses
 //! it; the checks that need more than one section are here.
 use crate::error::{Result, TaskError};
-use crate::model::ModelConfig;
 use crate::pretrain::PretrainConfig;
 use crate::pretrain_eva::EvaPretrainConfig;
 use crate::pretrain_sam::SamPretrainConfig;
-use crate::task_mix::TaskMix;
 use pixel_data::data_source::DatasetConfig;
 use pixel_data::shapes_ln::ShapesLnConfig;
+use pixel_model::model::ModelConfig;
+use pixel_model::task_mix::TaskMix;
 use pixel_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -151,7 +151,7 @@ impl ExperimentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TinyPixelLlm;
+    use pixel_model::model::TinyPixelLlm;
 
     #[test]
     fn builtin_config_parses() {

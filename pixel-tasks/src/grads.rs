@@ -15,16 +15,16 @@
 //!   what the demo is scored on.
 use crate::demo::{pretrain_image_encoders, pretrain_language_model};
 use crate::error::{Result, TaskError};
-use crate::eval::Predictor;
 use crate::experiment::ExperimentConfig;
-use crate::model::{TinyHeadRegistry, TinyPixelLlm};
-use crate::task_mix::{evaluation_examples, training_examples};
-use crate::tasks::{Batch, TaskKind};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{save_params, StoredTensor, TensorStore};
 use pixel_core::optim::alloc_grads;
 use pixel_core::params::{ParamTensor, ParamVisitor, Params, Trainable};
 use pixel_lm::tokenizer::T5Tokenizer;
+use pixel_model::eval::Predictor;
+use pixel_model::model::{TinyHeadRegistry, TinyPixelLlm};
+use pixel_model::task_mix::{evaluation_examples, training_examples};
+use pixel_model::tasks::{Batch, TaskKind};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -56,7 +56,7 @@ pub fn write_grads(
     let mut model = TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     pretrain_language_model(config, &mut model, &data, &tokenizer)?;
     pretrain_image_encoders(config, &mut model, &data, &tokenizer)?;
-    let builder = crate::tasks::ExampleBuilder {
+    let builder = pixel_model::tasks::ExampleBuilder {
         tokenizer: &tokenizer,
         vocab: &model.vocab.clone(),
         max_target_tokens: config.tasks.max_target_tokens,

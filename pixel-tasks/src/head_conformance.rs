@@ -15,12 +15,7 @@
 //! and its config entry must survive TOML and JSON round trips unchanged. A failure names the
 //! check and the case (seed, batch size, caption length), so it can be run again alone.
 use crate::error::{Result, TaskError};
-use crate::eval::Predictor;
 use crate::experiment::ExperimentConfig;
-use crate::heads::HeadConfig;
-use crate::model::{TinyHeadRegistry, TinyPixelLlm};
-use crate::task_mix::training_examples;
-use crate::tasks::{Batch, ExampleBuilder};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{collect_params, load_params, LoadOptions};
 use pixel_core::optim::alloc_grads;
@@ -28,6 +23,11 @@ use pixel_core::params::{ParamTensor, ParamVisitor, Params, Trainable};
 use pixel_core::DefaultDevice;
 use pixel_data::shapes_ln::ShapesLn;
 use pixel_lm::tokenizer::T5Tokenizer;
+use pixel_model::eval::Predictor;
+use pixel_model::heads::HeadConfig;
+use pixel_model::model::{TinyHeadRegistry, TinyPixelLlm};
+use pixel_model::task_mix::training_examples;
+use pixel_model::tasks::{Batch, ExampleBuilder};
 use rand::{Rng, SeedableRng};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -233,7 +233,7 @@ fn check_case(
 /// `predictions` `[example][head]` has one prediction per example from every head, and head
 /// `index`'s is named `name`, reads what the head reads and has one entry per position.
 fn check_shapes(
-    predictions: &[Vec<crate::heads::HeadPrediction>],
+    predictions: &[Vec<pixel_model::heads::HeadPrediction>],
     index: usize,
     name: &str,
     model: &TinyPixelLlm,
@@ -306,8 +306,8 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heads::{DecodedTokens, HeadBuild, HeadInputs, HeadPrediction, HeadTable};
-    use crate::model::PixelTiny;
+    use pixel_model::heads::{DecodedTokens, HeadBuild, HeadInputs, HeadPrediction, HeadTable};
+    use pixel_model::model::PixelTiny;
 
     /// Every built-in head passes, each with what it needs before it.
     #[test]
@@ -345,7 +345,7 @@ mod tests {
     /// A point head that drops the last position of every prediction: decoding breaks the
     /// contract the kit checks.
     #[derive(Debug)]
-    struct ShortPoint(Box<dyn crate::heads::OutputHead<PixelTiny, DefaultDevice>>);
+    struct ShortPoint(Box<dyn pixel_model::heads::OutputHead<PixelTiny, DefaultDevice>>);
 
     impl Params<DefaultDevice> for ShortPoint {
         fn visit_params(
@@ -357,17 +357,17 @@ mod tests {
         }
     }
 
-    impl crate::heads::OutputHead<PixelTiny, DefaultDevice> for ShortPoint {
+    impl pixel_model::heads::OutputHead<PixelTiny, DefaultDevice> for ShortPoint {
         fn name(&self) -> &str {
             self.0.name()
         }
-        fn reads(&self) -> crate::heads::Reads {
+        fn reads(&self) -> pixel_model::heads::Reads {
             self.0.reads()
         }
         fn loss(
             &self,
             inputs: &HeadInputs<PixelTiny, DefaultDevice>,
-        ) -> Result<Option<pixel_train::TapedScalar<DefaultDevice>>> {
+        ) -> pixel_model::Result<Option<pixel_train::TapedScalar<DefaultDevice>>> {
             self.0.loss(inputs)
         }
         fn decode(
@@ -375,7 +375,7 @@ mod tests {
             inputs: &HeadInputs<PixelTiny, DefaultDevice>,
             tokens: &DecodedTokens,
             earlier: &[Vec<HeadPrediction>],
-        ) -> Result<Vec<HeadPrediction>> {
+        ) -> pixel_model::Result<Vec<HeadPrediction>> {
             let mut predictions = self.0.decode(inputs, tokens, earlier)?;
             predictions.iter_mut().for_each(|p| {
                 p.tokens.pop();
@@ -387,8 +387,9 @@ mod tests {
     fn short_point(
         build: &HeadBuild<'_, DefaultDevice>,
         table: &HeadTable,
-    ) -> Result<Box<dyn crate::heads::OutputHead<PixelTiny, DefaultDevice>>> {
-        Ok(Box::new(ShortPoint(crate::heads::point::build(
+    ) -> pixel_model::Result<Box<dyn pixel_model::heads::OutputHead<PixelTiny, DefaultDevice>>>
+    {
+        Ok(Box::new(ShortPoint(pixel_model::heads::point::build(
             build, table,
         )?)))
     }

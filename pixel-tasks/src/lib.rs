@@ -4,23 +4,15 @@
 pub mod ablate;
 pub mod demo;
 pub mod error;
-pub mod eval;
 pub mod eval_attention;
 pub mod eval_heads;
 pub mod eval_run;
 pub mod experiment;
 pub mod grads;
 pub mod head_conformance;
-pub mod heads;
-pub mod model;
 pub mod predict;
-pub mod presets;
 pub mod pretrain;
 pub mod pretrain_eva;
 pub mod pretrain_sam;
-pub mod task_mix;
-pub mod tasks;
-pub mod testing;
-pub mod vocab;
 
 pub use error::{Result, TaskError};

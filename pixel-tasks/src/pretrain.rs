@@ -11,8 +11,6 @@
 //! settings, the seed, the preset and the sub-vocabulary, so the variants and seeds of an
 //! ablation that share them pretrain once.
 use crate::error::{Result, TaskError};
-use crate::model::{LmMode, PixelDims, PixelLlm, VocabMap};
-use crate::vocab::SENTINELS;
 use dfdx::prelude::*;
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::loss::label_smoothed_cross_entropy;
@@ -23,6 +21,8 @@ use pixel_data::shapes_ln::Split;
 use pixel_lm::presets::T5Dims;
 use pixel_lm::t5::T5;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use pixel_model::model::{LmMode, PixelDims, PixelLlm, VocabMap};
+use pixel_model::vocab::SENTINELS;
 use pixel_train::{
     load_latest_weights, train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep,
 };
@@ -523,9 +523,9 @@ pub fn install_lm<P: PixelDims>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ModelConfig, TinyPixelLlm};
-    use crate::testing::demo_section;
     use pixel_data::shapes_ln::ShapesLn;
+    use pixel_model::model::{ModelConfig, TinyPixelLlm};
+    use pixel_model::testing::demo_section;
 
     /// Mean denoising loss of `lm` over `batches`, without training.
     fn denoising_loss<L: T5Dims>(
@@ -624,14 +624,14 @@ mod tests {
         let held_out: Vec<DenoiseBatch> = (0..2)
             .map(|step| denoising_batch(&data, &tokenizer, &vocab, &config, 99, step).unwrap())
             .collect();
-        let fresh = T5::<<crate::model::PixelTiny as PixelDims>::Lm, _>::new(
+        let fresh = T5::<<pixel_model::model::PixelTiny as PixelDims>::Lm, _>::new(
             &pixel_core::DefaultDevice::seed_from_u64(3),
-            &crate::model::PixelTiny::language_model(),
+            &pixel_model::model::PixelTiny::language_model(),
         )
         .unwrap();
         let before = denoising_loss(&fresh, &held_out).unwrap();
         let (lm, report) =
-            pretrained_lm::<crate::model::PixelTiny>(&config, &data, &tokenizer, &vocab, 3)
+            pretrained_lm::<pixel_model::model::PixelTiny>(&config, &data, &tokenizer, &vocab, 3)
                 .unwrap();
         let after = denoising_loss(&lm, &held_out).unwrap();
         assert!(after < 0.7 * before, "denoising loss {before} -> {after}");
@@ -644,7 +644,7 @@ mod tests {
 
         // The second call loads the cached weights instead of training.
         let (cached, cached_report) =
-            pretrained_lm::<crate::model::PixelTiny>(&config, &data, &tokenizer, &vocab, 3)
+            pretrained_lm::<pixel_model::model::PixelTiny>(&config, &data, &tokenizer, &vocab, 3)
                 .unwrap();
         assert_eq!(denoising_loss(&cached, &held_out).unwrap(), after);
         assert_eq!(cached_report.final_loss, report.final_loss);

@@ -14,14 +14,14 @@
 //!
 //! Cached like the LM's pretraining (`crate::pretrain`): `cache/<preset>-eva-<hash>`.
 use crate::error::{Result, TaskError};
-use crate::model::{PixelDims, VocabMap};
-use crate::presets::LmVocab;
 use dfdx::prelude::*;
 use pixel_core::nn::{sincos_2d, Embedding, Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params, Trainable};
 use pixel_data::data_source::SampleSource;
 use pixel_data::shapes_ln::{Sample, Split};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID};
+use pixel_model::model::{PixelDims, VocabMap};
+use pixel_model::presets::LmVocab;
 use pixel_train::{train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use pixel_vision::eva02::Eva02;
 use pixel_vision::preprocess::CLIP_NORMALIZATION;
@@ -491,9 +491,9 @@ pub fn pretrained_eva<P: PixelDims>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PixelTiny;
     use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig};
     use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig};
+    use pixel_model::model::PixelTiny;
 
     fn batch(images: u64) -> (RegionPhraseBatch, VocabMap) {
         let tokenizer = T5Tokenizer::bundled().unwrap();

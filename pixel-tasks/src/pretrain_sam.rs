@@ -8,13 +8,13 @@
 //! metric is the mean IoU of held-out prompts' masks. Cached like the LM's pretraining
 //! (`crate::pretrain`): `cache/<preset>-sam-<hash>`.
 use crate::error::{Result, TaskError};
-use crate::heads::mask::area_average;
-use crate::model::PixelDims;
 use dfdx::prelude::*;
 use pixel_core::nn::sincos_2d;
 use pixel_core::params::{ParamVisitor, Params, Trainable};
 use pixel_data::data_source::SampleSource;
 use pixel_data::shapes_ln::{Sample, Split};
+use pixel_model::heads::mask::area_average;
+use pixel_model::model::PixelDims;
 use pixel_train::{train, LossPart, LossParts, RunDir, TapedScalar, TrainConfig, TrainStep};
 use pixel_vision::preprocess::SAM_NORMALIZATION;
 use pixel_vision::sam::{
@@ -466,9 +466,9 @@ pub fn pretrained_sam<P: PixelDims>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PixelTiny;
     use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig};
     use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig};
+    use pixel_model::model::PixelTiny;
 
     /// A few AdamW steps on one box-prompted batch: the segmentation loss falls, through SAM's
     /// image encoder, prompt encoder and mask decoder.

@@ -14,13 +14,13 @@ use pixel_data::shapes_ln::{Sample, ShapesLn, Split};
 use pixel_data::Result;
 use pixel_lm::tokenizer::T5Tokenizer;
 use pixel_metrics::masks::Segmentation;
+use pixel_model::heads::HeadRegistry;
+use pixel_model::model::VocabMap;
+use pixel_model::task_mix::training_examples;
+use pixel_model::tasks::{Example, ExampleBuilder};
 use pixel_tasks::demo::run_demo;
 use pixel_tasks::eval_run::{run_eval, EvalResults};
 use pixel_tasks::experiment::ExperimentConfig;
-use pixel_tasks::heads::HeadRegistry;
-use pixel_tasks::model::VocabMap;
-use pixel_tasks::task_mix::training_examples;
-use pixel_tasks::tasks::{Example, ExampleBuilder};
 use serde_json::{json, Value};
 use std::path::Path;
 

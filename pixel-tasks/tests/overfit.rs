@@ -3,10 +3,10 @@
 use pixel_core::checkpoint::{load_params_file, save_params};
 use pixel_data::shapes_ln::{ShapesLn, Split};
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::eval::Predictor;
+use pixel_model::eval::Predictor;
+use pixel_model::model::TinyPixelLlm;
+use pixel_model::tasks::{Example, ExampleBuilder};
 use pixel_tasks::experiment::ExperimentConfig;
-use pixel_tasks::model::TinyPixelLlm;
-use pixel_tasks::tasks::{Example, ExampleBuilder};
 use pixel_train::{read_log, train, RunDir, TrainConfig};
 
 fn fixed_examples(model: &TinyPixelLlm, config: &ExperimentConfig) -> Vec<Example> {
@@ -113,7 +113,7 @@ fn checkpoint_of_another_shape_lists_every_problem() {
     let mut model = TinyPixelLlm::build(&config.model, 2).unwrap();
     let mut other_config = config.model.clone();
     other_config.output_tokens += 1;
-    other_config.lm.mode = pixel_tasks::model::LmMode::Lora;
+    other_config.lm.mode = pixel_model::model::LmMode::Lora;
     let mut other = TinyPixelLlm::build(&other_config, 2).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.safetensors");

@@ -4,10 +4,10 @@
 use pixel_core::params::list_params;
 use pixel_data::shapes_ln::{ShapesLn, Split};
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::eval::Predictor;
+use pixel_model::eval::Predictor;
+use pixel_model::model::TinyPixelLlm;
+use pixel_model::tasks::{Example, ExampleBuilder};
 use pixel_tasks::experiment::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
-use pixel_tasks::model::TinyPixelLlm;
-use pixel_tasks::tasks::{Example, ExampleBuilder};
 use pixel_train::{read_log, train, RunDir, TrainConfig};
 use std::path::Path;
 

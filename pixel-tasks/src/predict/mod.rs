@@ -14,16 +14,16 @@ pub use pixel_data::data_source::model_image;
 pub use request::{Query, Request, Task};
 
 use crate::error::{Result, TaskError};
-use crate::eval::{referring_head_predictions, scored, Predictor};
 use crate::eval_run::resolve_checkpoint;
 use crate::experiment::ExperimentConfig;
-use crate::heads::{HeadConfig, HeadPrediction, Scored};
-use crate::model::{TinyHeadRegistry, TinyPixelLlm};
-use crate::tasks::{tokenize_words, Example, TaskKind, REFERRING_PREFIX};
-use crate::vocab::UNK_ID;
 use pixel_core::checkpoint::load_params_file;
 use pixel_core::geometry::BoxXyxy;
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
+use pixel_model::eval::{referring_head_predictions, scored, Predictor};
+use pixel_model::heads::{HeadConfig, HeadPrediction, Scored};
+use pixel_model::model::{TinyHeadRegistry, TinyPixelLlm};
+use pixel_model::tasks::{tokenize_words, Example, TaskKind, REFERRING_PREFIX};
+use pixel_model::vocab::UNK_ID;
 use std::path::{Path, PathBuf};
 
 /// A model loaded from a checkpoint, with its config and tokenizer.

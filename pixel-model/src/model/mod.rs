@@ -14,7 +14,7 @@ pub use crate::vocab::VocabMap;
 pub use config::{LmConfig, LmMode, ModelConfig};
 pub use prompt_feature_extractor::{PromptFeatureExtractor, PromptFuse};
 
-use crate::error::{Result, TaskError};
+use crate::error::{ModelError, Result};
 use crate::eval::{Generated, Predictor, TeacherForced};
 use crate::heads::{
     DecodeMode, DecodedTokens, HeadInputs, HeadPrediction, HeadRegistry, OutputHead, Reads,
@@ -87,21 +87,21 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
     pub fn new(dev: &D, config: &ModelConfig, registry: &HeadRegistry<P, D>) -> Result<Self> {
         config.validate()?;
         if config.preset != P::NAME {
-            return Err(TaskError::Invalid(format!(
+            return Err(ModelError::Invalid(format!(
                 "model.preset is `{}` but this model is `{}`",
                 config.preset,
                 P::NAME
             )));
         }
         let tokenizer =
-            Arc::new(T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?);
+            Arc::new(T5Tokenizer::bundled().map_err(|e| ModelError::Invalid(e.to_string()))?);
         let image_grid = P::prompt_encoder().image_embedding_size();
         let heads = registry.build(dev, &config.heads, Some(image_grid), tokenizer.clone())?;
         let vocab = Self::vocabulary(&tokenizer, &heads)?;
         let vision =
-            |e: pixel_vision::VisionError| TaskError::Invalid(format!("image encoder: {e}"));
+            |e: pixel_vision::VisionError| ModelError::Invalid(format!("image encoder: {e}"));
         let mut language_model = T5::new(dev, &P::language_model())
-            .map_err(|e| TaskError::Invalid(format!("language model: {e}")))?;
+            .map_err(|e| ModelError::Invalid(format!("language model: {e}")))?;
         if config.lm.mode == LmMode::Lora {
             language_model.add_lora(dev, config.lm.lora_rank, config.lm.lora_scale);
         }
@@ -158,7 +158,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
             }
             words.extend(extra);
             vocab = VocabMap::from_words(tokenizer, &as_strs(&words), capacity).map_err(|e| {
-                TaskError::Config {
+                ModelError::Config {
                     key: format!("model.heads[{i}]"),
                     message: format!("the head's tokens do not fit {}: {e}", P::NAME),
                 }
@@ -223,7 +223,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
     ) -> Result<Encoded<P, D, T>> {
         let expected = P::sam().image_size as u32;
         if batch.image_size != expected {
-            return Err(TaskError::Invalid(format!(
+            return Err(ModelError::Invalid(format!(
                 "{} takes {expected} px images, the batch has {} px",
                 P::NAME,
                 batch.image_size
@@ -270,7 +270,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
         let n = visual.shape().1;
         let visual = match &self.visual_positions {
             Some(table) if table.shape().0 != n => {
-                return Err(TaskError::Invalid(format!(
+                return Err(ModelError::Invalid(format!(
                     "model.visual_position_std: the table has {} rows for {n} visual tokens",
                     table.shape().0
                 )))
@@ -342,7 +342,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
         let cross: Vec<AttentionMap> = maps.into_iter().skip(1).step_by(2).collect();
         let blocks = self.language_model.decoder.block.len();
         if cross.len() != blocks || cross.iter().any(|m| m.shape.3 != keys) {
-            return Err(TaskError::Invalid(format!(
+            return Err(ModelError::Invalid(format!(
                 "expected {blocks} cross-attention maps over {keys} encoder tokens, recorded {:?}",
                 cross.iter().map(|m| m.shape).collect::<Vec<_>>()
             )));
@@ -387,7 +387,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
         for head in &self.heads {
             let predictions = head.decode(inputs, tokens, &by_head)?;
             if predictions.len() != inputs.batch.size {
-                return Err(TaskError::Invalid(format!(
+                return Err(ModelError::Invalid(format!(
                     "head \"{}\" decoded {} examples of a batch of {}",
                     head.name(),
                     predictions.len(),
@@ -549,7 +549,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> Predictor for PixelL
         // locations are never fed back into decoding.
         let len = generation.sequences.first().map_or(0, Vec::len);
         if generation.sequences.iter().any(|s| s.len() != len) {
-            return Err(TaskError::Invalid(
+            return Err(ModelError::Invalid(
                 "generated sequences differ in length".into(),
             ));
         }

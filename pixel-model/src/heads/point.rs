@@ -7,7 +7,7 @@
 //! (default 3; 4 in the paper), `pre_norm` (default true), and optionally
 //! `referring_box = { l1 = .., giou = .. }`: referring expressions trained with a detector's
 //! box loss instead of the pixel L1 (`crate::heads::referring_box`; not in the paper).
-use crate::error::{Result, TaskError};
+use crate::error::{ModelError, Result};
 use crate::heads::config::{options, HeadBuild};
 use crate::heads::referring_box::{corner_loss_with_referring_boxes, ReferringBoxWeights};
 use crate::heads::{
@@ -231,7 +231,7 @@ pub fn box_from_token_points(corners: &[f32], valid: &[bool]) -> Result<BoxXyxy>
         .flat_map(|(c, _)| token_points(c))
         .collect();
     let Some(first) = points.first() else {
-        return Err(TaskError::Invalid(
+        return Err(ModelError::Invalid(
             "no valid token to take a box from".into(),
         ));
     };

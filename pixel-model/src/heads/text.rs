@@ -11,7 +11,7 @@
 //! captioning, whose box is the input, is left alone. Locations are read back by parsing: from
 //! the generated text, or, teacher-forced, from the argmax at the positions where the target
 //! writes a box.
-use crate::error::{Result, TaskError};
+use crate::error::{ModelError, Result};
 use crate::heads::config::{options, HeadBuild};
 use crate::heads::{DecodeMode, DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads};
 use crate::presets::PixelDims;
@@ -50,7 +50,7 @@ impl BinCodec {
     /// `bins` bins (1 to 100: T5 has 100 sentinel pieces).
     pub fn new(tokenizer: &T5Tokenizer, bins: usize) -> Result<Self> {
         if !(1..=100).contains(&bins) {
-            return Err(TaskError::Invalid(format!(
+            return Err(ModelError::Invalid(format!(
                 "T5 has 100 sentinel pieces, {bins} bins asked"
             )));
         }
@@ -59,7 +59,7 @@ impl BinCodec {
                 let word = Self::word(k);
                 match tokenizer.encode(&word).map_err(lm)?.as_slice() {
                     [id, EOS_ID] => Ok(*id),
-                    other => Err(TaskError::Invalid(format!(
+                    other => Err(ModelError::Invalid(format!(
                         "the tokenizer writes `{word}` as {other:?}, not one piece"
                     ))),
                 }
@@ -442,8 +442,8 @@ impl<C: CoordinateCodec, D: Device<f32> + pixel_core::ThreadSafe> Params<D> for 
     }
 }
 
-fn lm(e: pixel_lm::error::LmError) -> TaskError {
-    TaskError::Invalid(e.to_string())
+fn lm(e: pixel_lm::error::LmError) -> ModelError {
+    ModelError::Invalid(e.to_string())
 }
 
 #[cfg(test)]

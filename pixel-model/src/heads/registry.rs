@@ -1,5 +1,5 @@
 //! Heads by name: the registry that builds the `[[model.heads]]` entries (`config.rs`).
-use crate::error::{Result, TaskError};
+use crate::error::{ModelError, Result};
 use crate::heads::config::{HeadBuild, HeadConfig, HeadConstructor};
 use crate::heads::{OutputHead, Reads};
 use crate::presets::PixelDims;
@@ -59,7 +59,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> HeadRegistry<P, D> {
             let constructor =
                 self.constructors
                     .get(&config.kind)
-                    .ok_or_else(|| TaskError::Config {
+                    .ok_or_else(|| ModelError::Config {
                         key: format!("{key}.kind"),
                         message: format!(
                             "unknown head \"{}\"; known: {}",
@@ -69,7 +69,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> HeadRegistry<P, D> {
                     })?;
             let name = config.name().to_string();
             if let Some(j) = configs[..i].iter().position(|c| c.name() == name) {
-                return Err(TaskError::Config {
+                return Err(ModelError::Config {
                     key: format!("{key}.name"),
                     message: format!(
                         "two heads are named \"{name}\" (model.heads[{j}] too); give one a \
@@ -78,7 +78,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> HeadRegistry<P, D> {
                 });
             }
             if !config.weight.is_finite() || config.weight < 0.0 {
-                return Err(TaskError::Config {
+                return Err(ModelError::Config {
                     key: format!("{key}.weight"),
                     message: format!("must be a finite number >= 0, got {}", config.weight),
                 });
@@ -109,7 +109,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> HeadRegistry<P, D> {
             heads.push(head);
         }
         if !heads.iter().any(|h| h.reads().locates_tokens()) {
-            return Err(TaskError::Config {
+            return Err(ModelError::Config {
                 key: "model.heads".into(),
                 message: "at least one head must locate tokens (point, box, bins or string): \
                           evaluation scores its locations"
@@ -122,7 +122,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> HeadRegistry<P, D> {
             .map(|h| h.name())
             .collect();
         if text_heads.len() > 1 {
-            return Err(TaskError::Config {
+            return Err(ModelError::Config {
                 key: "model.heads".into(),
                 message: format!(
                     "heads {} all write coordinates into the target text; keep one",

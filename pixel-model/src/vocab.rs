@@ -4,7 +4,7 @@
 //! training step several times cheaper than over all 32,128 T5 pieces; token ids stay T5's
 //! outside the model, so the real tokenizer encodes and decodes. Full-size presets use the whole
 //! vocabulary ([`VocabMap::identity`]).
-use crate::error::{Result, TaskError};
+use crate::error::{ModelError, Result};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use std::collections::BTreeMap;
 
@@ -48,7 +48,7 @@ impl VocabMap {
         for word in words {
             let piece_ids = tokenizer
                 .encode(word)
-                .map_err(|e| TaskError::Invalid(e.to_string()))?;
+                .map_err(|e| ModelError::Invalid(e.to_string()))?;
             ids.extend(piece_ids.into_iter().filter(|&id| id != EOS_ID));
         }
         ids.sort_unstable();
@@ -56,7 +56,7 @@ impl VocabMap {
         let mut t5_of = vec![PAD_ID, EOS_ID, UNK_ID];
         t5_of.extend(ids.into_iter().filter(|id| *id > UNK_ID));
         if t5_of.len() > capacity {
-            return Err(TaskError::Invalid(format!(
+            return Err(ModelError::Invalid(format!(
                 "the corpus uses {} T5 pieces, more than the preset's vocabulary of {capacity}",
                 t5_of.len()
             )));

@@ -63,9 +63,9 @@ fn default_visual_relative_bias() -> bool {
 
 impl ModelConfig {
     /// Checks values no type can rule out, naming the key.
-    pub fn validate(&self) -> Result<(), crate::error::TaskError> {
+    pub fn validate(&self) -> Result<(), crate::error::ModelError> {
         let bad = |key: &str, message: String| {
-            Err(crate::error::TaskError::Config {
+            Err(crate::error::ModelError::Config {
                 key: format!("model.{key}"),
                 message,
             })

@@ -4,7 +4,7 @@
 //! The keys every head has (`kind`, `name`, `weight`) are read here, the rest go to the head's
 //! constructor, which parses them into its own options struct with [`options`], so a misspelt or
 //! mistyped key fails naming its path (`model.heads[1].bins: invalid type ...`).
-use crate::error::{Result, TaskError};
+use crate::error::{ModelError, Result};
 use crate::heads::{OutputHead, Reads};
 use pixel_lm::tokenizer::T5Tokenizer;
 use serde::de::DeserializeOwned;
@@ -52,7 +52,7 @@ pub fn options<T: DeserializeOwned>(table: &toml::Table, key: &str) -> Result<T>
         } else {
             format!("{key}.{path}")
         };
-        TaskError::Config {
+        ModelError::Config {
             key,
             message: err.inner().to_string(),
         }
@@ -77,8 +77,8 @@ pub struct HeadBuild<'a, D> {
 
 impl<D> HeadBuild<'_, D> {
     /// An error about key `sub` of this head (`model.heads[i].<sub>`; the table when empty).
-    pub fn error(&self, sub: &str, message: impl Into<String>) -> TaskError {
-        TaskError::Config {
+    pub fn error(&self, sub: &str, message: impl Into<String>) -> ModelError {
+        ModelError::Config {
             key: if sub.is_empty() {
                 self.key.clone()
             } else {

@@ -1,6 +1,6 @@
 //! Which examples a training step draws (each task's share, a curriculum over steps) and
 //! which examples evaluation scores, from any sample source.
-use crate::error::{Result, TaskError};
+use crate::error::{ModelError, Result};
 use crate::tasks::{Example, ExampleBuilder};
 use pixel_data::data_source::SampleSource;
 use pixel_data::shapes_ln::Split;
@@ -98,8 +98,8 @@ impl TaskMix {
     }
 
     /// Every set of shares has a positive total, and the schedule's steps increase.
-    pub fn check(&self) -> std::result::Result<(), TaskError> {
-        let invalid = |key: String, message: String| TaskError::Config { key, message };
+    pub fn check(&self) -> std::result::Result<(), ModelError> {
+        let invalid = |key: String, message: String| ModelError::Config { key, message };
         let steps: Vec<u64> = self.schedule.iter().map(|l| l.from_step).collect();
         if steps.windows(2).any(|w| w[0] >= w[1]) {
             return Err(invalid(
@@ -153,7 +153,7 @@ pub fn training_examples(
     let [trace, referring, location] = mix.shares_at(step);
     let total = trace + referring + location;
     if total.is_nan() || total <= 0.0 {
-        return Err(TaskError::Invalid(format!(
+        return Err(ModelError::Invalid(format!(
             "tasks: at step {step} no task share is positive"
         )));
     }
@@ -177,7 +177,7 @@ pub fn training_examples(
             // or have fewer objects than the referring examples need.
             empty_draws += 1;
             if empty_draws == MAX_EMPTY_DRAWS {
-                return Err(TaskError::Config {
+                return Err(ModelError::Config {
                     key: "tasks".into(),
                     message: format!(
                         "at step {step}, {MAX_EMPTY_DRAWS} training images in a row had no example of the drawn task (referring examples need images with at least {min_objects} objects: referring_min_objects)"

@@ -5,7 +5,7 @@
 //! `"where is " + expression` and teaches the decoder to repeat the expression, whose last token
 //! regresses the object's box (scenic's `point_output_ignore = '^end-1'`); trace captioning has no text prompt and supervises each word with
 //! its mouse-trace box; location-conditioned captioning prompts with a box.
-use crate::error::{Result, TaskError};
+use crate::error::{ModelError, Result};
 use crate::vocab::VocabMap;
 use image::{GrayImage, RgbImage};
 use pixel_core::geometry::BoxXyxy;
@@ -75,8 +75,8 @@ pub fn tokenize_words(tokenizer: &T5Tokenizer, words: &[&str]) -> Result<(Vec<us
     Ok((ids, word_of))
 }
 
-fn lm_error(e: pixel_lm::error::LmError) -> TaskError {
-    TaskError::Invalid(e.to_string())
+fn lm_error(e: pixel_lm::error::LmError) -> ModelError {
+    ModelError::Invalid(e.to_string())
 }
 
 fn boxed(b: [f32; 4]) -> Result<BoxXyxy> {
@@ -254,10 +254,10 @@ impl Batch {
     pub fn new(examples: &[Example]) -> Result<Batch> {
         let first = examples
             .first()
-            .ok_or_else(|| TaskError::Invalid("cannot batch zero examples".into()))?;
+            .ok_or_else(|| ModelError::Invalid("cannot batch zero examples".into()))?;
         let (w, h) = first.image.dimensions();
         if w != h {
-            return Err(TaskError::Invalid(format!(
+            return Err(ModelError::Invalid(format!(
                 "images must be square, got {w}x{h}"
             )));
         }
@@ -293,14 +293,14 @@ impl Batch {
         };
         for e in examples {
             if e.image.dimensions() != (w, h) {
-                return Err(TaskError::Invalid(format!(
+                return Err(ModelError::Invalid(format!(
                     "batch mixes image sizes {:?} and {:?}",
                     (w, h),
                     e.image.dimensions()
                 )));
             }
             if e.target_ids.len() != e.token_boxes.len() {
-                return Err(TaskError::Invalid(
+                return Err(ModelError::Invalid(
                     "an example has a different number of target tokens and token boxes".into(),
                 ));
             }
