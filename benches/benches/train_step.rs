@@ -11,7 +11,7 @@ use pixel_lm::tokenizer::T5Tokenizer;
 use pixel_model::model::TinyPixelLlm;
 use pixel_model::task_mix::training_examples;
 use pixel_model::tasks::ExampleBuilder;
-use pixel_tasks::experiment::ExperimentConfig;
+use pixel_run::experiment::ExperimentConfig;
 use pixel_train::TrainStep;
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use pixel_model::model::TinyHeadRegistry;
 use pixel_render::save_png;
-use pixel_tasks::predict::{annotate, Answer, Query, Request, Task, TrainedModel};
+use pixel_run::predict::{annotate, Answer, Query, Request, Task, TrainedModel};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use pixel_data::shapes_ln::{ShapesLn, Split};
 use pixel_model::model::TinyHeadRegistry;
-use pixel_tasks::predict::{annotate, Request, Task, TrainedModel};
+use pixel_run::predict::{annotate, Request, Task, TrainedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -20,7 +20,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("pixel-data", 2),
     ("pixel-train", 2),
     ("pixel-model", 3),
-    ("pixel-tasks", 4),
+    ("pixel-run", 4),
     ("pixel-cli", 5),
 ];
 

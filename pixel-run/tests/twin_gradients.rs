@@ -6,8 +6,8 @@
 //! `tools/make_twin_fixtures.sh` after a change to initialisation, data or the model.
 use pixel_core::checkpoint::TensorStore;
 use pixel_model::heads::HeadRegistry;
-use pixel_tasks::experiment::ExperimentConfig;
-use pixel_tasks::grads::write_grads;
+use pixel_run::experiment::ExperimentConfig;
+use pixel_run::grads::write_grads;
 use std::path::{Path, PathBuf};
 
 /// Largest allowed `max|a - b| / max|b|` per tensor.

@@ -1,8 +1,8 @@
-//! The one error type of `pixel-tasks`.
+//! The one error type of `pixel-run`.
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TaskError {
+pub enum RunError {
     #[error(transparent)]
     Core(#[from] pixel_core::CoreError),
     #[error(transparent)]
@@ -33,30 +33,30 @@ pub enum TaskError {
 
 /// The model's errors as the runners report them: a config error keeps its key path (so a
 /// runner names the file it read it from), the rest travel whole.
-impl From<pixel_model::ModelError> for TaskError {
+impl From<pixel_model::ModelError> for RunError {
     fn from(error: pixel_model::ModelError) -> Self {
         match error {
-            pixel_model::ModelError::Config { key, message } => TaskError::Config { key, message },
-            other => TaskError::Model(other),
+            pixel_model::ModelError::Config { key, message } => RunError::Config { key, message },
+            other => RunError::Model(other),
         }
     }
 }
 
-impl TaskError {
+impl RunError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        TaskError::Io {
+        RunError::Io {
             path: path.into(),
             source,
         }
     }
 }
 
-pub type Result<T, E = TaskError> = std::result::Result<T, E>;
+pub type Result<T, E = RunError> = std::result::Result<T, E>;
 
 /// A model's loss error as the trainer carries it ([`pixel_train::TrainError::Model`]): whole,
 /// so `?` in a `TrainStep::loss` of this crate keeps its message.
-impl From<TaskError> for pixel_train::TrainError {
-    fn from(error: TaskError) -> Self {
+impl From<RunError> for pixel_train::TrainError {
+    fn from(error: RunError) -> Self {
         pixel_train::TrainError::model(error)
     }
 }

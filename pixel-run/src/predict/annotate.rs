@@ -3,7 +3,7 @@
 //! sample panels of `render`.
 use super::answer::{mask_from_rle, Answer};
 use super::request::{Query, Task};
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use image::RgbImage;
 use pixel_render::{mask_overlay, palette, samples_image, SamplePanel, GREY};
 
@@ -18,7 +18,7 @@ pub fn annotate(query: &Query, answer: &Answer) -> Result<RgbImage> {
             b[3] / h as f32,
         ]
     };
-    let render = |e: pixel_render::RenderError| TaskError::Invalid(format!("annotation: {e}"));
+    let render = |e: pixel_render::RenderError| RunError::Invalid(format!("annotation: {e}"));
     let mut image = query.image.clone();
     if let Some(mask) = &answer.mask {
         // Dark shows on every colour, as in `pixel eval`'s masks.png.

@@ -8,7 +8,7 @@
 //! PTB tokenization, BLEU-1..4, METEOR with exact and stem matching, ROUGE-L, CIDEr-D).
 //! The heads that read the image are scored when configured ([`crate::eval_heads`]): a `mask`
 //! head on referring segmentation, a `detection` head on dense captioning.
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use crate::eval_attention::{referring_attention, BindingReport, RegionShares};
 use crate::eval_heads::{
     dense_captioning_report, segmentation_report, DenseCaptioningReport, Detection,
@@ -92,7 +92,7 @@ pub fn resolve_checkpoint(checkpoint: &Path) -> Result<(PathBuf, Option<u64>)> {
     } else if let Some(latest) = RunDir::new(checkpoint).latest_checkpoint()? {
         latest
     } else {
-        return Err(TaskError::Invalid(format!(
+        return Err(RunError::Invalid(format!(
             "`{}` is not a checkpoint\n  help: give a run folder (with checkpoints/latest), a checkpoint folder (with model.safetensors) or a .safetensors file",
             checkpoint.display()
         )));
@@ -110,12 +110,12 @@ pub fn run_eval(
 ) -> Result<EvalResults> {
     let started = std::time::Instant::now();
     if config.eval.densecap_max_proposals == 0 {
-        return Err(TaskError::Config {
+        return Err(RunError::Config {
             key: "eval.densecap_max_proposals".into(),
             message: "must be at least 1".into(),
         });
     }
-    let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let tokenizer = T5Tokenizer::bundled().map_err(|e| RunError::Invalid(e.to_string()))?;
     let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
     let mut model = TinyPixelLlm::build_with(&config.model, config.seed, heads)?;
     let (weights, step) = resolve_checkpoint(checkpoint)?;
@@ -138,7 +138,7 @@ pub fn run_eval(
     let validation_images = e.validation_images.min(data.images(Split::Validation));
     let validation = evaluation_examples(&data, &builder, Split::Validation, validation_images)?;
     let eval = evaluate(&model, &validation, &baselines, e.batch_size)?;
-    std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| RunError::io(out, e))?;
     let referring_segmentation = match head_of_kind(config, "mask") {
         Some(head) => referring_segmentation(
             &model,
@@ -226,8 +226,7 @@ pub fn run_eval(
         rows,
         wall_s: started.elapsed().as_secs_f64(),
     };
-    let json =
-        serde_json::to_vec_pretty(&results).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&results).map_err(|e| RunError::Invalid(e.to_string()))?;
     write_atomic(&out.join("results.json"), &json)?;
     write_atomic(
         &out.join("results.md"),
@@ -251,7 +250,7 @@ fn prediction_of(heads: Vec<HeadPrediction>, name: &str) -> Result<HeadPredictio
     heads
         .into_iter()
         .find(|h| h.head == name)
-        .ok_or_else(|| TaskError::Invalid(format!("head \"{name}\" gave no prediction")))
+        .ok_or_else(|| RunError::Invalid(format!("head \"{name}\" gave no prediction")))
 }
 
 /// Referring segmentation: the mask head's mask for each validation expression whose object
@@ -280,7 +279,7 @@ fn referring_segmentation(
         for heads in referring_head_predictions(model, chunk)? {
             let mask = prediction_of(heads, mask_head)?
                 .mask
-                .ok_or_else(|| TaskError::Invalid(format!("head \"{mask_head}\" gave no mask")))?;
+                .ok_or_else(|| RunError::Invalid(format!("head \"{mask_head}\" gave no mask")))?;
             predicted.push(mask);
         }
     }
@@ -308,7 +307,7 @@ fn referring_segmentation(
         })
         .collect::<std::result::Result<Vec<_>, RenderError>>()
         .and_then(|panels| samples_png(png, &panels))
-        .map_err(|e| TaskError::Invalid(format!("{}: {e}", png.display())))?;
+        .map_err(|e| RunError::Invalid(format!("{}: {e}", png.display())))?;
     segmentation_report(&predicted, &targets, baselines.referring_box).map(Some)
 }
 
@@ -375,7 +374,7 @@ fn dense_captioning(
             title: format!("{}: {} regions", sample.image_id, sample.regions.len()),
         })
         .collect();
-    samples_png(png, &panels).map_err(|e| TaskError::Invalid(format!("{}: {e}", png.display())))?;
+    samples_png(png, &panels).map_err(|e| RunError::Invalid(format!("{}: {e}", png.display())))?;
     dense_captioning_report(samples, &detections, max, meteor)
 }
 
@@ -401,7 +400,7 @@ impl CaptionSet {
 
     fn score(&self, meteor: &Meteor) -> Result<CaptionScores> {
         score_captions(&self.refs, &self.preds, meteor)
-            .map_err(|e| TaskError::Invalid(format!("caption metrics: {e}")))
+            .map_err(|e| RunError::Invalid(format!("caption metrics: {e}")))
     }
 }
 
@@ -425,7 +424,7 @@ fn generate_texts(
             texts.push(
                 tokenizer
                     .decode(&ids)
-                    .map_err(|e| TaskError::Invalid(e.to_string()))?,
+                    .map_err(|e| RunError::Invalid(e.to_string()))?,
             );
         }
     }

@@ -13,7 +13,7 @@
 //! is their own.
 //!
 //! Cached like the LM's pretraining (`crate::pretrain`): `cache/<preset>-eva-<hash>`.
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use dfdx::prelude::*;
 use pixel_core::nn::{sincos_2d, Embedding, Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params, Trainable};
@@ -67,7 +67,7 @@ impl EvaPretrainConfig {
     /// Checks values no type can rule out, naming the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| {
-            Err(TaskError::Config {
+            Err(RunError::Config {
                 key: format!("pretrain_eva.{key}"),
                 message,
             })
@@ -122,7 +122,7 @@ impl<P: PixelDims, D: Device<f32>> RegionPhraseAligner<P, D> {
     /// EVA02 as `PixelLlm::new` starts it (sine-cosine position table), and fresh heads.
     pub fn new(dev: &D, temperature: f32) -> Result<Self> {
         let mut eva = Eva02::new(dev, &P::eva())
-            .map_err(|e| TaskError::Invalid(format!("image encoder: {e}")))?;
+            .map_err(|e| RunError::Invalid(format!("image encoder: {e}")))?;
         let grid = ((eva.pos_embed.shape().1 - 1) as f64).sqrt() as usize;
         let mut table = vec![0.0; P::Eva::SIZE];
         table.extend(sincos_2d(grid, grid, P::Eva::SIZE));
@@ -293,7 +293,7 @@ impl RegionPhraseBatch {
     ) -> Result<Self> {
         let first = samples
             .first()
-            .ok_or_else(|| TaskError::Invalid("cannot batch zero images".into()))?;
+            .ok_or_else(|| RunError::Invalid("cannot batch zero images".into()))?;
         let s = first.image.width() as usize;
         let cells = grid * grid;
         let mut pixels = Vec::with_capacity(samples.len() * 3 * s * s);
@@ -303,7 +303,7 @@ impl RegionPhraseBatch {
         let mut targets = Vec::new();
         for (b, sample) in samples.iter().enumerate() {
             if sample.image.width() as usize != s || sample.image.height() as usize != s {
-                return Err(TaskError::Invalid(format!(
+                return Err(RunError::Invalid(format!(
                     "region-phrase batches need {s} x {s} images, {} is {:?}",
                     sample.image_id,
                     sample.image.dimensions()
@@ -332,13 +332,13 @@ impl RegionPhraseBatch {
                 if index == phrase_ids.len() {
                     let ids: Vec<usize> = tokenizer
                         .encode(&region.caption)
-                        .map_err(|e| TaskError::Invalid(e.to_string()))?
+                        .map_err(|e| RunError::Invalid(e.to_string()))?
                         .into_iter()
                         .filter(|&id| id != EOS_ID)
                         .map(|id| vocab.to_model(id))
                         .collect();
                     if ids.is_empty() {
-                        return Err(TaskError::Invalid(format!(
+                        return Err(RunError::Invalid(format!(
                             "{}: a region has an empty phrase",
                             sample.image_id
                         )));

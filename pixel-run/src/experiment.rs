@@ -1,7 +1,7 @@
 //! One experiment's config, one TOML file (`configs/*.toml`): data, model, tasks, training,
 //! evaluation and pretraining, each section read by the type of the crate or module that uses
 //! it; the checks that need more than one section are here.
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use crate::pretrain::PretrainConfig;
 use crate::pretrain_eva::EvaPretrainConfig;
 use crate::pretrain_sam::SamPretrainConfig;
@@ -74,10 +74,10 @@ fn default_densecap_max_proposals() -> usize {
     10
 }
 
-/// A post-parse check's [`TaskError::Config`] as a config error of the file `origin`.
-fn in_file(err: TaskError, origin: &Path) -> TaskError {
+/// A post-parse check's [`RunError::Config`] as a config error of the file `origin`.
+fn in_file(err: RunError, origin: &Path) -> RunError {
     match err {
-        TaskError::Config { key, message } => TaskError::Core(pixel_core::CoreError::Config {
+        RunError::Config { key, message } => RunError::Core(pixel_core::CoreError::Config {
             path: origin.to_path_buf(),
             key,
             message,
@@ -104,12 +104,12 @@ impl ExperimentConfig {
         Ok(config)
     }
 
-    /// The checks that need more than one value or a whole section, as [`TaskError::Config`]
+    /// The checks that need more than one value or a whole section, as [`RunError::Config`]
     /// (key path and message).
     pub fn validate(&self) -> Result<()> {
         self.tasks.check()?;
         if self.train.shards > self.train.batch_size {
-            return Err(TaskError::Config {
+            return Err(RunError::Config {
                 key: "train.shards".into(),
                 message: format!(
                     "{} shards of a batch of {}: each shard needs at least one example",
@@ -120,7 +120,7 @@ impl ExperimentConfig {
         self.model.validate()?;
         self.data.validate().map_err(|e| {
             let pixel_data::shapes_ln::ShapesLnError::InvalidConfig { field, problem } = e;
-            TaskError::Config {
+            RunError::Config {
                 key: format!("data.{field}"),
                 message: problem,
             }

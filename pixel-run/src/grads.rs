@@ -14,7 +14,7 @@
 //!   `val-trace.safetensors`, so the twin can train on what the demo trains on and be scored on
 //!   what the demo is scored on.
 use crate::demo::{pretrain_image_encoders, pretrain_language_model};
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use crate::experiment::ExperimentConfig;
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{save_params, StoredTensor, TensorStore};
@@ -46,8 +46,8 @@ pub fn write_grads(
     out: &Path,
     heads: &TinyHeadRegistry,
 ) -> Result<GradsReport> {
-    std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
-    let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
+    std::fs::create_dir_all(out).map_err(|e| RunError::io(out, e))?;
+    let tokenizer = T5Tokenizer::bundled().map_err(|e| RunError::Invalid(e.to_string()))?;
     let data = pixel_data::data_source::DataSource::new(
         &config.data,
         config.seed,
@@ -72,7 +72,7 @@ pub fn write_grads(
     let batch = model.batch(&examples)?;
     if train_steps > 0 {
         let train = out.join("train");
-        std::fs::create_dir_all(&train).map_err(|e| TaskError::io(&train, e))?;
+        std::fs::create_dir_all(&train).map_err(|e| RunError::io(&train, e))?;
         for k in 0..train_steps {
             let examples = training_examples(
                 &data,
@@ -107,9 +107,9 @@ pub fn write_grads(
         }
     }
 
-    let toml = toml::to_string(config).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let toml = toml::to_string(config).map_err(|e| RunError::Invalid(e.to_string()))?;
     let config_path = out.join("config.toml");
-    std::fs::write(&config_path, toml).map_err(|e| TaskError::io(&config_path, e))?;
+    std::fs::write(&config_path, toml).map_err(|e| RunError::io(&config_path, e))?;
     save_params(&mut model, &out.join("init.safetensors"), HashMap::new())?;
     batch_tensors(&batch, out.join("batch.safetensors").as_path())?;
 

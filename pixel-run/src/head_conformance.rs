@@ -14,7 +14,7 @@
 //!
 //! and its config entry must survive TOML and JSON round trips unchanged. A failure names the
 //! check and the case (seed, batch size, caption length), so it can be run again alone.
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use crate::experiment::ExperimentConfig;
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{collect_params, load_params, LoadOptions};
@@ -69,7 +69,7 @@ pub fn check_head(registry: &TinyHeadRegistry, heads_toml: &str, run: Conformanc
         .model
         .heads
         .last()
-        .ok_or_else(|| TaskError::Invalid("conformance: no [[model.heads]] entry given".into()))?
+        .ok_or_else(|| RunError::Invalid("conformance: no [[model.heads]] entry given".into()))?
         .clone();
     config_round_trips(&head)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(run.seed);
@@ -87,7 +87,7 @@ pub fn check_head(registry: &TinyHeadRegistry, heads_toml: &str, run: Conformanc
             Ok(Err(e)) => e.to_string(),
             Err(panic) => format!("panicked: {}", panic_message(&panic)),
         };
-        return Err(TaskError::Invalid(format!(
+        return Err(RunError::Invalid(format!(
             "head \"{}\" fails conformance in {case:?}: {failure}",
             head.name()
         )));
@@ -106,7 +106,7 @@ fn config_with_heads(heads_toml: &str) -> Result<ExperimentConfig> {
     struct Model {
         heads: Vec<HeadConfig>,
     }
-    let parsed: Heads = toml::from_str(heads_toml).map_err(|e| TaskError::Config {
+    let parsed: Heads = toml::from_str(heads_toml).map_err(|e| RunError::Config {
         key: "model.heads".into(),
         message: e.to_string(),
     })?;
@@ -121,7 +121,7 @@ fn config_with_heads(heads_toml: &str) -> Result<ExperimentConfig> {
 /// The head's entry reads back equal from TOML and from JSON (run folders keep configs as JSON).
 fn config_round_trips(head: &HeadConfig) -> Result<()> {
     let invalid = |what: &str, e: String| {
-        TaskError::Invalid(format!(
+        RunError::Invalid(format!(
             "head \"{}\": config {what} round trip: {e}",
             head.name()
         ))
@@ -148,7 +148,7 @@ fn check_case(
     case: Case,
 ) -> Result<()> {
     let mut model = TinyPixelLlm::build_with(&config.model, case.seed, registry)?;
-    let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let tokenizer = T5Tokenizer::bundled().map_err(|e| RunError::Invalid(e.to_string()))?;
     let vocab = model.vocab.clone();
     let builder = ExampleBuilder {
         tokenizer: &tokenizer,
@@ -156,7 +156,7 @@ fn check_case(
         max_target_tokens: case.max_target_tokens,
     };
     let data = ShapesLn::new(config.data.clone(), case.seed)
-        .map_err(|e| TaskError::Invalid(format!("data: {e}")))?;
+        .map_err(|e| RunError::Invalid(format!("data: {e}")))?;
     let examples = training_examples(
         &data,
         &builder,
@@ -170,7 +170,7 @@ fn check_case(
         .heads
         .iter()
         .position(|h| h.name() == name)
-        .ok_or_else(|| TaskError::Invalid(format!("no head named \"{name}\" was built")))?;
+        .ok_or_else(|| RunError::Invalid(format!("no head named \"{name}\" was built")))?;
 
     // Loss and gradients.
     let trainable = config.model.trainable();
@@ -179,7 +179,7 @@ fn check_case(
     let term = terms.iter().find(|t| t.name == name);
     if let Some(term) = term {
         if !term.value.is_finite() {
-            return Err(TaskError::Invalid(format!(
+            return Err(RunError::Invalid(format!(
                 "loss {} is not finite",
                 term.value
             )));
@@ -197,7 +197,7 @@ fn check_case(
         };
         model.visit_params("", &mut missing)?;
         if !missing.missing.is_empty() {
-            return Err(TaskError::Invalid(format!(
+            return Err(RunError::Invalid(format!(
                 "no gradient reaches {:?}",
                 missing.missing
             )));
@@ -223,7 +223,7 @@ fn check_case(
     let mine: Vec<_> = forced.heads.iter().map(|h| &h[index]).collect();
     let theirs: Vec<_> = again.heads.iter().map(|h| &h[index]).collect();
     if mine != theirs {
-        return Err(TaskError::Invalid(
+        return Err(RunError::Invalid(
             "its predictions differ after a checkpoint round trip".into(),
         ));
     }
@@ -241,7 +241,7 @@ fn check_shapes(
     batch: &Batch,
 ) -> Result<()> {
     if predictions.len() != batch.size {
-        return Err(TaskError::Invalid(format!(
+        return Err(RunError::Invalid(format!(
             "{} predictions for {} examples",
             predictions.len(),
             batch.size
@@ -249,11 +249,11 @@ fn check_shapes(
     }
     for (b, heads) in predictions.iter().enumerate() {
         let p = heads.get(index).ok_or_else(|| {
-            TaskError::Invalid(format!("example {b} has {} head predictions", heads.len()))
+            RunError::Invalid(format!("example {b} has {} head predictions", heads.len()))
         })?;
         let reads = model.heads[index].reads();
         if p.head != name || p.reads != reads || p.tokens.len() != positions {
-            return Err(TaskError::Invalid(format!(
+            return Err(RunError::Invalid(format!(
                 "example {b}: expected head \"{name}\" reading {reads:?} at {positions} positions, got \"{}\" reading {:?} at {}",
                 p.head,
                 p.reads,

@@ -6,7 +6,7 @@ use pixel_lm::tokenizer::T5Tokenizer;
 use pixel_model::eval::Predictor;
 use pixel_model::model::TinyPixelLlm;
 use pixel_model::tasks::{Example, ExampleBuilder};
-use pixel_tasks::experiment::ExperimentConfig;
+use pixel_run::experiment::ExperimentConfig;
 use pixel_train::{read_log, train, RunDir, TrainConfig};
 
 fn fixed_examples(model: &TinyPixelLlm, config: &ExperimentConfig) -> Vec<Example> {

@@ -19,8 +19,8 @@ use pixel_data::datasets::{
 use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig};
 use pixel_metrics::boxes::refloc_from_files;
 use pixel_metrics::masks::refseg_from_files;
-use pixel_tasks::ablate::Ablation;
-use pixel_tasks::experiment::ExperimentConfig;
+use pixel_run::ablate::Ablation;
+use pixel_run::experiment::ExperimentConfig;
 use pixel_train::{load_latest_weights, read_log, RunDir};
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -133,7 +133,7 @@ fn seeds() -> &'static Seeds {
             trainer_state: TRAINER_STATE.as_bytes().to_vec(),
             model: read(&weights),
             optimizer: read(&optimizer),
-            config: pixel_tasks::experiment::DEFAULT_DEMO_CONFIG.as_bytes().to_vec(),
+            config: pixel_run::experiment::DEFAULT_DEMO_CONFIG.as_bytes().to_vec(),
             ablation: std::fs::read(
                 Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("../configs/ablations/localization-representation.toml"),

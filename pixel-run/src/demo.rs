@@ -1,6 +1,6 @@
 //! The main job: train a tiny PixelLLM on ShapesLN, evaluate it, and write what a person looks
 //! at (`metrics.json`, `loss.png`, `samples.png`) into the run folder.
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use crate::experiment::ExperimentConfig;
 use crate::pretrain::{install_lm, pretrained_lm, PretrainReport};
 use crate::pretrain_eva::{pretrained_eva, EvaPretrainReport};
@@ -52,7 +52,7 @@ pub fn run_demo(
     resume: bool,
     heads: &TinyHeadRegistry,
 ) -> Result<DemoMetrics> {
-    let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let tokenizer = T5Tokenizer::bundled().map_err(|e| RunError::Invalid(e.to_string()))?;
     let data = DataSource::new(&config.data, config.seed, config.dataset.as_ref())?;
     let mut model = TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     let pretrain = pretrain_language_model(config, &mut model, &data, &tokenizer)?;
@@ -121,8 +121,7 @@ pub fn run_demo(
         pretrain_eva,
         pretrain_sam,
     };
-    let json =
-        serde_json::to_vec_pretty(&metrics).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&metrics).map_err(|e| RunError::Invalid(e.to_string()))?;
     write_atomic(&out.join("metrics.json"), &json)?;
     Ok(metrics)
 }
@@ -135,24 +134,23 @@ const RESUMABLE_CHANGES: &[&str] = &["eval.", "train.log_every", "train.checkpoi
 /// first key that differs.
 fn keep_run_config(config: &ExperimentConfig, out: &Path, resume: bool) -> Result<()> {
     let path = out.join("config.json");
-    let current = serde_json::to_value(config).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let current = serde_json::to_value(config).map_err(|e| RunError::Invalid(e.to_string()))?;
     if resume && path.exists() {
-        let text = pixel_core::text::read_text(&path).map_err(|e| TaskError::io(&path, e))?;
+        let text = pixel_core::text::read_text(&path).map_err(|e| RunError::io(&path, e))?;
         // Through `ExperimentConfig`, so both sides turn f32s into JSON numbers the same way.
         let stored: ExperimentConfig =
-            serde_json::from_str(&text).map_err(|e| TaskError::Format {
+            serde_json::from_str(&text).map_err(|e| RunError::Format {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        let stored =
-            serde_json::to_value(&stored).map_err(|e| TaskError::Invalid(e.to_string()))?;
+        let stored = serde_json::to_value(&stored).map_err(|e| RunError::Invalid(e.to_string()))?;
         let mut differences = Vec::new();
         differing_keys("", &stored, &current, &mut differences);
         if let Some((key, was, now)) = differences
             .into_iter()
             .find(|(key, _, _)| !RESUMABLE_CHANGES.iter().any(|p| key.starts_with(p)))
         {
-            return Err(TaskError::Config {
+            return Err(RunError::Config {
                 key: key.clone(),
                 message: format!(
                     "the run in {} was started with {key} = {was}, this config has {now}; a resumed run keeps what changes its result (its config is {}): train into another folder, or resume with that value",
@@ -162,10 +160,10 @@ fn keep_run_config(config: &ExperimentConfig, out: &Path, resume: bool) -> Resul
             });
         }
     }
-    std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| RunError::io(out, e))?;
     // The struct's own field order, as `pixel ablate` writes it.
     let json =
-        serde_json::to_string_pretty(config).map_err(|e| TaskError::Invalid(e.to_string()))?;
+        serde_json::to_string_pretty(config).map_err(|e| RunError::Invalid(e.to_string()))?;
     Ok(write_atomic(&path, json.as_bytes())?)
 }
 
@@ -294,7 +292,7 @@ fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {
         "PixelLLM tiny on ShapesLN: training loss",
         Scale::Log,
     )
-    .map_err(|e| TaskError::Invalid(format!("cannot write {}: {e}", path.display())))
+    .map_err(|e| RunError::Invalid(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Generated captions with one dot per word, and referring boxes (green = truth, red =
@@ -344,7 +342,7 @@ fn write_samples_png(
         });
     }
     samples_png(path, &panels)
-        .map_err(|e| TaskError::Invalid(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| RunError::Invalid(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Groups generated tokens into words; each word's point is the centre of its first token's
@@ -360,13 +358,13 @@ pub fn words_with_points(
         .unwrap_or(ids.len());
     let text = tokenizer
         .decode(&ids[..end])
-        .map_err(|e| TaskError::Invalid(e.to_string()))?;
+        .map_err(|e| RunError::Invalid(e.to_string()))?;
     let words: Vec<&str> = text.split_whitespace().collect();
     let mut points: Vec<Option<[f32; 2]>> = vec![None; words.len()];
     for i in 0..end {
         let prefix = tokenizer
             .decode(&ids[..=i])
-            .map_err(|e| TaskError::Invalid(e.to_string()))?;
+            .map_err(|e| RunError::Invalid(e.to_string()))?;
         let word = prefix.split_whitespace().count();
         if word >= 1 && word <= points.len() && points[word - 1].is_none() {
             let c = corners[i];

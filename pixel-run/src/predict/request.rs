@@ -3,7 +3,7 @@
 //!
 //! Everything a request can get wrong is found here, before the model runs, so one bad request
 //! gives one error and the others of its batch still run.
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use base64::Engine;
 use image::RgbImage;
 use pixel_core::geometry::BoxXyxy;
@@ -97,7 +97,7 @@ impl Request {
         match (&self.image, &self.image_base64) {
             (Some(path), None) => {
                 let path = base.join(path);
-                let bytes = std::fs::read(&path).map_err(|e| TaskError::io(&path, e))?;
+                let bytes = std::fs::read(&path).map_err(|e| RunError::io(&path, e))?;
                 Ok((path.display().to_string(), bytes))
             }
             (None, Some(encoded)) => {
@@ -186,8 +186,8 @@ fn pixel_box(b: [f32; 4], w: u32, h: u32) -> Result<BoxXyxy> {
     Ok(BoxXyxy::new(x0 / fw, y0 / fh, x1 / fw, y1 / fh)?)
 }
 
-fn bad(message: impl Into<String>) -> TaskError {
-    TaskError::Invalid(message.into())
+fn bad(message: impl Into<String>) -> RunError {
+    RunError::Invalid(message.into())
 }
 
 #[cfg(test)]

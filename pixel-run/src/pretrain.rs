@@ -10,7 +10,7 @@
 //! A pretrained LM is cached under `pretrain.cache` in a folder named by a hash of the pretrain
 //! settings, the seed, the preset and the sub-vocabulary, so the variants and seeds of an
 //! ablation that share them pretrain once.
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use dfdx::prelude::*;
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::loss::label_smoothed_cross_entropy;
@@ -76,7 +76,7 @@ impl PretrainConfig {
     /// Checks values no type can rule out, naming the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| {
-            Err(TaskError::Config {
+            Err(RunError::Config {
                 key: format!("pretrain.{key}"),
                 message,
             })
@@ -223,7 +223,7 @@ pub struct DenoiseBatch {
 impl DenoiseBatch {
     pub fn new(rows: &[Corrupted]) -> Result<DenoiseBatch> {
         if rows.is_empty() {
-            return Err(TaskError::Invalid("cannot batch zero sequences".into()));
+            return Err(RunError::Invalid("cannot batch zero sequences".into()));
         }
         let input_len = rows.iter().map(|r| r.inputs.len()).max().unwrap_or(1);
         let target_len = rows.iter().map(|r| r.targets.len()).max().unwrap_or(1);
@@ -337,7 +337,7 @@ pub fn denoising_batch(
             };
         let mut tokens: Vec<usize> = tokenizer
             .encode(&text)
-            .map_err(|e| TaskError::Invalid(e.to_string()))?
+            .map_err(|e| RunError::Invalid(e.to_string()))?
             .into_iter()
             .filter(|&id| id != EOS_ID)
             .map(|id| vocab.to_model(id))
@@ -364,10 +364,10 @@ pub fn sentinel_ids(tokenizer: &T5Tokenizer, vocab: &VocabMap) -> Result<Vec<usi
         .map(|piece| {
             let t5 = tokenizer
                 .token_to_id(piece)
-                .ok_or_else(|| TaskError::Invalid(format!("the T5 tokenizer has no `{piece}`")))?;
+                .ok_or_else(|| RunError::Invalid(format!("the T5 tokenizer has no `{piece}`")))?;
             let id = vocab.to_model(t5);
             if vocab.to_t5(id) != t5 {
-                return Err(TaskError::Invalid(format!(
+                return Err(RunError::Invalid(format!(
                     "the model's vocabulary lacks the sentinel `{piece}` that pretraining needs"
                 )));
             }
@@ -420,7 +420,7 @@ pub fn pretrained_lm<P: PixelDims>(
     let run = RunDir::new(&dir);
     let dev = pixel_core::DefaultDevice::seed_from_u64(seed);
     let lm = T5::new(&dev, &P::language_model())
-        .map_err(|e| TaskError::Invalid(format!("language model: {e}")))?;
+        .map_err(|e| RunError::Invalid(format!("language model: {e}")))?;
     let mut denoiser = Denoiser { lm };
     let report_path = dir.join("pretrain.json");
     if let Some(report) = load_finished_stage(&mut denoiser, &run, &report_path)? {
@@ -493,8 +493,8 @@ pub(crate) fn load_finished_stage<D: Device<f32>, M: Params<D>, R: DeserializeOw
     }
     load_latest_weights(model, run)?;
     let text =
-        pixel_core::text::read_text(report_path).map_err(|e| TaskError::io(report_path, e))?;
-    let report = serde_json::from_str(&text).map_err(|e| TaskError::Format {
+        pixel_core::text::read_text(report_path).map_err(|e| RunError::io(report_path, e))?;
+    let report = serde_json::from_str(&text).map_err(|e| RunError::Format {
         path: report_path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -503,7 +503,7 @@ pub(crate) fn load_finished_stage<D: Device<f32>, M: Params<D>, R: DeserializeOw
 
 /// Writes a finished stage's report (last, see [`load_finished_stage`]).
 pub(crate) fn write_stage_report(report_path: &Path, report: &impl Serialize) -> Result<()> {
-    let json = serde_json::to_vec_pretty(report).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(report).map_err(|e| RunError::Invalid(e.to_string()))?;
     Ok(write_atomic(report_path, &json)?)
 }
 

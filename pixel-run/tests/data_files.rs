@@ -18,9 +18,9 @@ use pixel_model::heads::HeadRegistry;
 use pixel_model::model::VocabMap;
 use pixel_model::task_mix::training_examples;
 use pixel_model::tasks::{Example, ExampleBuilder};
-use pixel_tasks::demo::run_demo;
-use pixel_tasks::eval_run::{run_eval, EvalResults};
-use pixel_tasks::experiment::ExperimentConfig;
+use pixel_run::demo::run_demo;
+use pixel_run::eval_run::{run_eval, EvalResults};
+use pixel_run::experiment::ExperimentConfig;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -507,10 +507,7 @@ fn max_skipped_fraction_outside_0_1_fails_naming_the_key() {
     let section = config.dataset.as_ref().unwrap().to_toml_section().unwrap();
     assert!(section.contains("max_skipped_fraction = 0.01"), "{section}");
     let path = dir.path().join("exp.toml");
-    let good = format!(
-        "{}\n{section}",
-        pixel_tasks::experiment::DEFAULT_DEMO_CONFIG
-    );
+    let good = format!("{}\n{section}", pixel_run::experiment::DEFAULT_DEMO_CONFIG);
     std::fs::write(&path, &good).unwrap();
     assert_eq!(
         ExperimentConfig::load(&path)

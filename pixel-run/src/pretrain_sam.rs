@@ -7,7 +7,7 @@
 //! error of the predicted IoU. Only the image encoder is kept, for PixelLLM's frozen branch; its
 //! metric is the mean IoU of held-out prompts' masks. Cached like the LM's pretraining
 //! (`crate::pretrain`): `cache/<preset>-sam-<hash>`.
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use dfdx::prelude::*;
 use pixel_core::nn::sincos_2d;
 use pixel_core::params::{ParamVisitor, Params, Trainable};
@@ -57,7 +57,7 @@ impl SamPretrainConfig {
     /// Checks values no type can rule out, naming the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| {
-            Err(TaskError::Config {
+            Err(RunError::Config {
                 key: format!("pretrain_sam.{key}"),
                 message,
             })
@@ -122,7 +122,7 @@ impl<P: PixelDims, D: Device<f32>> PromptableSegmenter<P, D> {
     /// `PixelLlm::new` starts its SAM.
     pub fn new(dev: &D) -> Result<Self> {
         let mut sam = SamModel::new(dev, &sam_config::<P>())
-            .map_err(|e| TaskError::Invalid(format!("SAM: {e}")))?;
+            .map_err(|e| RunError::Invalid(format!("SAM: {e}")))?;
         if let Some(pos) = &mut sam.vision_encoder.pos_embed {
             let (_, h, w, _) = *pos.shape();
             pos.copy_from(&sincos_2d(h, w, P::SamHidden::SIZE));
@@ -151,7 +151,7 @@ impl<P: PixelDims, D: Device<f32>> PromptableSegmenter<P, D> {
         let embeddings = self.sam.image_embeddings(pixels);
         self.sam
             .predict_from_embeddings(embeddings, &batch.prompts, false)
-            .map_err(|e| TaskError::Invalid(format!("SAM: {e}")))
+            .map_err(|e| RunError::Invalid(format!("SAM: {e}")))
     }
 
     /// Mean IoU of the predicted masks (logit > 0) with the targets (coverage >= 0.5).
@@ -280,14 +280,14 @@ impl SegmentationBatch {
     ) -> Result<Self> {
         let (first, _) = chosen
             .first()
-            .ok_or_else(|| TaskError::Invalid("cannot batch zero images".into()))?;
+            .ok_or_else(|| RunError::Invalid("cannot batch zero images".into()))?;
         let s = first.image.width() as usize;
         let mut pixels = Vec::with_capacity(chosen.len() * 3 * s * s);
         let mut boxes = Vec::with_capacity(chosen.len() * 4);
         let mut targets = Vec::with_capacity(chosen.len() * side * side);
         for (sample, k) in chosen {
             let object = sample.objects.get(*k).ok_or_else(|| {
-                TaskError::Invalid(format!("{} has no object {k}", sample.image_id))
+                RunError::Invalid(format!("{} has no object {k}", sample.image_id))
             })?;
             for c in 0..3 {
                 let (mean, std) = (SAM_NORMALIZATION.mean[c], SAM_NORMALIZATION.std[c]);
@@ -327,7 +327,7 @@ fn point_in(sample: &Sample, k: usize, rng: &mut impl Rng) -> Result<[f32; 2]> {
         .map(|(x, y, _)| (x, y))
         .collect();
     if inside.is_empty() {
-        return Err(TaskError::Invalid(format!(
+        return Err(RunError::Invalid(format!(
             "{}: object {k} has an empty mask",
             sample.image_id
         )));

@@ -13,7 +13,7 @@
 //! checkpoint. Each run keeps the base's data seed (`seed`) and sets `model_seed` and
 //! `train.seed` to its seed, so every variant and seed is evaluated on the same validation split.
 use crate::demo::{pretrain_language_model, run_demo};
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use crate::experiment::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
 use pixel_base::progress::Job;
 use pixel_core::checkpoint::write_atomic;
@@ -112,7 +112,7 @@ fn sets(table: &toml::Table, path: &str) -> bool {
 
 impl Ablation {
     pub fn load(path: &Path) -> Result<Ablation> {
-        let text = pixel_core::text::read_text(path).map_err(|e| TaskError::io(path, e))?;
+        let text = pixel_core::text::read_text(path).map_err(|e| RunError::io(path, e))?;
         Ablation::parse(&text, path)
     }
 
@@ -120,7 +120,7 @@ impl Ablation {
     pub fn parse(text: &str, path: &Path) -> Result<Ablation> {
         let file: AblationFile = pixel_core::config::parse_toml(text, path)?;
         let invalid = |key: &str, message: String| {
-            TaskError::Core(CoreError::Config {
+            RunError::Core(CoreError::Config {
                 path: path.to_path_buf(),
                 key: key.to_string(),
                 message,
@@ -161,12 +161,12 @@ impl Ablation {
                 .parent()
                 .unwrap_or_else(|| Path::new("."))
                 .join(&file.base);
-            let text = pixel_core::text::read_text(&base_path)
-                .map_err(|e| TaskError::io(&base_path, e))?;
+            let text =
+                pixel_core::text::read_text(&base_path).map_err(|e| RunError::io(&base_path, e))?;
             (text, base_path)
         };
         let base: toml::Table = toml::from_str(&base_text).map_err(|e| {
-            TaskError::Core(CoreError::Config {
+            RunError::Core(CoreError::Config {
                 path: base_origin.clone(),
                 key: "<root>".into(),
                 message: e.to_string(),
@@ -396,8 +396,8 @@ pub fn summarize(
 
 /// Reads the tabulated metrics out of a run's `metrics.json` by dotted path.
 fn read_metrics(path: &Path, metrics: &[MetricSpec]) -> Result<Vec<(String, f64)>> {
-    let text = pixel_core::text::read_text(path).map_err(|e| TaskError::io(path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| TaskError::Format {
+    let text = pixel_core::text::read_text(path).map_err(|e| RunError::io(path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| RunError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -410,7 +410,7 @@ fn read_metrics(path: &Path, metrics: &[MetricSpec]) -> Result<Vec<(String, f64)
                 .split('.')
                 .try_fold(&json, |v, part| v.get(part))
                 .and_then(serde_json::Value::as_f64)
-                .ok_or_else(|| TaskError::Format {
+                .ok_or_else(|| RunError::Format {
                     path: path.to_path_buf(),
                     message: format!(
                         "metrics[{i}].key `{}` is not a number in it (e.g. `referring_localization.acc50`, `trace_captioning.point_l1`)",
@@ -436,7 +436,7 @@ pub fn run_ablation(
     heads: &TinyHeadRegistry,
 ) -> Result<AblationResults> {
     let started = Instant::now();
-    std::fs::create_dir_all(out).map_err(|e| TaskError::io(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| RunError::io(out, e))?;
     let workers = parallel.unwrap_or(ablation.parallel).max(1);
     // Seed-major: every finished seed is a complete comparison of the variants.
     let jobs: Vec<(usize, u64)> = ablation
@@ -490,14 +490,14 @@ pub fn run_ablation(
         one_done();
         results
             .lock()
-            .map_err(|_| TaskError::Invalid("a run thread panicked".into()))?
+            .map_err(|_| RunError::Invalid("a run thread panicked".into()))?
             .push(result);
         Ok(())
     })?;
     progress.finish();
     let mut runs = results
         .into_inner()
-        .map_err(|_| TaskError::Invalid("a run thread panicked".into()))?;
+        .map_err(|_| RunError::Invalid("a run thread panicked".into()))?;
     let order = |r: &RunResult| {
         (
             ablation.variants.iter().position(|v| v.name == r.variant),
@@ -529,7 +529,7 @@ fn parallel_for<T: Send>(
     work: impl Fn(T) -> Result<()> + Sync,
 ) -> Result<()> {
     let queue = Mutex::new(items.into_iter().collect::<VecDeque<T>>());
-    let failure: Mutex<Option<TaskError>> = Mutex::new(None);
+    let failure: Mutex<Option<RunError>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -553,14 +553,14 @@ fn parallel_for<T: Send>(
     match failure.into_inner() {
         Ok(Some(e)) => Err(e),
         Ok(None) => Ok(()),
-        Err(_) => Err(TaskError::Invalid("a run thread panicked".into())),
+        Err(_) => Err(RunError::Invalid("a run thread panicked".into())),
     }
 }
 
 /// Pretrains (or finds cached) the LM a run config asks for.
 fn pretrain_only(config: &ExperimentConfig, heads: &TinyHeadRegistry) -> Result<()> {
     let tokenizer = pixel_lm::tokenizer::T5Tokenizer::bundled()
-        .map_err(|e| TaskError::Invalid(e.to_string()))?;
+        .map_err(|e| RunError::Invalid(e.to_string()))?;
     let data = pixel_data::data_source::DataSource::new(
         &config.data,
         config.seed,
@@ -584,13 +584,13 @@ fn run_one(
     let config = ablation.run_config(variant, seed);
     let config_path = dir.join("config.json");
     let config_json =
-        serde_json::to_string_pretty(&config).map_err(|e| TaskError::Invalid(e.to_string()))?;
+        serde_json::to_string_pretty(&config).map_err(|e| RunError::Invalid(e.to_string()))?;
     let metrics_path = dir.join("metrics.json");
     if config_path.exists() {
-        let stored = pixel_core::text::read_text(&config_path)
-            .map_err(|e| TaskError::io(&config_path, e))?;
+        let stored =
+            pixel_core::text::read_text(&config_path).map_err(|e| RunError::io(&config_path, e))?;
         if stored != config_json {
-            return Err(TaskError::Invalid(format!(
+            return Err(RunError::Invalid(format!(
                 "{} was run with another config than variant `{}` now has; use another --out or delete the folder",
                 dir.display(),
                 variant.name
@@ -599,13 +599,13 @@ fn run_one(
     }
     let started = Instant::now();
     if !metrics_path.exists() {
-        std::fs::create_dir_all(dir).map_err(|e| TaskError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
         write_atomic(&config_path, config_json.as_bytes())?;
         run_demo(&config, dir, true, heads)?;
     }
     let metrics = read_metrics(&metrics_path, &ablation.metrics)?;
     let wall_s = serde_json::from_str::<serde_json::Value>(
-        &pixel_core::text::read_text(&metrics_path).map_err(|e| TaskError::io(&metrics_path, e))?,
+        &pixel_core::text::read_text(&metrics_path).map_err(|e| RunError::io(&metrics_path, e))?,
     )
     .ok()
     .and_then(|j| {
@@ -625,7 +625,7 @@ fn run_one(
 
 /// `results.json`, `results.md` (the table) and `results.png` (bars with ±std).
 fn write_results(results: &AblationResults, out: &Path) -> Result<()> {
-    let json = serde_json::to_vec_pretty(results).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(results).map_err(|e| RunError::Invalid(e.to_string()))?;
     write_atomic(&out.join("results.json"), &json)?;
     write_atomic(&out.join("results.md"), markdown(results).as_bytes())?;
     let groups: Vec<BarGroup> = results
@@ -652,7 +652,7 @@ fn write_results(results: &AblationResults, out: &Path) -> Result<()> {
             results.seeds.len()
         ),
     )
-    .map_err(|e| TaskError::Invalid(format!("cannot write {}: {e}", png.display())))
+    .map_err(|e| RunError::Invalid(format!("cannot write {}: {e}", png.display())))
 }
 
 /// The paper-style table: one row per variant, one column per metric (mean ± std over seeds),

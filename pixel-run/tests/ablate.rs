@@ -1,7 +1,7 @@
 //! A tiny ablation end to end: 2 variants (bin-token coordinates; LoRA on a pretrained LM) x 3
 //! seeds x a few steps, then the same command again, which reuses every finished run.
 use pixel_model::heads::HeadRegistry;
-use pixel_tasks::ablate::{run_ablation, Ablation};
+use pixel_run::ablate::{run_ablation, Ablation};
 use std::path::Path;
 
 const TINY: &str = r#"

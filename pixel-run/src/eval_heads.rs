@@ -6,7 +6,7 @@
 //! `RefCocoEvaluator` formulas ([`refseg_scores`]: cIoU, gIoU, mask Acc@0.5), detections with
 //! their captions into the PixelLLM dense-captioning protocol ([`densecap_map`], boxes as
 //! `[x, y, w, h]` in pixels, METEOR against the merged ground truth's captions).
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use image::{GrayImage, Luma};
 use pixel_core::geometry::BoxXyxy;
 use pixel_data::shapes_ln::Sample;
@@ -98,7 +98,7 @@ fn refseg(predicted: &[GrayImage], targets: &[GrayImage]) -> Result<RefSegScores
             .collect()
     };
     refseg_scores(&keyed(targets), &keyed(predicted))
-        .map_err(|e| TaskError::Invalid(format!("referring segmentation: {e}")))
+        .map_err(|e| RunError::Invalid(format!("referring segmentation: {e}")))
 }
 
 /// The referring-segmentation report of `predicted` masks against `targets` (same order, same
@@ -109,7 +109,7 @@ pub fn segmentation_report(
     baseline: BoxXyxy,
 ) -> Result<SegmentationReport> {
     if predicted.len() != targets.len() {
-        return Err(TaskError::Invalid(format!(
+        return Err(RunError::Invalid(format!(
             "referring segmentation: {} predicted masks for {} targets",
             predicted.len(),
             targets.len()
@@ -150,7 +150,7 @@ pub fn dense_captioning_report(
     meteor: &dyn MeteorScorer,
 ) -> Result<Option<DenseCaptioningReport>> {
     if samples.len() != detections.len() {
-        return Err(TaskError::Invalid(format!(
+        return Err(RunError::Invalid(format!(
             "dense captioning: detections for {} images, {} images",
             detections.len(),
             samples.len()
@@ -187,7 +187,7 @@ pub fn dense_captioning_report(
         }
     }
     let scores = densecap_map(&gt, &predictions, meteor, &DensecapProtocol::pixel_llm())
-        .map_err(|e| TaskError::Invalid(format!("dense captioning: {e}")))?;
+        .map_err(|e| RunError::Invalid(format!("dense captioning: {e}")))?;
     Ok(Some(DenseCaptioningReport {
         map: scores.map,
         map_detection: scores.map_detection,

@@ -1,7 +1,7 @@
 //! What the model answers, in the pixels of the image as given: the JSON of `pixel predict`
 //! and `POST /api/predict`.
 use super::request::Task;
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use image::GrayImage;
 use pixel_core::geometry::BoxXyxy;
 use pixel_lm::tokenizer::T5Tokenizer;
@@ -106,7 +106,7 @@ pub fn words_at(
     let decode = |ids: &[usize]| {
         tokenizer
             .decode(ids)
-            .map_err(|e| TaskError::Invalid(e.to_string()))
+            .map_err(|e| RunError::Invalid(e.to_string()))
     };
     let caption = decode(t5_ids)?;
     let mut words: Vec<WordAt> = caption
@@ -154,9 +154,9 @@ pub fn mask_from_rle(mask: &Segmentation, (width, height): (u32, u32)) -> Result
     let inside = mask
         .to_rle(Some((h, w)))
         .and_then(|rle| rle.decode())
-        .map_err(|e| TaskError::Invalid(format!("mask: {e}")))?;
+        .map_err(|e| RunError::Invalid(format!("mask: {e}")))?;
     if inside.len() != w * h {
-        return Err(TaskError::Invalid(format!(
+        return Err(RunError::Invalid(format!(
             "mask: {} pixels for a {width}x{height} image",
             inside.len()
         )));

@@ -13,7 +13,7 @@ pub use answer::{mask_from_rle, mask_rle, to_pixels, words_at, Answer, Region, W
 pub use pixel_data::data_source::model_image;
 pub use request::{Query, Request, Task};
 
-use crate::error::{Result, TaskError};
+use crate::error::{Result, RunError};
 use crate::eval_run::resolve_checkpoint;
 use crate::experiment::ExperimentConfig;
 use pixel_core::checkpoint::load_params_file;
@@ -49,7 +49,7 @@ impl TrainedModel {
             Some(path) => read_config(path)?,
             None => read_config(&run_config(checkpoint)?)?,
         };
-        let tokenizer = T5Tokenizer::bundled().map_err(|e| TaskError::Invalid(e.to_string()))?;
+        let tokenizer = T5Tokenizer::bundled().map_err(|e| RunError::Invalid(e.to_string()))?;
         let mut model = TinyPixelLlm::build_with(&config.model, config.seed, heads)?;
         let (weights, step) = resolve_checkpoint(checkpoint)?;
         load_params_file(&mut model, &weights)?;
@@ -123,7 +123,7 @@ impl TrainedModel {
     /// model: an error here is the requester's.
     pub fn query(&self, request: &Request, source: &str, bytes: &[u8]) -> Result<Query> {
         if let Some(why) = self.missing_head(request.task) {
-            return Err(TaskError::Invalid(why));
+            return Err(RunError::Invalid(why));
         }
         Query::new(request, source, bytes, self.image_side())
     }
@@ -151,7 +151,7 @@ impl TrainedModel {
         }
         answers
             .into_iter()
-            .map(|a| a.ok_or_else(|| TaskError::Invalid("a query got no answer".into())))
+            .map(|a| a.ok_or_else(|| RunError::Invalid("a query got no answer".into())))
             .collect()
     }
 
@@ -217,7 +217,7 @@ impl TrainedModel {
                     .map(|b| to_pixels(b, q.size()));
                 if let Some(name) = mask_head {
                     let mask = prediction_of(&heads, name)?.mask.as_ref().ok_or_else(|| {
-                        TaskError::Invalid(format!("head \"{name}\" gave no mask"))
+                        RunError::Invalid(format!("head \"{name}\" gave no mask"))
                     })?;
                     answer.mask = Some(mask_rle(mask, q.size()));
                 }
@@ -237,7 +237,7 @@ impl TrainedModel {
         let encode = |text: &str| {
             self.tokenizer
                 .encode(text)
-                .map_err(|e| TaskError::Invalid(e.to_string()))
+                .map_err(|e| RunError::Invalid(e.to_string()))
         };
         let to_model = |ids: Vec<usize>| -> Vec<usize> {
             ids.into_iter().map(|id| vocab.to_model(id)).collect()
@@ -277,7 +277,7 @@ impl TrainedModel {
     fn densecap(&self, queries: &[&Query]) -> Result<Vec<Answer>> {
         let head = self
             .head_of_kind("detection")
-            .ok_or_else(|| TaskError::Invalid("the model has no detection head".into()))?;
+            .ok_or_else(|| RunError::Invalid("the model has no detection head".into()))?;
         let carriers: Vec<Example> = queries
             .iter()
             .map(|q| prompt_example(TaskKind::TraceCaptioning, q, BoxXyxy::whole_image()))
@@ -313,7 +313,7 @@ impl TrainedModel {
         .map(|g| {
             self.tokenizer
                 .decode(&self.t5_text(&g.ids))
-                .map_err(|e| TaskError::Invalid(e.to_string()))
+                .map_err(|e| RunError::Invalid(e.to_string()))
         });
         queries
             .iter()
@@ -368,7 +368,7 @@ fn prediction_of<'p>(heads: &'p [HeadPrediction], name: &str) -> Result<&'p Head
     heads
         .iter()
         .find(|h| h.head == name)
-        .ok_or_else(|| TaskError::Invalid(format!("head \"{name}\" gave no prediction")))
+        .ok_or_else(|| RunError::Invalid(format!("head \"{name}\" gave no prediction")))
 }
 
 /// The `config.json` of the run `checkpoint` is in: the folder itself, or up to two folders
@@ -380,7 +380,7 @@ fn run_config(checkpoint: &Path) -> Result<PathBuf> {
         .map(|dir| dir.join("config.json"))
         .find(|path| path.is_file())
         .ok_or_else(|| {
-            TaskError::Invalid(format!(
+            RunError::Invalid(format!(
                 "no config.json in `{}` or the run folder above it\n  help: give --config with \
                  the experiment config (TOML) the checkpoint was trained with",
                 checkpoint.display()
@@ -391,9 +391,9 @@ fn run_config(checkpoint: &Path) -> Result<PathBuf> {
 /// An experiment config: a run's `config.json`, or TOML.
 fn read_config(path: &Path) -> Result<ExperimentConfig> {
     if path.extension().is_some_and(|e| e == "json") {
-        let text = pixel_core::text::read_text(path).map_err(|e| TaskError::io(path, e))?;
+        let text = pixel_core::text::read_text(path).map_err(|e| RunError::io(path, e))?;
         let config: ExperimentConfig =
-            serde_json::from_str(&text).map_err(|e| TaskError::Format {
+            serde_json::from_str(&text).map_err(|e| RunError::Format {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
