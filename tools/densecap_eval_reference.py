@@ -7,7 +7,7 @@ A straightforward Python port, written from the logic of
 - its port in scenic (`projects/pixel_llm/densecap_evaluator.py`, `DensecapEval`), which is what
   PixelLLM reports.
 
-Differences kept per protocol (see pixel_tasks::metrics::densecap::DensecapProtocol):
+Differences kept per protocol (see pixel_metrics::densecap::DensecapProtocol):
 - METEOR thresholds: Lua {0.05..0.25} (25 pairs), scenic {0, 0.05..0.25} (30 pairs);
 - boxes: Lua x2 = x + w - 1 with "+1" areas, scenic continuous [x, y, w, h];
 - a detection overlapping no ground truth: Lua indexes used[-1] (torch: the last ground truth) and

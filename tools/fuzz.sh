@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the parser property tests (pixel-tasks/tests/fuzz_parsers.rs) long: rounds of
+# Runs the parser property tests (pixel-run/tests/fuzz_parsers.rs) long: rounds of
 # PROPTEST_CASES cases, each round with fresh random seeds, until the time is up.
 #   tools/fuzz.sh --minutes 10 [--cases 20000]
 set -euo pipefail
@@ -13,12 +13,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")/.."
-cargo test --release -p pixel-tasks --test fuzz_parsers --no-run
+cargo test --release -p pixel-run --test fuzz_parsers --no-run
 end=$(( $(date +%s) + minutes * 60 ))
 round=0
 while [ "$(date +%s)" -lt "$end" ]; do
   round=$((round + 1))
   echo "round $round: $cases cases per parser"
-  PROPTEST_CASES="$cases" cargo test --release -q -p pixel-tasks --test fuzz_parsers
+  PROPTEST_CASES="$cases" cargo test --release -q -p pixel-run --test fuzz_parsers
 done
 echo "no parser panicked in $round rounds"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Converts the refer toolkit's refs pickle (refs(unc).p, refs(google).p, refs(umd).p) to JSON.
 
-pixel-tasks reads the JSON (pixel_tasks::datasets::refcoco::read_refer) together with the
+pixel-data reads the JSON (pixel_data::datasets::refcoco::read_refer) together with the
 dataset's instances.json; an experiment config's [dataset] split names them as
 `refer = { instances = "...", refs = "...", split = "train" }`. Usage:
 

@@ -8,9 +8,10 @@ use dfdx::prelude::*;
 use pixel_core::optim::alloc_grads;
 use pixel_data::shapes_ln::ShapesLn;
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::demo::{training_examples, ExperimentConfig};
-use pixel_tasks::model::TinyPixelLlm;
-use pixel_tasks::tasks::ExampleBuilder;
+use pixel_model::model::TinyPixelLlm;
+use pixel_model::task_mix::training_examples;
+use pixel_model::tasks::ExampleBuilder;
+use pixel_run::experiment::ExperimentConfig;
 use pixel_train::TrainStep;
 use std::time::Duration;
 

@@ -3,5 +3,7 @@
 //!
 //! - [`text`]: reading user text files with errors that say what is wrong.
 //! - [`progress`]: progress of long jobs as `tracing` events; the binary draws them.
+//! - [`range`]: range-checked numbers for typed configs.
 pub mod progress;
+pub mod range;
 pub mod text;

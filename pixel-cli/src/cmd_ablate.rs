@@ -1,6 +1,6 @@
 //! `pixel ablate`: every variant of an ablation config over its seeds, tabulated.
-use pixel_tasks::ablate::{run_ablation, Ablation};
-use pixel_tasks::model::TinyHeadRegistry;
+use pixel_model::model::TinyHeadRegistry;
+use pixel_run::ablate::{run_ablation, Ablation};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -20,7 +20,7 @@ pub struct AblateArgs {
 pub fn run(args: AblateArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::error::Error>> {
     let ablation = Ablation::load(&args.config)?;
     let results = run_ablation(&ablation, &args.out, args.jobs, heads)?;
-    print!("{}", pixel_tasks::ablate::markdown(&results));
+    print!("{}", pixel_run::ablate::markdown(&results));
     println!(
         "wrote {}/{{results.json, results.md, results.png}}",
         args.out.display()

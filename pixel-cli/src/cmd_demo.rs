@@ -1,6 +1,7 @@
 //! `pixel demo`: the main job, on the built-in config unless one is given.
-use pixel_tasks::demo::{run_demo, ExperimentConfig};
-use pixel_tasks::model::TinyHeadRegistry;
+use pixel_model::model::TinyHeadRegistry;
+use pixel_run::demo::run_demo;
+use pixel_run::experiment::ExperimentConfig;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]

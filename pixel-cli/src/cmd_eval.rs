@@ -1,8 +1,8 @@
 //! `pixel eval`: a trained checkpoint on every configured task; writes results.json and
 //! results.md.
-use pixel_tasks::demo::ExperimentConfig;
-use pixel_tasks::eval_run::{results_markdown, run_eval};
-use pixel_tasks::model::TinyHeadRegistry;
+use pixel_model::model::TinyHeadRegistry;
+use pixel_run::eval_run::{results_markdown, run_eval};
+use pixel_run::experiment::ExperimentConfig;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]

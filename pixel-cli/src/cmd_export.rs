@@ -2,7 +2,7 @@
 //! Genome files, which `[dataset]` in an experiment config reads back.
 use pixel_data::data_source::export_shapes;
 use pixel_data::shapes_ln::ShapesLn;
-use pixel_tasks::demo::ExperimentConfig;
+use pixel_run::experiment::ExperimentConfig;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]

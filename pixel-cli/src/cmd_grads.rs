@@ -1,8 +1,8 @@
 //! `pixel grads`: one training step's initial weights, batch and gradients as safetensors, for
 //! the PyTorch twin (`tools/twin/grads.py`) to recompute and compare.
-use pixel_tasks::demo::ExperimentConfig;
-use pixel_tasks::grads::write_grads;
-use pixel_tasks::model::TinyHeadRegistry;
+use pixel_model::model::TinyHeadRegistry;
+use pixel_run::experiment::ExperimentConfig;
+use pixel_run::grads::write_grads;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]

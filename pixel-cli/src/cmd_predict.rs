@@ -1,9 +1,9 @@
 //! `pixel predict`: a trained model on one's own images, one request or many; JSON answers and
 //! annotated PNGs.
 use indicatif::{ProgressBar, ProgressStyle};
+use pixel_model::model::TinyHeadRegistry;
 use pixel_render::save_png;
-use pixel_tasks::model::TinyHeadRegistry;
-use pixel_tasks::predict::{annotate, Answer, Query, Request, Task, TrainedModel};
+use pixel_run::predict::{annotate, Answer, Query, Request, Task, TrainedModel};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

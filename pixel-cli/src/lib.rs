@@ -20,7 +20,7 @@ mod cmd_vision;
 mod progress;
 
 use clap::{Parser, Subcommand};
-use pixel_tasks::model::TinyHeadRegistry;
+use pixel_model::model::TinyHeadRegistry;
 use std::process::ExitCode;
 
 const EXAMPLES: &str = "Examples:

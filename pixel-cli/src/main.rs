@@ -1,5 +1,5 @@
 //! `pixel`: the PixelLLM command line with the built-in output heads.
-use pixel_tasks::heads::HeadRegistry;
+use pixel_model::heads::HeadRegistry;
 use std::process::ExitCode;
 
 /// The training step allocates and frees many tensor buffers from two threads; glibc's malloc

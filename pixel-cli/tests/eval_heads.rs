@@ -2,9 +2,9 @@
 //! with the point, mask and detection heads trains a few steps with `pixel demo`, and `pixel
 //! eval` reports referring segmentation and dense captioning for every validation expression
 //! and image, with numbers in [0, 1]. The scores' values are tested against perfect predictions
-//! next to the adapters (`pixel_tasks::eval_heads`); this test holds the wiring.
-use pixel_tasks::ablate::deep_merge;
-use pixel_tasks::eval_run::EvalResults;
+//! next to the adapters (`pixel_run::eval_heads`); this test holds the wiring.
+use pixel_run::ablate::deep_merge;
+use pixel_run::eval_run::EvalResults;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

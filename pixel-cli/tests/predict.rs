@@ -4,7 +4,7 @@
 //! requests with a 4xx and goes on serving.
 use base64::Engine;
 use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig, Split};
-use pixel_tasks::predict::Answer;
+use pixel_run::predict::Answer;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -76,7 +76,7 @@ fn trained(cell: &'static OnceLock<PathBuf>, patch: &str) -> &'static Path {
         let dir = tempfile::tempdir().unwrap().keep();
         let base = std::fs::read_to_string(repo().join("configs/densecap.toml")).unwrap();
         let mut config: toml::Table = toml::from_str(&base).unwrap();
-        pixel_tasks::ablate::deep_merge(&mut config, &toml::from_str(patch).unwrap());
+        pixel_run::ablate::deep_merge(&mut config, &toml::from_str(patch).unwrap());
         let path = dir.join("config.toml");
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
         let run = dir.join("run");

@@ -87,7 +87,7 @@ pub struct DatasetConfig {
     /// [`Reason`]); over it, loading stops naming the file. In [0, 1]; default 0.01.
     #[serde(
         default = "default_max_skipped_fraction",
-        deserialize_with = "pixel_core::config::range::fraction",
+        deserialize_with = "pixel_base::range::fraction",
         serialize_with = "serialize_shortest"
     )]
     pub max_skipped_fraction: f32,

@@ -2,7 +2,7 @@
 //! from a `config.json` to the preset whose dims it has.
 //!
 //! A preset is a unit struct implementing [`T5Dims`]; crates outside pixel-lm may define their
-//! own (pixel-tasks' demo does). Only the four channel dims are types; layer counts, heads,
+//! own (pixel-run' demo does). Only the four channel dims are types; layer counts, heads,
 //! buckets, eps and the feed-forward variant come from [`T5Config`] at run time.
 use crate::config::T5Config;
 use crate::dims::describe;

@@ -324,7 +324,7 @@ fn gradients_reach_encoder_decoder_position_bias_and_lora() {
     }
 }
 
-/// A preset defined outside pixel-lm, as pixel-tasks' demo does.
+/// A preset defined outside pixel-lm, as pixel-run' demo does.
 #[derive(Debug, Clone, Copy, Default)]
 struct Tiny;
 

@@ -1,4 +1,4 @@
-"""A PyTorch twin of the Rust PixelLLM (`pixel_tasks::model::PixelLlm`, preset `pixel-tiny`).
+"""A PyTorch twin of the Rust PixelLLM (`pixel_model::model::PixelLlm`, preset `pixel-tiny`).
 
 Module for module as the Rust code computes it (not as the paper or the reference libraries
 would, where they differ), with attribute names chosen so that `state_dict()` keys are the
@@ -50,7 +50,7 @@ CLIP_NORMALIZATION = (
 
 @dataclass
 class TinyDims:
-    """`pixel_tasks::model::presets::PixelTiny`."""
+    """`pixel_model::presets::PixelTiny`."""
 
     image_size: int = 64
     # SAM (PixelTiny::sam)
@@ -116,7 +116,7 @@ class HeadSpec:
 
 @dataclass
 class ModelSpec:
-    """The `[model]` section of an experiment config (`pixel_tasks::model::ModelConfig`)."""
+    """The `[model]` section of an experiment config (`pixel_model::model::ModelConfig`)."""
 
     preset: str = "pixel-tiny"
     output_tokens: int = 8
@@ -685,7 +685,7 @@ class TwoWayTransformer(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Prompt feature extractor (pixel_tasks::model::prompt_feature_extractor)
+# Prompt feature extractor (pixel_model::model::prompt_feature_extractor)
 # --------------------------------------------------------------------------------------------
 
 
@@ -927,7 +927,7 @@ class T5(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Heads (pixel_tasks::heads)
+# Heads (pixel_model::heads)
 # --------------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ unweighted, weight and weighted, lr, grad_norm before clipping, elapsed_s = trai
 evaluation) every `log_every` steps and at the last. RUN/summary.json: settings, seconds per
 step, the last log line, the evaluation (and RUN/eval.jsonl with --eval-every).
 
-Evaluation as pixel-tasks/src/eval.rs does for a regression head (point or box), all
+Evaluation as pixel-model/src/eval.rs does for a regression head (point or box), all
 teacher-forced (as the Rust eval for those heads):
   * referring: the scored head's box over the valid tokens (location weight > 0): for the
     point head the box around their points (`box_from_token_points`), for the box head the
@@ -202,7 +202,7 @@ def reference_init(model: M.PixelLlm, seed: int):
 
 
 # --------------------------------------------------------------------------------------------
-# Evaluation (pixel-tasks/src/eval.rs, heads/point.rs, heads/boxes.rs)
+# Evaluation (pixel-model/src/eval.rs, heads/point.rs, heads/boxes.rs)
 # --------------------------------------------------------------------------------------------
 
 

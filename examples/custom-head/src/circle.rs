@@ -8,12 +8,12 @@ use pixel_core::geometry::BoxXyxy;
 use pixel_core::loss::masked_l1;
 use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
-use pixel_tasks::heads::{
+use pixel_model::heads::{
     options, DecodedTokens, HeadBuild, HeadInputs, HeadPrediction, HeadTable, OutputHead, Reads,
     TapedScalar,
 };
-use pixel_tasks::model::presets::LmWidth;
-use pixel_tasks::model::{PixelDims, PixelTiny};
+use pixel_model::model::{PixelDims, PixelTiny};
+use pixel_model::presets::LmWidth;
 
 type Dev = pixel_core::DefaultDevice;
 type Hidden = <PixelTiny as PixelDims>::PointHidden;
@@ -46,7 +46,7 @@ impl CircleHead {
     pub fn build(
         build: &HeadBuild<'_, Dev>,
         table: &HeadTable,
-    ) -> pixel_tasks::Result<Box<dyn OutputHead<PixelTiny, Dev>>> {
+    ) -> pixel_model::Result<Box<dyn OutputHead<PixelTiny, Dev>>> {
         let o: CircleOptions = options(table, &build.key)?;
         if o.depth < 2 {
             return Err(build.error("depth", format!("must be at least 2, got {}", o.depth)));
@@ -91,7 +91,7 @@ impl OutputHead<PixelTiny, Dev> for CircleHead {
     fn loss(
         &self,
         inputs: &HeadInputs<PixelTiny, Dev>,
-    ) -> pixel_tasks::Result<Option<TapedScalar<Dev>>> {
+    ) -> pixel_model::Result<Option<TapedScalar<Dev>>> {
         let batch = inputs.batch;
         let targets: Vec<f32> = batch
             .location_targets
@@ -116,7 +116,7 @@ impl OutputHead<PixelTiny, Dev> for CircleHead {
         inputs: &HeadInputs<PixelTiny, Dev>,
         tokens: &DecodedTokens,
         _earlier: &[Vec<HeadPrediction>],
-    ) -> pixel_tasks::Result<Vec<HeadPrediction>> {
+    ) -> pixel_model::Result<Vec<HeadPrediction>> {
         let (b, t, _) = *inputs.decoder.shape();
         let circles = self.forward(inputs.decoder.clone()).as_vec();
         Ok((0..b)

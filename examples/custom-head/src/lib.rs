@@ -5,8 +5,8 @@ mod circle;
 
 pub use circle::{CircleHead, CircleOptions};
 
-use pixel_tasks::heads::HeadRegistry;
-use pixel_tasks::model::TinyHeadRegistry;
+use pixel_model::heads::HeadRegistry;
+use pixel_model::model::TinyHeadRegistry;
 
 /// The built-in head kinds and `circle`.
 pub fn registry() -> TinyHeadRegistry {

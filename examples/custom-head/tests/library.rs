@@ -4,15 +4,15 @@
 use pixel_core::params::list_params;
 use pixel_data::shapes_ln::{ShapesLn, Split};
 use pixel_lm::tokenizer::T5Tokenizer;
-use pixel_tasks::demo::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
-use pixel_tasks::eval::Predictor;
-use pixel_tasks::model::TinyPixelLlm;
-use pixel_tasks::tasks::{Example, ExampleBuilder};
+use pixel_model::eval::Predictor;
+use pixel_model::model::TinyPixelLlm;
+use pixel_model::tasks::{Example, ExampleBuilder};
+use pixel_run::experiment::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
 use pixel_train::{read_log, train, RunDir, TrainConfig};
 use std::path::Path;
 
 /// The demo config with `heads` in place of its `[[model.heads]]`.
-fn config(heads: &str) -> pixel_tasks::Result<ExperimentConfig> {
+fn config(heads: &str) -> pixel_run::Result<ExperimentConfig> {
     let start = DEFAULT_DEMO_CONFIG.find("[[model.heads]]").unwrap();
     let end = DEFAULT_DEMO_CONFIG.find("[model.lm]").unwrap();
     let text = format!(
@@ -127,10 +127,10 @@ fn the_outside_head_checks_its_keys_with_their_path() {
 /// The circle head passes the conformance kit every built-in head passes.
 #[test]
 fn the_circle_head_conforms() {
-    pixel_tasks::head_conformance::check_head(
+    pixel_run::head_conformance::check_head(
         &custom_head::registry(),
         "[[model.heads]]\nkind = \"circle\"\nweight = 1.0\n",
-        pixel_tasks::head_conformance::Conformance::default(),
+        pixel_run::head_conformance::Conformance::default(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
 }

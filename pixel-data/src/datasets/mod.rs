@@ -45,7 +45,7 @@ pub use visual_genome::{
 pub enum DatasetError {
     #[error(
         "failed to read `{path}`: {source}{}",
-        pixel_core::text::read_help(source)
+        pixel_base::text::read_help(source)
     )]
     Io {
         path: PathBuf,
@@ -210,7 +210,7 @@ impl<K: std::hash::Hash + Eq + std::fmt::Display> SeenIds<K> {
 }
 
 pub(crate) fn read_to_string(path: &Path) -> Result<String, DatasetError> {
-    pixel_core::text::read_text(path).map_err(|source| DatasetError::Io {
+    pixel_base::text::read_text(path).map_err(|source| DatasetError::Io {
         path: path.to_path_buf(),
         source,
     })
