@@ -216,10 +216,19 @@ pub fn acc50_by_group(
     targets: &[BoxXyxy],
     groups: &[usize],
 ) -> BTreeMap<usize, f32> {
+    let hits = predictions
+        .iter()
+        .zip(targets)
+        .map(|(p, t)| p.iou(*t) > 0.5);
+    share_by_group(hits, groups)
+}
+
+/// The share of `true` in `hits` within each group of `groups` (one key per hit), by key.
+fn share_by_group(hits: impl Iterator<Item = bool>, groups: &[usize]) -> BTreeMap<usize, f32> {
     let mut tally: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
-    for ((p, t), g) in predictions.iter().zip(targets).zip(groups) {
+    for (hit, g) in hits.zip(groups) {
         let entry = tally.entry(*g).or_default();
-        entry.0 += usize::from(p.iou(*t) > 0.5);
+        entry.0 += usize::from(hit);
         entry.1 += 1;
     }
     tally
@@ -237,18 +246,15 @@ pub fn named_object_by_group(
     objects: &[&[BoxXyxy]],
     groups: &[usize],
 ) -> BTreeMap<usize, f32> {
-    let mut tally: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
-    for (((p, t), boxes), g) in predictions.iter().zip(targets).zip(objects).zip(groups) {
-        let named = p.iou(*t);
-        let picks_named = named > 0.0 && boxes.iter().all(|o| p.iou(*o) <= named);
-        let entry = tally.entry(*g).or_default();
-        entry.0 += usize::from(picks_named);
-        entry.1 += 1;
-    }
-    tally
-        .into_iter()
-        .map(|(g, (hits, n))| (g, hits as f32 / n as f32))
-        .collect()
+    let hits = predictions
+        .iter()
+        .zip(targets)
+        .zip(objects)
+        .map(|((p, t), boxes)| {
+            let named = p.iou(*t);
+            named > 0.0 && boxes.iter().all(|o| p.iou(*o) <= named)
+        });
+    share_by_group(hits, groups)
 }
 
 /// The scored head's box for each referring example (one batch), from

@@ -105,18 +105,7 @@ impl HostMatrix {
         assert_eq!(values.len(), rows * cols, "a [{rows}, {cols}] matrix");
         let storage = match dtype {
             Dtype::F32 => Storage::F32(values),
-            Dtype::Bf16 => Storage::Bf16(
-                values
-                    .iter()
-                    .map(|&v| half::bf16::from_f32(v).to_bits())
-                    .collect(),
-            ),
-            Dtype::F16 => Storage::F16(
-                values
-                    .iter()
-                    .map(|&v| half::f16::from_f32(v).to_bits())
-                    .collect(),
-            ),
+            _ => narrow(values.into_iter(), dtype),
         };
         HostMatrix {
             rows,
@@ -145,31 +134,9 @@ impl HostMatrix {
         let storage = match (view.dtype(), dtype) {
             (SafeDtype::BF16, Dtype::Bf16) => Storage::Bf16(halves().collect()),
             (SafeDtype::F16, Dtype::F16) => Storage::F16(halves().collect()),
-            (SafeDtype::BF16, Dtype::F32) => {
-                Storage::F32(halves().map(kernels::bf16_to_f32).collect())
-            }
-            (SafeDtype::F16, Dtype::F32) => {
-                Storage::F32(halves().map(kernels::f16_to_f32).collect())
-            }
-            (SafeDtype::F32, Dtype::F32) => Storage::F32(floats().collect()),
-            (SafeDtype::F32, Dtype::Bf16) => Storage::Bf16(
-                floats()
-                    .map(|v| half::bf16::from_f32(v).to_bits())
-                    .collect(),
-            ),
-            (SafeDtype::F32, Dtype::F16) => {
-                Storage::F16(floats().map(|v| half::f16::from_f32(v).to_bits()).collect())
-            }
-            (SafeDtype::BF16, Dtype::F16) => Storage::F16(
-                halves()
-                    .map(|b| half::f16::from_f32(kernels::bf16_to_f32(b)).to_bits())
-                    .collect(),
-            ),
-            (SafeDtype::F16, Dtype::Bf16) => Storage::Bf16(
-                halves()
-                    .map(|b| half::bf16::from_f32(kernels::f16_to_f32(b)).to_bits())
-                    .collect(),
-            ),
+            (SafeDtype::BF16, _) => narrow(halves().map(kernels::bf16_to_f32), dtype),
+            (SafeDtype::F16, _) => narrow(halves().map(kernels::f16_to_f32), dtype),
+            (SafeDtype::F32, _) => narrow(floats(), dtype),
             (other, _) => {
                 return Err(format!(
                     "dtype {other:?} cannot be a weight matrix (use f32, bf16 or f16)"
@@ -286,6 +253,15 @@ impl HostMatrix {
                 );
             }
         }
+    }
+}
+
+/// `values` stored as `dtype`, each rounded to nearest even where `dtype` is 16-bit.
+fn narrow(values: impl Iterator<Item = f32>, dtype: Dtype) -> Storage {
+    match dtype {
+        Dtype::F32 => Storage::F32(values.collect()),
+        Dtype::Bf16 => Storage::Bf16(values.map(|v| half::bf16::from_f32(v).to_bits()).collect()),
+        Dtype::F16 => Storage::F16(values.map(|v| half::f16::from_f32(v).to_bits()).collect()),
     }
 }
 
