@@ -30,6 +30,29 @@ pub fn run(args: DemoArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::
     }
     let started = std::time::Instant::now();
     let metrics = run_demo(&config, &args.out, args.resume, heads)?;
+    if let Some(p) = &metrics.pretrain {
+        println!(
+            "LM pretrained by span corruption: {} steps, loss {} ({:.0} s when trained)",
+            p.config.steps,
+            loss_change(p.first_loss, p.final_loss),
+            p.wall_s
+        );
+    }
+    if let Some(p) = &metrics.pretrain_eva {
+        println!(
+            "EVA02 pretrained by region-phrase alignment: {} steps, held-out retrieval {:.3} ({:.0} s when trained; cached in {})",
+            p.config.steps,
+            p.retrieval_top1,
+            p.wall_s,
+            p.config.cache.display()
+        );
+    }
+    if let Some(p) = &metrics.pretrain_sam {
+        println!(
+            "SAM pretrained by promptable segmentation: {} steps, held-out mask mIoU {:.3} from boxes, {:.3} from points ({:.0} s when trained)",
+            p.config.steps, p.box_miou, p.point_miou, p.wall_s
+        );
+    }
     let r = &metrics.eval.referring_localization;
     let t = &metrics.eval.trace_captioning;
     println!(
@@ -65,4 +88,10 @@ pub fn run(args: DemoArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `first -> last` of a logged loss, or `?` where the log lacks it.
+fn loss_change(first: Option<f32>, last: Option<f32>) -> String {
+    let show = |v: Option<f32>| v.map_or("?".to_string(), |v| format!("{v:.3}"));
+    format!("{} -> {}", show(first), show(last))
 }

@@ -12,7 +12,7 @@
 //! is done and skipped when the ablation is run again, an interrupted one resumes from its last
 //! checkpoint. Each run keeps the base's data seed (`seed`) and sets `model_seed` and
 //! `train.seed` to its seed, so every variant and seed is evaluated on the same validation split.
-use crate::demo::{pretrain_language_model, run_demo};
+use crate::demo::{pretrain_image_encoders, pretrain_language_model, run_demo};
 use crate::error::{Result, RunError};
 use crate::experiment::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
 use pixel_base::progress::Job;
@@ -445,17 +445,24 @@ pub fn run_ablation(
         .flat_map(|&s| (0..ablation.variants.len()).map(move |v| (v, s)))
         .collect();
 
-    // Pretrain first, once per distinct (variant config, seed) with `[pretrain]`, so that two
-    // runs never pretrain the same cached LM at once; the runs then load it from the cache.
+    // Pretrain first, once per distinct set of pretraining stages (`[pretrain]`,
+    // `[pretrain_eva]`, `[pretrain_sam]`) with the same model, seed and data, so that two runs
+    // never pretrain the same cached stage at once; the runs then load it from the cache.
     let mut pretrains: Vec<ExperimentConfig> = Vec::new();
     for &(v, seed) in &jobs {
         let config = ablation.run_config(&ablation.variants[v], seed);
-        let same_lm = |c: &ExperimentConfig| {
+        let same_stages = |c: &ExperimentConfig| {
             c.pretrain == config.pretrain
-                && c.model_seed == config.model_seed
+                && c.pretrain_eva == config.pretrain_eva
+                && c.pretrain_sam == config.pretrain_sam
+                && c.model_seed() == config.model_seed()
                 && c.model == config.model
+                && c.data_key() == config.data_key()
         };
-        if config.pretrain.is_some() && !pretrains.iter().any(same_lm) {
+        let pretrains_something = config.pretrain.is_some()
+            || config.pretrain_eva.is_some()
+            || config.pretrain_sam.is_some();
+        if pretrains_something && !pretrains.iter().any(same_stages) {
             pretrains.push(config);
         }
     }
@@ -464,7 +471,7 @@ pub fn run_ablation(
     let finished = AtomicU64::new(0);
     let one_done = || progress.set(finished.fetch_add(1, Ordering::Relaxed) + 1);
     parallel_for(workers, pretrains, |config| {
-        progress.note(&format!("pretraining the LM, seed {}", config.model_seed()));
+        progress.note(&format!("pretraining, seed {}", config.model_seed()));
         pretrain_only(&config, heads)?;
         one_done();
         Ok(())
@@ -557,7 +564,7 @@ fn parallel_for<T: Send>(
     }
 }
 
-/// Pretrains (or finds cached) the LM a run config asks for.
+/// Pretrains (or finds cached) the LM and image encoders a run config asks for.
 fn pretrain_only(config: &ExperimentConfig, heads: &TinyHeadRegistry) -> Result<()> {
     let tokenizer = pixel_lm::tokenizer::T5Tokenizer::bundled()
         .map_err(|e| RunError::Invalid(e.to_string()))?;
@@ -569,6 +576,7 @@ fn pretrain_only(config: &ExperimentConfig, heads: &TinyHeadRegistry) -> Result<
     let mut model =
         pixel_model::model::TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     pretrain_language_model(config, &mut model, &data, &tokenizer)?;
+    pretrain_image_encoders(config, &mut model, &data, &tokenizer)?;
     Ok(())
 }
 

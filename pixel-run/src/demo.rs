@@ -209,8 +209,14 @@ pub fn pretrain_language_model(
     let Some(pretrain) = &config.pretrain else {
         return Ok(None);
     };
-    let (lm, report) =
-        pretrained_lm::<PixelTiny>(pretrain, data, tokenizer, &model.vocab, config.model_seed())?;
+    let (lm, report) = pretrained_lm::<PixelTiny>(
+        pretrain,
+        data,
+        &config.data_key(),
+        tokenizer,
+        &model.vocab,
+        config.model_seed(),
+    )?;
     install_lm(model, lm);
     Ok(Some(report))
 }
@@ -226,8 +232,14 @@ pub fn pretrain_image_encoders(
     let seed = config.model_seed();
     let eva = match &config.pretrain_eva {
         Some(pretrain) => {
-            let (eva, report) =
-                pretrained_eva::<PixelTiny>(pretrain, data, tokenizer, &model.vocab, seed)?;
+            let (eva, report) = pretrained_eva::<PixelTiny>(
+                pretrain,
+                data,
+                &config.data_key(),
+                tokenizer,
+                &model.vocab,
+                seed,
+            )?;
             model.image_encoder.eva = eva;
             Some(report)
         }
@@ -235,7 +247,7 @@ pub fn pretrain_image_encoders(
     };
     let sam = match &config.pretrain_sam {
         Some(pretrain) => {
-            let (sam, report) = pretrained_sam::<PixelTiny>(pretrain, data, seed)?;
+            let (sam, report) = pretrained_sam::<PixelTiny>(pretrain, data, &config.data_key(), seed)?;
             model.image_encoder.sam = sam;
             Some(report)
         }

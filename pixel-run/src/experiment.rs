@@ -146,6 +146,12 @@ impl ExperimentConfig {
     pub fn model_seed(&self) -> u64 {
         self.model_seed.unwrap_or(self.seed)
     }
+
+    /// What the run's samples are (generator settings, dataset files, data seed): part of each
+    /// pretraining stage's cache key, so a stage cached on other data is not reused.
+    pub fn data_key(&self) -> serde_json::Value {
+        serde_json::json!({ "data": self.data, "dataset": self.dataset, "seed": self.seed })
+    }
 }
 
 #[cfg(test)]
@@ -181,7 +187,7 @@ mod tests {
             ),
             ("peak_lr = 5e-4", "peak_lr = -5e-4", "train.peak_lr", "> 0"),
             (
-                "final_lr_ratio = 0.05",
+                "final_lr_ratio = 0.5",
                 "final_lr_ratio = -0.5",
                 "train.final_lr_ratio",
                 "in [0, 1]",

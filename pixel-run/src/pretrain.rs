@@ -389,12 +389,19 @@ pub struct PretrainReport {
 
 /// The cache folder of a pretrained LM: `cache/<preset>-<hash>` where the hash covers every
 /// setting that changes the weights (not the cache path itself).
-pub fn cache_dir(config: &PretrainConfig, seed: u64, preset: &str, vocab: &VocabMap) -> PathBuf {
+pub fn cache_dir(
+    config: &PretrainConfig,
+    seed: u64,
+    preset: &str,
+    vocab: &VocabMap,
+    data: &serde_json::Value,
+) -> PathBuf {
     let mut keyed = config.clone();
     keyed.cache = PathBuf::new();
     let t5_ids: Vec<usize> = (0..vocab.len()).map(|i| vocab.to_t5(i)).collect();
-    let key =
-        serde_json::json!({ "pretrain": keyed, "seed": seed, "preset": preset, "vocab": t5_ids });
+    let key = serde_json::json!({
+        "pretrain": keyed, "seed": seed, "preset": preset, "vocab": t5_ids, "data": data
+    });
     stage_cache_dir(&config.cache, preset, &key)
 }
 
@@ -407,16 +414,19 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The pretrained language model of preset `P`: loaded from the cache, or trained now (an
-/// interrupted pretrain resumes from its last checkpoint) and cached.
+/// interrupted pretrain resumes from its last checkpoint) and cached. `data_key` says what
+/// `data` holds (see [`crate::experiment::ExperimentConfig::data_key`]): samples from other
+/// data are another cache entry.
 pub fn pretrained_lm<P: PixelDims>(
     config: &PretrainConfig,
     data: &impl SampleSource,
+    data_key: &serde_json::Value,
     tokenizer: &T5Tokenizer,
     vocab: &VocabMap,
     seed: u64,
 ) -> Result<(T5<P::Lm, pixel_core::DefaultDevice>, PretrainReport)> {
     config.validate()?;
-    let dir = cache_dir(config, seed, P::NAME, vocab);
+    let dir = cache_dir(config, seed, P::NAME, vocab, data_key);
     let run = RunDir::new(&dir);
     let dev = pixel_core::DefaultDevice::seed_from_u64(seed);
     let lm = T5::new(&dev, &P::language_model())
@@ -616,6 +626,7 @@ mod tests {
     fn pretraining_lowers_the_denoising_loss_and_the_cache_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let data = ShapesLn::new(demo_section("data"), 0).unwrap();
+        let data_key = serde_json::json!({ "data": "demo", "seed": 0 });
         let tokenizer = T5Tokenizer::bundled().unwrap();
         let model: ModelConfig = demo_section("model");
         let vocab = TinyPixelLlm::build(&model, 0).unwrap().vocab;
@@ -631,12 +642,14 @@ mod tests {
         .unwrap();
         let before = denoising_loss(&fresh, &held_out).unwrap();
         let (lm, report) =
-            pretrained_lm::<pixel_model::model::PixelTiny>(&config, &data, &tokenizer, &vocab, 3)
+            pretrained_lm::<pixel_model::model::PixelTiny>(
+                &config, &data, &data_key, &tokenizer, &vocab, 3,
+            )
                 .unwrap();
         let after = denoising_loss(&lm, &held_out).unwrap();
         assert!(after < 0.7 * before, "denoising loss {before} -> {after}");
         let in_cache = |c: &PretrainConfig, seed| {
-            cache_dir(c, seed, "pixel-tiny", &vocab)
+            cache_dir(c, seed, "pixel-tiny", &vocab, &data_key)
                 .join("pretrain.json")
                 .exists()
         };
@@ -644,18 +657,25 @@ mod tests {
 
         // The second call loads the cached weights instead of training.
         let (cached, cached_report) =
-            pretrained_lm::<pixel_model::model::PixelTiny>(&config, &data, &tokenizer, &vocab, 3)
+            pretrained_lm::<pixel_model::model::PixelTiny>(
+                &config, &data, &data_key, &tokenizer, &vocab, 3,
+            )
                 .unwrap();
         assert_eq!(denoising_loss(&cached, &held_out).unwrap(), after);
         assert_eq!(cached_report.final_loss, report.final_loss);
-        // Another seed or setting is another cache entry; the cache path is not part of the key.
+        // Another seed, setting or data is another cache entry; the cache path is not part of
+        // the key.
         assert!(!in_cache(&config, 4));
         assert!(!in_cache(&tiny_pretrain(dir.path(), 61), 3));
+        let other_data = serde_json::json!({ "data": "demo", "seed": 1 });
+        assert!(!cache_dir(&config, 3, "pixel-tiny", &vocab, &other_data)
+            .join("pretrain.json")
+            .exists());
         let mut moved = config.clone();
         moved.cache = dir.path().join("elsewhere");
         assert_eq!(
-            cache_dir(&moved, 3, "pixel-tiny", &vocab).file_name(),
-            cache_dir(&config, 3, "pixel-tiny", &vocab).file_name()
+            cache_dir(&moved, 3, "pixel-tiny", &vocab, &data_key).file_name(),
+            cache_dir(&config, 3, "pixel-tiny", &vocab, &data_key).file_name()
         );
     }
 

@@ -427,27 +427,34 @@ pub struct EvaPretrainReport {
 
 /// The cache folder: `cache/<preset>-eva-<hash>`, the hash over every setting that changes the
 /// weights (not the cache path).
-pub fn cache_dir(config: &EvaPretrainConfig, seed: u64, preset: &str, vocab: &VocabMap) -> PathBuf {
+pub fn cache_dir(
+    config: &EvaPretrainConfig,
+    seed: u64,
+    preset: &str,
+    vocab: &VocabMap,
+    data: &serde_json::Value,
+) -> PathBuf {
     let mut keyed = config.clone();
     keyed.cache = PathBuf::new();
     let t5_ids: Vec<usize> = (0..vocab.len()).map(|i| vocab.to_t5(i)).collect();
     let key = serde_json::json!({
-        "pretrain_eva": keyed, "seed": seed, "preset": preset, "vocab": t5_ids
+        "pretrain_eva": keyed, "seed": seed, "preset": preset, "vocab": t5_ids, "data": data
     });
     crate::pretrain::stage_cache_dir(&config.cache, &format!("{preset}-eva"), &key)
 }
 
 /// The pretrained EVA02 of preset `P`: from the cache, or trained now (an interrupted run
-/// resumes) and cached.
+/// resumes) and cached; `data_key` as in [`crate::pretrain::pretrained_lm`].
 pub fn pretrained_eva<P: PixelDims>(
     config: &EvaPretrainConfig,
     data: &impl SampleSource,
+    data_key: &serde_json::Value,
     tokenizer: &T5Tokenizer,
     vocab: &VocabMap,
     seed: u64,
 ) -> Result<(Eva02<P::Eva, pixel_core::DefaultDevice>, EvaPretrainReport)> {
     config.validate()?;
-    let dir = cache_dir(config, seed, P::NAME, vocab);
+    let dir = cache_dir(config, seed, P::NAME, vocab, data_key);
     let run = RunDir::new(&dir);
     let dev = pixel_core::DefaultDevice::seed_from_u64(seed);
     let mut aligner = RegionPhraseAligner::<P, _>::new(&dev, config.temperature)?;

@@ -393,10 +393,17 @@ pub struct SamPretrainReport {
 
 /// The cache folder: `cache/<preset>-sam-<hash>`, the hash over every setting that changes the
 /// weights (not the cache path).
-pub fn cache_dir(config: &SamPretrainConfig, seed: u64, preset: &str) -> PathBuf {
+pub fn cache_dir(
+    config: &SamPretrainConfig,
+    seed: u64,
+    preset: &str,
+    data: &serde_json::Value,
+) -> PathBuf {
     let mut keyed = config.clone();
     keyed.cache = PathBuf::new();
-    let key = serde_json::json!({ "pretrain_sam": keyed, "seed": seed, "preset": preset });
+    let key = serde_json::json!({
+        "pretrain_sam": keyed, "seed": seed, "preset": preset, "data": data
+    });
     crate::pretrain::stage_cache_dir(&config.cache, &format!("{preset}-sam"), &key)
 }
 
@@ -408,14 +415,15 @@ pub type SamEncoder<P> = SamImageEncoder<
 >;
 
 /// The pretrained SAM image encoder of preset `P`: from the cache, or trained now (an
-/// interrupted run resumes) and cached.
+/// interrupted run resumes) and cached; `data_key` as in [`crate::pretrain::pretrained_lm`].
 pub fn pretrained_sam<P: PixelDims>(
     config: &SamPretrainConfig,
     data: &impl SampleSource,
+    data_key: &serde_json::Value,
     seed: u64,
 ) -> Result<(SamEncoder<P>, SamPretrainReport)> {
     config.validate()?;
-    let dir = cache_dir(config, seed, P::NAME);
+    let dir = cache_dir(config, seed, P::NAME, data_key);
     let run = RunDir::new(&dir);
     let dev = pixel_core::DefaultDevice::seed_from_u64(seed);
     let mut segmenter = PromptableSegmenter::<P, _>::new(&dev)?;
