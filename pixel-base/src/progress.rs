@@ -5,7 +5,8 @@
 //! Every event has target [`TARGET`], a `job` (an id that tells concurrent jobs apart, e.g. a
 //! run folder), and a message saying what happened: `start` (with `kind`, `pos`, `len`),
 //! `pos` (with `pos`), `note` (with `text`, shown next to the bar), `line` (with `text`, a line
-//! for the terminal), and `end` (with `done`: finished, or stopped by an error).
+//! for the terminal; also from work that is no job, through [`line`]), and `end` (with `done`:
+//! finished, or stopped by an error).
 use std::fmt::Display;
 
 /// The target of progress events.
@@ -38,13 +39,19 @@ impl Job {
 
     /// A line of results for the terminal, printed above the job's progress.
     pub fn line(&self, text: &str) {
-        tracing::info!(target: TARGET, job = %self.id, text, "line");
+        line(&self.id, text);
     }
 
     /// Ends the job as finished.
     pub fn finish(mut self) {
         self.done = true;
     }
+}
+
+/// A line for the terminal from `source` (a job's id, or what reports it when it is no job,
+/// such as a dataset being opened).
+pub fn line(source: impl Display, text: &str) {
+    tracing::info!(target: TARGET, job = %source, text, "line");
 }
 
 impl Drop for Job {

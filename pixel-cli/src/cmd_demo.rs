@@ -82,6 +82,10 @@ pub fn run(args: DemoArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::
         "trace captioning: point L1 {:.4} (constant baseline {:.4}), token accuracy {:.3} over {} tokens",
         t.point_l1, t.baseline_point_l1, t.token_accuracy, t.tokens
     );
+    for (head, own) in &metrics.eval.heads {
+        let values: Vec<String> = own.iter().map(|(m, v)| format!("{m} {v:.4}")).collect();
+        println!("head {head}: {}", values.join(", "));
+    }
     println!(
         "wrote {}/{{metrics.json, loss.png, samples.png}} in {:.0} s",
         args.out.display(),

@@ -46,7 +46,7 @@ use crate::shapes_ln::{
     ReferringExpression, RegionCaption, Sample, ShapesLn, ShapesLnConfig, Split, TracedWord,
 };
 use image::{GrayImage, RgbImage};
-use pixel_base::progress::Job;
+use pixel_base::progress::{self, Job};
 use pixel_metrics::masks::{Rle, RleCounts, Segmentation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -330,8 +330,9 @@ struct NormalizedRegion {
 impl FileDataset {
     /// Reads the annotation files of both splits (strictly: a malformed record is an error naming
     /// its file and line), checks that every image exists and the records against the images'
-    /// sizes, prints what was skipped or clipped (stderr, one line per reason), and fails when a
-    /// file skipped more than `config.max_skipped_fraction` of its records.
+    /// sizes, reports what was skipped or clipped (a [`progress::line`] per reason, which
+    /// `pixel-cli` prints; [`FileDataset::report`] keeps it all), and fails when a file skipped
+    /// more than `config.max_skipped_fraction` of its records.
     pub fn open(config: &DatasetConfig, image_size: u32) -> Result<FileDataset> {
         let (train, train_files) = FileSplit::open(&config.train, &config.image_extension)?;
         let (validation, validation_files) =
@@ -349,7 +350,7 @@ impl FileDataset {
             ],
         };
         for line in report.summary() {
-            eprintln!("{line}");
+            progress::line("data", &line);
         }
         report.check(config.max_skipped_fraction)?;
         Ok(FileDataset {

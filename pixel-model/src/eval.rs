@@ -12,6 +12,9 @@
 //!   word's box corners, mean absolute error in normalized coordinates over valid tokens,
 //!   teacher-forced. The baseline is the per-coordinate median of the training token boxes, the
 //!   constant that minimises L1.
+//! - Each head's own metrics ([`crate::heads::OutputHead::metrics`]) over both tasks' examples
+//!   and the predictions above (referring expressions as decoded for the referring box, captions
+//!   teacher-forced), reported by head name.
 use crate::error::Result;
 use crate::heads::{HeadPrediction, Reads};
 use crate::tasks::{Batch, Example, TaskKind};
@@ -56,7 +59,20 @@ pub trait Predictor {
 
     fn teacher_forced(&self, batch: &Batch) -> Result<TeacherForced>;
     fn generate(&self, batch: &Batch, max_new_tokens: usize) -> Result<Vec<Generated>>;
+
+    /// Each head's own metrics over `examples` and what the heads read off them
+    /// (`predictions[example][head]`); heads without metrics are left out. None by default.
+    fn head_metrics(
+        &self,
+        _examples: &[Example],
+        _predictions: &[Vec<HeadPrediction>],
+    ) -> Result<HeadMetrics> {
+        Ok(HeadMetrics::new())
+    }
 }
+
+/// The heads' own metrics: by head name, then metric name.
+pub type HeadMetrics = BTreeMap<String, BTreeMap<String, f64>>;
 
 /// The prediction of the scored head: the first that locates tokens.
 pub fn scored(heads: &[HeadPrediction]) -> Option<&HeadPrediction> {
@@ -117,6 +133,10 @@ pub struct TraceReport {
 pub struct EvalReport {
     pub referring_localization: ReferringReport,
     pub trace_captioning: TraceReport,
+    /// Each head's own metrics on the examples scored above, as `heads.<name>.<metric>`;
+    /// left out when no head has any (so reports of the built-in heads read as before).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub heads: HeadMetrics,
 }
 
 /// The best constant predictors, fitted on training examples.
@@ -262,12 +282,16 @@ pub fn named_object_by_group(
 pub fn referring_boxes(model: &impl Predictor, examples: &[Example]) -> Result<Vec<BoxXyxy>> {
     Ok(referring_head_predictions(model, examples)?
         .iter()
-        .map(|h| {
-            scored(h)
-                .and_then(|p| p.object)
-                .unwrap_or_else(BoxXyxy::whole_image)
-        })
+        .map(|h| referring_box(h))
         .collect())
+}
+
+/// The scored head's box among one example's head predictions; the whole image where it gives
+/// none.
+fn referring_box(heads: &[HeadPrediction]) -> BoxXyxy {
+    scored(heads)
+        .and_then(|p| p.object)
+        .unwrap_or_else(BoxXyxy::whole_image)
 }
 
 /// What every head read off each referring example (one batch), `[example][head]`:
@@ -304,12 +328,18 @@ pub fn evaluate(
         .filter(|e| e.task == TaskKind::TraceCaptioning)
         .collect();
 
+    // Every example scored and what each head read off it, for the heads' own metrics.
+    let mut scored_examples: Vec<Example> = Vec::with_capacity(referring.len() + traces.len());
+    let mut predictions: Vec<Vec<HeadPrediction>> = Vec::with_capacity(scored_examples.capacity());
     let mut predicted = Vec::new();
     let mut targets = Vec::new();
     for chunk in referring.chunks(batch_size.max(1)) {
         let owned: Vec<Example> = chunk.iter().map(|e| (*e).clone()).collect();
-        predicted.extend(referring_boxes(model, &owned)?);
+        let heads = referring_head_predictions(model, &owned)?;
+        predicted.extend(heads.iter().map(|h| referring_box(h)));
         targets.extend(owned.iter().filter_map(|e| e.target_box));
+        predictions.extend(heads);
+        scored_examples.extend(owned);
     }
     let (acc50, miou) = acc50_and_miou(&predicted, &targets);
     let objects: Vec<usize> = referring.iter().map(|e| e.object_boxes.len()).collect();
@@ -347,7 +377,10 @@ pub fn evaluate(
                 points += 1;
             }
         }
+        predictions.extend(out.heads);
+        scored_examples.extend(owned);
     }
+    let heads = model.head_metrics(&scored_examples, &predictions)?;
     let per_point = |s: f64| {
         if points == 0 {
             0.0
@@ -376,6 +409,7 @@ pub fn evaluate(
             },
             tokens,
         },
+        heads,
     })
 }
 

@@ -14,7 +14,7 @@ use pixel_model::model::{PixelTiny, TinyHeadRegistry, TinyPixelLlm};
 use pixel_model::task_mix::{evaluation_examples, training_examples};
 use pixel_model::tasks::{Example, ExampleBuilder};
 use pixel_render::{loss_curves_png, samples_png, SamplePanel, Scale};
-use pixel_train::{read_log, train, LoggedLoss, RunDir, TrainReport};
+use pixel_train::{read_log, train, LogLine, LoggedLoss, RunDir, TrainReport};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -257,16 +257,31 @@ pub fn pretrain_image_encoders(
 }
 
 fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {
-    let log = read_log(&run.metrics_log())?;
+    let series = loss_series(&read_log(&run.metrics_log())?);
+    let series: Vec<(&str, &[(f64, f64)])> = series
+        .iter()
+        .map(|(name, points)| (name.as_str(), points.as_slice()))
+        .collect();
+    loss_curves_png(
+        path,
+        &series,
+        "PixelLLM tiny on ShapesLN: training loss",
+        Scale::Log,
+    )
+    .map_err(|e| RunError::Invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The curves of `loss.png`: the total, then each part under its own name (`text`, `point`,
+/// `point/referring_l1`, ...), as it enters the total and, where a weight scales it, as its
+/// loss function returns it. A log axis cannot show zeros (a text-coordinate head has no loss of
+/// its own; a ramp starts at 0), so only positive values are drawn and empty curves left out.
+fn loss_series(log: &[LogLine]) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = vec![(
         "total".into(),
         log.iter().map(|l| (l.step as f64, l.loss as f64)).collect(),
     )];
-    // Each part under its own name, as it enters the total and, where a weight scales it, as
-    // its loss function returns it. A log axis cannot show zeros (a text-coordinate head has
-    // no loss of its own; a ramp starts at 0), so only positive values are drawn.
     let mut names: Vec<&str> = Vec::new();
-    for line in &log {
+    for line in log {
         for part in &line.losses {
             if !names.contains(&part.name.as_str()) {
                 names.push(&part.name);
@@ -293,18 +308,8 @@ fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {
             series.push((name.to_string(), weighted));
         }
     }
-    let series: Vec<(&str, &[(f64, f64)])> = series
-        .iter()
-        .filter(|(_, points)| !points.is_empty())
-        .map(|(name, points)| (name.as_str(), points.as_slice()))
-        .collect();
-    loss_curves_png(
-        path,
-        &series,
-        "PixelLLM tiny on ShapesLN: training loss",
-        Scale::Log,
-    )
-    .map_err(|e| RunError::Invalid(format!("cannot write {}: {e}", path.display())))
+    series.retain(|(_, points)| !points.is_empty());
+    series
 }
 
 /// Generated captions with one dot per word, and referring boxes (green = truth, red =
@@ -389,6 +394,50 @@ pub fn words_with_points(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pixel_train::LossPart;
+
+    #[test]
+    fn the_loss_chart_draws_every_part_under_its_name_weighted_and_unweighted() {
+        let line = |step: u64, ramp: f32| {
+            let parts = [
+                LossPart::new("text", 2.0, 1.0),
+                LossPart::new("point/pixel_l1", 4.0, 0.1 * ramp),
+                LossPart::new("point/referring_l1", 0.5, 5.0 * ramp),
+                LossPart::new("circle", 0.3, 1.0),
+            ];
+            LogLine {
+                step,
+                loss: parts.iter().map(LossPart::weighted).sum(),
+                losses: parts.iter().map(LoggedLoss::from).collect(),
+                lr: 1e-3,
+                grad_norm: 1.0,
+                elapsed_s: 0.0,
+            }
+        };
+        let series = loss_series(&[line(0, 0.0), line(10, 0.5)]);
+        let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "total",
+                "text",
+                "point/pixel_l1, weighted",
+                "point/pixel_l1, unweighted",
+                "point/referring_l1, weighted",
+                "point/referring_l1, unweighted",
+                "circle",
+            ]
+        );
+        // The ramp's zero at step 0 is left out of the weighted curve (a log axis).
+        assert_eq!(series[4].1, [(10.0, 1.25)]);
+        assert_eq!(series[5].1, [(0.0, 0.5), (10.0, 0.5)]);
+        let dir = tempfile::tempdir().unwrap();
+        let curves: Vec<(&str, &[(f64, f64)])> = series
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_slice()))
+            .collect();
+        loss_curves_png(dir.path().join("loss.png"), &curves, "loss", Scale::Log).unwrap();
+    }
 
     #[test]
     fn a_resumed_run_keeps_the_config_it_was_started_with() {

@@ -7,7 +7,8 @@
 //! score it against the reference captions with pycocoevalcap's metrics ([`pixel_metrics`]:
 //! PTB tokenization, BLEU-1..4, METEOR with exact and stem matching, ROUGE-L, CIDEr-D).
 //! The heads that read the image are scored when configured ([`crate::eval_heads`]): a `mask`
-//! head on referring segmentation, a `detection` head on dense captioning.
+//! head on referring segmentation, a `detection` head on dense captioning. A head with metrics
+//! of its own (`OutputHead::metrics`) has them under `heads.<name>` and in a table of its own.
 use crate::error::{Result, RunError};
 use crate::eval_attention::{referring_attention, BindingReport, RegionShares};
 use crate::eval_heads::{
@@ -22,7 +23,9 @@ use pixel_data::shapes_ln::{Sample, Split};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use pixel_metrics::captions::{score_captions, CaptionScores, Predictions, References};
 use pixel_metrics::Meteor;
-use pixel_model::eval::{evaluate, referring_head_predictions, Baselines, EvalReport, Predictor};
+use pixel_model::eval::{
+    evaluate, referring_head_predictions, Baselines, EvalReport, HeadMetrics, Predictor,
+};
 use pixel_model::heads::{HeadConfig, HeadPrediction, Scored};
 use pixel_model::model::{TinyHeadRegistry, TinyPixelLlm};
 use pixel_model::task_mix::evaluation_examples;
@@ -561,8 +564,27 @@ pub fn results_markdown(results: &EvalResults) -> String {
         "\nCaption metrics: greedy generations against the reference captions, PTB-tokenized, \
          BLEU/ROUGE-L/CIDEr-D as pycocoevalcap, METEOR native (exact and stem matching).\n",
     );
+    text.push_str(&head_metrics_markdown(&results.eval.heads));
     if let Some(a) = &results.referring_attention {
         text.push_str(&binding_markdown(a));
+    }
+    text
+}
+
+/// The heads' own metrics as a table, one row per head and metric; nothing when no head has
+/// any.
+fn head_metrics_markdown(heads: &HeadMetrics) -> String {
+    if heads.is_empty() {
+        return String::new();
+    }
+    let mut text =
+        "\nThe heads' own metrics (`OutputHead::metrics`), on the referring expressions \
+                    and captions scored above:\n\n| head | metric | value |\n| --- | --- | --- |\n"
+            .to_string();
+    for (head, metrics) in heads {
+        for (metric, value) in metrics {
+            text.push_str(&format!("| {head} | {metric} | {value:.4} |\n"));
+        }
     }
     text
 }
@@ -620,6 +642,11 @@ mod tests {
                 token_accuracy: 0.5,
                 tokens: 10,
             },
+            heads: [(
+                "circle".to_string(),
+                [("centre_error_px".to_string(), 2.5)].into(),
+            )]
+            .into(),
         };
         let json = serde_json::to_string(&Flat {
             eval: report.clone(),
@@ -627,6 +654,56 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let back: Flat = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
         assert_eq!(back.eval, report);
+    }
+
+    #[test]
+    fn head_metrics_are_left_out_when_no_head_has_any_and_tabled_otherwise() {
+        let mut heads = HeadMetrics::new();
+        assert_eq!(head_metrics_markdown(&heads), "");
+        let json = serde_json::to_value(heads_only(heads.clone())).unwrap();
+        assert!(json.get("heads").is_none(), "{json}");
+        heads.insert(
+            "circle".into(),
+            [
+                ("centre_error_px".into(), 2.5),
+                ("radius_error_px".into(), 1.0),
+            ]
+            .into(),
+        );
+        let table = head_metrics_markdown(&heads);
+        assert!(
+            table.contains("| circle | centre_error_px | 2.5000 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| circle | radius_error_px | 1.0000 |"),
+            "{table}"
+        );
+        let json = serde_json::to_value(heads_only(heads)).unwrap();
+        assert_eq!(json["heads"]["circle"]["radius_error_px"], 1.0);
+    }
+
+    /// A report with nothing but `heads`.
+    fn heads_only(heads: HeadMetrics) -> EvalReport {
+        EvalReport {
+            referring_localization: ReferringReport {
+                acc50: 0.0,
+                miou: 0.0,
+                baseline_acc50: 0.0,
+                baseline_miou: 0.0,
+                count: 0,
+                acc50_by_objects: Default::default(),
+                acc50_by_expression_tokens: Default::default(),
+                named_object_by_objects: Default::default(),
+            },
+            trace_captioning: TraceReport {
+                point_l1: 0.0,
+                baseline_point_l1: 0.0,
+                token_accuracy: 0.0,
+                tokens: 0,
+            },
+            heads,
+        }
     }
 
     #[test]

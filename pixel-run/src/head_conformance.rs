@@ -7,7 +7,10 @@
 //! case the head must give
 //! - one prediction per example, named after it, with one entry per decoder position,
 //!   teacher-forced and generated;
-//! - a finite loss whenever it has one, and a gradient on every one of its trainable tensors;
+//! - loss parts with unique names and finite values, each of which reaches the head's trainable
+//!   tensors on its own (a gradient on at least one of them), and together a gradient on every
+//!   one of them;
+//! - metrics that run on its predictions and on no predictions at all, with finite values;
 //! - the same predictions after its weights go through a checkpoint into a model built from
 //!   another seed;
 //! - a decode of a generation with no new token (an empty prediction) without an error;
@@ -24,10 +27,11 @@ use pixel_core::DefaultDevice;
 use pixel_data::shapes_ln::ShapesLn;
 use pixel_lm::tokenizer::T5Tokenizer;
 use pixel_model::eval::Predictor;
-use pixel_model::heads::HeadConfig;
+use pixel_model::heads::{HeadConfig, HeadInputs, HeadPrediction, OutputHead};
+use pixel_model::model::PixelTiny;
 use pixel_model::model::{TinyHeadRegistry, TinyPixelLlm};
 use pixel_model::task_mix::training_examples;
-use pixel_model::tasks::{Batch, ExampleBuilder};
+use pixel_model::tasks::{Batch, Example, ExampleBuilder};
 use rand::{Rng, SeedableRng};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -172,34 +176,31 @@ fn check_case(
         .position(|h| h.name() == name)
         .ok_or_else(|| RunError::Invalid(format!("no head named \"{name}\" was built")))?;
 
-    // Loss and gradients.
+    // Loss parts, each alone, then the model's total and its gradients.
     let trainable = config.model.trainable();
-    let grads = alloc_grads(&mut model, &trainable)?;
-    let (total, terms) = model.loss_terms(&batch, grads)?;
-    let term = terms.iter().find(|t| t.name == name);
-    if let Some(term) = term {
-        if !term.value.is_finite() {
+    let prefix = format!("heads.{name}.");
+    let parts = model.with_head_inputs(&batch, |inputs| {
+        part_gradients(&*model.heads[index], inputs)
+    })??;
+    for (part, grads) in &parts {
+        let mut check = GradientCheck::new(grads, &trainable, &prefix, unused);
+        model.visit_params("", &mut check)?;
+        if check.reached.is_empty() {
             return Err(RunError::Invalid(format!(
-                "loss {} is not finite",
-                term.value
+                "loss part `{part}` reaches none of the head's trainable tensors"
             )));
         }
     }
+    let grads = alloc_grads(&mut model, &trainable)?;
+    let (total, _) = model.loss_terms(&batch, grads)?;
     let grads = total.backward();
-    if term.is_some() {
-        let prefix = format!("heads.{name}.");
-        let mut missing = GradientCheck {
-            grads: &grads,
-            trainable: &trainable,
-            prefix: &prefix,
-            unused,
-            missing: Vec::new(),
-        };
-        model.visit_params("", &mut missing)?;
-        if !missing.missing.is_empty() {
+    if !parts.is_empty() {
+        let mut check = GradientCheck::new(&grads, &trainable, &prefix, unused);
+        model.visit_params("", &mut check)?;
+        if !check.missing.is_empty() {
             return Err(RunError::Invalid(format!(
                 "no gradient reaches {:?}",
-                missing.missing
+                check.missing
             )));
         }
     }
@@ -213,6 +214,11 @@ fn check_case(
         let positions = generated.first().map_or(0, |g| g.ids.len() + 1);
         check_shapes(&heads, index, name, &model, positions, &batch)?;
     }
+
+    // Metrics on the teacher-forced predictions and on none.
+    let own: Vec<HeadPrediction> = forced.heads.iter().map(|h| h[index].clone()).collect();
+    check_metrics(&*model.heads[index], &examples, &own)?;
+    check_metrics(&*model.heads[index], &[], &[])?;
 
     // Checkpoint round trip into a model built from another seed.
     let mut store = Default::default();
@@ -228,6 +234,66 @@ fn check_case(
         ));
     }
     Ok(())
+}
+
+/// Each loss part of `head` by name, with the gradients of that part alone: its tape merged
+/// with the others' (a part may hold a copy of a tensor whose tape another part carries) at
+/// weight zero. An error when names repeat or a value is not finite.
+fn part_gradients(
+    head: &dyn OutputHead<PixelTiny, DefaultDevice>,
+    inputs: &HeadInputs<PixelTiny, DefaultDevice>,
+) -> Result<Vec<(String, Gradients<f32, DefaultDevice>)>> {
+    let parts = head.loss(inputs)?;
+    let mut names: Vec<String> = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let value = part.loss.array();
+        if names.contains(&part.name) {
+            return Err(RunError::Invalid(format!(
+                "two loss parts are named `{}`",
+                part.name
+            )));
+        }
+        if !value.is_finite() || !part.weight.is_finite() {
+            return Err(RunError::Invalid(format!(
+                "loss part `{}` is {value} with weight {}",
+                part.name, part.weight
+            )));
+        }
+        names.push(part.name.clone());
+    }
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(k, name)| {
+            // The parts again, on fresh tapes (a backward pass consumes them).
+            let alone = head
+                .loss(inputs)?
+                .into_iter()
+                .enumerate()
+                .map(|(j, p)| p.loss * if j == k { 1.0 } else { 0.0 })
+                .reduce(|a, b| a + b)
+                .ok_or_else(|| RunError::Invalid("the loss parts changed between calls".into()))?;
+            Ok((name, alone.backward()))
+        })
+        .collect()
+}
+
+/// `head.metrics` runs on `examples` and `predictions` and gives finite values.
+fn check_metrics(
+    head: &dyn OutputHead<PixelTiny, DefaultDevice>,
+    examples: &[Example],
+    predictions: &[HeadPrediction],
+) -> Result<()> {
+    let metrics = head.metrics(examples, predictions).map_err(|e| {
+        RunError::Invalid(format!("metrics on {} predictions: {e}", predictions.len()))
+    })?;
+    match metrics.iter().find(|(_, v)| !v.is_finite()) {
+        Some((metric, value)) => Err(RunError::Invalid(format!(
+            "metric `{metric}` is {value} on {} predictions",
+            predictions.len()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `predictions` `[example][head]` has one prediction per example from every head, and head
@@ -264,13 +330,33 @@ fn check_shapes(
     Ok(())
 }
 
-/// Collects the trainable tensors under `prefix` whose gradient is missing or all zero.
+/// Sorts the trainable tensors under `prefix` by whether their gradient is missing (or all
+/// zero) or reached.
 struct GradientCheck<'a> {
     grads: &'a Gradients<f32, DefaultDevice>,
     trainable: &'a Trainable,
     prefix: &'a str,
     unused: &'a [&'a str],
     missing: Vec<String>,
+    reached: Vec<String>,
+}
+
+impl<'a> GradientCheck<'a> {
+    fn new(
+        grads: &'a Gradients<f32, DefaultDevice>,
+        trainable: &'a Trainable,
+        prefix: &'a str,
+        unused: &'a [&'a str],
+    ) -> Self {
+        GradientCheck {
+            grads,
+            trainable,
+            prefix,
+            unused,
+            missing: Vec::new(),
+            reached: Vec::new(),
+        }
+    }
 }
 
 impl ParamVisitor<DefaultDevice> for GradientCheck<'_> {
@@ -288,7 +374,9 @@ impl ParamVisitor<DefaultDevice> for GradientCheck<'_> {
         let t = &*t;
         // `grad` panics, as dfdx's `Gradients::get` does, when the tensor has no slot.
         let grad = catch_unwind(AssertUnwindSafe(|| t.grad(self.grads)));
-        if !grad.is_ok_and(|g| g.iter().any(|&v| v != 0.0)) {
+        if grad.is_ok_and(|g| g.iter().any(|&v| v != 0.0)) {
+            self.reached.push(name.to_string());
+        } else {
             self.missing.push(name.to_string());
         }
         Ok(())
@@ -306,8 +394,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pixel_model::heads::{DecodedTokens, HeadBuild, HeadInputs, HeadPrediction, HeadTable};
-    use pixel_model::model::PixelTiny;
+    use pixel_model::heads::{DecodedTokens, HeadBuild, HeadLossPart, HeadTable};
 
     /// Every built-in head passes, each with what it needs before it.
     #[test]
@@ -320,6 +407,10 @@ mod tests {
         ];
         let heads: &[(&str, &[&str])] = &[
             ("[[model.heads]]\nkind = \"point\"\nweight = 0.1\n", &[]),
+            (
+                "[[model.heads]]\nkind = \"point\"\nreferring_box = { l1 = 5.0, giou = 2.0 }\n",
+                &[],
+            ),
             ("[[model.heads]]\nkind = \"box\"\n", &[]),
             ("[[model.heads]]\nkind = \"bins\"\n", &[]),
             ("[[model.heads]]\nkind = \"string\"\n", &[]),
@@ -342,12 +433,24 @@ mod tests {
         }
     }
 
-    /// A point head that drops the last position of every prediction: decoding breaks the
-    /// contract the kit checks.
-    #[derive(Debug)]
-    struct ShortPoint(Box<dyn pixel_model::heads::OutputHead<PixelTiny, DefaultDevice>>);
+    /// How a [`Broken`] point head breaks the contract.
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        /// Drops the last position of every prediction.
+        ShortPositions,
+        /// Adds a loss part that no parameter of the head reaches.
+        DetachedPart,
+        /// Gives its loss part twice.
+        RepeatedPart,
+        /// Has a metric that is NaN.
+        NanMetric,
+    }
 
-    impl Params<DefaultDevice> for ShortPoint {
+    /// A point head with one [`Fault`].
+    #[derive(Debug)]
+    struct Broken(Box<dyn OutputHead<PixelTiny, DefaultDevice>>, Fault);
+
+    impl Params<DefaultDevice> for Broken {
         fn visit_params(
             &mut self,
             prefix: &str,
@@ -357,7 +460,7 @@ mod tests {
         }
     }
 
-    impl pixel_model::heads::OutputHead<PixelTiny, DefaultDevice> for ShortPoint {
+    impl OutputHead<PixelTiny, DefaultDevice> for Broken {
         fn name(&self) -> &str {
             self.0.name()
         }
@@ -367,8 +470,17 @@ mod tests {
         fn loss(
             &self,
             inputs: &HeadInputs<PixelTiny, DefaultDevice>,
-        ) -> pixel_model::Result<Option<pixel_train::TapedScalar<DefaultDevice>>> {
-            self.0.loss(inputs)
+        ) -> pixel_model::Result<Vec<HeadLossPart<DefaultDevice>>> {
+            let mut parts = self.0.loss(inputs)?;
+            match self.1 {
+                Fault::DetachedPart => {
+                    let features = inputs.decoder.retaped::<OwnedTape<f32, DefaultDevice>>();
+                    parts.push(HeadLossPart::named("detached", features.sum(), 1.0));
+                }
+                Fault::RepeatedPart => parts.extend(self.0.loss(inputs)?),
+                _ => {}
+            }
+            Ok(parts)
         }
         fn decode(
             &self,
@@ -377,42 +489,59 @@ mod tests {
             earlier: &[Vec<HeadPrediction>],
         ) -> pixel_model::Result<Vec<HeadPrediction>> {
             let mut predictions = self.0.decode(inputs, tokens, earlier)?;
-            predictions.iter_mut().for_each(|p| {
-                p.tokens.pop();
-            });
+            if let Fault::ShortPositions = self.1 {
+                predictions.iter_mut().for_each(|p| {
+                    p.tokens.pop();
+                });
+            }
             Ok(predictions)
+        }
+        fn metrics(
+            &self,
+            _examples: &[Example],
+            _predictions: &[HeadPrediction],
+        ) -> pixel_model::Result<std::collections::BTreeMap<String, f64>> {
+            Ok(match self.1 {
+                Fault::NanMetric => [("broken".to_string(), f64::NAN)].into(),
+                _ => Default::default(),
+            })
         }
     }
 
-    fn short_point(
-        build: &HeadBuild<'_, DefaultDevice>,
-        table: &HeadTable,
-    ) -> pixel_model::Result<Box<dyn pixel_model::heads::OutputHead<PixelTiny, DefaultDevice>>>
-    {
-        Ok(Box::new(ShortPoint(pixel_model::heads::point::build(
-            build, table,
-        )?)))
+    type Built = pixel_model::Result<Box<dyn OutputHead<PixelTiny, DefaultDevice>>>;
+
+    fn broken(build: &HeadBuild<'_, DefaultDevice>, table: &HeadTable, fault: Fault) -> Built {
+        let point = pixel_model::heads::point::build(build, table)?;
+        Ok(Box::new(Broken(point, fault)))
     }
 
     /// The kit fails a head that breaks the contract, an unknown kind and an invalid entry.
     #[test]
     fn the_kit_fails_what_breaks_the_contract() {
         let mut registry = TinyHeadRegistry::builtin();
-        registry.register("short", short_point);
-        let short = check_head(
-            &registry,
-            "[[model.heads]]\nkind = \"short\"\n",
-            Conformance::default(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(short.contains("positions"), "{short}");
-        assert!(check_head(
-            &registry,
-            "[[model.heads]]\nkind = \"nope\"\n",
-            Conformance::default()
-        )
-        .is_err());
+        registry.register("short", |b, t| broken(b, t, Fault::ShortPositions));
+        registry.register("detached", |b, t| broken(b, t, Fault::DetachedPart));
+        registry.register("repeated", |b, t| broken(b, t, Fault::RepeatedPart));
+        registry.register("nan_metric", |b, t| broken(b, t, Fault::NanMetric));
+        let failure = |kind: &str| {
+            check_head(
+                &registry,
+                &format!("[[model.heads]]\nkind = \"{kind}\"\n"),
+                Conformance::default(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        for (kind, expected) in [
+            ("short", "positions"),
+            ("detached", "loss part `detached` reaches none"),
+            ("repeated", "two loss parts are named"),
+            ("nan_metric", "metric `broken` is NaN"),
+        ] {
+            let message = failure(kind);
+            assert!(message.contains(expected), "{kind}: {message}");
+        }
+        assert!(failure("nope").contains("nope"));
         let nan = check_head(
             &registry,
             "[[model.heads]]\nkind = \"point\"\nweight = nan\n",

@@ -967,21 +967,22 @@ def generalized_iou(pred, targets):
 
 
 def corner_loss_with_referring_boxes(corners, batch, side, weights):
-    """`heads::referring_box::corner_loss_with_referring_boxes`."""
+    """`heads::referring_box::corner_loss_with_referring_boxes`: the parts `[(name, value, weight)]`."""
     referring = batch["tasks"] == REFERRING_TASK  # [B]
     w = batch["location_weights"]
     picked = (w[..., 0] > 0) & referring[:, None]  # [B, T]
+    other = w * (~referring).to(w)[:, None, None]
+    parts = []
+    if bool((other != 0).any()):
+        parts.append(("pixel_l1", masked_l1(corners * side, batch["location_targets"] * side, other), 1.0))
     if not bool(picked.any()):
-        return pixel_l1(corners, batch, side)
+        return parts
     pred = corners[picked]  # [n, 4], row-major like the Rust one-hot rows
     targets = batch["location_targets"][picked]
     n = pred.shape[0]
-    box = (pred - targets).abs().sum() * (weights["l1"] / n)
-    box = box + (generalized_iou(pred, targets).sum() * (-weights["giou"] / n) + weights["giou"])
-    other = w * (~referring).to(w)[:, None, None]
-    if not bool((other != 0).any()):
-        return box
-    return masked_l1(corners * side, batch["location_targets"] * side, other) + box
+    parts.append(("referring_l1", (pred - targets).abs().sum() * (1.0 / n), weights["l1"]))
+    parts.append(("referring_giou", generalized_iou(pred, targets).sum() * (-1.0 / n) + 1.0, weights["giou"]))
+    return parts
 
 
 class CornerHead(nn.Module):
@@ -1295,9 +1296,20 @@ class PixelLlm(nn.Module):
         terms = [("text", text, 1.0)]
         total = text
         ctx = dict(out, batch=batch, prompt_encoder=self.prompt_encoder)
-        for h in self.spec.heads:
-            loss = self.heads[h.name].loss(ctx)
-            if loss is not None:
-                terms.append((h.name, loss, h.weight))
-                total = total + loss * h.weight
+        for name, value, weight in self.head_terms(ctx):
+            terms.append((name, value, weight))
+            total = total + value * weight
         return total, terms, out
+
+    def head_terms(self, ctx: dict):
+        """Every head's loss parts as `PixelLlm::loss_terms` logs them: `[(name, value, weight)]`,
+        a head's whole loss under its name, its named parts as `<head>/<part>`, each weighted by
+        the head's weight times the part's."""
+        terms = []
+        for h in self.spec.heads:
+            # A head's loss: None, one tensor or named parts `[(part, value, weight)]`.
+            loss = self.heads[h.name].loss(ctx)
+            parts = loss if isinstance(loss, list) else [] if loss is None else [("", loss, 1.0)]
+            for part, value, weight in parts:
+                terms.append((f"{h.name}/{part}" if part else h.name, value, h.weight * weight))
+        return terms

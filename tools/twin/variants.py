@@ -229,11 +229,9 @@ class PixelLlmVariant(M.PixelLlm):
             keep = (~referring).to(batch["location_weights"])[:, None, None]
             ref_batch["location_weights"] = batch["location_weights"] * keep
         ctx = dict(out, batch=ref_batch, prompt_encoder=self.prompt_encoder)
-        for h in self.spec.heads:
-            loss = self.heads[h.name].loss(ctx)
-            if loss is not None:
-                terms.append((h.name, loss, h.weight))
-                total = total + loss * h.weight
+        for name, value, weight in self.head_terms(ctx):
+            terms.append((name, value, weight))
+            total = total + value * weight
         if bool(referring.any()):
             head = self.heads[next(h.name for h in self.spec.heads if h.kind in ("point", "box"))]
             valid = batch["location_weights"][..., 0] > 0  # [B, T]

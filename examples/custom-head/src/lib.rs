@@ -1,9 +1,10 @@
 //! A head the library does not have, registered from outside: [`CircleHead`] reads a circle
-//! (centre and diameter) off every decoder feature. [`registry`] is the built-in heads plus
-//! this one, under `kind = "circle"`.
+//! (centre and diameter) off every decoder feature, keeps them in its predictions
+//! ([`Circles`]) and scores them with metrics of its own. [`registry`] is the built-in heads
+//! plus this one, under `kind = "circle"`.
 mod circle;
 
-pub use circle::{CircleHead, CircleOptions};
+pub use circle::{Circle, CircleHead, CircleOptions, Circles};
 
 use pixel_model::heads::HeadRegistry;
 use pixel_model::model::TinyHeadRegistry;

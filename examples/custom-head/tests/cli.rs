@@ -1,6 +1,7 @@
 //! The example's binary, as a user runs it: `demo`, `eval` and `ablate` with the circle head,
-//! which no pixel-* crate knows. Short runs (a few steps, few images); the full-length configs
-//! are `demo.toml` and `ablation.toml` next to this crate's Cargo.toml.
+//! which no pixel-* crate knows, and its own metrics in their reports. Short runs (a few steps,
+//! few images); the full-length configs are `demo.toml` and `ablation.toml` next to this
+//! crate's Cargo.toml.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -58,6 +59,12 @@ fn demo_then_eval_with_the_circle_head() {
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["train"]["steps"], 6);
+    // The head's own metrics, which no pixel-* crate knows, reach the report and the terminal.
+    assert!(
+        metrics["heads"]["circle"]["centre_error_px"].is_f64(),
+        "{metrics}"
+    );
+    assert!(stdout.contains("head circle: centre_error_px"), "{stdout}");
     let weights = std::fs::read(run.join("checkpoints/step-0000006/model.safetensors")).unwrap();
     let names = String::from_utf8_lossy(&weights[..weights.len().min(1 << 16)]).to_string();
     assert!(
@@ -79,6 +86,12 @@ fn demo_then_eval_with_the_circle_head() {
         serde_json::from_str(&std::fs::read_to_string(eval.join("results.json")).unwrap()).unwrap();
     let acc = results["referring_localization"]["acc50"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
+    for metric in ["centre_error_px", "radius_error_px"] {
+        let px = results["heads"]["circle"][metric].as_f64().unwrap();
+        assert!((0.0..=64.0 * 1.5).contains(&px), "{metric} {px}");
+    }
+    let table = std::fs::read_to_string(eval.join("results.md")).unwrap();
+    assert!(table.contains("| circle | radius_error_px |"), "{table}");
 }
 
 #[test]

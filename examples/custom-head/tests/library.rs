@@ -1,6 +1,7 @@
 //! The circle head at the library level: built from a config through the example's registry,
-//! it trains (its loss falls), decodes teacher-forced and generated, names its tensors
-//! `heads.circle.*`, and checks its keys with their path. `docs/HEADS.md` walks through it.
+//! it trains (its loss falls), decodes teacher-forced and generated (with its circles), names
+//! its tensors `heads.circle.*`, and checks its keys with their path. `docs/HEADS.md` walks
+//! through it.
 use pixel_core::params::list_params;
 use pixel_data::shapes_ln::{ShapesLn, Split};
 use pixel_lm::tokenizer::T5Tokenizer;
@@ -100,6 +101,11 @@ fn a_head_from_outside_trains_and_decodes_through_config_alone() {
     assert_eq!(out.heads.len(), examples.len());
     assert!(out.heads.iter().all(|h| h[0].head == "circle"));
     assert!(out.heads[0][0].tokens.iter().all(Option::is_some));
+    // Its own output type travels in the prediction: a circle per position.
+    let circles = out.heads[0][0]
+        .extra::<custom_head::Circles>()
+        .expect("the circles");
+    assert_eq!(circles.tokens.len(), out.heads[0][0].tokens.len());
     let generated = model.generate(&batch, 8).unwrap();
     assert!(generated.iter().all(|g| g.heads[0].head == "circle"));
 }

@@ -10,13 +10,14 @@
 //! `depth` (default 2), `threshold` (default 0.5), `max_proposals` (default 10).
 use crate::error::Result;
 use crate::heads::config::{options, HeadBuild};
-use crate::heads::{DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads, Scored};
+use crate::heads::{
+    DecodedTokens, HeadInputs, HeadLossPart, HeadPrediction, OutputHead, Reads, Scored,
+};
 use crate::presets::PixelDims;
 use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
-use pixel_train::TapedScalar;
 use serde::Deserialize;
 
 /// Per cell: objectness logit, centre offset x and y in the cell, width, height.
@@ -160,7 +161,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> OutputHead<P, D>
         Reads::Image
     }
 
-    fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Option<TapedScalar<D>>> {
+    fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Vec<HeadLossPart<D>>> {
         let (h, w) = (inputs.image.height, inputs.image.width);
         let batch = inputs.batch;
         let cells = batch.size * h * w;
@@ -191,9 +192,9 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> OutputHead<P, D>
         let positive_part = out.retaped::<OwnedTape<f32, D>>().relu();
         let soft = (out.retaped::<OwnedTape<f32, D>>().abs().negate().exp() + 1.0).ln();
         let bce = positive_part + soft - out * targets;
-        Ok(Some(
+        Ok(vec![HeadLossPart::whole(
             (bce * objectness_weights).sum() + (boxes * box_weights).sum(),
-        ))
+        )])
     }
 
     fn decode(

@@ -10,14 +10,13 @@
 //! (two-way blocks, default 2).
 use crate::error::Result;
 use crate::heads::config::{options, HeadBuild};
-use crate::heads::{DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads};
+use crate::heads::{DecodedTokens, HeadInputs, HeadLossPart, HeadPrediction, OutputHead, Reads};
 use crate::presets::PixelDims;
 use dfdx::prelude::*;
 use image::{GrayImage, Luma};
 use pixel_core::geometry::BoxXyxy;
 use pixel_core::nn::{Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
-use pixel_train::TapedScalar;
 use pixel_vision::sam::{MaskPrediction, SamMaskDecoderConfig};
 use pixel_vision::{FeatureMap, Images, SamMaskDecoder, SamPromptEncoder};
 use serde::Deserialize;
@@ -185,11 +184,11 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> OutputHead<P, D> for
         Reads::Image
     }
 
-    fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Option<TapedScalar<D>>> {
+    fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Vec<HeadLossPart<D>>> {
         let batch = inputs.batch;
         let with_mask = batch.target_masks.iter().filter(|m| m.is_some()).count();
         if with_mask == 0 {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let prompts: Vec<BoxXyxy> = batch
             .target_boxes
@@ -233,7 +232,9 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> OutputHead<P, D> for
         let iou_shape = *iou_scores.shape();
         let iou_error = (iou_scores - dev.tensor_from_vec(iou_targets, iou_shape)).square()
             * dev.tensor_from_vec(iou_weights, iou_shape);
-        Ok(Some((bce * weights).sum() + iou_error.sum()))
+        Ok(vec![HeadLossPart::whole(
+            (bce * weights).sum() + iou_error.sum(),
+        )])
     }
 
     fn decode(

@@ -6,6 +6,11 @@
 //! The model runs every head on the same decoder features, adds their weighted losses to the text
 //! loss, and hands evaluation what each head read (`docs/HEADS.md` walks through a new head).
 //!
+//! A head extends the contract without an edit here: its loss comes in named parts
+//! ([`HeadLossPart`]), its prediction carries a value of its own type ([`HeadExtra`], read back
+//! with [`HeadPrediction::extra`]), and it scores its predictions with its own metrics
+//! ([`OutputHead::metrics`]).
+//!
 //! Built in: `point` (the paper's), `box`, `bins` and `string` (coordinates written as text, the
 //! paper's baselines), `mask` (SAM's mask decoder prompted by another head's box) and
 //! `detection` (scored proposals from the image features).
@@ -37,9 +42,13 @@ use image::GrayImage;
 use pixel_core::geometry::BoxXyxy;
 use pixel_core::nn::Seq;
 use pixel_core::params::Params;
-/// What a head's loss returns; re-exported so a head needs no dependency on the trainer.
+/// What a head's loss parts hold; re-exported so a head needs no dependency on the trainer.
 pub use pixel_train::TapedScalar;
 use pixel_vision::{FeatureMap, SamPromptEncoder};
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
 
 /// Where a head's locations come from; evaluation reads each kind its own way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +119,9 @@ pub struct HeadPrediction {
     pub mask: Option<GrayImage>,
     /// Scored boxes, best first (detection).
     pub proposals: Vec<Scored>,
+    /// What the head reads that the fields above cannot hold, in a type of its own (the
+    /// example's circle head: a centre and a radius per token); see [`HeadExtra`].
+    extra: Option<Arc<dyn HeadExtra>>,
 }
 
 impl HeadPrediction {
@@ -122,6 +134,86 @@ impl HeadPrediction {
             object: None,
             mask: None,
             proposals: Vec::new(),
+            extra: None,
+        }
+    }
+
+    /// Keeps `value` as the head's own output, replacing any earlier one.
+    pub fn set_extra(&mut self, value: impl HeadExtra) {
+        self.extra = Some(Arc::new(value));
+    }
+
+    /// The head's own output, when it is a `T` (`None` without one, or when it has another
+    /// type).
+    pub fn extra<T: Any>(&self) -> Option<&T> {
+        let extra: &dyn HeadExtra = self.extra.as_deref()?;
+        extra.as_any().downcast_ref()
+    }
+}
+
+/// A head's own kind of output, kept in [`HeadPrediction`] next to the fields every head shares.
+///
+/// A keyed extension rather than an associated type: the model holds `Box<dyn OutputHead>` of
+/// types it never saw and hands their predictions on as one type, so the value travels as
+/// `dyn HeadExtra` and its head reads it back by type ([`HeadPrediction::extra`]). Any
+/// `Debug + PartialEq + Send + Sync + 'static` type is one (a blanket impl): predictions
+/// compare by value (two extras of different types are unequal) and print what they hold.
+pub trait HeadExtra: Any + Debug + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+
+    /// Equal to `other` when `other` is a `Self` equal to this one.
+    fn equals(&self, other: &dyn HeadExtra) -> bool;
+}
+
+impl<T: Any + Debug + PartialEq + Send + Sync> HeadExtra for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn equals(&self, other: &dyn HeadExtra) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+}
+
+impl PartialEq for dyn HeadExtra {
+    fn eq(&self, other: &Self) -> bool {
+        self.equals(other)
+    }
+}
+
+/// One named part of a head's training loss, on the training tape.
+///
+/// The model logs each part on its own, unweighted and weighted, as `<head>/<name>`; a part
+/// with an empty name (from [`HeadLossPart::whole`]: a loss without parts) as `<head>`. The
+/// part enters the total loss as `weight` x the head's config `weight` x the auxiliary ramp.
+pub struct HeadLossPart<D: Device<f32>> {
+    pub name: String,
+    pub loss: TapedScalar<D>,
+    /// The part's factor within the head's loss (1 unless the head weighs its parts itself).
+    pub weight: f32,
+}
+
+impl<D: Device<f32>> HeadLossPart<D> {
+    /// The head's whole loss, logged under the head's name.
+    pub fn whole(loss: TapedScalar<D>) -> Self {
+        HeadLossPart::named("", loss, 1.0)
+    }
+
+    /// A part logged as `<head>/<name>`, entering the head's loss times `weight`.
+    pub fn named(name: impl Into<String>, loss: TapedScalar<D>, weight: f32) -> Self {
+        HeadLossPart {
+            name: name.into(),
+            loss,
+            weight,
+        }
+    }
+
+    /// The part's name in the training log, for the head named `head`.
+    pub fn logged_name(&self, head: &str) -> String {
+        if self.name.is_empty() {
+            head.to_string()
+        } else {
+            format!("{head}/{}", self.name)
         }
     }
 }
@@ -151,9 +243,11 @@ pub trait OutputHead<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>:
         Ok(example)
     }
 
-    /// The unweighted training loss on the training tape, or `None` when the batch gives the
-    /// head nothing to learn (no supervised location; text heads, which the text loss trains).
-    fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Option<TapedScalar<D>>>;
+    /// The training loss on the training tape as named parts (one [`HeadLossPart::whole`]
+    /// when it has no parts), or none when the batch gives the head nothing to learn (no
+    /// supervised location; text heads, which the text loss trains). Names are unique within
+    /// the head, and a head names the same parts in every batch that has them.
+    fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Vec<HeadLossPart<D>>>;
 
     /// What the head reads off each example of the batch. `earlier` holds the predictions of
     /// the heads configured before this one, `[head][example]` (a mask head reads its box
@@ -164,6 +258,18 @@ pub trait OutputHead<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe>:
         tokens: &DecodedTokens,
         earlier: &[Vec<HeadPrediction>],
     ) -> Result<Vec<HeadPrediction>>;
+
+    /// The head's own metrics, by name, over the evaluation's `examples` and what this head
+    /// read off each (`predictions[i]` is example `i`'s); evaluation reports them as
+    /// `heads.<name>.<metric>`. Values are finite; a metric with nothing to score is left
+    /// out. None by default.
+    fn metrics(
+        &self,
+        _examples: &[Example],
+        _predictions: &[HeadPrediction],
+    ) -> Result<BTreeMap<String, f64>> {
+        Ok(BTreeMap::new())
+    }
 }
 
 /// `[B * T * 4]` per-position values as one `[f32; 4]` per position of row `b`.
@@ -201,4 +307,33 @@ pub fn pixel_l1_weighted<D: Device<f32> + pixel_core::ThreadSafe>(
         &targets,
         weights,
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Radius(f32);
+
+    #[test]
+    fn an_extra_reads_back_by_its_type_and_compares_by_value() {
+        let mut a = HeadPrediction::empty("circle", Reads::DecoderFeatures, 2);
+        assert_eq!(a.extra::<Radius>(), None);
+        a.set_extra(Radius(0.5));
+        assert_eq!(a.extra::<Radius>(), Some(&Radius(0.5)));
+        assert_eq!(a.extra::<f32>(), None, "another type reads as none");
+        let mut b = HeadPrediction::empty("circle", Reads::DecoderFeatures, 2);
+        b.set_extra(Radius(0.5));
+        assert_eq!(a, b, "equal values in separate allocations");
+        b.set_extra(Radius(0.25));
+        assert_ne!(a, b);
+        b.set_extra(0.5f32);
+        assert_ne!(a, b, "a value of another type");
+        assert_ne!(
+            a,
+            HeadPrediction::empty("circle", Reads::DecoderFeatures, 2)
+        );
+        assert!(format!("{a:?}").contains("Radius(0.5)"), "{a:?}");
+    }
 }

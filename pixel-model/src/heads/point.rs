@@ -11,7 +11,8 @@ use crate::error::{ModelError, Result};
 use crate::heads::config::{options, HeadBuild};
 use crate::heads::referring_box::{corner_loss_with_referring_boxes, ReferringBoxWeights};
 use crate::heads::{
-    pixel_l1, rows_of_four, DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads,
+    pixel_l1, rows_of_four, DecodedTokens, HeadInputs, HeadLossPart, HeadPrediction, OutputHead,
+    Reads,
 };
 use crate::presets::LmWidth;
 use crate::presets::PixelDims;
@@ -19,7 +20,6 @@ use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 use pixel_core::nn::{Activation, LayerNorm, Mlp, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
-use pixel_train::TapedScalar;
 use serde::Deserialize;
 
 /// Four numbers per token: `(x0, y0, x1, y1)`, two corner points.
@@ -172,11 +172,16 @@ impl<P: PixelDims, H: ConstDim, D: Device<f32> + pixel_core::ThreadSafe> OutputH
         Reads::DecoderFeatures
     }
 
-    fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Option<TapedScalar<D>>> {
+    /// The pixel L1 as one part; with `referring_box`, its three parts (`pixel_l1`,
+    /// `referring_l1`, `referring_giou`).
+    fn loss(&self, inputs: &HeadInputs<P, D>) -> Result<Vec<HeadLossPart<D>>> {
         let corners = self.forward(inputs.decoder.retaped::<OwnedTape<f32, D>>());
         match self.referring_box {
             Some(weights) => corner_loss_with_referring_boxes(corners, inputs.batch, weights),
-            None => pixel_l1(corners, inputs.batch),
+            None => Ok(pixel_l1(corners, inputs.batch)?
+                .map(HeadLossPart::whole)
+                .into_iter()
+                .collect()),
         }
     }
 

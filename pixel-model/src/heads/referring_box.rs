@@ -7,12 +7,12 @@
 //! no overlap term. The PyTorch twin's bisection (tools/twin/README.md) found a 5 x L1 + 2 x GIoU
 //! box loss among the changes that let the tiny model tell two objects apart. With this loss
 //! the referring tokens leave the pixel L1, whose remaining tokens (captions) keep their share.
+//! The three terms are the head's loss parts, so the log shows each on its own.
 use crate::error::Result;
-use crate::heads::pixel_l1_weighted;
+use crate::heads::{pixel_l1_weighted, HeadLossPart};
 use crate::tasks::{Batch, TaskKind};
 use dfdx::prelude::*;
 use pixel_core::nn::Seq;
-use pixel_train::TapedScalar;
 use serde::Deserialize;
 
 /// Weights of the referring box loss terms, in the head's loss before the head's `weight`.
@@ -42,14 +42,22 @@ impl ReferringBoxWeights {
     }
 }
 
-/// A corner head's loss with referring expressions taken out of the pixel L1: the pixel L1 over
-/// the other supervised tokens plus `weights` times the box loss of every supervised referring
-/// token (mean over those tokens). `None` when the batch supervises no location.
+/// The loss part names of a corner head with a referring box loss, logged as `<head>/<name>`:
+/// the pixel L1 of the other supervised tokens, and the referring boxes' L1 and `1 - GIoU`.
+pub const PIXEL_L1: &str = "pixel_l1";
+pub const REFERRING_L1: &str = "referring_l1";
+pub const REFERRING_GIOU: &str = "referring_giou";
+
+/// A corner head's loss with referring expressions taken out of the pixel L1, as parts: the
+/// pixel L1 over the other supervised tokens ([`PIXEL_L1`]), and over every supervised referring
+/// token (mean over those tokens) the box L1 ([`REFERRING_L1`], weight `weights.l1`) and
+/// `1 - GIoU` ([`REFERRING_GIOU`], weight `weights.giou`). Each part is there when the batch
+/// has tokens for it.
 pub fn corner_loss_with_referring_boxes<D: Device<f32> + pixel_core::ThreadSafe>(
     corners: Seq<Const<4>, D, OwnedTape<f32, D>>,
     batch: &Batch,
     weights: ReferringBoxWeights,
-) -> Result<Option<TapedScalar<D>>> {
+) -> Result<Vec<HeadLossPart<D>>> {
     let (b, t, _) = *corners.shape();
     let per_row = t * 4;
     let referring_row = |row: usize| batch.tasks[row] == TaskKind::ReferringLocalization;
@@ -66,8 +74,10 @@ pub fn corner_loss_with_referring_boxes<D: Device<f32> + pixel_core::ThreadSafe>
             other_weights[span].iter_mut().for_each(|w| *w = 0.0);
         }
     }
+    let pixel_part = |l1| HeadLossPart::named(PIXEL_L1, l1, 1.0);
     if picked.is_empty() {
-        return pixel_l1_weighted(corners, batch, &batch.location_weights);
+        let l1 = pixel_l1_weighted(corners, batch, &other_weights)?;
+        return Ok(l1.map(pixel_part).into_iter().collect());
     }
     let dev = corners.device().clone();
     let n = picked.len();
@@ -90,27 +100,31 @@ pub fn corner_loss_with_referring_boxes<D: Device<f32> + pixel_core::ThreadSafe>
         .tensor_from_vec(one_hot, (n, b * t))
         .put_tape(tape)
         .matmul(flat);
-    let box_loss = referring_box_loss(pred, &targets, weights);
-    Ok(Some(match other_l1 {
-        Some(l1) => l1 + box_loss,
-        None => box_loss,
-    }))
+    let (l1, giou) = referring_box_terms(pred, &targets);
+    let mut parts: Vec<HeadLossPart<D>> = other_l1.map(pixel_part).into_iter().collect();
+    parts.push(HeadLossPart::named(REFERRING_L1, l1, weights.l1));
+    parts.push(HeadLossPart::named(REFERRING_GIOU, giou, weights.giou));
+    Ok(parts)
 }
 
-/// `weights.l1 * L1 + weights.giou * (1 - GIoU)`, mean over the `n` rows of `pred` `[n, 4]`
-/// (two points each; the box is their hull) against `targets` `[n * 4]` (x0, y0, x1, y1).
-pub fn referring_box_loss<D: Device<f32> + pixel_core::ThreadSafe, T: Tape<f32, D> + Merge<T>>(
+/// A scalar on tape `T`.
+type Scalar<D, T> = Tensor<(), f32, D, T>;
+
+/// The referring box loss terms, unweighted, each a mean over the `n` rows of `pred` `[n, 4]`
+/// (two points each; the box is their hull) against `targets` `[n * 4]` (x0, y0, x1, y1):
+/// the L1 of the four coordinates summed, and `1 - GIoU`. The L1 holds `pred`'s own tape, the
+/// GIoU a copy's: only their sum reaches what made `pred`.
+pub fn referring_box_terms<D: Device<f32> + pixel_core::ThreadSafe, T: Tape<f32, D> + Merge<T>>(
     pred: Tensor<(usize, Const<4>), f32, D, T>,
     targets: &[f32],
-    weights: ReferringBoxWeights,
-) -> Tensor<(), f32, D, T> {
+) -> (Scalar<D, T>, Scalar<D, T>) {
     let dev = pred.device().clone();
     let n = pred.shape().0;
     let target = dev.tensor_from_vec(targets.to_vec(), (n, Const::<4>));
     let giou = generalized_iou(pred.retaped::<T>(), targets);
     // `pred` itself, with its tape, ends here.
-    let l1 = (pred - target).abs().sum() * (weights.l1 / n as f32);
-    l1 + (giou.sum() * (-weights.giou / n as f32) + weights.giou)
+    let l1 = (pred - target).abs().sum() * (1.0 / n as f32);
+    (l1, giou.sum() * (-1.0 / n as f32) + 1.0)
 }
 
 /// GIoU `[n]` of the hulls of `pred`'s point pairs `[n, 4]` and the boxes `targets` `[n * 4]`.
@@ -240,47 +254,91 @@ mod tests {
         }
     }
 
+    /// The parts' weighted sum, as the model adds them up.
+    fn weighted_sum(parts: Vec<HeadLossPart<Cpu>>) -> pixel_train::TapedScalar<Cpu> {
+        parts
+            .into_iter()
+            .map(|p| p.loss * p.weight)
+            .reduce(|a, b| a + b)
+            .unwrap()
+    }
+
     #[test]
-    fn referring_tokens_leave_the_pixel_l1_and_get_the_box_loss() {
+    fn referring_tokens_leave_the_pixel_l1_and_get_the_box_loss_as_parts() {
         let dev: Cpu = Default::default();
         let batch = two_row_batch();
         let weights = ReferringBoxWeights { l1: 5.0, giou: 2.0 };
         let values: Vec<f32> = (0..16).map(|i| 0.05 * i as f32).collect();
-        let loss_at = |v: &[f32]| {
+        let parts_at = |v: &[f32]| {
             let corners = dev.tensor_from_vec(v.to_vec(), (2, 2, Const::<4>));
-            corner_loss_with_referring_boxes(corners.leaky_trace(), &batch, weights)
-                .unwrap()
-                .unwrap()
-                .array()
+            corner_loss_with_referring_boxes(corners.leaky_trace(), &batch, weights).unwrap()
         };
-        // The caption token's pixel L1 plus the referring token's box loss, nothing else.
+        let parts = parts_at(&values);
+        let named: Vec<(&str, f32)> = parts.iter().map(|p| (p.name.as_str(), p.weight)).collect();
+        assert_eq!(
+            named,
+            [(PIXEL_L1, 1.0), (REFERRING_L1, 5.0), (REFERRING_GIOU, 2.0)]
+        );
+        // The caption token's pixel L1; the referring token's box L1 and 1 - GIoU.
         let pixel = (0..4)
             .map(|c| (values[c] - batch.location_targets[c]).abs() * 16.0)
             .sum::<f32>()
             / 4.0;
-        let pred = dev.tensor_from_vec(values[12..16].to_vec(), (1, Const::<4>));
-        let box_only = referring_box_loss(pred, &batch.location_targets[12..16], weights).array();
-        assert!((loss_at(&values) - pixel - box_only).abs() < 1e-5);
+        let (pred, target) = (&values[12..16], &batch.location_targets[12..16]);
+        let box_l1: f32 = pred.iter().zip(target).map(|(p, t)| (p - t).abs()).sum();
+        let target = [target[0], target[1], target[2], target[3]];
+        let one_minus_giou = 1.0 - giou_reference([pred[0], pred[1], pred[2], pred[3]], target);
+        for (part, expected) in parts.iter().zip([pixel, box_l1, one_minus_giou]) {
+            assert!(
+                (part.loss.array() - expected).abs() < 1e-5,
+                "{}: {} vs {expected}",
+                part.name,
+                part.loss.array()
+            );
+        }
+        let loss_at = |v: &[f32]| weighted_sum(parts_at(v)).array();
         let corners = dev.tensor_from_vec(values.clone(), (2, 2, Const::<4>));
-        let grads = corner_loss_with_referring_boxes(corners.leaky_trace(), &batch, weights)
-            .unwrap()
-            .unwrap()
-            .backward();
+        let parts = corner_loss_with_referring_boxes(corners.leaky_trace(), &batch, weights);
+        let grads = weighted_sum(parts.unwrap()).backward();
         assert_finite_differences(&values, &grads.get(&corners).as_vec(), loss_at);
     }
 
     #[test]
-    fn box_loss_gradient_matches_finite_differences() {
+    fn a_batch_without_expressions_has_only_the_pixel_l1_and_trains_through_it() {
+        let dev: Cpu = Default::default();
+        let mut batch = two_row_batch();
+        batch.tasks[1] = TaskKind::TraceCaptioning;
+        let weights = ReferringBoxWeights { l1: 5.0, giou: 2.0 };
+        let values: Vec<f32> = (0..16).map(|i| 0.05 * i as f32).collect();
+        let corners = dev.tensor_from_vec(values, (2, 2, Const::<4>));
+        let mut parts =
+            corner_loss_with_referring_boxes(corners.leaky_trace(), &batch, weights).unwrap();
+        assert_eq!(parts.len(), 1);
+        let part = parts.remove(0);
+        assert_eq!(part.name, PIXEL_L1);
+        let all = crate::heads::pixel_l1(corners.leaky_trace(), &batch)
+            .unwrap()
+            .unwrap();
+        assert_eq!(part.loss.array(), all.array());
+        let grads = part.loss.backward();
+        assert!(grads.get(&corners).as_vec().iter().any(|&g| g != 0.0));
+    }
+
+    #[test]
+    fn box_terms_gradient_matches_finite_differences() {
         let dev: Cpu = Default::default();
         let p = [0.15f32, 0.25, 0.55, 0.5, 0.6, 0.65, 0.2, 0.3];
         let targets = [0.1, 0.2, 0.5, 0.6, 0.2, 0.1, 0.6, 0.4];
-        let weights = ReferringBoxWeights { l1: 5.0, giou: 2.0 };
+        let loss = |pred: Tensor<(usize, Const<4>), f32, Cpu, OwnedTape<f32, Cpu>>| {
+            let (l1, giou) = referring_box_terms(pred, &targets);
+            l1 * 5.0 + giou * 2.0
+        };
         let loss_at = |values: &[f32]| {
             let pred = dev.tensor_from_vec(values.to_vec(), (2, Const::<4>));
-            referring_box_loss(pred, &targets, weights).array()
+            loss(pred.leaky_trace()).array()
         };
         let pred = dev.tensor_from_vec(p.to_vec(), (2, Const::<4>));
-        let grads = referring_box_loss(pred.leaky_trace(), &targets, weights).backward();
+        let grads = loss(pred.leaky_trace()).backward();
         assert_finite_differences(&p, &grads.get(&pred).as_vec(), loss_at);
     }
 }

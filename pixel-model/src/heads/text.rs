@@ -13,7 +13,9 @@
 //! writes a box.
 use crate::error::{ModelError, Result};
 use crate::heads::config::{options, HeadBuild};
-use crate::heads::{DecodeMode, DecodedTokens, HeadInputs, HeadPrediction, OutputHead, Reads};
+use crate::heads::{
+    DecodeMode, DecodedTokens, HeadInputs, HeadLossPart, HeadPrediction, OutputHead, Reads,
+};
 use crate::presets::PixelDims;
 use crate::tasks::{Example, TaskKind};
 use crate::vocab::VocabMap;
@@ -21,7 +23,6 @@ use dfdx::prelude::*;
 use pixel_core::geometry::{BoxXyxy, Point};
 use pixel_core::params::{ParamVisitor, Params};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
-use pixel_train::TapedScalar;
 use serde::Deserialize;
 use std::ops::Range;
 use std::sync::Arc;
@@ -394,8 +395,8 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe, C: CoordinateCodec> 
         Ok(example)
     }
 
-    fn loss(&self, _inputs: &HeadInputs<P, D>) -> Result<Option<TapedScalar<D>>> {
-        Ok(None)
+    fn loss(&self, _inputs: &HeadInputs<P, D>) -> Result<Vec<HeadLossPart<D>>> {
+        Ok(Vec::new())
     }
 
     fn decode(

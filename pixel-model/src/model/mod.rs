@@ -15,7 +15,7 @@ pub use config::{LmConfig, LmMode, ModelConfig};
 pub use prompt_feature_extractor::{PromptFeatureExtractor, PromptFuse};
 
 use crate::error::{ModelError, Result};
-use crate::eval::{Generated, Predictor, TeacherForced};
+use crate::eval::{Generated, HeadMetrics, Predictor, TeacherForced};
 use crate::heads::{
     DecodeMode, DecodedTokens, HeadInputs, HeadPrediction, HeadRegistry, OutputHead, Reads,
 };
@@ -467,13 +467,31 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
         let inputs = self.head_inputs(&out.decoder, &out.image, batch);
         let mut total = text;
         for (head, config) in self.heads.iter().zip(&self.config.heads) {
-            if let Some(loss) = head.loss(&inputs)? {
-                let weight = config.weight * self.aux_loss_scale;
-                terms.push(LossPart::new(head.name(), loss.as_vec()[0], weight));
-                total = total + loss * weight;
+            for part in head.loss(&inputs)? {
+                let name = part.logged_name(head.name());
+                if terms.iter().any(|t| t.name == name) {
+                    return Err(ModelError::Invalid(format!(
+                        "head \"{}\" gives a second loss part logged as `{name}`",
+                        head.name()
+                    )));
+                }
+                let weight = config.weight * part.weight * self.aux_loss_scale;
+                terms.push(LossPart::new(name, part.loss.as_vec()[0], weight));
+                total = total + part.loss * weight;
             }
         }
         Ok((total, terms))
+    }
+
+    /// Runs `f` on what the heads read for `batch`, from a forward pass without a tape: to
+    /// look at one head's loss parts or predictions alone (the conformance kit does).
+    pub fn with_head_inputs<R>(
+        &self,
+        batch: &Batch,
+        f: impl FnOnce(&HeadInputs<P, D>) -> R,
+    ) -> Result<R> {
+        let out = self.forward(batch, NoneTape)?;
+        Ok(f(&self.head_inputs(&out.decoder, &out.image, batch)))
     }
 }
 
@@ -529,6 +547,39 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> Predictor for PixelL
             corners,
             heads,
         })
+    }
+
+    /// Each head's [`OutputHead::metrics`] on its own predictions; a non-finite value is an
+    /// error naming the head and the metric.
+    fn head_metrics(
+        &self,
+        examples: &[Example],
+        predictions: &[Vec<HeadPrediction>],
+    ) -> Result<HeadMetrics> {
+        let mut all = HeadMetrics::new();
+        for (i, head) in self.heads.iter().enumerate() {
+            let own = predictions
+                .iter()
+                .map(|p| p.get(i).filter(|p| p.head == head.name()).cloned())
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    ModelError::Invalid(format!(
+                        "metrics: an example has no prediction of head \"{}\"",
+                        head.name()
+                    ))
+                })?;
+            let metrics = head.metrics(examples, &own)?;
+            if let Some((name, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
+                return Err(ModelError::Invalid(format!(
+                    "head \"{}\": metric `{name}` is {value}",
+                    head.name()
+                )));
+            }
+            if !metrics.is_empty() {
+                all.insert(head.name().to_string(), metrics);
+            }
+        }
+        Ok(all)
     }
 
     fn generate(&self, batch: &Batch, max_new_tokens: usize) -> Result<Vec<Generated>> {
@@ -977,6 +1028,37 @@ mod tests {
         assert_eq!(generated.len(), batch.size);
         assert!(generated.iter().all(|g| g.heads.len() == 5));
         assert_eq!(model.reads(), Reads::DecoderFeatures);
+    }
+
+    #[test]
+    fn a_head_with_parts_logs_each_under_its_name_with_its_weight() {
+        let heads = "[[model.heads]]\nkind = \"point\"\nweight = 0.1\n\
+                     referring_box = { l1 = 50.0, giou = 20.0 }\n";
+        let mut config = demo_with_heads(heads);
+        config.tasks.trace_captioning = 0.5;
+        config.tasks.referring_localization = 0.5;
+        let mut model = TinyPixelLlm::build(&config.model, 0).unwrap();
+        model.set_aux_loss_scale(0.5);
+        let ex = examples(&config, &model.vocab.clone(), 4);
+        let trainable = config.model.trainable();
+        let grads = alloc_grads(&mut model, &trainable).unwrap();
+        let (loss, parts) = model.loss(&ex, grads).unwrap();
+        let logged: Vec<(&str, f32)> = parts.iter().map(|p| (p.name.as_str(), p.weight)).collect();
+        assert_eq!(
+            logged,
+            [
+                (TEXT_LOSS, 1.0),
+                ("point/pixel_l1", 0.1 * 0.5),
+                ("point/referring_l1", 0.1 * 50.0 * 0.5),
+                ("point/referring_giou", 0.1 * 20.0 * 0.5),
+            ]
+        );
+        assert!(parts.iter().all(|p| p.value > 0.0 && p.value.is_finite()));
+        let weighted: f32 = parts.iter().map(LossPart::weighted).sum();
+        assert!(
+            (weighted - loss.array()).abs() <= 1e-5 * weighted,
+            "{parts:?}"
+        );
     }
 
     #[test]
