@@ -40,11 +40,8 @@ pub fn run(args: DemoArgs, heads: &TinyHeadRegistry) -> Result<(), Box<dyn std::
     }
     if let Some(p) = &metrics.pretrain_eva {
         println!(
-            "EVA02 pretrained by region-phrase alignment: {} steps, held-out retrieval {:.3} ({:.0} s when trained; cached in {})",
-            p.config.steps,
-            p.retrieval_top1,
-            p.wall_s,
-            p.config.cache.display()
+            "EVA02 pretrained by region-phrase alignment: {} steps, held-out retrieval {:.3} ({:.0} s when trained)",
+            p.config.steps, p.retrieval_top1, p.wall_s
         );
     }
     if let Some(p) = &metrics.pretrain_sam {

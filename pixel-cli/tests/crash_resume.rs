@@ -13,7 +13,7 @@ fn small_config(dir: &Path) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let text = std::fs::read_to_string(repo.join("configs/demo.toml")).unwrap();
     let (text, _pretraining) = text.split_once("[pretrain_eva]").unwrap();
-    let mut text = text.replacen("steps = 3200", "steps = 24", 1);
+    let mut text = text.replacen("steps = 3600", "steps = 24", 1);
     for (from, to) in [
         ("batch_size = 16", "batch_size = 4"),
         ("warmup_steps = 60", "warmup_steps = 4"),

@@ -247,7 +247,8 @@ pub fn pretrain_image_encoders(
     };
     let sam = match &config.pretrain_sam {
         Some(pretrain) => {
-            let (sam, report) = pretrained_sam::<PixelTiny>(pretrain, data, &config.data_key(), seed)?;
+            let (sam, report) =
+                pretrained_sam::<PixelTiny>(pretrain, data, &config.data_key(), seed)?;
             model.image_encoder.sam = sam;
             Some(report)
         }

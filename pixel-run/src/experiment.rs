@@ -212,7 +212,7 @@ mod tests {
             ),
             ("eps = 1e-8", "eps = 0.0", "train.optimizer.eps", "> 0"),
             ("eps = 1e-8", "eps = nan", "train.optimizer.eps", "> 0"),
-            ("steps = 3200", "steps = 0", "train.steps", "at least 1"),
+            ("steps = 3600", "steps = 0", "train.steps", "at least 1"),
             ("shards = 2", "shards = 0", "train.shards", "at least 1"),
             (
                 "validation_images = 150",

@@ -641,11 +641,10 @@ mod tests {
         )
         .unwrap();
         let before = denoising_loss(&fresh, &held_out).unwrap();
-        let (lm, report) =
-            pretrained_lm::<pixel_model::model::PixelTiny>(
-                &config, &data, &data_key, &tokenizer, &vocab, 3,
-            )
-                .unwrap();
+        let (lm, report) = pretrained_lm::<pixel_model::model::PixelTiny>(
+            &config, &data, &data_key, &tokenizer, &vocab, 3,
+        )
+        .unwrap();
         let after = denoising_loss(&lm, &held_out).unwrap();
         assert!(after < 0.7 * before, "denoising loss {before} -> {after}");
         let in_cache = |c: &PretrainConfig, seed| {
@@ -656,11 +655,10 @@ mod tests {
         assert!(in_cache(&config, 3));
 
         // The second call loads the cached weights instead of training.
-        let (cached, cached_report) =
-            pretrained_lm::<pixel_model::model::PixelTiny>(
-                &config, &data, &data_key, &tokenizer, &vocab, 3,
-            )
-                .unwrap();
+        let (cached, cached_report) = pretrained_lm::<pixel_model::model::PixelTiny>(
+            &config, &data, &data_key, &tokenizer, &vocab, 3,
+        )
+        .unwrap();
         assert_eq!(denoising_loss(&cached, &held_out).unwrap(), after);
         assert_eq!(cached_report.final_loss, report.final_loss);
         // Another seed, setting or data is another cache entry; the cache path is not part of
