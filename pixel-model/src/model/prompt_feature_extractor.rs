@@ -1,11 +1,17 @@
 //! The prompt feature extractor (scenic's `PromptAdaptor`): learnable output tokens and the
 //! location prompt attend to the image features through SAM's two-way transformer; each output
-//! token is then mapped by its own linear layer into the language model's embedding space
-//! (`sparse` fusion, the official default), or every updated image token is mapped by one
-//! linear layer (`dense` fusion, scenic's `prompt_fuse_fn = 'dense'`).
+//! token is then mapped by its own linear layer to the extractor's output width (`sparse`
+//! fusion, the official default), or every updated image token is mapped by one linear layer
+//! (`dense` fusion, scenic's `prompt_fuse_fn = 'dense'`).
+//!
+//! Widths: the image features `V`, the location prompt `Pr` (SAM's prompt encoder), the
+//! transformer `C` (scenic's `transformer_dim`) and the output `M` (`output_dim`). When `Pr`
+//! differs from `C`, the prompt embeddings and the image position encoding are first projected
+//! to `C` (scenic's `prompt_embedding_projection_mlp`, `image_pe_projection_mlp`).
 use dfdx::prelude::*;
 use pixel_core::nn::{Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
+use pixel_vision::layers::{broadcast_batch, expand_batch, realize};
 use pixel_vision::TwoWayTransformer;
 use serde::{Deserialize, Serialize};
 
@@ -20,31 +26,59 @@ pub enum PromptFuse {
 }
 
 #[derive(Debug, Clone)]
-pub struct PromptFeatureExtractor<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> {
+pub struct PromptFeatureExtractor<
+    V: ConstDim,
+    Pr: ConstDim,
+    C: ConstDim,
+    M: ConstDim,
+    D: Device<f32>,
+> {
     /// `[num_outputs, C]`, N(0, 1) initialised as in scenic.
     pub output_tokens: Tensor<(usize, C), f32, D>,
     /// Image features (`V` = SAM + EVA02 channels) -> transformer width.
     pub image_projection: Linear<V, C, D>,
+    /// Sparse and dense prompt embeddings, prompt width -> transformer width (when they differ).
+    pub prompt_projection: Option<Linear<Pr, C, D>>,
+    /// The image position encoding, prompt width -> transformer width (when they differ).
+    pub image_pe_projection: Option<Linear<Pr, C, D>>,
     pub transformer: TwoWayTransformer<C, D>,
-    /// Sparse fusion: one linear map per output token, transformer width -> LM width.
+    /// Sparse fusion: one linear map per output token, transformer width -> output width.
     pub output_hypernetworks: Vec<Linear<C, M, D>>,
     /// Dense fusion: one linear map for every image token (plus its position encoding).
     pub dense_output: Option<Linear<C, M, D>>,
 }
 
-impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtractor<V, C, M, D> {
-    pub fn new(
-        dev: &D,
-        num_outputs: usize,
-        depth: usize,
-        (heads, mlp, downsample): (usize, usize, usize),
-        fuse: PromptFuse,
-    ) -> Self {
+/// The two-way transformer's run-time shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TwoWayShape {
+    pub depth: usize,
+    pub heads: usize,
+    pub mlp_dim: usize,
+    /// The cross-attentions' inner width is `C / downsample_rate`.
+    pub downsample_rate: usize,
+    /// The blocks' LayerNorm epsilon.
+    pub eps: f64,
+}
+
+impl<V: ConstDim, Pr: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>>
+    PromptFeatureExtractor<V, Pr, C, M, D>
+{
+    pub fn new(dev: &D, num_outputs: usize, shape: TwoWayShape, fuse: PromptFuse) -> Self {
         let sparse = fuse == PromptFuse::Sparse;
+        let project_prompt = Pr::SIZE != C::SIZE;
         PromptFeatureExtractor {
             output_tokens: dev.sample_normal_like(&(num_outputs, C::default())),
             image_projection: Linear::new(dev, true),
-            transformer: TwoWayTransformer::new(dev, depth, heads, mlp, downsample, 1e-6),
+            prompt_projection: project_prompt.then(|| Linear::new(dev, true)),
+            image_pe_projection: project_prompt.then(|| Linear::new(dev, true)),
+            transformer: TwoWayTransformer::new(
+                dev,
+                shape.depth,
+                shape.heads,
+                shape.mlp_dim,
+                shape.downsample_rate,
+                shape.eps,
+            ),
             output_hypernetworks: match fuse {
                 PromptFuse::Sparse => (0..num_outputs).map(|_| Linear::new(dev, true)).collect(),
                 PromptFuse::Dense => Vec::new(),
@@ -58,31 +92,56 @@ impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtract
         self.output_tokens.shape().0
     }
 
-    /// `image` `[B, HW, V]`, its position encoding `[1, HW, C]`, the dense prompt `[B, HW, C]`
-    /// and the sparse (location) prompt `[B, P, C]` -> visual tokens for the LM `[B, N, M]`.
+    /// `image` `[B, HW, V]`, its position encoding `[1, HW, Pr]`, the dense prompt `[B, HW, Pr]`
+    /// and the sparse (location) prompt `[B, P, Pr]` -> visual tokens `[B, N, M]` (sparse
+    /// fusion) or `[B, HW, M]` (dense).
     pub fn forward<T: Tape<f32, D>>(
         &self,
         image: Seq<V, D, T>,
-        image_pe: &Seq<C, D>,
-        dense_prompt: Seq<C, D, T>,
-        sparse_prompt: Seq<C, D, T>,
+        image_pe: &Seq<Pr, D>,
+        dense_prompt: Seq<Pr, D, T>,
+        sparse_prompt: Seq<Pr, D, T>,
     ) -> Seq<M, D, T> {
         let batch = image.shape().0;
         let n = self.num_outputs();
+        let (dense_prompt, sparse_prompt): (Seq<C, D, T>, Seq<C, D, T>) =
+            match &self.prompt_projection {
+                Some(p) => (p.forward(dense_prompt), p.forward(sparse_prompt)),
+                None => (realize(dense_prompt), realize(sparse_prompt)),
+            };
         let src = self.image_projection.forward(image) + dense_prompt;
         let outputs = self
             .output_tokens
             .retaped::<T>()
             .broadcast_like::<_, Axis<0>>(&(batch, n, C::default()));
         let queries = (outputs, sparse_prompt).concat_along(Axis::<1>);
-        let (hs, keys) = self.transformer.forward(src, image_pe, queries);
+        // A projected position encoding trains, so it is computed on the tape; its own tape
+        // joins the output's at the end.
+        let (hs, keys, pe, pe_tape) = match &self.image_pe_projection {
+            None => {
+                let pe: Seq<C, D> = realize(image_pe.clone());
+                let (hs, keys) = self.transformer.forward(src, &pe, queries);
+                (hs, keys, pe, T::default())
+            }
+            Some(p) => {
+                let (pe, pe_tape) = p.forward(image_pe.retaped::<T>()).split_tape();
+                let (hs, keys) =
+                    self.transformer
+                        .forward_with_trained_pe(src, pe.retaped::<T>(), queries);
+                (hs, keys, pe, pe_tape)
+            }
+        };
         if let Some(dense) = &self.dense_output {
             // The LM's position bias is relative and 1-D: without the image position encoding a
             // dense visual token would not say where in the image it lies.
-            let keys = keys + pixel_vision::layers::expand_batch(image_pe, batch);
+            let keys = match self.image_pe_projection {
+                // Taped, so the projection's gradient through this sum is counted too.
+                Some(_) => keys + broadcast_batch(pe.retaped::<T>(), batch),
+                None => keys + expand_batch(&pe, batch),
+            };
             let (out, tape) = dense.forward(keys).split_tape();
             let (_, hs_tape) = hs.split_tape();
-            return out.put_tape(tape.merge(hs_tape));
+            return out.put_tape(tape.merge(hs_tape).merge(pe_tape));
         }
         let mut tokens: Option<Seq<M, D, T>> = None;
         for (i, hyper) in self.output_hypernetworks.iter().enumerate() {
@@ -95,12 +154,12 @@ impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> PromptFeatureExtract
         // The queries' tape carries every recorded op; merge it into the output.
         let (out, tape) = tokens.expect("at least one output token").split_tape();
         let (_, hs_tape) = hs.split_tape();
-        out.put_tape(tape.merge(hs_tape))
+        out.put_tape(tape.merge(hs_tape).merge(pe_tape))
     }
 }
 
-impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> Params<D>
-    for PromptFeatureExtractor<V, C, M, D>
+impl<V: ConstDim, Pr: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> Params<D>
+    for PromptFeatureExtractor<V, Pr, C, M, D>
 {
     fn visit_params(
         &mut self,
@@ -113,6 +172,10 @@ impl<V: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> Params<D>
         )?;
         self.image_projection
             .visit_params(&join(prefix, "image_projection_mlp.layers.0"), v)?;
+        self.prompt_projection
+            .visit_params(&join(prefix, "prompt_embedding_projection_mlp.layers.0"), v)?;
+        self.image_pe_projection
+            .visit_params(&join(prefix, "image_pe_projection_mlp.layers.0"), v)?;
         self.transformer
             .visit_params(&join(prefix, "transformer"), v)?;
         for (i, hyper) in self.output_hypernetworks.iter_mut().enumerate() {
