@@ -224,20 +224,6 @@ pub fn expand_batch<C: Dim, D: Device<f32>>(x: &Tokens<C, D>, batch: usize) -> T
         .broadcast_like::<_, Axis<0>>(&(batch, n, c))
 }
 
-/// [`expand_batch`] for a tensor with a tape: its recorded operations stay with it.
-pub fn broadcast_batch<C: Dim, D: Device<f32>, T: Tape<f32, D>>(
-    x: Tokens<C, D, T>,
-    batch: usize,
-) -> Tokens<C, D, T> {
-    let (b, n, c) = *x.shape();
-    if b == batch {
-        return x;
-    }
-    assert_eq!(b, 1, "cannot expand a batch of {b} to {batch}");
-    x.reshape_like(&(n, c))
-        .broadcast_like::<_, Axis<0>>(&(batch, n, c))
-}
-
 /// Moves all of `b`'s recorded operations onto `a`'s tape, so gradients through `b`'s history
 /// reach the loss even when the caller only uses `a`.
 #[allow(clippy::type_complexity)]

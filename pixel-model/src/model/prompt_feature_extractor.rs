@@ -11,7 +11,7 @@
 use dfdx::prelude::*;
 use pixel_core::nn::{Linear, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
-use pixel_vision::layers::{broadcast_batch, expand_batch, realize};
+use pixel_vision::layers::{expand_batch, realize};
 use pixel_vision::TwoWayTransformer;
 use serde::{Deserialize, Serialize};
 
@@ -115,30 +115,18 @@ impl<V: ConstDim, Pr: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>>
             .retaped::<T>()
             .broadcast_like::<_, Axis<0>>(&(batch, n, C::default()));
         let queries = (outputs, sparse_prompt).concat_along(Axis::<1>);
-        // A projected position encoding trains, so it is computed on the tape; its own tape
-        // joins the output's at the end.
-        let (hs, keys, pe, pe_tape) = match &self.image_pe_projection {
-            None => {
-                let pe: Seq<C, D> = realize(image_pe.clone());
-                let (hs, keys) = self.transformer.forward(src, &pe, queries);
-                (hs, keys, pe, T::default())
-            }
-            Some(p) => {
-                let (pe, pe_tape) = p.forward(image_pe.retaped::<T>()).split_tape();
-                let (hs, keys) =
-                    self.transformer
-                        .forward_with_trained_pe(src, pe.retaped::<T>(), queries);
-                (hs, keys, pe, pe_tape)
-            }
+        // A projected position encoding trains: the projection's op travels on `pe_tape`, merged
+        // into the output's, and every use of `pe` below (the same tensor id, broadcast as a
+        // view) adds to its gradient.
+        let (pe, pe_tape): (Seq<C, D>, T) = match &self.image_pe_projection {
+            Some(p) => p.forward(image_pe.retaped::<T>()).split_tape(),
+            None => (realize(image_pe.clone()), T::default()),
         };
+        let (hs, keys) = self.transformer.forward(src, &pe, queries);
         if let Some(dense) = &self.dense_output {
             // The LM's position bias is relative and 1-D: without the image position encoding a
             // dense visual token would not say where in the image it lies.
-            let keys = match self.image_pe_projection {
-                // Taped, so the projection's gradient through this sum is counted too.
-                Some(_) => keys + broadcast_batch(pe.retaped::<T>(), batch),
-                None => keys + expand_batch(&pe, batch),
-            };
+            let keys = keys + expand_batch(&pe, batch);
             let (out, tape) = dense.forward(keys).split_tape();
             let (_, hs_tape) = hs.split_tape();
             return out.put_tape(tape.merge(hs_tape).merge(pe_tape));
@@ -186,5 +174,76 @@ impl<V: ConstDim, Pr: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> Params
         }
         self.dense_output
             .visit_params(&join(prefix, "dense_output_mlp.layers.0"), v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Extractor = PromptFeatureExtractor<Const<6>, Const<4>, Const<8>, Const<5>, Cpu>;
+
+    /// `sum(out²)` of the extractor on fixed inputs.
+    fn loss<T: Tape<f32, Cpu>>(pfe: &Extractor, tape: T) -> Tensor<(), f32, Cpu, T> {
+        let inputs: Cpu = Cpu::seed_from_u64(9);
+        let image: Seq<Const<6>, Cpu> = inputs.sample_normal_like(&(2, 4, Const));
+        let pe: Seq<Const<4>, Cpu> = inputs.sample_normal_like(&(1, 4, Const));
+        let dense: Seq<Const<4>, Cpu> = inputs.sample_normal_like(&(2, 4, Const));
+        let sparse: Seq<Const<4>, Cpu> = inputs.sample_normal_like(&(2, 2, Const));
+        let out = pfe.forward(image.put_tape(tape), &pe, dense.retaped(), sparse.retaped());
+        out.square().sum()
+    }
+
+    /// With a prompt width other than the transformer's, the projections of the prompt and of
+    /// the image position encoding train, and their gradients are the loss's (central
+    /// differences), in both fusions.
+    #[test]
+    fn the_prompt_and_position_projections_get_the_losss_gradient() {
+        for fuse in [PromptFuse::Sparse, PromptFuse::Dense] {
+            let dev: Cpu = Cpu::seed_from_u64(0);
+            let shape = TwoWayShape {
+                depth: 2,
+                heads: 2,
+                mlp_dim: 16,
+                downsample_rate: 2,
+                eps: 1e-5,
+            };
+            let mut pfe = Extractor::new(&dev, 3, shape, fuse);
+            let grads = loss(&pfe, OwnedTape::default()).backward();
+            let analytic = [
+                grads
+                    .get(&pfe.image_pe_projection.as_ref().unwrap().weight)
+                    .as_vec(),
+                grads
+                    .get(&pfe.prompt_projection.as_ref().unwrap().weight)
+                    .as_vec(),
+            ];
+            for (which, analytic) in analytic.iter().enumerate() {
+                for i in [0, 7, 19, 31] {
+                    let step = 1e-2;
+                    let at = |pfe: &mut Extractor, delta: f32| {
+                        let layer = if which == 0 {
+                            pfe.image_pe_projection.as_mut().unwrap()
+                        } else {
+                            pfe.prompt_projection.as_mut().unwrap()
+                        };
+                        let mut w = layer.weight.as_vec();
+                        w[i] += delta;
+                        layer.weight.copy_from(&w);
+                    };
+                    at(&mut pfe, step);
+                    let up = loss(&pfe, NoneTape).array();
+                    at(&mut pfe, -2.0 * step);
+                    let down = loss(&pfe, NoneTape).array();
+                    at(&mut pfe, step);
+                    let numeric = (up - down) / (2.0 * step);
+                    let g = analytic[i];
+                    assert!(
+                        (numeric - g).abs() <= 2e-2 * g.abs().max(1e-1),
+                        "{fuse:?} projection {which} weight {i}: analytic {g}, numeric {numeric}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -3,9 +3,7 @@
 //! Used by the mask decoder and, unchanged, by PixelLLM's prompt feature extractor (scenic's
 //! `PromptAdaptor`), which feeds it image tokens `[B, HW, C]`, their position encoding
 //! `[1 or B, HW, C]` and query tokens `[B, N, C]` and reads back the updated queries.
-use crate::layers::{
-    broadcast_batch, expand_batch, from_heads, merge_tapes, to_heads, Dense, MlpBlock, Norm,
-};
+use crate::layers::{expand_batch, from_heads, merge_tapes, to_heads, Dense, MlpBlock, Norm};
 use dfdx::prelude::*;
 use pixel_core::nn::{attention, Activation, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
@@ -113,14 +111,13 @@ impl<C: ConstDim, D: Device<f32>> TwoWayAttentionBlock<C, D> {
     }
 
     /// `query_pe` is the original query tokens (a tape-free branch); `key_pe` is already
-    /// expanded to the keys' batch, without a tape (`P = NoneTape`) or with its own (`P = T`,
-    /// a trained projection of it: the caller merges that tape, the gradient reaches its id).
-    pub fn forward<T: Tape<f32, D> + Merge<P>, P: Tape<f32, D>>(
+    /// expanded to the keys' batch.
+    pub fn forward<T: Tape<f32, D>>(
         &self,
         queries: Seq<C, D, T>,
         keys: Seq<C, D, T>,
         query_pe: &Seq<C, D, T>,
-        key_pe: &Seq<C, D, P>,
+        key_pe: &Seq<C, D>,
     ) -> (Seq<C, D, T>, Seq<C, D, T>) {
         let queries = if self.skip_first_layer_pe {
             self.self_attn
@@ -135,7 +132,7 @@ impl<C: ConstDim, D: Device<f32>> TwoWayAttentionBlock<C, D> {
         let queries = self.layer_norm1.forward(queries);
 
         let q = queries.retaped::<T>() + query_pe.retaped::<T>();
-        let k = keys.retaped::<T>() + key_pe.retaped::<P>();
+        let k = keys.retaped::<T>() + key_pe.clone();
         let out = self
             .cross_attn_token_to_image
             .forward(q, k, keys.retaped::<T>());
@@ -145,7 +142,7 @@ impl<C: ConstDim, D: Device<f32>> TwoWayAttentionBlock<C, D> {
         let queries = self.layer_norm3.forward(queries + out);
 
         let q = queries.retaped::<T>() + query_pe.retaped::<T>();
-        let k = keys.retaped::<T>() + key_pe.retaped::<P>();
+        let k = keys.retaped::<T>() + key_pe.clone();
         let out = self
             .cross_attn_image_to_token
             .forward(k, q, queries.retaped::<T>());
@@ -218,66 +215,32 @@ impl<C: ConstDim, D: Device<f32>> TwoWayTransformer<C, D> {
         image_pe: &Seq<C, D>,
         queries: Seq<C, D, T>,
     ) -> (Seq<C, D, T>, Seq<C, D, T>) {
-        self.check_shapes(&image_tokens, image_pe.shape(), &queries);
-        let key_pe = expand_batch(image_pe, image_tokens.shape().0);
-        self.run(image_tokens, &key_pe, queries)
-    }
-
-    /// [`Self::forward`] with a position encoding computed on the tape, e.g. projected by a
-    /// trained layer (scenic's `PromptAdaptor` with `image_pe_projection_mlp`): its recorded
-    /// operations travel on the returned queries' tape too, so the projection trains.
-    pub fn forward_with_trained_pe<T: Tape<f32, D>>(
-        &self,
-        image_tokens: Seq<C, D, T>,
-        image_pe: Seq<C, D, T>,
-        queries: Seq<C, D, T>,
-    ) -> (Seq<C, D, T>, Seq<C, D, T>) {
-        self.check_shapes(&image_tokens, image_pe.shape(), &queries);
-        let key_pe = broadcast_batch(image_pe, image_tokens.shape().0);
-        let (queries, keys) = self.run(image_tokens, &key_pe, queries);
-        let (queries, queries_tape) = queries.split_tape();
-        let (_, pe_tape) = key_pe.split_tape();
-        (queries.put_tape(queries_tape.merge(pe_tape)), keys)
-    }
-
-    fn check_shapes<T: Tape<f32, D>>(
-        &self,
-        image_tokens: &Seq<C, D, T>,
-        image_pe: &(usize, usize, C),
-        queries: &Seq<C, D, T>,
-    ) {
+        let batch = image_tokens.shape().0;
         assert_eq!(
             queries.shape().0,
-            image_tokens.shape().0,
+            batch,
             "queries and image tokens differ in batch size"
         );
         assert_eq!(
-            image_pe.1,
+            image_pe.shape().1,
             image_tokens.shape().1,
             "position encoding and image tokens differ in length"
         );
-    }
-
-    /// The blocks and the final attention, with `key_pe` already at the keys' batch.
-    fn run<T: Tape<f32, D> + Merge<P>, P: Tape<f32, D>>(
-        &self,
-        image_tokens: Seq<C, D, T>,
-        key_pe: &Seq<C, D, P>,
-        queries: Seq<C, D, T>,
-    ) -> (Seq<C, D, T>, Seq<C, D, T>) {
+        let key_pe = expand_batch(image_pe, batch);
         let query_pe = queries.retaped::<T>();
         let mut queries = queries;
         let mut keys = image_tokens;
         for layer in &self.layers {
-            (queries, keys) = layer.forward(queries, keys, &query_pe, key_pe);
+            (queries, keys) = layer.forward(queries, keys, &query_pe, &key_pe);
         }
         let q = queries.retaped::<T>() + query_pe.retaped::<T>();
-        let k = keys.retaped::<T>() + key_pe.retaped::<P>();
+        let k = keys.retaped::<T>() + key_pe.clone();
         let out = self
             .final_attn_token_to_image
             .forward(q, k, keys.retaped::<T>());
         let queries = self.layer_norm_final_attn.forward(queries + out);
-        merge_tapes(queries, keys)
+        let (queries, keys) = merge_tapes(queries, keys);
+        (queries, keys)
     }
 }
 
@@ -316,24 +279,6 @@ mod tests {
         assert!(grads.get(w).as_vec().iter().any(|g| *g != 0.0));
         // 2 blocks: 4 attentions of inner 16 + ... just check the count is stable.
         assert!(count_params(&mut tr) > 0);
-    }
-
-    /// A position encoding on the tape gives the same outputs as one without, and its
-    /// gradient reaches what it was computed from.
-    #[test]
-    fn a_trained_position_encoding_gets_a_gradient_and_changes_no_value() {
-        let dev: Cpu = Cpu::seed_from_u64(2);
-        let tr = TwoWayTransformer::<C, Cpu>::new(&dev, 2, 2, 32, 2, 1e-6);
-        let image: Seq<C, Cpu> = dev.sample_normal_like(&(2, 6, C::default()));
-        let source: Seq<C, Cpu> = dev.sample_normal_like(&(1, 6, C::default()));
-        let queries: Seq<C, Cpu> = dev.sample_normal_like(&(2, 2, C::default()));
-        let pe = source.clone() * 2.0;
-        let (plain, _) = tr.forward(image.clone(), &pe, queries.clone());
-        let taped = source.leaky_trace() * 2.0;
-        let (q, _) = tr.forward_with_trained_pe(image.retaped(), taped, queries.retaped());
-        assert_eq!(q.retaped::<NoneTape>().as_vec(), plain.as_vec());
-        let grads = q.square().sum().backward();
-        assert!(grads.get(&source).as_vec().iter().any(|g| *g != 0.0));
     }
 
     #[test]
