@@ -32,10 +32,22 @@ fn a_pixelllm_preset_is_counted_per_part_with_what_trains() {
     for frozen in ["SAM image encoder", "prompt encoder", "T5"] {
         assert_eq!(row(frozen)["trainable"], 0, "{json}");
     }
-    for trained in ["EVA02", "prompt feature extractor", "visual projection", "LoRA"] {
-        assert_eq!(row(trained)["trainable"], row(trained)["parameters"], "{json}");
+    for trained in [
+        "EVA02",
+        "prompt feature extractor",
+        "visual projection",
+        "LoRA",
+    ] {
+        assert_eq!(
+            row(trained)["trainable"],
+            row(trained)["parameters"],
+            "{json}"
+        );
     }
-    let total: u64 = parts.iter().map(|p| p["parameters"].as_u64().unwrap()).sum();
+    let total: u64 = parts
+        .iter()
+        .map(|p| p["parameters"].as_u64().unwrap())
+        .sum();
     assert_eq!(json["parameters"].as_u64().unwrap(), total);
 }
 
@@ -43,7 +55,13 @@ fn a_pixelllm_preset_is_counted_per_part_with_what_trains() {
 fn a_config_of_another_preset_or_a_model_flag_on_an_encoder_is_an_error() {
     for (args, says) in [
         (
-            &["inspect", "--preset", "pixelllm-test", "--config", "configs/demo.toml"][..],
+            &[
+                "inspect",
+                "--preset",
+                "pixelllm-test",
+                "--config",
+                "configs/demo.toml",
+            ][..],
             "model.preset is `pixel-tiny`, not `pixelllm-test`",
         ),
         (
@@ -53,6 +71,9 @@ fn a_config_of_another_preset_or_a_model_flag_on_an_encoder_is_an_error() {
     ] {
         let out = pixel(args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
     }
 }

@@ -192,33 +192,36 @@ fn edited_eva(dir: &Path, edit: impl Fn(&mut TensorStore)) -> PathBuf {
     path
 }
 
+/// What the error must say, and the edit of the EVA02 file that causes it.
+type EvaCase = (&'static str, fn(&mut TensorStore));
+
 #[test]
 fn a_missing_unexpected_or_misshapen_tensor_is_named_with_its_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, Box<dyn Fn(&mut TensorStore)>); 3] = [
+    let cases: [EvaCase; 3] = [
         (
             "missing tensor `blocks.1.attn.q_proj.weight`",
-            Box::new(|s: &mut TensorStore| {
+            |s: &mut TensorStore| {
                 s.tensors.remove("blocks.1.attn.q_proj.weight");
-            }),
+            },
         ),
         (
             "unexpected tensor `blocks.1.attn.extra.weight`",
-            Box::new(|s: &mut TensorStore| {
+            |s: &mut TensorStore| {
                 s.insert(
                     "blocks.1.attn.extra.weight",
                     StoredTensor::f32(vec![1], vec![0.0]),
                 );
-            }),
+            },
         ),
         (
             "tensor `pos_embed` has shape [1, 5, 32]",
-            Box::new(|s: &mut TensorStore| {
+            |s: &mut TensorStore| {
                 s.insert(
                     "pos_embed",
                     StoredTensor::f32(vec![1, 5, 32], vec![0.0; 160]),
                 );
-            }),
+            },
         ),
     ];
     for (says, edit) in cases {
