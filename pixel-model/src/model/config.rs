@@ -200,3 +200,32 @@ impl ModelConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of `configs/models/` is a shipped `[model]` section of the preset it is named
+    /// after, and parses.
+    #[test]
+    fn every_model_config_is_shipped_and_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/models");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut shipped: Vec<&str> = crate::presets::MODEL_CONFIGS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        shipped.sort();
+        assert_eq!(names, shipped);
+        for name in shipped {
+            let config = ModelConfig::shipped(name).unwrap().unwrap();
+            assert_eq!(config.preset, name);
+        }
+    }
+}
