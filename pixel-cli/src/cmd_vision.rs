@@ -1,4 +1,4 @@
-//! `pixel vision forward`, `pixel sam predict`, `pixel inspect`: the image models on tensors in,
+//! `pixel vision forward`, `pixel sam predict`: the image models on tensors in,
 //! tensors out (safetensors), for parity checks against HF transformers / timm and for scripts.
 use pixel_core::checkpoint::{StoredTensor, TensorStore};
 use pixel_core::params::{list_params, ParamInfo, Params};
@@ -75,20 +75,6 @@ pub enum SamCommand {
     },
 }
 
-/// Print a preset's module tree and parameter counts.
-#[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Example:\n  pixel inspect --preset sam-vit-h\n  pixel inspect --preset eva02-large --depth 2"
-)]
-pub struct InspectArgs {
-    /// sam-vit-b|l|h|test or eva02-tiny|small|base|large|test.
-    #[arg(long)]
-    pub preset: String,
-    /// How many name levels to show.
-    #[arg(long, default_value_t = 3)]
-    pub depth: usize,
-}
-
 pub fn run_vision(cmd: VisionCommand) -> CliResult {
     match cmd {
         VisionCommand::Forward {
@@ -137,14 +123,13 @@ pub fn run_sam(cmd: SamCommand) -> CliResult {
     }
 }
 
-pub fn run_inspect(args: InspectArgs) -> CliResult {
-    let params = if args.preset.starts_with("eva02") {
-        with_eva02_preset(&args.preset, ListEva)?
+/// The parameters of the image-encoder preset `name` (`sam-vit-*`, `eva02-*`), built.
+pub fn vision_preset_params(name: &str) -> Result<Vec<ParamInfo>, Box<dyn Error>> {
+    Ok(if name.starts_with("eva02") {
+        with_eva02_preset(name, ListEva)?
     } else {
-        with_sam_preset(&args.preset, ListSam)?
-    };
-    print!("{}", render_tree(&args.preset, &params, args.depth));
-    Ok(())
+        with_sam_preset(name, ListSam)?
+    })
 }
 
 struct Job {
@@ -469,7 +454,8 @@ pub fn render_tree(title: &str, params: &[ParamInfo], depth: usize) -> String {
     out
 }
 
-fn group(n: usize) -> String {
+/// `n` with thousands separated by commas.
+pub fn group(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

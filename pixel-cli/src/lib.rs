@@ -8,6 +8,7 @@ mod cmd_demo;
 mod cmd_eval;
 mod cmd_export;
 mod cmd_grads;
+mod cmd_inspect;
 mod cmd_lm;
 mod cmd_metrics;
 mod cmd_predict;
@@ -37,6 +38,7 @@ const EXAMPLES: &str = "Examples:
   pixel tokenize --tokenizer assets/t5-tokenizer.json \"a man holding a red umbrella\"
   pixel vision forward --model sam-folder --inputs IN.safetensors --out OUT.safetensors
   pixel sam predict --model sam-folder --inputs IN.safetensors --multimask --out OUT.safetensors
+  pixel inspect --preset pixelllm-paper
   pixel inspect --preset sam-vit-h
   pixel metrics refloc --gt G.json --preds P.json";
 
@@ -76,8 +78,8 @@ enum Command {
     /// Segment Anything: masks and IoU scores from point or box prompts.
     #[command(subcommand)]
     Sam(cmd_vision::SamCommand),
-    /// Print a preset's module tree and parameter counts.
-    Inspect(cmd_vision::InspectArgs),
+    /// Print a preset's parameters: per part, trainable and frozen, and its module tree.
+    Inspect(cmd_inspect::InspectArgs),
     /// Captioning, referring-localization and dense-captioning metrics, as JSON.
     #[command(subcommand)]
     Metrics(cmd_metrics::MetricsCommand),
@@ -119,7 +121,7 @@ pub fn run(heads: TinyHeadRegistry) -> ExitCode {
         Command::Tokenize(args) => cmd_lm::tokenize(args),
         Command::Vision(cmd) => cmd_vision::run_vision(cmd),
         Command::Sam(cmd) => cmd_vision::run_sam(cmd),
-        Command::Inspect(args) => cmd_vision::run_inspect(args),
+        Command::Inspect(args) => cmd_inspect::run(args),
         Command::Metrics(cmd) => cmd_metrics::run(cmd),
     };
     match result {

@@ -156,6 +156,53 @@ pub fn count_params<D: Device<f32>, M: Params<D> + ?Sized>(module: &mut M) -> us
     list_params(module).iter().map(ParamInfo::numel).sum()
 }
 
+/// The parameter list of a module whose blocks `prefix.0.`, `prefix.1.`, ... repeat, from the
+/// list of a copy built with fewer blocks: block `i` of `count` gets the tensors of built block
+/// `template(i)`, renamed. Listing a large model this way holds one block of each kind in memory
+/// instead of all of them. The built blocks' entries must be contiguous in `built` (a `Vec` of
+/// blocks is visited in one run); the entries before and after them are kept as they are.
+pub fn repeat_blocks(
+    built: Vec<ParamInfo>,
+    prefix: &str,
+    count: usize,
+    template: impl Fn(usize) -> usize,
+) -> Vec<ParamInfo> {
+    let head = format!("{prefix}.");
+    let block_of = |name: &str| -> Option<(usize, String)> {
+        let rest = name.strip_prefix(&head)?;
+        let (index, tail) = rest.split_once('.')?;
+        Some((index.parse().ok()?, tail.to_string()))
+    };
+    let first = built.iter().position(|p| block_of(&p.name).is_some());
+    let Some(first) = first else {
+        return built;
+    };
+    let end = first
+        + built[first..]
+            .iter()
+            .take_while(|p| block_of(&p.name).is_some())
+            .count();
+    let mut blocks: Vec<Vec<(String, Vec<usize>)>> = Vec::new();
+    for p in &built[first..end] {
+        let (index, tail) = block_of(&p.name).expect("inside the run of blocks");
+        if blocks.len() <= index {
+            blocks.resize(index + 1, Vec::new());
+        }
+        blocks[index].push((tail, p.shape.clone()));
+    }
+    let mut out = built[..first].to_vec();
+    for i in 0..count {
+        for (tail, shape) in &blocks[template(i)] {
+            out.push(ParamInfo {
+                name: format!("{head}{i}.{tail}"),
+                shape: shape.clone(),
+            });
+        }
+    }
+    out.extend_from_slice(&built[end..]);
+    out
+}
+
 /// The dims of a tensor as a vector.
 pub fn shape_of<S: Shape, D: Device<f32>, T>(tensor: &Tensor<S, f32, D, T>) -> Vec<usize> {
     tensor.shape().concrete().into_iter().collect()
@@ -248,6 +295,37 @@ mod tests {
             "image_encoder.sam.*",
             "image_encoder.eva.blocks.0"
         ));
+    }
+
+    #[test]
+    fn repeated_blocks_are_the_listing_of_the_deeper_module() {
+        let info = |name: &str, n: usize| ParamInfo {
+            name: name.into(),
+            shape: vec![n],
+        };
+        // Built: block 0 of one kind (a), block 1 of another (b, with an extra table).
+        let built = vec![
+            info("embed", 1),
+            info("blocks.0.a", 2),
+            info("blocks.1.a", 2),
+            info("blocks.1.b", 3),
+            info("norm", 4),
+        ];
+        let deeper = repeat_blocks(built, "blocks", 4, |i| usize::from(i % 2 == 1));
+        let expected = vec![
+            info("embed", 1),
+            info("blocks.0.a", 2),
+            info("blocks.1.a", 2),
+            info("blocks.1.b", 3),
+            info("blocks.2.a", 2),
+            info("blocks.3.a", 2),
+            info("blocks.3.b", 3),
+            info("norm", 4),
+        ];
+        assert_eq!(deeper, expected);
+        // A list without such blocks is left alone.
+        let plain = vec![info("blocksx.0.a", 1)];
+        assert_eq!(repeat_blocks(plain.clone(), "blocks", 3, |_| 0), plain);
     }
 
     proptest! {

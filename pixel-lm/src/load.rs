@@ -96,6 +96,15 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
         }
     }
 
+    /// [`Self::load_store`] for a model with LoRA adapters: the base weights load strictly from
+    /// `store` (a base checkpoint, without adapters), and the adapters stay as they are.
+    pub fn load_base_store(&mut self, store: &TensorStore) -> Result<()> {
+        let lora = self.take_lora();
+        let loaded = self.load_store(store);
+        self.put_lora(lora);
+        loaded
+    }
+
     /// Writes `dir/config.json` and `dir/model.safetensors` (f32), loadable by HF and by
     /// [`T5::from_pretrained`]. LoRA adapters, if any, are not included: see [`T5::save_lora`].
     pub fn save_pretrained(&mut self, dir: &Path) -> Result<()> {

@@ -118,6 +118,7 @@ impl ExperimentConfig {
             });
         }
         self.model.validate()?;
+        self.check_runnable()?;
         self.data.validate().map_err(|e| {
             let pixel_data::shapes_ln::ShapesLnError::InvalidConfig { field, problem } = e;
             RunError::Config {
@@ -133,6 +134,33 @@ impl ExperimentConfig {
         }
         if let Some(p) = &self.pretrain_sam {
             p.validate()?;
+        }
+        Ok(())
+    }
+
+    /// What the runners cannot do yet: train a preset other than `pixel-tiny`, or load the
+    /// components' own checkpoints (both are `pixel_model::model::PixelLlm`'s in Rust).
+    fn check_runnable(&self) -> Result<()> {
+        let preset = &self.model.preset;
+        if !pixel_model::presets::RUNNER_PRESETS.contains(&preset.as_str()) {
+            return Err(RunError::Config {
+                key: "model.preset".into(),
+                message: format!(
+                    "`{preset}` is a preset of the model (PixelLlm::<_, _>::new or \
+                     ::from_checkpoints in Rust; `pixel inspect --preset {preset}` counts its \
+                     parameters), but the runners (pixel demo, eval, ablate, grads, predict, \
+                     serve) build {} only",
+                    pixel_model::presets::RUNNER_PRESETS.join(", ")
+                ),
+            });
+        }
+        if !self.model.checkpoints.is_empty() {
+            return Err(RunError::Config {
+                key: "model.checkpoints".into(),
+                message: "the runners do not load component checkpoints yet; \
+                          PixelLlm::from_checkpoints does (pixel-model)"
+                    .into(),
+            });
         }
         Ok(())
     }
@@ -360,6 +388,37 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("model.output_tokens"), "{err}");
+    }
+
+    #[test]
+    fn a_preset_the_runners_cannot_build_is_refused_naming_the_key() {
+        let checkpoints = "[model.checkpoints]\nt5 = \"flan-t5-xl\"\n\n[model.lm]\n";
+        for (from, to, key, says) in [
+            (
+                "preset = \"pixel-tiny\"",
+                "preset = \"pixelllm-paper\"",
+                "model.preset",
+                "build pixel-tiny only",
+            ),
+            (
+                "[model.lm]\n",
+                checkpoints,
+                "model.checkpoints",
+                "PixelLlm::from_checkpoints",
+            ),
+        ] {
+            let text = DEFAULT_DEMO_CONFIG.replacen(from, to, 1);
+            let config: ExperimentConfig =
+                pixel_core::config::parse_toml(&text, Path::new("paper.toml")).unwrap();
+            let err = config
+                .validate_as(Path::new("paper.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("paper.toml") && err.contains(key) && err.contains(says),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use crate::heads::HeadConfig;
 use pixel_core::params::Trainable;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// How the language model adapts (the paper's LM ablation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +30,7 @@ pub struct LmConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The compile-time dims; `pixel-tiny` is the only preset that trains on a CPU.
+    /// The compile-time dims (`crate::presets::PRESETS`); the runners build `pixel-tiny` only.
     pub preset: String,
     /// Learnable output tokens of the prompt feature extractor (32 officially).
     pub output_tokens: usize,
@@ -41,6 +42,10 @@ pub struct ModelConfig {
     pub label_smoothing: f32,
     /// Freeze the SAM backbone (as the paper does); EVA02 always trains.
     pub freeze_sam: bool,
+    /// Freeze SAM's prompt encoder (as the paper does); its random Fourier matrix is fixed
+    /// either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub freeze_prompt_encoder: bool,
     pub lm: LmConfig,
     /// T5's relative position bias on pairs with a visual token. T5 and the paper: true (the
     /// raster order of the visual tokens counts as a sequence); false keeps the bias among the
@@ -55,13 +60,64 @@ pub struct ModelConfig {
     /// The output heads besides the vocabulary head (`[[model.heads]]`), each with its loss
     /// weight; the paper's is one `point` head with weight 0.1 (its L1 is in pixels).
     pub heads: Vec<HeadConfig>,
+    /// The components' own checkpoints (`[model.checkpoints]`), loaded by
+    /// `PixelLlm::from_checkpoints`; none by default.
+    #[serde(default, skip_serializing_if = "ComponentCheckpoints::is_empty")]
+    pub checkpoints: ComponentCheckpoints,
+}
+
+/// Files of the pretrained components, each in its reference's own format; paths are relative
+/// to the working directory. A component without one starts from scratch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentCheckpoints {
+    /// SAM: a HF `SamModel` folder (`config.json` + `model.safetensors` or a sharded index), or
+    /// a segment-anything checkpoint converted to safetensors. Its image encoder and prompt
+    /// encoder are loaded; its mask decoder is not used.
+    pub sam: Option<PathBuf>,
+    /// EVA02: a timm `Eva` state dict (safetensors).
+    pub eva02: Option<PathBuf>,
+    /// The language model: a HF T5 folder (`config.json` + one or sharded safetensors files,
+    /// f32, f16 or bf16).
+    pub t5: Option<PathBuf>,
+}
+
+impl ComponentCheckpoints {
+    pub fn is_empty(&self) -> bool {
+        self.sam.is_none() && self.eva02.is_none() && self.t5.is_none()
+    }
 }
 
 fn default_visual_relative_bias() -> bool {
     true
 }
 
+/// A TOML file that holds a `[model]` section and possibly others (an experiment config, or a
+/// `configs/models/` file).
+#[derive(Debug, Deserialize)]
+struct ModelSection {
+    model: ModelConfig,
+}
+
 impl ModelConfig {
+    /// The `[model]` section of the TOML `text` (other sections are ignored), checked;
+    /// `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, crate::error::ModelError> {
+        let section: ModelSection = pixel_core::config::parse_toml(text, origin)?;
+        section.model.validate()?;
+        Ok(section.model)
+    }
+
+    /// The `[model]` section `preset` ships with (`configs/models/<preset>.toml`); `None` for a
+    /// preset without one (`pixel-tiny`'s configs are whole experiments, `configs/*.toml`).
+    pub fn shipped(preset: &str) -> Option<Result<Self, crate::error::ModelError>> {
+        let (_, text) = crate::presets::MODEL_CONFIGS
+            .iter()
+            .find(|(name, _)| *name == preset)?;
+        let origin = PathBuf::from(format!("configs/models/{preset}.toml"));
+        Some(Self::from_toml(text, &origin))
+    }
+
     /// Checks values no type can rule out, naming the key.
     pub fn validate(&self) -> Result<(), crate::error::ModelError> {
         let bad = |key: &str, message: String| {
@@ -134,10 +190,42 @@ impl ModelConfig {
         if self.freeze_sam {
             t = t.freeze("image_encoder.sam.*");
         }
+        if self.freeze_prompt_encoder {
+            t = t.freeze("prompt_encoder.*");
+        }
         match self.lm.mode {
             LmMode::Full => t,
             LmMode::Frozen => t.freeze("language_model.*"),
             LmMode::Lora => t.freeze("language_model.*").train("language_model.*lora_*"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of `configs/models/` is a shipped `[model]` section of the preset it is named
+    /// after, and parses.
+    #[test]
+    fn every_model_config_is_shipped_and_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/models");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut shipped: Vec<&str> = crate::presets::MODEL_CONFIGS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        shipped.sort();
+        assert_eq!(names, shipped);
+        for name in shipped {
+            let config = ModelConfig::shipped(name).unwrap().unwrap();
+            assert_eq!(config.preset, name);
         }
     }
 }

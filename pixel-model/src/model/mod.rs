@@ -2,17 +2,24 @@
 //!
 //! 1. image encoder: frozen SAM + trainable EVA02, features concatenated on channels;
 //! 2. location prompt encoder: SAM's prompt encoder on the prompt box (whole image if none);
-//! 3. prompt feature extractor: learnable output tokens through SAM's two-way transformer;
+//! 3. prompt feature extractor: learnable output tokens through SAM's two-way transformer,
+//!    then the visual projection to the LM's width where the preset has one;
 //! 4. language model: T5 whose encoder reads the visual tokens, then the text prompt;
 //! 5. output heads: the vocabulary head and, on the same decoder features, the configured heads
 //!    (`crate::heads`; the paper's is the point head).
+pub mod checkpoints;
 pub mod config;
+pub mod layout;
 pub mod prompt_feature_extractor;
+pub mod visual_projection;
 
-pub use crate::presets::{PixelDims, PixelTiny};
+pub use crate::presets::{PixelDims, PixelLlmBase, PixelLlmPaper, PixelLlmTest, PixelTiny};
 pub use crate::vocab::VocabMap;
-pub use config::{LmConfig, LmMode, ModelConfig};
-pub use prompt_feature_extractor::{PromptFeatureExtractor, PromptFuse};
+pub use checkpoints::LoadReport;
+pub use config::{ComponentCheckpoints, LmConfig, LmMode, ModelConfig};
+pub use layout::{parameter_list, parameters_by_part, PartCount};
+pub use prompt_feature_extractor::{PromptFeatureExtractor, PromptFuse, TwoWayShape};
+pub use visual_projection::VisualProjection;
 
 use crate::error::{ModelError, Result};
 use crate::eval::{Generated, HeadMetrics, Predictor, TeacherForced};
@@ -41,7 +48,10 @@ type Lm<P> = <P as PixelDims>::Lm;
 pub struct PixelLlm<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> {
     pub image_encoder: DualImageEncoder<P::SamHidden, P::SamOut, P::Eva, P::Visual, D>,
     pub prompt_encoder: SamPromptEncoder<P::Prompt, D>,
-    pub prompt_feature_extractor: PromptFeatureExtractor<P::Visual, P::Prompt, LmWidth<P>, D>,
+    pub prompt_feature_extractor:
+        PromptFeatureExtractor<P::Visual, P::Prompt, P::Adapter, P::AdapterOut, D>,
+    /// The extractor's output width -> the LM's, when the two differ.
+    pub visual_projection: Option<VisualProjection<P::AdapterOut, LmWidth<P>, D>>,
     pub language_model: T5<Lm<P>, D>,
     /// `[visual tokens, d_model]` added to the visual tokens before T5
     /// (`model.visual_position_std` > 0).
@@ -81,10 +91,40 @@ struct Outputs<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe, T> {
     encoder_states: Seq<LmWidth<P>, D>,
 }
 
+/// The run-time configs of the three pretrained components: the preset's own
+/// ([`Components::of`]), or fewer blocks of them to list the parameters of a large model
+/// (`layout`).
+#[derive(Debug, Clone)]
+pub(crate) struct Components {
+    pub sam: pixel_vision::sam::SamVisionConfig,
+    pub eva: pixel_vision::Eva02Config,
+    pub lm: pixel_lm::config::T5Config,
+}
+
+impl Components {
+    pub fn of<P: PixelDims>() -> Self {
+        Components {
+            sam: P::sam(),
+            eva: P::eva(),
+            lm: P::language_model(),
+        }
+    }
+}
+
 impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
     /// A randomly initialised model on `dev` whose heads `registry` builds from `config.heads`.
     /// A sub-vocabulary preset's vocabulary holds its corpus's pieces and what the heads write.
     pub fn new(dev: &D, config: &ModelConfig, registry: &HeadRegistry<P, D>) -> Result<Self> {
+        Self::with_components(dev, config, registry, &Components::of::<P>())
+    }
+
+    /// [`Self::new`] with the components' configs given (the preset's widths, any depth).
+    pub(crate) fn with_components(
+        dev: &D,
+        config: &ModelConfig,
+        registry: &HeadRegistry<P, D>,
+        components: &Components,
+    ) -> Result<Self> {
         config.validate()?;
         if config.preset != P::NAME {
             return Err(ModelError::Invalid(format!(
@@ -100,21 +140,23 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
         let vocab = Self::vocabulary(&tokenizer, &heads)?;
         let vision =
             |e: pixel_vision::VisionError| ModelError::Invalid(format!("image encoder: {e}"));
-        let mut language_model = T5::new(dev, &P::language_model())
+        let mut language_model = T5::new(dev, &components.lm)
             .map_err(|e| ModelError::Invalid(format!("language model: {e}")))?;
         if config.lm.mode == LmMode::Lora {
             language_model.add_lora(dev, config.lm.lora_rank, config.lm.lora_scale);
         }
         let mut model = PixelLlm {
-            image_encoder: DualImageEncoder::new(dev, &P::sam(), &P::eva()).map_err(vision)?,
+            image_encoder: DualImageEncoder::new(dev, &components.sam, &components.eva)
+                .map_err(vision)?,
             prompt_encoder: SamPromptEncoder::new(dev, &P::prompt_encoder()),
             prompt_feature_extractor: PromptFeatureExtractor::new(
                 dev,
                 config.output_tokens,
-                config.prompt_feature_extractor_depth,
-                P::two_way(),
+                Self::two_way_shape(config),
                 config.prompt_fuse,
             ),
+            visual_projection: (P::AdapterOut::SIZE != LmWidth::<P>::SIZE)
+                .then(|| VisualProjection::new(dev)),
             language_model,
             visual_positions: None,
             heads,
@@ -137,6 +179,17 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
             );
         }
         Ok(model)
+    }
+
+    fn two_way_shape(config: &ModelConfig) -> TwoWayShape {
+        let (heads, mlp_dim, downsample_rate) = P::two_way();
+        TwoWayShape {
+            depth: config.prompt_feature_extractor_depth,
+            heads,
+            mlp_dim,
+            downsample_rate,
+            eps: P::two_way_eps(),
+        }
     }
 
     /// The preset's words plus what each head writes; all of T5 for full-vocabulary presets.
@@ -221,7 +274,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
         batch: &Batch,
         tape: T,
     ) -> Result<Encoded<P, D, T>> {
-        let expected = P::sam().image_size as u32;
+        let expected = P::image_size() as u32;
         if batch.image_size != expected {
             return Err(ModelError::Invalid(format!(
                 "{} takes {expected} px images, the batch has {} px",
@@ -266,6 +319,10 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
             dense,
             sparse,
         );
+        let visual: Seq<LmWidth<P>, D, T> = match &self.visual_projection {
+            Some(projection) => projection.forward(visual),
+            None => pixel_vision::layers::realize(visual),
+        };
         // 4. T5: visual tokens first, then the text prompt.
         let n = visual.shape().1;
         let visual = match &self.visual_positions {
@@ -656,6 +713,8 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> Params<D> for PixelL
             .visit_params(&join(prefix, "prompt_encoder"), v)?;
         self.prompt_feature_extractor
             .visit_params(&join(prefix, "prompt_feature_extractor"), v)?;
+        self.visual_projection
+            .visit_params(&join(prefix, "visual_projection"), v)?;
         self.language_model
             .visit_params(&join(prefix, "language_model"), v)?;
         self.visual_positions

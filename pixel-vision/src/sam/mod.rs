@@ -9,6 +9,6 @@ pub mod two_way;
 pub use config::{SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig};
 pub use image_encoder::SamImageEncoder;
 pub use mask_decoder::{MaskPrediction, SamMaskDecoder};
-pub use model::{official_to_hf_name, SamModel, SamPrompts};
+pub use model::{load_encoders, official_to_hf_name, SamModel, SamPrompts};
 pub use prompt_encoder::SamPromptEncoder;
 pub use two_way::{DownsampledAttention, TwoWayAttentionBlock, TwoWayTransformer};

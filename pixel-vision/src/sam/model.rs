@@ -2,7 +2,7 @@
 //! embeddings, and mask prediction from point / box prompts.
 use crate::conv::{check_images, FeatureMap, Images};
 use crate::error::{VisionError, VisionResult};
-use crate::sam::config::SamConfig;
+use crate::sam::config::{SamConfig, SamMaskDecoderConfig};
 use crate::sam::image_encoder::SamImageEncoder;
 use crate::sam::mask_decoder::{MaskPrediction, SamMaskDecoder};
 use crate::sam::prompt_encoder::SamPromptEncoder;
@@ -236,6 +236,66 @@ impl<H: ConstDim, C: ConstDim, D: Device<f32>> Params<D> for SamModel<H, C, D> {
         self.mask_decoder
             .visit_params(&join(prefix, "mask_decoder"), v)
     }
+}
+
+/// SAM's image encoder and prompt encoder under the names of a whole SAM's checkpoint
+/// ([`SamModel`]'s), without its mask decoder.
+struct Encoders<'a, H: ConstDim, O: ConstDim, C: ConstDim, D: Device<f32>> {
+    vision: &'a mut SamImageEncoder<H, O, D>,
+    prompt: &'a mut SamPromptEncoder<C, D>,
+}
+
+impl<H: ConstDim, O: ConstDim, C: ConstDim, D: Device<f32>> Params<D> for Encoders<'_, H, O, C, D> {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
+        v.visit(
+            &join(prefix, "shared_image_embedding.positional_embedding"),
+            &mut self.prompt.shared_embedding.gaussian_matrix,
+        )?;
+        self.vision
+            .visit_params(&join(prefix, "vision_encoder"), v)?;
+        self.prompt
+            .visit_own_params(&join(prefix, "prompt_encoder"), v)
+    }
+}
+
+/// Loads SAM's image encoder and prompt encoder from a whole SAM's checkpoint (HF `SamModel`
+/// names, or segment-anything's, told apart as [`SamModel::load_store`] does), strictly for
+/// those two: every missing, unexpected or misshapen tensor of theirs is reported in one error.
+/// The mask decoder's tensors are not read; their names are returned, sorted. (In SAM the
+/// encoder's output width `O` is the prompt width `C`; the types may differ, the shapes are
+/// checked.)
+pub fn load_encoders<H: ConstDim, O: ConstDim, C: ConstDim, D: Device<f32>>(
+    vision: &mut SamImageEncoder<H, O, D>,
+    prompt: &mut SamPromptEncoder<C, D>,
+    store: &TensorStore,
+) -> VisionResult<Vec<String>> {
+    let official = store
+        .tensors
+        .keys()
+        .any(|k| k.starts_with("image_encoder."));
+    let renamed;
+    let store = if official {
+        // The IoU head's depth only renames mask-decoder tensors, which are not read.
+        renamed = rename_official(store, SamMaskDecoderConfig::default().iou_head_depth);
+        &renamed
+    } else {
+        store
+    };
+    let decoder = "mask_decoder.";
+    let options = LoadOptions {
+        ignore_unexpected: vec![
+            format!("{decoder}*"),
+            "prompt_encoder.shared_embedding.positional_embedding".into(),
+        ],
+        allow_missing: false,
+    };
+    load_params(&mut Encoders { vision, prompt }, store, "", &options)?;
+    Ok(store
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with(decoder))
+        .cloned()
+        .collect())
 }
 
 /// Maps a segment-anything `Sam` state-dict name to HF `SamModel`'s (`None`: no counterpart).
