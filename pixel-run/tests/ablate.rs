@@ -1,5 +1,6 @@
 //! A tiny ablation end to end: 2 variants (bin-token coordinates; LoRA on a pretrained LM) x 3
-//! seeds x a few steps, then the same command again, which reuses every finished run.
+//! seeds x a few steps, each on an EVA02 pretrained a few steps, then the same command again,
+//! which reuses every finished run.
 use pixel_model::heads::HeadRegistry;
 use pixel_run::ablate::{run_ablation, Ablation};
 use std::path::Path;
@@ -20,6 +21,7 @@ eval.baseline_images = 4
 eval.sample_images = 1
 eval.max_new_tokens = 6
 tasks.max_target_tokens = 12
+pretrain_eva = { steps = 2, batch_size = 4, peak_lr = 1e-3, warmup_steps = 1, eval_images = 2, cache = "EVA_CACHE" }
 
 [[metrics]]
 key = "referring_localization.acc50"
@@ -43,7 +45,10 @@ pretrain = { steps = 2, batch_size = 2, peak_lr = 1e-3, warmup_steps = 1, cache 
 fn tiny_ablation_writes_the_table_and_reuses_finished_runs() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("lm-cache");
-    let text = TINY.replace("CACHE", &cache.display().to_string());
+    let eva_cache = dir.path().join("eva-cache");
+    let text = TINY
+        .replace("EVA_CACHE", &eva_cache.display().to_string())
+        .replace("CACHE", &cache.display().to_string());
     let ablation = Ablation::parse(&text, Path::new("tiny.toml")).unwrap();
     let out = dir.path().join("out");
     let results = run_ablation(&ablation, &out, None, &HeadRegistry::builtin()).unwrap();
@@ -62,8 +67,10 @@ fn tiny_ablation_writes_the_table_and_reuses_finished_runs() {
         md.contains("| lora-pretrained |") && md.contains("Acc@0.5"),
         "{md}"
     );
-    // One pretrained LM per seed, shared by every variant that pretrains.
+    // One pretrained LM per seed, shared by every variant that pretrains; one EVA02 per seed,
+    // shared by both variants (their vocabularies are equal).
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3);
+    assert_eq!(std::fs::read_dir(&eva_cache).unwrap().count(), 3);
     let metrics =
         std::fs::read_to_string(out.join("runs/lora-pretrained/seed-1/metrics.json")).unwrap();
     assert!(metrics.contains("\"pretrain\""), "{metrics}");

@@ -55,6 +55,8 @@ fn exported(dir: &std::path::Path) -> (ExperimentConfig, ShapesLn, DataSource) {
 /// The demo config reading an export of the generator's first images, before it is opened.
 fn export_only(dir: &Path) -> (ExperimentConfig, ShapesLn) {
     let mut config = ExperimentConfig::builtin().unwrap();
+    // The demo's EVA02 pretraining (1200 steps, cached by data) is not what these tests check.
+    config.pretrain_eva = None;
     let generator = ShapesLn::new(config.data.clone(), config.seed).unwrap();
     config.dataset = Some(export_shapes(&generator, dir, TRAIN, VAL).unwrap());
     (config, generator)
