@@ -225,14 +225,11 @@ impl<H: ConstDim, C: ConstDim, D: Device<f32>> SamModel<H, C, D> {
 
 impl<H: ConstDim, C: ConstDim, D: Device<f32>> Params<D> for SamModel<H, C, D> {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<D>) -> Result<()> {
-        v.visit(
-            &join(prefix, "shared_image_embedding.positional_embedding"),
-            &mut self.prompt_encoder.shared_embedding.gaussian_matrix,
-        )?;
-        self.vision_encoder
-            .visit_params(&join(prefix, "vision_encoder"), v)?;
-        self.prompt_encoder
-            .visit_own_params(&join(prefix, "prompt_encoder"), v)?;
+        Encoders {
+            vision: &mut self.vision_encoder,
+            prompt: &mut self.prompt_encoder,
+        }
+        .visit_params(prefix, v)?;
         self.mask_decoder
             .visit_params(&join(prefix, "mask_decoder"), v)
     }
