@@ -12,13 +12,13 @@
 //! is done and skipped when the ablation is run again, an interrupted one resumes from its last
 //! checkpoint. Each run keeps the base's data seed (`seed`) and sets `model_seed` and
 //! `train.seed` to its seed, so every variant and seed is evaluated on the same validation split.
-use crate::demo::{pretrain_image_encoders, pretrain_language_model, run_demo};
+use crate::demo::{pretrain_image_encoders, pretrain_language_model, run_demo, PretrainingDirs};
 use crate::error::{Result, RunError};
 use crate::experiment::{ExperimentConfig, DEFAULT_DEMO_CONFIG};
 use pixel_base::progress::Job;
 use pixel_core::checkpoint::write_atomic;
 use pixel_core::CoreError;
-use pixel_model::model::TinyHeadRegistry;
+use pixel_model::model::{TinyHeadRegistry, TinyPixelLlm};
 use pixel_render::{bar_chart_png, BarGroup};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -445,27 +445,9 @@ pub fn run_ablation(
         .flat_map(|&s| (0..ablation.variants.len()).map(move |v| (v, s)))
         .collect();
 
-    // Pretrain first, once per distinct set of pretraining stages (`[pretrain]`,
-    // `[pretrain_eva]`, `[pretrain_sam]`) with the same model, seed and data, so that two runs
-    // never pretrain the same cached stage at once; the runs then load it from the cache.
-    let mut pretrains: Vec<ExperimentConfig> = Vec::new();
-    for &(v, seed) in &jobs {
-        let config = ablation.run_config(&ablation.variants[v], seed);
-        let same_stages = |c: &ExperimentConfig| {
-            c.pretrain == config.pretrain
-                && c.pretrain_eva == config.pretrain_eva
-                && c.pretrain_sam == config.pretrain_sam
-                && c.model_seed() == config.model_seed()
-                && c.model == config.model
-                && c.data_key() == config.data_key()
-        };
-        let pretrains_something = config.pretrain.is_some()
-            || config.pretrain_eva.is_some()
-            || config.pretrain_sam.is_some();
-        if pretrains_something && !pretrains.iter().any(same_stages) {
-            pretrains.push(config);
-        }
-    }
+    // Pretrain first, each cached stage once, so that two runs never pretrain the same stage
+    // at once; the runs then load it from the cache.
+    let pretrains = pretraining_plan(ablation, heads)?;
     let total = (pretrains.len() + jobs.len()) as u64;
     let progress = Job::start("ablate", out.display(), 0, total);
     let finished = AtomicU64::new(0);
@@ -528,6 +510,49 @@ pub fn run_ablation(
     Ok(results)
 }
 
+/// The pretraining an ablation needs before its runs: for each variant x seed (seed-major), its
+/// config with only the stages (`[pretrain]`, `[pretrain_eva]`, `[pretrain_sam]`) whose cache
+/// folder no earlier entry pretrains, so every folder is pretrained by exactly one entry.
+/// Variants that differ only in what a stage does not see (a head that keeps the vocabulary,
+/// the LM mode) share it; entries with nothing left are dropped.
+pub fn pretraining_plan(
+    ablation: &Ablation,
+    heads: &TinyHeadRegistry,
+) -> Result<Vec<ExperimentConfig>> {
+    let mut claimed: Vec<PathBuf> = Vec::new();
+    let mut plan = Vec::new();
+    for &seed in &ablation.seeds {
+        for variant in &ablation.variants {
+            let mut config = ablation.run_config(variant, seed);
+            let model = TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
+            let dirs = PretrainingDirs::of(&config, &model.vocab);
+            let mut claim = |dir: Option<PathBuf>| match dir {
+                Some(dir) if !claimed.contains(&dir) => {
+                    claimed.push(dir);
+                    true
+                }
+                _ => false,
+            };
+            if !claim(dirs.lm) {
+                config.pretrain = None;
+            }
+            if !claim(dirs.eva) {
+                config.pretrain_eva = None;
+            }
+            if !claim(dirs.sam) {
+                config.pretrain_sam = None;
+            }
+            if config.pretrain.is_some()
+                || config.pretrain_eva.is_some()
+                || config.pretrain_sam.is_some()
+            {
+                plan.push(config);
+            }
+        }
+    }
+    Ok(plan)
+}
+
 /// Runs `work` on every item with `workers` threads; the first error stops the others from
 /// taking new items and is returned.
 fn parallel_for<T: Send>(
@@ -573,8 +598,7 @@ fn pretrain_only(config: &ExperimentConfig, heads: &TinyHeadRegistry) -> Result<
         config.seed,
         config.dataset.as_ref(),
     )?;
-    let mut model =
-        pixel_model::model::TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
+    let mut model = TinyPixelLlm::build_with(&config.model, config.model_seed(), heads)?;
     pretrain_language_model(config, &mut model, &data, &tokenizer)?;
     pretrain_image_encoders(config, &mut model, &data, &tokenizer)?;
     Ok(())

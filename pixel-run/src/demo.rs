@@ -10,13 +10,13 @@ use pixel_data::data_source::{DataSource, SampleSource};
 use pixel_data::shapes_ln::{Sample, Split};
 use pixel_lm::tokenizer::{T5Tokenizer, EOS_ID, PAD_ID};
 use pixel_model::eval::{evaluate, referring_boxes, Baselines, EvalReport, Predictor};
-use pixel_model::model::{PixelTiny, TinyHeadRegistry, TinyPixelLlm};
+use pixel_model::model::{PixelDims, PixelTiny, TinyHeadRegistry, TinyPixelLlm, VocabMap};
 use pixel_model::task_mix::{evaluation_examples, training_examples};
 use pixel_model::tasks::{Example, ExampleBuilder};
 use pixel_render::{loss_curves_png, samples_png, SamplePanel, Scale};
 use pixel_train::{read_log, train, LogLine, LoggedLoss, RunDir, TrainReport};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `metrics.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +255,38 @@ pub fn pretrain_image_encoders(
         None => None,
     };
     Ok((eva, sam))
+}
+
+/// The cache folder of each pretraining stage a config asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretrainingDirs {
+    pub lm: Option<PathBuf>,
+    pub eva: Option<PathBuf>,
+    pub sam: Option<PathBuf>,
+}
+
+impl PretrainingDirs {
+    /// The folders of `config`'s stages for a model with `vocab` (the LM's and EVA02's keys
+    /// cover the vocabulary, which a head may extend): two runs with the same folder share
+    /// that stage's pretraining, whatever else differs.
+    pub fn of(config: &ExperimentConfig, vocab: &VocabMap) -> Self {
+        let (seed, data) = (config.model_seed(), config.data_key());
+        let preset = PixelTiny::NAME;
+        Self {
+            lm: config
+                .pretrain
+                .as_ref()
+                .map(|p| crate::pretrain::cache_dir(p, seed, preset, vocab, &data)),
+            eva: config
+                .pretrain_eva
+                .as_ref()
+                .map(|p| crate::pretrain_eva::cache_dir(p, seed, preset, vocab, &data)),
+            sam: config
+                .pretrain_sam
+                .as_ref()
+                .map(|p| crate::pretrain_sam::cache_dir(p, seed, preset, &data)),
+        }
+    }
 }
 
 fn write_loss_png(run: &RunDir, path: &Path) -> Result<()> {

@@ -2,7 +2,7 @@
 //! seeds x a few steps, each on an EVA02 pretrained a few steps, then the same command again,
 //! which reuses every finished run.
 use pixel_model::heads::HeadRegistry;
-use pixel_run::ablate::{run_ablation, Ablation};
+use pixel_run::ablate::{pretraining_plan, run_ablation, Ablation};
 use std::path::Path;
 
 const TINY: &str = r#"
@@ -50,6 +50,12 @@ fn tiny_ablation_writes_the_table_and_reuses_finished_runs() {
         .replace("EVA_CACHE", &eva_cache.display().to_string())
         .replace("CACHE", &cache.display().to_string());
     let ablation = Ablation::parse(&text, Path::new("tiny.toml")).unwrap();
+    // Each cached stage is pretrained by one entry of the plan: the EVA02 of a seed by the bins
+    // run (the first), the LM by the LoRA run, which shares that EVA02.
+    let plan = pretraining_plan(&ablation, &HeadRegistry::builtin()).unwrap();
+    assert_eq!(plan.len(), 6);
+    assert_eq!(plan.iter().filter(|c| c.pretrain_eva.is_some()).count(), 3);
+    assert_eq!(plan.iter().filter(|c| c.pretrain.is_some()).count(), 3);
     let out = dir.path().join("out");
     let results = run_ablation(&ablation, &out, None, &HeadRegistry::builtin()).unwrap();
     assert_eq!(results.runs.len(), 6);

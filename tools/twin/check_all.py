@@ -5,7 +5,9 @@
     python3 tools/twin/check_all.py [--work /tmp/twin-check] [--dtype float64] [--threads 1]
 
 For every config: `pixel grads --batch-size 6` into WORK/<name>, tools/twin/grads.py into
-WORK/<name>/twin.safetensors, tools/twin/compare.py against WORK/<name>/grads.safetensors.
+WORK/<name>/twin.safetensors (and, with --dtype float64, once more in float32 into
+twin-f32.safetensors: PyTorch's own float32 error, which bounds the noise compare.py allows on
+cancelling sums), tools/twin/compare.py against WORK/<name>/grads.safetensors.
 The configs are the built-in demo, configs/twin/lora-box.toml, and variants of
 configs/demo.toml written into WORK/configs (LM mode frozen / lora, sparse fusion,
 freeze_sam = false, and each built-in head). Exit status 1 when any comparison fails.
@@ -119,14 +121,16 @@ def main():
             cmd += ["--config", config]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         twin = os.path.join(out, "twin.safetensors")
-        cmd = [sys.executable, os.path.join(HERE, "grads.py"), "--in", out, "--out", twin,
-               "--dtype", args.dtype, "--threads", str(args.threads)]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        r = subprocess.run(
-            [sys.executable, os.path.join(HERE, "compare.py"), twin, os.path.join(out, "grads.safetensors"), "--quiet"],
-            capture_output=True,
-            text=True,
-        )
+        twin32 = os.path.join(out, "twin-f32.safetensors")
+        runs = [(args.dtype, twin)] + ([("float32", twin32)] if args.dtype == "float64" else [])
+        for dtype, path in runs:
+            cmd = [sys.executable, os.path.join(HERE, "grads.py"), "--in", out, "--out", path,
+                   "--dtype", dtype, "--threads", str(args.threads)]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        cmd = [sys.executable, os.path.join(HERE, "compare.py"), twin, os.path.join(out, "grads.safetensors"), "--quiet"]
+        if len(runs) == 2:
+            cmd += ["--f32", twin32]
+        r = subprocess.run(cmd, capture_output=True, text=True)
         failed |= r.returncode != 0
         summary = r.stdout.strip().splitlines()[-1]
         rows.append((name, summary))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compares two gradient files of `pixel grads` / tools/twin/grads.py (B is the reference).
 
-    python3 tools/twin/compare.py A.safetensors B.safetensors [--top 10] [--tol 1e-4] [--loss-tol 1e-5]
+    python3 tools/twin/compare.py A.safetensors B.safetensors [--f32 B32.safetensors] [--top 10] [--tol 1e-4] [--loss-tol 1e-5]
 
 Per tensor: relative error max|a - b| / max(max|b|, floor * G), G the largest |b| of any
 tensor (--floor, default 1e-5: a gradient that small is float32 rounding noise in the Rust
@@ -13,6 +13,12 @@ rounding noise there. Per loss term `loss/*`: |a - b|. Prints the worst tensors 
 tensor's error exceeds --tol, a loss differs by more than --loss-tol, or the name sets or
 shapes differ. Trainable tensors whose reference gradient is all zeros are listed as warnings
 (parameters no loss reaches in that config); --strict-zeros makes them failures.
+
+--f32 B32: the same reference computed in float32 (grads.py --dtype float32). A tensor over
+--tol whose max|a - b| is at most twice PyTorch's own float32 error on it, max|b32 - b|, is
+reported as float32 noise, not a failure: its gradient is a sum that cancels, which no
+float32 computation gets closer (the mask head's IoU bias on a config where the three IoU
+errors nearly cancel: 5.9e-4 in Rust, 4.8e-4 in PyTorch float32).
 """
 import argparse
 import sys
@@ -45,10 +51,12 @@ def main():
     ap.add_argument("--loss-tol", type=float, default=1e-5)
     ap.add_argument("--floor", type=float, default=1e-5)
     ap.add_argument("--strict-zeros", action="store_true")
+    ap.add_argument("--f32", help="the reference computed in float32: its error bounds float32 noise")
     ap.add_argument("--quiet", action="store_true", help="only the summary line")
     args = ap.parse_args()
     a, meta_a = load(args.a)
     b, meta_b = load(args.b)
+    b32 = load(args.f32)[0] if args.f32 else {}
     failed = False
 
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
@@ -78,17 +86,30 @@ def main():
         exact_zero = any(glob_match(p, k) for p in EXACT_ZERO)
         denominator = G if exact_zero else max(scale, floor)
         rel = diff / denominator if denominator > 0 else diff
-        rows.append((rel, k, scale, diff))
+        f32_diff = (b32[k] - y).abs().max().item() if k in b32 and y.numel() else None
+        rows.append((rel, k, scale, diff, f32_diff))
 
     rows.sort(reverse=True)
-    bad = [r for r in rows if r[0] > args.tol]
+
+    def noise(row):
+        return row[4] is not None and row[3] <= 2.0 * row[4]
+
+    over = [r for r in rows if r[0] > args.tol]
+    bad = [r for r in over if not noise(r)]
     if not args.quiet:
         print(f"{'rel err':>10}  {'max|ref|':>10}  {'max|diff|':>10}  tensor")
-        for rel, k, scale, diff in rows[: args.top]:
-            flag = "  FAIL" if rel > args.tol else ""
-            print(f"{rel:10.3e}  {scale:10.3e}  {diff:10.3e}  {k}{flag}")
-        for rel, k, scale, diff in bad[args.top :]:
-            print(f"{rel:10.3e}  {scale:10.3e}  {diff:10.3e}  {k}  FAIL")
+
+        def flag(row):
+            if row[0] <= args.tol:
+                return ""
+            if noise(row):
+                return f"  float32 noise (PyTorch float32: max|diff| {row[4]:.3e})"
+            return "  FAIL"
+
+        for row in rows[: args.top]:
+            print(f"{row[0]:10.3e}  {row[2]:10.3e}  {row[3]:10.3e}  {row[1]}{flag(row)}")
+        for row in over[args.top :]:
+            print(f"{row[0]:10.3e}  {row[2]:10.3e}  {row[3]:10.3e}  {row[1]}{flag(row)}")
         print()
         for k, x, y, diff in losses:
             flag = "  FAIL" if diff > args.loss_tol else ""
@@ -114,7 +135,8 @@ def main():
     worst_loss = max((l[3] for l in losses), default=0.0)
     print(
         f"{'FAIL' if failed else 'OK'}: {len(rows)} tensors, worst relative error {worst:.3e}"
-        f" ({rows[0][1] if rows else '-'}), {len(bad)} over {args.tol:g}; "
+        f" ({rows[0][1] if rows else '-'}), {len(bad)} over {args.tol:g}"
+        f"{f' ({len(over) - len(bad)} more within float32 noise)' if len(over) > len(bad) else ''}; "
         f"{len(losses)} losses, worst |diff| {worst_loss:.3e}; {len(zeros)} all-zero references"
     )
     sys.exit(1 if failed else 0)
