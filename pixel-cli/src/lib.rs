@@ -17,6 +17,7 @@ mod cmd_predict;
 // worker thread would lift this).
 #[cfg(not(feature = "cuda"))]
 mod cmd_serve;
+mod cmd_step;
 mod cmd_vision;
 mod progress;
 
@@ -39,6 +40,7 @@ const EXAMPLES: &str = "Examples:
   pixel vision forward --model sam-folder --inputs IN.safetensors --out OUT.safetensors
   pixel sam predict --model sam-folder --inputs IN.safetensors --multimask --out OUT.safetensors
   pixel inspect --preset pixelllm-paper
+  pixel step --preset pixelllm-base --steps 2     timed training steps of a paper-size preset
   pixel inspect --preset sam-vit-h
   pixel metrics refloc --gt G.json --preds P.json";
 
@@ -80,6 +82,9 @@ enum Command {
     Sam(cmd_vision::SamCommand),
     /// Print a preset's parameters: per part, trainable and frozen, and its module tree.
     Inspect(cmd_inspect::InspectArgs),
+    /// Time training steps of any PixelLLM preset, from its components' checkpoints or from
+    /// scratch, with the peak memory.
+    Step(cmd_step::StepArgs),
     /// Captioning, referring-localization and dense-captioning metrics, as JSON.
     #[command(subcommand)]
     Metrics(cmd_metrics::MetricsCommand),
@@ -122,6 +127,7 @@ pub fn run(heads: TinyHeadRegistry) -> ExitCode {
         Command::Vision(cmd) => cmd_vision::run_vision(cmd),
         Command::Sam(cmd) => cmd_vision::run_sam(cmd),
         Command::Inspect(args) => cmd_inspect::run(args),
+        Command::Step(args) => cmd_step::run(args),
         Command::Metrics(cmd) => cmd_metrics::run(cmd),
     };
     match result {

@@ -12,6 +12,7 @@ pub mod eval_run;
 pub mod experiment;
 pub mod grads;
 pub mod head_conformance;
+pub mod model_step;
 pub mod predict;
 pub mod pretrain;
 pub mod pretrain_eva;
