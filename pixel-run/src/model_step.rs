@@ -3,8 +3,11 @@
 //! (`[model.checkpoints]`) or initialised from scratch, each step timed phase by phase with the
 //! process's peak memory. It answers what training the paper's model costs on a machine before
 //! a run is planned on it; the examples are ShapesLN trace captions at the preset's image size.
+//! Each phase is reported as it starts and each step as it ends, so a run the kernel kills for
+//! memory shows how far it got.
 use crate::error::{Result, RunError};
 use dfdx::prelude::*;
+use pixel_base::progress::Job;
 use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig};
 use pixel_core::params::ParamInfo;
 use pixel_core::DefaultDevice;
@@ -109,6 +112,13 @@ impl PresetVisitor for Steps<'_> {
             optimizer: 12 * trainable_parameters as u64,
         };
         memory.check(P::NAME, available_memory_bytes())?;
+        let job = Job::start("step", P::NAME, 0, options.steps);
+        job.line(&format!(
+            "{parameters} parameters, {trainable_parameters} trainable; training needs at least \
+             {:.2} GB before activations",
+            gb(memory.total())
+        ));
+        job.note("building");
 
         let started = Instant::now();
         let has_checkpoints = config.checkpoints.sam.is_some()
@@ -122,6 +132,10 @@ impl PresetVisitor for Steps<'_> {
         };
         let build_s = started.elapsed().as_secs_f64();
         let build_peak_rss_bytes = peak_rss_bytes();
+        job.line(&format!(
+            "built in {build_s:.1} s, peak RSS {}",
+            gb_text(build_peak_rss_bytes)
+        ));
 
         let tokenizer = T5Tokenizer::bundled().map_err(|e| RunError::Invalid(e.to_string()))?;
         let vocab = model.vocab.clone();
@@ -157,6 +171,7 @@ impl PresetVisitor for Steps<'_> {
                 options.seed,
                 step,
             )?;
+            job.note(&format!("step {step}: forward"));
             let phase = Instant::now();
             let grads = alloc_grads(&mut model, &trainable)?;
             let (loss, _) = model.loss(&examples, grads)?;
@@ -167,21 +182,32 @@ impl PresetVisitor for Steps<'_> {
                     "step {step}: the loss is {value}"
                 )));
             }
+            job.note(&format!("step {step}: backward"));
             let phase = Instant::now();
             let grads = loss.backward();
             let backward_s = phase.elapsed().as_secs_f64();
+            job.note(&format!("step {step}: update"));
             let phase = Instant::now();
             optimizer.update(&mut model, &grads, &trainable, options.lr)?;
             drop(grads);
-            steps.push(StepTiming {
+            let timing = StepTiming {
                 step,
                 loss: value,
                 forward_s,
                 backward_s,
                 update_s: phase.elapsed().as_secs_f64(),
                 peak_rss_bytes: peak_rss_bytes(),
-            });
+            };
+            job.line(&format!(
+                "step {step}: loss {value:.4}, forward {forward_s:.2} s, backward {backward_s:.2} s, \
+                 update {:.2} s, peak RSS {}",
+                timing.update_s,
+                gb_text(timing.peak_rss_bytes)
+            ));
+            job.set(step + 1);
+            steps.push(timing);
         }
+        job.finish();
         Ok(StepReport {
             preset: P::NAME.to_string(),
             image_size: P::image_size(),
@@ -227,6 +253,10 @@ impl MemoryFloor {
 
 fn gb(bytes: u64) -> f64 {
     bytes as f64 / 1e9
+}
+
+fn gb_text(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.2} GB", gb(b)))
 }
 
 /// `MemAvailable` of /proc/meminfo; `None` where there is none.
