@@ -209,6 +209,58 @@ impl HostMatrix {
         y
     }
 
+    /// `dy W`: `dy` is `[n, rows]`, the result `[n, cols]`, accumulated in f32: the gradient
+    /// of `x W^T` with respect to `x`. `gemm` on panels of weight rows as [`Self::matmul_t`],
+    /// each panel's product added to the result.
+    pub fn matmul(&self, dy: &[f32]) -> Vec<f32> {
+        let (out, inp) = (self.rows, self.cols);
+        let n = dy.len().checked_div(out).unwrap_or(0);
+        assert_eq!(n * out, dy.len(), "dy must be [n, {out}]");
+        let mut dx = vec![0.0f32; n * inp];
+        let panel = (PANEL_ELEMENTS / inp.max(1)).max(1);
+        let mut buffer = Vec::new();
+        for start in (0..out).step_by(panel) {
+            let end = (start + panel).min(out);
+            let w: &[f32] = match &self.storage {
+                Storage::F32(v) => &v[start * inp..end * inp],
+                _ => {
+                    buffer.resize((end - start) * inp, 0.0);
+                    for (i, row) in buffer.chunks_exact_mut(inp).enumerate() {
+                        self.row_into(start + i, row);
+                    }
+                    &buffer
+                }
+            };
+            // SAFETY: `dst` = `dx` [n, inp] (row stride `inp`), `lhs` = columns `start..end`
+            // of `dy` [n, out] (row stride `out`), `rhs` = `w` [end - start, inp]; all in
+            // bounds. The first panel writes `dx`, the others add to it.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    inp,
+                    end - start,
+                    dx.as_mut_ptr(),
+                    1,
+                    inp as isize,
+                    start > 0,
+                    dy.as_ptr().add(start),
+                    1,
+                    out as isize,
+                    w.as_ptr(),
+                    1,
+                    inp as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+        dx
+    }
+
     /// Many rows: `gemm` on panels of weight rows, widened into one reused buffer for 16-bit
     /// storage (f32 storage is read in place).
     fn matmul_t_gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
@@ -331,6 +383,34 @@ mod tests {
             }
         }
         y
+    }
+
+    proptest! {
+        /// `dy W` (the input gradient of `x W^T`) is the product of the stored values, to f32
+        /// rounding, across panel boundaries (wide rows make panels of few rows).
+        #[test]
+        fn the_input_gradient_product_equals_the_stored_values_product(
+            out in 1usize..40, inp in 1usize..70, n in 1usize..20, dtype_index in 0usize..3,
+            wide in proptest::bool::ANY, seed in 0u64..1000,
+        ) {
+            let dtype = [Dtype::F32, Dtype::Bf16, Dtype::F16][dtype_index];
+            let inp = if wide { inp + PANEL_ELEMENTS / 8 } else { inp };
+            let value = |i: usize| (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0;
+            let w: Vec<f32> = (0..out * inp).map(value).collect();
+            let dy: Vec<f32> = (0..n * out).map(|i| value(i + 3)).collect();
+            let m = HostMatrix::from_f32(out, inp, w, dtype);
+            let got = m.matmul(&dy);
+            let stored = m.to_f32();
+            for r in 0..n {
+                for i in (0..inp).step_by(1 + inp / 97) {
+                    let terms = (0..out).map(|o| dy[r * out + o] as f64 * stored[o * inp + i] as f64);
+                    let want: f64 = terms.clone().sum();
+                    let scale: f64 = terms.map(f64::abs).sum();
+                    let g = got[r * inp + i] as f64;
+                    prop_assert!((g - want).abs() <= 2e-6 * scale.max(1e-20), "[{r},{i}] {g} vs {want}");
+                }
+            }
+        }
     }
 
     proptest! {

@@ -4,6 +4,7 @@
 //! types (`Const<N>`) chosen by a model preset, so a wrong wiring fails to compile.
 pub mod attention;
 pub mod embedding;
+pub mod frozen_linear;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
@@ -23,6 +24,7 @@ pub use attention::{
     MultiHeadAttention,
 };
 pub use embedding::Embedding;
+pub use frozen_linear::{frozen_matmul_t, FrozenLinear};
 pub use linear::{Linear, LoraAdapter, LoraLinear};
 pub use mlp::{gelu, Activation, Mlp};
 pub use norm::{LayerNorm, RmsNorm};
