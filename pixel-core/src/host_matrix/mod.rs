@@ -209,6 +209,22 @@ impl HostMatrix {
         y
     }
 
+    /// Weight rows `start..end` as f32, row-major: read in place from f32 storage, widened into
+    /// `buffer` from 16-bit storage.
+    fn panel<'a>(&'a self, start: usize, end: usize, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+        let inp = self.cols;
+        match &self.storage {
+            Storage::F32(v) => &v[start * inp..end * inp],
+            _ => {
+                buffer.resize((end - start) * inp, 0.0);
+                for (i, row) in buffer.chunks_exact_mut(inp).enumerate() {
+                    self.row_into(start + i, row);
+                }
+                buffer
+            }
+        }
+    }
+
     /// `dy W`: `dy` is `[n, rows]`, the result `[n, cols]`, accumulated in f32: the gradient
     /// of `x W^T` with respect to `x`. `gemm` on panels of weight rows as [`Self::matmul_t`],
     /// each panel's product added to the result.
@@ -221,16 +237,7 @@ impl HostMatrix {
         let mut buffer = Vec::new();
         for start in (0..out).step_by(panel) {
             let end = (start + panel).min(out);
-            let w: &[f32] = match &self.storage {
-                Storage::F32(v) => &v[start * inp..end * inp],
-                _ => {
-                    buffer.resize((end - start) * inp, 0.0);
-                    for (i, row) in buffer.chunks_exact_mut(inp).enumerate() {
-                        self.row_into(start + i, row);
-                    }
-                    &buffer
-                }
-            };
+            let w = self.panel(start, end, &mut buffer);
             // SAFETY: `dst` = `dx` [n, inp] (row stride `inp`), `lhs` = columns `start..end`
             // of `dy` [n, out] (row stride `out`), `rhs` = `w` [end - start, inp]; all in
             // bounds. The first panel writes `dx`, the others add to it.
@@ -269,16 +276,7 @@ impl HostMatrix {
         let mut buffer = Vec::new();
         for start in (0..out).step_by(panel) {
             let end = (start + panel).min(out);
-            let w: &[f32] = match &self.storage {
-                Storage::F32(v) => &v[start * inp..end * inp],
-                _ => {
-                    buffer.resize((end - start) * inp, 0.0);
-                    for (i, row) in buffer.chunks_exact_mut(inp).enumerate() {
-                        self.row_into(start + i, row);
-                    }
-                    &buffer
-                }
-            };
+            let w = self.panel(start, end, &mut buffer);
             // SAFETY: `dst` [n, end - start] at column `start` of `y` [n, out] (row stride
             // `out`), `lhs` = `x` [n, inp], `rhs` = `w^T` [inp, end - start]; all in bounds.
             unsafe {
