@@ -209,6 +209,18 @@ impl HostMatrix {
         y
     }
 
+    /// Calls `work(start, end, rows)` on consecutive panels of weight rows `start..end`, each
+    /// as f32 ([`Self::panel`]) and at most [`PANEL_ELEMENTS`] values, so a widened panel
+    /// stays in cache.
+    fn for_each_panel(&self, mut work: impl FnMut(usize, usize, &[f32])) {
+        let panel = (PANEL_ELEMENTS / self.cols.max(1)).max(1);
+        let mut buffer = Vec::new();
+        for start in (0..self.rows).step_by(panel) {
+            let end = (start + panel).min(self.rows);
+            work(start, end, self.panel(start, end, &mut buffer));
+        }
+    }
+
     /// Weight rows `start..end` as f32, row-major: read in place from f32 storage, widened into
     /// `buffer` from 16-bit storage.
     fn panel<'a>(&'a self, start: usize, end: usize, buffer: &'a mut Vec<f32>) -> &'a [f32] {
@@ -233,11 +245,7 @@ impl HostMatrix {
         let n = dy.len().checked_div(out).unwrap_or(0);
         assert_eq!(n * out, dy.len(), "dy must be [n, {out}]");
         let mut dx = vec![0.0f32; n * inp];
-        let panel = (PANEL_ELEMENTS / inp.max(1)).max(1);
-        let mut buffer = Vec::new();
-        for start in (0..out).step_by(panel) {
-            let end = (start + panel).min(out);
-            let w = self.panel(start, end, &mut buffer);
+        self.for_each_panel(|start, end, w| {
             // SAFETY: `dst` = `dx` [n, inp] (row stride `inp`), `lhs` = columns `start..end`
             // of `dy` [n, out] (row stride `out`), `rhs` = `w` [end - start, inp]; all in
             // bounds. The first panel writes `dx`, the others add to it.
@@ -264,7 +272,7 @@ impl HostMatrix {
                     gemm::Parallelism::Rayon(0),
                 );
             }
-        }
+        });
         dx
     }
 
@@ -272,11 +280,7 @@ impl HostMatrix {
     /// storage (f32 storage is read in place).
     fn matmul_t_gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (out, inp) = (self.rows, self.cols);
-        let panel = (PANEL_ELEMENTS / inp.max(1)).max(1);
-        let mut buffer = Vec::new();
-        for start in (0..out).step_by(panel) {
-            let end = (start + panel).min(out);
-            let w = self.panel(start, end, &mut buffer);
+        self.for_each_panel(|start, end, w| {
             // SAFETY: `dst` [n, end - start] at column `start` of `y` [n, out] (row stride
             // `out`), `lhs` = `x` [n, inp], `rhs` = `w^T` [inp, end - start]; all in bounds.
             unsafe {
@@ -302,7 +306,7 @@ impl HostMatrix {
                     gemm::Parallelism::Rayon(0),
                 );
             }
-        }
+        });
     }
 }
 
