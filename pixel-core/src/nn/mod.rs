@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod embedding;
 pub mod frozen_linear;
+pub mod fused_attention;
 pub mod linear;
 pub mod mlp;
 pub mod norm;

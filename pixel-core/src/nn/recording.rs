@@ -45,6 +45,12 @@ pub fn record_attention<R>(f: impl FnOnce() -> R) -> (R, Vec<AttentionMap>) {
     (out, maps)
 }
 
+/// Whether a recording is running on this thread: attention that bypasses
+/// [`crate::nn::attention_with_bias`] (a fused kernel) must not run then, or its maps are lost.
+pub fn is_recording() -> bool {
+    RECORDED.with(|r| r.borrow().is_some())
+}
+
 /// Adds `probs` to the current recording, if any.
 pub(crate) fn note_attention<D: Device<f32>, T: Tape<f32, D>>(probs: &Heads<D, T>) {
     RECORDED.with(|r| {

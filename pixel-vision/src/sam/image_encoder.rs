@@ -9,6 +9,7 @@ use crate::layers::{
 use crate::resize::{resize_map, ResizeKernel};
 use crate::sam::config::SamVisionConfig;
 use dfdx::prelude::*;
+use pixel_core::nn::fused_attention::{fused_attention, AttentionShape, DecomposedBias};
 use pixel_core::nn::{attention_with_bias, Activation};
 use pixel_core::params::{join, ParamVisitor, Params};
 use pixel_core::Result;
@@ -74,15 +75,16 @@ pub fn get_rel_pos<D: Device<f32>, T: Tape<f32, D>>(
     out
 }
 
-/// `add_decomposed_rel_pos` as an additive attention bias `[B, heads, q_h*q_w, k_h*k_w]`
-/// from the unscaled queries `q` `[B, heads, q_h*q_w, head_dim]`.
-pub fn decomposed_rel_pos_bias<D: Device<f32>, T: Tape<f32, D>>(
+/// The two terms of `add_decomposed_rel_pos` from the unscaled queries `q`
+/// `[B, heads, q_h*q_w, head_dim]`: `rel_h` `[B*heads, q_h, q_w, k_h]` and `rel_w`
+/// `[B*heads, q_h, q_w, k_w]`; key `(ky, kx)` of a query gets `rel_h[.., ky] + rel_w[.., kx]`.
+pub fn decomposed_rel_pos_terms<D: Device<f32>, T: Tape<f32, D>>(
     q: Heads<D, T>,
     rel_pos_h: &Tensor<(usize, usize), f32, D>,
     rel_pos_w: &Tensor<(usize, usize), f32, D>,
     (qh, qw): (usize, usize),
     (kh, kw): (usize, usize),
-) -> Heads<D, T> {
+) -> RelPosTerms<D, T> {
     let (b, heads, n, hd) = *q.shape();
     assert_eq!(n, qh * qw, "{n} queries do not form a {qh}x{qw} grid");
     let bh = b * heads;
@@ -104,7 +106,27 @@ pub fn decomposed_rel_pos_bias<D: Device<f32>, T: Tape<f32, D>>(
         .matmul(rw.permute::<_, Axes3<0, 2, 1>>())
         .reshape_like(&(qw, bh, qh, kw))
         .permute::<_, Axes4<1, 2, 0, 3>>();
-    let full = (bh, qh, qw, kh, kw);
+    (rel_h, rel_w)
+}
+
+/// `rel_h` and `rel_w` of [`decomposed_rel_pos_terms`].
+pub type RelPosTerms<D, T> = (
+    Tensor<(usize, usize, usize, usize), f32, D, T>,
+    Tensor<(usize, usize, usize, usize), f32, D, T>,
+);
+
+/// `add_decomposed_rel_pos` as an additive attention bias `[B, heads, q_h*q_w, k_h*k_w]`
+/// from the unscaled queries `q` `[B, heads, q_h*q_w, head_dim]`.
+pub fn decomposed_rel_pos_bias<D: Device<f32>, T: Tape<f32, D>>(
+    q: Heads<D, T>,
+    rel_pos_h: &Tensor<(usize, usize), f32, D>,
+    rel_pos_w: &Tensor<(usize, usize), f32, D>,
+    (qh, qw): (usize, usize),
+    (kh, kw): (usize, usize),
+) -> Heads<D, T> {
+    let (b, heads, n, _) = *q.shape();
+    let (rel_h, rel_w) = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, (qh, qw), (kh, kw));
+    let full = (b * heads, qh, qw, kh, kw);
     let bias =
         rel_h.broadcast_like::<_, Axis<4>>(&full) + rel_w.broadcast_like::<_, Axis<3>>(&full);
     bias.reshape_like(&(b, heads, n, kh * kw))
@@ -193,7 +215,37 @@ impl<C: ConstDim, D: Device<f32>> SamVisionAttention<C, D> {
         let k = to_heads(slice_channels(qkv.retaped::<T>(), c..2 * c), self.heads);
         let v = to_heads(slice_channels(qkv, 2 * c..3 * c), self.heads);
         let scale = 1.0 / ((c / self.heads) as f32).sqrt();
-        let (b, heads, n, _) = *q.shape();
+        let (b, heads, n, hd) = *q.shape();
+        if !T::OWNS_TAPE && !pixel_core::nn::recording::is_recording() {
+            // Without a tape (inference, a frozen SAM) the fused kernel computes the same
+            // attention block by block, never holding the [B, heads, n, n] scores.
+            let terms = match (&self.rel_pos_h, &self.rel_pos_w) {
+                (Some(rh), Some(rw)) => {
+                    let (rel_h, rel_w) =
+                        decomposed_rel_pos_terms(q.retaped::<T>(), rh, rw, (h, w), (h, w));
+                    Some((rel_h.as_vec(), rel_w.as_vec()))
+                }
+                _ => None,
+            };
+            let bias = terms.as_ref().map(|(rel_h, rel_w)| DecomposedBias {
+                rel_h,
+                rel_w,
+                kh: h,
+                kw: w,
+            });
+            let shape = AttentionShape {
+                groups: b * heads,
+                queries: n,
+                keys: n,
+                head_dim: hd,
+            };
+            let out = fused_attention(&q.as_vec(), &k.as_vec(), &v.as_vec(), shape, scale, bias);
+            let out: Heads<D, T> = q
+                .device()
+                .tensor_from_vec(out, (b, heads, n, hd))
+                .retaped::<T>();
+            return self.proj.forward(from_heads(out, C::default()));
+        }
         let bias: Heads<D, T> = match (&self.rel_pos_h, &self.rel_pos_w) {
             (Some(rh), Some(rw)) => {
                 decomposed_rel_pos_bias(q.retaped::<T>(), rh, rw, (h, w), (h, w))
@@ -407,6 +459,37 @@ impl<C: ConstDim, O: ConstDim, D: Device<f32>> Params<D> for SamImageEncoder<C, 
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        /// Without a tape the attention runs the fused kernel; with one, dfdx's ops (which a
+        /// recording also forces): the same values, with and without relative positions.
+        #[test]
+        fn the_fused_no_tape_attention_equals_the_taped_one(
+            seed in 0u64..1000, h in 1usize..7, w in 1usize..7, rel_pos: bool,
+        ) {
+            let dev: Cpu = Cpu::seed_from_u64(seed);
+            let mut attention =
+                SamVisionAttention::<Const<8>, Cpu>::new(&dev, 2, true, rel_pos.then_some((h, w)));
+            if rel_pos {
+                attention.rel_pos_h = Some(dev.sample_normal_like(&(2 * h - 1, 4)));
+                attention.rel_pos_w = Some(dev.sample_normal_like(&(2 * w - 1, 4)));
+            }
+            let x: Tokens<Const<8>, Cpu> = dev.sample_normal_like(&(2, h * w, Const));
+            let fused = attention.forward(x.clone(), (h, w)).as_vec();
+            let taped = attention
+                .forward(x.clone().traced(Gradients::leaky()), (h, w))
+                .retaped::<NoneTape>()
+                .as_vec();
+            let (recorded, maps) =
+                pixel_core::nn::record_attention(|| attention.forward(x, (h, w)).as_vec());
+            prop_assert_eq!(maps.len(), 1);
+            for ((f, t), r) in fused.iter().zip(&taped).zip(&recorded) {
+                prop_assert!((f - t).abs() <= 1e-5 * (1.0 + t.abs()), "{} vs {}", f, t);
+                prop_assert_eq!(t, r);
+            }
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
