@@ -333,7 +333,7 @@ mod tests {
         }
         assert!(last < 0.05, "loss {last}");
         assert_eq!(lin.bias.as_ref().unwrap().as_vec(), frozen_bias);
-        let w = lin.weight.as_vec();
+        let w = lin.weight.values();
         assert!((w[1] + 2.0).abs() < 0.1, "{w:?}");
     }
 
@@ -365,12 +365,63 @@ mod tests {
             .update_summed(&mut sharded, &shards, &Trainable::all(), 0.1)
             .unwrap();
         assert!(stats.grad_norm > 0.0);
-        for (a, b) in whole.weight.as_vec().iter().zip(sharded.weight.as_vec()) {
+        for (a, b) in whole.weight.values().iter().zip(sharded.weight.values()) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
         assert!(opt_sharded
             .update_summed(&mut sharded, &[], &Trainable::all(), 0.1)
             .is_err());
+    }
+
+    #[test]
+    fn a_frozen_layer_kept_on_the_host_stays_put_while_the_rest_trains() {
+        struct TwoLayers {
+            first: Linear<Const<4>, Const<4>, Cpu>,
+            second: Linear<Const<4>, Const<2>, Cpu>,
+        }
+        impl Params<Cpu> for TwoLayers {
+            fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor<Cpu>) -> Result<()> {
+                self.first
+                    .visit_params(&crate::params::join(prefix, "first"), v)?;
+                self.second
+                    .visit_params(&crate::params::join(prefix, "second"), v)
+            }
+        }
+        let dev: Cpu = Cpu::seed_from_u64(5);
+        let mut model = TwoLayers {
+            first: Linear::new(&dev, true),
+            second: Linear::new(&dev, true),
+        };
+        let trainable = Trainable::all().freeze("second.*");
+        let moved = crate::params::keep_frozen_on_host(
+            &mut model,
+            "",
+            &trainable,
+            crate::host_matrix::Dtype::Bf16,
+        )
+        .unwrap();
+        // The weight moves; the bias, frozen too, stays a tensor.
+        assert_eq!((moved.tensors, moved.scalars, moved.bytes), (1, 8, 16));
+        assert_eq!(crate::params::frozen_on_host(&mut model), moved);
+        assert!(model.first.weight.tensor().is_some());
+        let frozen = model.second.weight.values();
+        let first_before = model.first.weight.values();
+        let mut opt = AdamW::new(AdamWConfig::default());
+        let x: Tensor<(usize, usize, Const<4>), f32, Cpu> = dev.sample_normal_like(&(2, 3, Const));
+        for _ in 0..3 {
+            let grads = alloc_grads(&mut model, &trainable).unwrap();
+            let h = model.first.forward(x.clone().traced(grads)).tanh();
+            let loss = model.second.forward(h).square().mean();
+            opt.update(&mut model, &loss.backward(), &trainable, 0.1)
+                .unwrap();
+        }
+        assert_eq!(model.second.weight.values(), frozen);
+        assert_ne!(model.first.weight.values(), first_before);
+        // Training a host weight is refused, naming it.
+        let err = alloc_grads(&mut model, &Trainable::all())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`second.weight`"), "{err}");
     }
 
     #[test]
@@ -393,7 +444,7 @@ mod tests {
     fn an_update_to_a_non_finite_weight_is_an_error_naming_the_tensor() {
         let dev: Cpu = Cpu::seed_from_u64(0);
         let mut lin = Linear::<Const<2>, Const<2>, Cpu>::new(&dev, false);
-        let before = lin.weight.as_vec();
+        let before = lin.weight.values();
         let mut opt = AdamW::new(AdamWConfig::default());
         let grads = alloc_grads(&mut lin, &Trainable::all()).unwrap();
         let x: Tensor<(usize, usize, Const<2>), f32, Cpu> = dev.ones_like(&(1, 1, Const));
@@ -406,6 +457,6 @@ mod tests {
             err.starts_with("the update of `weight` gives a non-finite weight"),
             "{err}"
         );
-        assert_eq!(lin.weight.as_vec(), before, "the tensor keeps its values");
+        assert_eq!(lin.weight.values(), before, "the tensor keeps its values");
     }
 }

@@ -156,17 +156,15 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
     /// The decoder and LM head weights stored as `dtype`. `shared`, for tied models, is
     /// converted again here; [`crate::HostT5::from_model`] shares one copy instead.
     pub(crate) fn decoder_weights(&self, dtype: Dtype) -> DecoderWeights {
-        let head = Arc::new(match &self.lm_head {
-            Some(h) => {
-                HostMatrix::from_f32(P::Vocab::SIZE, P::Model::SIZE, h.weight.as_vec(), dtype)
-            }
-            None => HostMatrix::from_f32(
+        let head = match &self.lm_head {
+            Some(h) => crate::host_layers::matrix(h, dtype),
+            None => Arc::new(HostMatrix::from_f32(
                 P::Vocab::SIZE,
                 P::Model::SIZE,
                 self.shared.weight.as_vec(),
                 dtype,
-            ),
-        });
+            )),
+        };
         self.decoder_weights_with_head(dtype, head)
     }
 

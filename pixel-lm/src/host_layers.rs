@@ -4,27 +4,38 @@
 use dfdx::prelude::*;
 use pixel_core::host_matrix::{Dtype, HostMatrix};
 use pixel_core::nn::{Activation, Linear, LoraLinear, Mlp};
+use pixel_core::params::ParamTensor;
+use std::sync::Arc;
 
 pub(crate) const MASKED: f32 = pixel_core::nn::attention::MASKED;
 
-/// `W` of a dfdx linear layer, `[out, in]`, stored as `dtype`.
-fn matrix<I: ConstDim, O: ConstDim, D: Device<f32>>(
+/// `W` of a dfdx linear layer, `[out, in]`, stored as `dtype`: shared with the layer when it
+/// already keeps it on the host in `dtype`.
+pub(crate) fn matrix<I: ConstDim, O: ConstDim, D: Device<f32>>(
     l: &Linear<I, O, D>,
     dtype: Dtype,
-) -> HostMatrix {
-    HostMatrix::from_f32(O::SIZE, I::SIZE, l.weight.as_vec(), dtype)
+) -> Arc<HostMatrix> {
+    match l.weight.host() {
+        Some(m) if m.dtype() == dtype => m.clone(),
+        _ => Arc::new(HostMatrix::from_f32(
+            O::SIZE,
+            I::SIZE,
+            l.weight.values(),
+            dtype,
+        )),
+    }
 }
 
 /// `y = W x (+ b) (+ scale * B A x)`; the LoRA factors stay f32 (they are small and may train).
 pub(crate) struct HostLinear {
-    w: HostMatrix,
+    w: Arc<HostMatrix>,
     bias: Option<Vec<f32>>,
     /// `A` `[rank, in]`, `B` `[out, rank]`, scale.
     lora: Option<(HostMatrix, HostMatrix, f32)>,
 }
 
 impl HostLinear {
-    pub fn new(w: HostMatrix) -> Self {
+    pub fn new(w: Arc<HostMatrix>) -> Self {
         HostLinear {
             w,
             bias: None,

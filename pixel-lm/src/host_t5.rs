@@ -148,14 +148,14 @@ impl HostT5 {
             .expect("T5Config::from_file validated the activation");
         let shared = Arc::new(l.matrix("shared.weight", vocab, d));
         let attention = |l: &mut Loader, p: &str| HostAttention {
-            q: HostLinear::new(l.matrix(&format!("{p}.q.weight"), inner, d)),
-            k: HostLinear::new(l.matrix(&format!("{p}.k.weight"), inner, d)),
-            v: HostLinear::new(l.matrix(&format!("{p}.v.weight"), inner, d)),
-            o: HostLinear::new(l.matrix(&format!("{p}.o.weight"), d, inner)),
+            q: HostLinear::new(Arc::new(l.matrix(&format!("{p}.q.weight"), inner, d))),
+            k: HostLinear::new(Arc::new(l.matrix(&format!("{p}.k.weight"), inner, d))),
+            v: HostLinear::new(Arc::new(l.matrix(&format!("{p}.v.weight"), inner, d))),
+            o: HostLinear::new(Arc::new(l.matrix(&format!("{p}.o.weight"), d, inner))),
         };
         let feed_forward = |l: &mut Loader, p: &str| {
             let mut w = |n: &str, rows, cols| {
-                HostLinear::new(l.matrix(&format!("{p}.{n}.weight"), rows, cols))
+                HostLinear::new(Arc::new(l.matrix(&format!("{p}.{n}.weight"), rows, cols)))
             };
             if config.is_gated() {
                 HostFf::Gated(w("wi_0", ff, d), w("wi_1", ff, d), w("wo", d, ff), act)

@@ -6,13 +6,17 @@
 //! misshapen tensor is an error naming it, its file and the config key.
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{StoredTensor, TensorStore};
+use pixel_core::host_matrix::Dtype;
 use pixel_core::optim::{alloc_grads, AdamW};
+use pixel_core::params::{
+    frozen_on_host, list_params, ParamTensor, ParamVisitor, Params, Trainable,
+};
 use pixel_lm::tokenizer::T5Tokenizer;
 use pixel_model::heads::HeadRegistry;
 use pixel_model::model::{ComponentCheckpoints, LoadReport, ModelConfig, PixelLlm};
 use pixel_model::presets::PixelLlmTest;
 use pixel_model::task_mix::training_examples;
-use pixel_model::tasks::ExampleBuilder;
+use pixel_model::tasks::{Example, ExampleBuilder};
 use pixel_model::testing::demo_section;
 use pixel_train::TrainStep;
 use std::path::{Path, PathBuf};
@@ -32,9 +36,47 @@ fn checkpoints(sam: &str) -> ComponentCheckpoints {
 }
 
 fn compose(checkpoints: ComponentCheckpoints) -> pixel_model::Result<(Model, LoadReport)> {
+    compose_keeping(checkpoints, None)
+}
+
+/// [`compose`] with `model.frozen_dtype = frozen_dtype`.
+fn compose_keeping(
+    checkpoints: ComponentCheckpoints,
+    frozen_dtype: Option<Dtype>,
+) -> pixel_model::Result<(Model, LoadReport)> {
     let mut config = ModelConfig::shipped("pixelllm-test").unwrap().unwrap();
     config.checkpoints = checkpoints;
+    config.frozen_dtype = frozen_dtype;
     Model::from_checkpoints(&Cpu::seed_from_u64(0), &config, &HeadRegistry::builtin())
+}
+
+/// The first training batch: two examples of the demo's task mix.
+fn batch(model: &Model) -> Vec<Example> {
+    let tokenizer = T5Tokenizer::bundled().unwrap();
+    let builder = ExampleBuilder {
+        tokenizer: &tokenizer,
+        vocab: &model.vocab,
+        max_target_tokens: 12,
+    };
+    let data = pixel_data::shapes_ln::ShapesLn::new(demo_section("data"), 0).unwrap();
+    training_examples(&data, &builder, &demo_section("tasks"), 2, 0, 0).unwrap()
+}
+
+/// The losses of `steps` training steps of the paper's recipe on two examples.
+fn train(model: &mut Model, steps: usize) -> Vec<f32> {
+    let config = model.config.clone();
+    let examples = batch(model);
+    let trainable = config.trainable();
+    let mut optimizer = AdamW::new(Default::default());
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        let grads = alloc_grads(model, &trainable).unwrap();
+        let (loss, _) = model.loss(&examples, grads).unwrap();
+        losses.push(loss.array());
+        let grads = loss.backward();
+        optimizer.update(model, &grads, &trainable, 1e-3).unwrap();
+    }
+    losses
 }
 
 /// Every parameter's values by name.
@@ -136,26 +178,8 @@ fn a_model_composed_from_reference_checkpoints_holds_their_values_and_trains_wha
 
     // Two steps of the paper's recipe: SAM, its prompt encoder and T5 frozen; EVA02, the
     // prompt feature extractor, the projection, LoRA and the point head train.
-    let config = model.config.clone();
-    let tokenizer = T5Tokenizer::bundled().unwrap();
-    let builder = ExampleBuilder {
-        tokenizer: &tokenizer,
-        vocab: &model.vocab,
-        max_target_tokens: 12,
-    };
-    let data = pixel_data::shapes_ln::ShapesLn::new(demo_section("data"), 0).unwrap();
-    let examples = training_examples(&data, &builder, &demo_section("tasks"), 2, 0, 0).unwrap();
-    let trainable = config.trainable();
-    let mut optimizer = AdamW::new(Default::default());
-    for _ in 0..2 {
-        let grads = alloc_grads(&mut model, &trainable).unwrap();
-        let (loss, _) = model.loss(&examples, grads).unwrap();
-        assert!(loss.array().is_finite());
-        let grads = loss.backward();
-        optimizer
-            .update(&mut model, &grads, &trainable, 1e-3)
-            .unwrap();
-    }
+    let trainable = model.config.trainable();
+    assert!(train(&mut model, 2).iter().all(|l| l.is_finite()));
     let after = snapshot(&mut model);
     for ((name, old), (_, new)) in before.iter().zip(&after) {
         if trainable.is_trainable(name) {
@@ -172,6 +196,105 @@ fn a_model_composed_from_reference_checkpoints_holds_their_values_and_trains_wha
         assert!(before
             .iter()
             .any(|(n, _)| n.starts_with(frozen) && !trainable.is_trainable(n)));
+    }
+}
+
+/// The gradient of every trainable parameter on the first training batch, by name.
+fn gradients(model: &mut Model) -> Vec<(String, Vec<f32>)> {
+    struct Collect<'a> {
+        grads: &'a Gradients<f32, Cpu>,
+        trainable: Trainable,
+        out: Vec<(String, Vec<f32>)>,
+    }
+    impl ParamVisitor<Cpu> for Collect<'_> {
+        fn visit(&mut self, name: &str, t: &mut dyn ParamTensor<Cpu>) -> pixel_core::Result<()> {
+            if self.trainable.is_trainable(name) {
+                self.out.push((name.to_string(), t.grad(self.grads)));
+            }
+            Ok(())
+        }
+    }
+    let trainable = model.config.trainable();
+    let examples = batch(model);
+    let grads = alloc_grads(model, &trainable).unwrap();
+    let grads = model.loss(&examples, grads).unwrap().0.backward();
+    let mut collect = Collect {
+        grads: &grads,
+        trainable,
+        out: Vec::new(),
+    };
+    model.visit_params("", &mut collect).unwrap();
+    collect.out
+}
+
+/// `model.frozen_dtype`: the frozen linear weights move to the host. In f32 the model trains
+/// as with dfdx tensors; in bf16 T5's bf16 file loads bit for bit, SAM's f32 weights round, and
+/// frozen weights stay put while the rest trains.
+#[test]
+fn frozen_weights_kept_on_the_host_train_as_tensors_do() {
+    let (mut tensors, _) = compose(checkpoints("sam")).unwrap();
+    let (mut host_f32, _) = compose_keeping(checkpoints("sam"), Some(Dtype::F32)).unwrap();
+    let (mut host_bf16, _) = compose_keeping(checkpoints("sam"), Some(Dtype::Bf16)).unwrap();
+
+    // Every frozen linear weight moved: SAM's encoders and T5 outside LoRA.
+    let trainable = tensors.config.trainable();
+    let moved = frozen_on_host(&mut host_bf16);
+    let frozen_matrices: Vec<(String, usize)> = list_params(&mut tensors)
+        .into_iter()
+        .filter(|p| !trainable.is_trainable(&p.name) && p.shape.len() == 2)
+        .map(|p| (p.name.clone(), p.numel()))
+        .collect();
+    assert!(moved.tensors > 0 && moved.tensors <= frozen_matrices.len());
+    assert_eq!(moved.bytes, 2 * moved.scalars);
+    assert_eq!(frozen_on_host(&mut host_f32).tensors, moved.tensors);
+    assert_eq!(frozen_on_host(&mut tensors).tensors, 0);
+    let q = "language_model.encoder.block.0.layer.0.SelfAttention.q.weight";
+    assert!(frozen_matrices.iter().any(|(n, _)| n == q));
+
+    // bf16: T5's file is bf16, so its weights load bit for bit; SAM's are f32 and round.
+    let (exact, rounded) = (snapshot(&mut tensors), snapshot(&mut host_bf16));
+    let value =
+        |s: &[(String, Vec<f32>)], name: &str| s.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert_eq!(value(&rounded, q), value(&exact, q));
+    let sam_qkv = "image_encoder.sam.layers.0.attn.qkv.weight";
+    let (want, got) = (value(&exact, sam_qkv), value(&rounded, sam_qkv));
+    let changed = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+    assert!(
+        changed > want.len() / 2,
+        "{changed} of {} values rounded",
+        want.len()
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= w.abs() / 256.0, "{g} vs {w}");
+    }
+
+    // f32 on the host trains as the tensors do: the same gradients, the same losses.
+    let (want, got) = (gradients(&mut tensors), gradients(&mut host_f32));
+    assert_eq!(want.len(), got.len());
+    for ((name, w), (_, g)) in want.iter().zip(&got) {
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = w.iter().zip(g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-4 * scale + 1e-7,
+            "`{name}`: max diff {diff} of {scale}"
+        );
+    }
+    let (want, got) = (train(&mut tensors, 2), train(&mut host_f32, 2));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-5 * w.abs(), "loss {g} vs {w}");
+    }
+
+    // bf16: frozen weights stay put, trained ones move, losses stay near the f32 ones.
+    let got = train(&mut host_bf16, 2);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-2 * w.abs(), "loss {g} vs {w}");
+    }
+    for ((name, old), (_, new)) in rounded.iter().zip(&snapshot(&mut host_bf16)) {
+        if trainable.is_trainable(name) {
+            assert_ne!(old, new, "trainable `{name}` did not move");
+        } else {
+            assert_eq!(old, new, "frozen `{name}` moved");
+        }
     }
 }
 

@@ -888,7 +888,7 @@ mod tests {
     use super::*;
     use pixel_core::loss::masked_l1;
     use pixel_core::nn::Linear;
-    use pixel_core::params::ParamVisitor;
+    use pixel_core::params::{ParamTensor, ParamVisitor};
 
     /// A linear regressor whose targets can be poisoned with NaN.
     struct Regressor {
@@ -1068,7 +1068,7 @@ mod tests {
                 |s| batch(s, None),
             )
             .unwrap();
-            (model.layer.weight.as_vec(), report.last.unwrap().loss)
+            (model.layer.weight.values(), report.last.unwrap().loss)
         };
         let (one, loss_one) = weights(1);
         let (four, loss_four) = weights(4);
@@ -1139,7 +1139,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(report.resumed_from, Some(40));
-        assert_eq!(second.layer.weight.as_vec(), straight.layer.weight.as_vec());
+        assert_eq!(second.layer.weight.values(), straight.layer.weight.values());
         let steps: Vec<u64> = read_log(&run_b.metrics_log())
             .unwrap()
             .iter()

@@ -106,6 +106,7 @@ impl<SH: ConstDim, SO: ConstDim, E: ConstDim, Cat: ConstDim, D: Device<f32>> Par
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pixel_core::params::ParamTensor;
 
     type Tiny = DualImageEncoder<Const<32>, Const<16>, Const<32>, Const<48>, Cpu>;
 
@@ -148,7 +149,7 @@ mod tests {
         }
         let grads = out.tokens.square().sum().backward();
         let w = &enc.eva.blocks[0].mlp.fc2.weight;
-        assert!(grads.get(w).as_vec().iter().any(|g| *g != 0.0));
+        assert!(w.grad(&grads).iter().any(|g| *g != 0.0));
         let t = Tiny::trainable("image_encoder");
         assert!(!t.is_trainable("image_encoder.sam.neck.conv1.weight"));
         assert!(t.is_trainable("image_encoder.eva.blocks.0.mlp.fc2.weight"));

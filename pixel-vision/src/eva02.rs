@@ -681,6 +681,7 @@ impl<C: ConstDim, D: Device<f32>> Params<D> for Eva02<C, D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pixel_core::params::ParamTensor;
     use proptest::prelude::*;
 
     proptest! {
@@ -719,9 +720,13 @@ mod tests {
         let map = eva.feature_map(images.retaped::<OwnedTape<f32, Cpu>>());
         assert_eq!((map.height, map.width), (4, 4));
         let grads = map.tokens.square().sum().backward();
-        assert!(grads
-            .get(&eva.blocks[0].attn.q_proj.as_ref().unwrap().weight)
-            .as_vec()
+        assert!(eva.blocks[0]
+            .attn
+            .q_proj
+            .as_ref()
+            .unwrap()
+            .weight
+            .grad(&grads)
             .iter()
             .any(|g| *g != 0.0));
         assert!(grads.get(&eva.cls_token).as_vec().iter().any(|g| *g != 0.0));

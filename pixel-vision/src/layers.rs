@@ -5,7 +5,7 @@
 //! attention inner dim of SAM's decoder, upscaling channels) are run-time `usize`, which keeps
 //! presets writable outside this crate on stable Rust (no `{ 3 * N }` in types).
 use dfdx::prelude::*;
-use pixel_core::nn::Activation;
+use pixel_core::nn::{Activation, LinearWeight};
 use pixel_core::params::{join, ParamVisitor, Params};
 use pixel_core::Result;
 use rand_distr::Uniform;
@@ -19,7 +19,7 @@ pub type Heads<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T
 /// `y = x W^T + b`, `W` stored `[out, in]` as in PyTorch; either dim may be a type or a `usize`.
 #[derive(Debug, Clone)]
 pub struct Dense<I: Dim, O: Dim, D: Device<f32>> {
-    pub weight: Tensor<(O, I), f32, D>,
+    pub weight: LinearWeight<I, O, D>,
     pub bias: Option<Tensor<(O,), f32, D>>,
 }
 
@@ -29,17 +29,17 @@ impl<I: Dim, O: Dim, D: Device<f32>> Dense<I, O, D> {
         let bound = 1.0 / (input.size().max(1) as f32).sqrt();
         let dist = Uniform::new(-bound, bound);
         Dense {
-            weight: dev.sample_like(&(output, input), dist),
+            weight: LinearWeight::Tensor(dev.sample_like(&(output, input), dist)),
             bias: bias.then(|| dev.sample_like(&(output,), dist)),
         }
     }
 
     pub fn out_dim(&self) -> O {
-        self.weight.shape().0
+        O::from_size(self.weight.shape().0).expect("the weight's rows are the output dim")
     }
 
     pub fn forward<T: Tape<f32, D>>(&self, x: Tokens<I, D, T>) -> Tokens<O, D, T> {
-        let y = x.matmul(self.weight.retaped::<T>().permute::<(I, O), Axes2<1, 0>>());
+        let y = self.weight.matmul_t(x);
         match &self.bias {
             Some(b) => {
                 let shape = *y.shape();
@@ -253,6 +253,7 @@ pub fn realize<S1: Shape, S2: Shape<Concrete = S1::Concrete>, D: Device<f32>, T:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pixel_core::params::ParamTensor;
     use pixel_core::testing::assert_close;
 
     #[test]
@@ -263,7 +264,7 @@ mod tests {
         let y = lin.forward(x.clone()).as_vec();
         let (xv, w, b) = (
             x.as_vec(),
-            lin.weight.as_vec(),
+            lin.weight.values(),
             lin.bias.as_ref().unwrap().as_vec(),
         );
         let want: Vec<f32> = xv
@@ -284,7 +285,7 @@ mod tests {
         let x: Tokens<Const<3>, Cpu> = dev.sample_normal_like(&(1, 2, Const));
         let loss = lin.forward(x.leaky_trace()).square().sum();
         let grads = loss.backward();
-        assert!(grads.get(&lin.weight).as_vec().iter().any(|g| *g != 0.0));
+        assert!(lin.weight.grad(&grads).iter().any(|g| *g != 0.0));
         assert!(grads
             .get(lin.bias.as_ref().unwrap())
             .as_vec()

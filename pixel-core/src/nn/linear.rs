@@ -1,15 +1,135 @@
 //! Linear layers, with an optional LoRA adapter.
-use crate::error::Result;
-use crate::nn::Seq;
-use crate::params::{join, ParamVisitor, Params};
+use crate::error::{CoreError, Result};
+use crate::host_matrix::{Dtype, HostMatrix};
+use crate::nn::{frozen_matmul_t, Seq};
+use crate::params::{join, ParamTensor, ParamVisitor, Params};
 use dfdx::prelude::*;
 use rand_distr::Uniform;
+use std::any::TypeId;
+use std::sync::Arc;
 
 /// `y = x W^T + b`, with `W` stored `[out, in]` as in PyTorch checkpoints.
 #[derive(Debug, Clone)]
 pub struct Linear<I: ConstDim, O: ConstDim, D: Device<f32>> {
-    pub weight: Tensor<(O, I), f32, D>,
+    pub weight: LinearWeight<I, O, D>,
     pub bias: Option<Tensor<(O,), f32, D>>,
+}
+
+/// Where a linear layer's `[out, in]` weight lives ([`Linear`]; pixel-vision's `Dense`, whose
+/// dims may be run-time `usize`).
+///
+/// A frozen weight kept as a dfdx tensor still costs what a trained one does: f32 storage, and
+/// in every backward pass a weight gradient as large as the weight. A frozen 2.85 G-parameter
+/// T5 under LoRA then needs 11.4 GB of weights and another 11.4 GB of gradients. Kept on the
+/// host in bf16 it needs 5.7 GB and no gradient ([`frozen_matmul_t`]).
+#[derive(Debug, Clone)]
+pub enum LinearWeight<I: Dim, O: Dim, D: Device<f32>> {
+    /// On the device, trainable.
+    Tensor(Tensor<(O, I), f32, D>),
+    /// Frozen on the host in f32, bf16 or f16 (CPU device only); gradients reach the input,
+    /// never the weight.
+    Host(Arc<HostMatrix>),
+}
+
+impl<I: Dim, O: Dim, D: Device<f32>> LinearWeight<I, O, D> {
+    /// The dfdx tensor, when the weight is one.
+    pub fn tensor(&self) -> Option<&Tensor<(O, I), f32, D>> {
+        match self {
+            LinearWeight::Tensor(t) => Some(t),
+            LinearWeight::Host(_) => None,
+        }
+    }
+
+    /// The host matrix, when the weight is frozen on the host.
+    pub fn host(&self) -> Option<&Arc<HostMatrix>> {
+        match self {
+            LinearWeight::Tensor(_) => None,
+            LinearWeight::Host(m) => Some(m),
+        }
+    }
+
+    /// `(out, in)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            LinearWeight::Tensor(t) => (t.shape().0.size(), t.shape().1.size()),
+            LinearWeight::Host(m) => (m.rows(), m.cols()),
+        }
+    }
+
+    /// `x W^T` for every token of a `[batch, tokens, in]` tensor.
+    pub fn matmul_t<T: Tape<f32, D>>(
+        &self,
+        x: Tensor<(usize, usize, I), f32, D, T>,
+    ) -> Tensor<(usize, usize, O), f32, D, T> {
+        match self {
+            LinearWeight::Tensor(w) => x.matmul(w.retaped::<T>().permute::<(I, O), Axes2<1, 0>>()),
+            LinearWeight::Host(w) => frozen_matmul_t(x, w),
+        }
+    }
+}
+
+impl<I: Dim, O: Dim, D: Device<f32>> ParamTensor<D> for LinearWeight<I, O, D> {
+    fn dims(&self) -> Vec<usize> {
+        let (out, inp) = self.shape();
+        vec![out, inp]
+    }
+
+    fn values(&self) -> Vec<f32> {
+        match self {
+            LinearWeight::Tensor(t) => t.as_vec(),
+            LinearWeight::Host(m) => m.to_f32(),
+        }
+    }
+
+    fn set_values(&mut self, values: &[f32]) -> Result<()> {
+        match self {
+            LinearWeight::Tensor(t) => t.set_values(values),
+            LinearWeight::Host(m) => {
+                let (rows, cols) = (m.rows(), m.cols());
+                if values.len() != rows * cols {
+                    return Err(CoreError::Shape(format!(
+                        "{} values for a [{rows}, {cols}] weight",
+                        values.len()
+                    )));
+                }
+                *m = Arc::new(HostMatrix::from_f32(rows, cols, values.to_vec(), m.dtype()));
+                Ok(())
+            }
+        }
+    }
+
+    fn alloc_grad(&self, grads: &mut Gradients<f32, D>) -> Result<()> {
+        match self {
+            LinearWeight::Tensor(t) => t.alloc_grad(grads),
+            LinearWeight::Host(m) => Err(CoreError::Invalid(format!(
+                "the weight is frozen on the host in {}: it cannot be trained",
+                m.dtype()
+            ))),
+        }
+    }
+
+    fn grad(&self, grads: &Gradients<f32, D>) -> Vec<f32> {
+        match self {
+            LinearWeight::Tensor(t) => t.grad(grads),
+            LinearWeight::Host(_) => panic!("a weight frozen on the host has no gradient"),
+        }
+    }
+
+    fn host_dtype(&self) -> Option<Dtype> {
+        self.host().map(|m| m.dtype())
+    }
+
+    fn keep_frozen_on_host(&mut self, dtype: Dtype) -> Result<bool> {
+        if TypeId::of::<D>() != TypeId::of::<Cpu>() {
+            return Err(CoreError::Invalid(
+                "frozen weights can be kept on the host only with the CPU device".into(),
+            ));
+        }
+        let (rows, cols) = self.shape();
+        let values = self.values();
+        *self = LinearWeight::Host(Arc::new(HostMatrix::from_f32(rows, cols, values, dtype)));
+        Ok(true)
+    }
 }
 
 impl<I: ConstDim, O: ConstDim, D: Device<f32>> Linear<I, O, D> {
@@ -18,14 +138,14 @@ impl<I: ConstDim, O: ConstDim, D: Device<f32>> Linear<I, O, D> {
         let bound = 1.0 / (I::SIZE as f32).sqrt();
         let dist = Uniform::new(-bound, bound);
         Linear {
-            weight: dev.sample_like(&(O::default(), I::default()), dist),
+            weight: LinearWeight::Tensor(dev.sample_like(&(O::default(), I::default()), dist)),
             bias: bias.then(|| dev.sample_like(&(O::default(),), dist)),
         }
     }
 
     /// Applies the layer to every token of a `[batch, tokens, in]` tensor.
     pub fn forward<T: Tape<f32, D>>(&self, x: Seq<I, D, T>) -> Seq<O, D, T> {
-        let y = x.matmul(self.weight.clone().permute::<(I, O), Axes2<1, 0>>());
+        let y = self.weight.matmul_t(x);
         match &self.bias {
             Some(b) => {
                 let shape = *y.shape();
@@ -138,7 +258,7 @@ mod tests {
         let y = lin.forward(x.clone()).as_vec();
         let (xv, w, b) = (
             x.as_vec(),
-            lin.weight.as_vec(),
+            lin.weight.values(),
             lin.bias.as_ref().unwrap().as_vec(),
         );
         for t in 0..8 {
@@ -170,7 +290,7 @@ mod tests {
             let lora = layer.lora.as_mut().unwrap();
             lora.b = dev.sample_normal_like(&(Const::<5>, rank));
             let x = dev.sample_normal_like(&(1usize, 1usize, Const::<6>));
-            let (xv, a, b, w) = (x.as_vec(), lora.a.as_vec(), lora.b.as_vec(), layer.base.weight.as_vec());
+            let (xv, a, b, w) = (x.as_vec(), lora.a.as_vec(), lora.b.as_vec(), layer.base.weight.values());
             let y = layer.forward(x).as_vec();
             for o in 0..5 {
                 let base: f32 = (0..6).map(|i| w[o * 6 + i] * xv[i]).sum();

@@ -25,8 +25,8 @@ pub use attention::{
     MultiHeadAttention,
 };
 pub use embedding::Embedding;
-pub use frozen_linear::{frozen_matmul_t, FrozenLinear};
-pub use linear::{Linear, LoraAdapter, LoraLinear};
+pub use frozen_linear::frozen_matmul_t;
+pub use linear::{Linear, LinearWeight, LoraAdapter, LoraLinear};
 pub use mlp::{gelu, Activation, Mlp};
 pub use norm::{LayerNorm, RmsNorm};
 pub use position::{sincos_1d, sincos_2d, RandomFourierEncoding};

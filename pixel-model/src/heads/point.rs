@@ -282,6 +282,7 @@ pub fn mean_box(corners: &[f32], valid: &[bool]) -> BoxXyxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pixel_core::nn::LinearWeight;
     use proptest::prelude::*;
 
     #[test]
@@ -289,7 +290,8 @@ mod tests {
         let dev: Cpu = Cpu::seed_from_u64(0);
         let mut head =
             CornerHead::<Const<8>, Const<16>, Cpu>::new(&dev, "point", CornerKind::Points, 3, true);
-        head.mlp.last.weight = dev.zeros_like(head.mlp.last.weight.shape());
+        head.mlp.last.weight =
+            LinearWeight::Tensor(dev.zeros_like(&(Corners::default(), Const::<16>)));
         head.mlp.last.bias = Some(dev.zeros_like(&(Corners::default(),)));
         let out = head
             .forward(dev.sample_normal_like(&(2, 3, Const::<8>)))

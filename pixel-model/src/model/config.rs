@@ -1,6 +1,7 @@
 //! Run-time settings of a PixelLLM: which preset, how many output tokens, which heads, which
 //! parts train.
 use crate::heads::HeadConfig;
+use pixel_core::host_matrix::Dtype;
 use pixel_core::params::Trainable;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,12 @@ pub struct ModelConfig {
     /// The output heads besides the vocabulary head (`[[model.heads]]`), each with its loss
     /// weight; the paper's is one `point` head with weight 0.1 (its L1 is in pixels).
     pub heads: Vec<HeadConfig>,
+    /// Keep the frozen linear weights (T5's outside its LoRA adapters, SAM's with `freeze_sam`)
+    /// on the host in this type: `"bf16"` halves their memory, and their backward pass
+    /// allocates no weight gradients whatever the type. Absent (the default), they are dfdx
+    /// tensors like the trained ones. CPU only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_dtype: Option<Dtype>,
     /// The components' own checkpoints (`[model.checkpoints]`), loaded by
     /// `PixelLlm::from_checkpoints`; none by default.
     #[serde(default, skip_serializing_if = "ComponentCheckpoints::is_empty")]

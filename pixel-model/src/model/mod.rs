@@ -145,9 +145,14 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
         if config.lm.mode == LmMode::Lora {
             language_model.add_lora(dev, config.lm.lora_rank, config.lm.lora_scale);
         }
+        // Each part moves its frozen weights to the host as soon as it is built, so that the
+        // f32 copies of only one part exist at a time.
+        Self::keep_frozen_on_host(&mut language_model, "language_model", config)?;
+        let mut image_encoder =
+            DualImageEncoder::new(dev, &components.sam, &components.eva).map_err(vision)?;
+        Self::keep_frozen_on_host(&mut image_encoder, "image_encoder", config)?;
         let mut model = PixelLlm {
-            image_encoder: DualImageEncoder::new(dev, &components.sam, &components.eva)
-                .map_err(vision)?,
+            image_encoder,
             prompt_encoder: SamPromptEncoder::new(dev, &P::prompt_encoder()),
             prompt_feature_extractor: PromptFeatureExtractor::new(
                 dev,
@@ -166,6 +171,7 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
             image_encoder_frozen: false,
             dev: dev.clone(),
         };
+        Self::keep_frozen_on_host(&mut model.prompt_encoder, "prompt_encoder", config)?;
         model.init_absolute_positions();
         if config.visual_position_std > 0.0 {
             // Drawn last, so a config without the table initialises everything else the same.
@@ -179,6 +185,22 @@ impl<P: PixelDims, D: Device<f32> + pixel_core::ThreadSafe> PixelLlm<P, D> {
             );
         }
         Ok(model)
+    }
+
+    /// Moves `part`'s frozen linear weights to the host when `model.frozen_dtype` asks for it.
+    fn keep_frozen_on_host<M: Params<D>>(
+        part: &mut M,
+        prefix: &str,
+        config: &ModelConfig,
+    ) -> Result<()> {
+        if let Some(dtype) = config.frozen_dtype {
+            pixel_core::params::keep_frozen_on_host(part, prefix, &config.trainable(), dtype)
+                .map_err(|e| ModelError::Config {
+                    key: "model.frozen_dtype".into(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
     }
 
     fn two_way_shape(config: &ModelConfig) -> TwoWayShape {

@@ -180,6 +180,7 @@ impl<V: ConstDim, Pr: ConstDim, C: ConstDim, M: ConstDim, D: Device<f32>> Params
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pixel_core::params::ParamTensor;
 
     type Extractor = PromptFeatureExtractor<Const<6>, Const<4>, Const<8>, Const<5>, Cpu>;
 
@@ -211,12 +212,12 @@ mod tests {
             let mut pfe = Extractor::new(&dev, 3, shape, fuse);
             let grads = loss(&pfe, OwnedTape::default()).backward();
             let analytic = [
-                grads
-                    .get(&pfe.image_pe_projection.as_ref().unwrap().weight)
-                    .as_vec(),
-                grads
-                    .get(&pfe.prompt_projection.as_ref().unwrap().weight)
-                    .as_vec(),
+                pfe.image_pe_projection
+                    .as_ref()
+                    .unwrap()
+                    .weight
+                    .grad(&grads),
+                pfe.prompt_projection.as_ref().unwrap().weight.grad(&grads),
             ];
             for (which, analytic) in analytic.iter().enumerate() {
                 for i in [0, 7, 19, 31] {
@@ -227,9 +228,9 @@ mod tests {
                         } else {
                             pfe.prompt_projection.as_mut().unwrap()
                         };
-                        let mut w = layer.weight.as_vec();
+                        let mut w = layer.weight.values();
                         w[i] += delta;
-                        layer.weight.copy_from(&w);
+                        layer.weight.set_values(&w).unwrap();
                     };
                     at(&mut pfe, step);
                     let up = loss(&pfe, NoneTape).array();

@@ -3,7 +3,7 @@
 //! embedding space of width `O`. A preset has one when the two widths differ (the paper: 1024
 //! -> 2048 for Flan-T5-XL).
 use dfdx::prelude::*;
-use pixel_core::nn::{LayerNorm, Linear, Seq};
+use pixel_core::nn::{LayerNorm, Linear, LinearWeight, Seq};
 use pixel_core::params::{join, ParamVisitor, Params};
 
 /// A linear layer (`visual_projection.0`) and a LayerNorm (`visual_projection.1`, eps 1e-5),
@@ -18,7 +18,8 @@ impl<I: ConstDim, O: ConstDim, D: Device<f32>> VisualProjection<I, O, D> {
     /// The weight is drawn from N(0, 0.02²) and the bias is zero, as scenic initialises it.
     pub fn new(dev: &D) -> Self {
         let mut linear = Linear::new(dev, true);
-        linear.weight = dev.sample_normal_like(&(O::default(), I::default())) * 0.02;
+        linear.weight =
+            LinearWeight::Tensor(dev.sample_normal_like(&(O::default(), I::default())) * 0.02);
         linear.bias = Some(dev.zeros_like(&(O::default(),)));
         VisualProjection {
             linear,
