@@ -5,9 +5,13 @@
 #   tools/gpu_check.sh setup   # here: nvcc 13.0 + headers from PyPI wheels, a libcuda link stub,
 #                              # a fake nvidia-smi (dfdx's build.rs asks it for the compute cap)
 #   tools/gpu_check.sh build   # here: cargo test --no-run with pixel-cli/cuda into target-cuda/,
-#                              # then pack the test binaries into target-cuda/gpu-pack.tar.xz
+#                              # one CPU training step of pixelllm-base from scratch as the
+#                              # reference (target-cuda/cpu-step.json, seed 0), then pack the
+#                              # test binaries, `pixel` and it into target-cuda/gpu-pack.tar.xz
 #   tools/gpu_check.sh run [OUT]   # there, from the repo root: unpack, run every test binary,
-#                                  # log to OUT/log.txt and OUT/summary.txt (OUT defaults to $OUT)
+#                                  # then the same pixelllm-base step on the GPU, its loss
+#                                  # compared with the CPU's to 1e-4 (relative); log to
+#                                  # OUT/log.txt and OUT/summary.txt (OUT defaults to $OUT)
 #
 # `run` needs the binaries built exactly as `build` builds them: the paths below are baked into
 # them by env!() (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_pixel, dfdx's OUT_DIR and CUDA_INCLUDE_DIR),
@@ -107,12 +111,17 @@ for line in open(sys.argv[1]):
     kind = m["target"]["kind"][0]
     print(crate, os.path.relpath(exe, target), f'{m["target"]["name"]}:{kind}')
 EOF
+    # The CPU reference: the same seeded model and batch as the GPU step in `run` (dfdx's CUDA
+    # device draws its initial values from a CPU generator with the same seed).
+    (cd "$SRC_ROOT" && env -u CARGO_TARGET_DIR cargo run --release -q -p pixel-cli -- step \
+        --config configs/models/pixelllm-base.toml --steps 1 --seed 0 --json \
+        > "$TARGET/cpu-step.json") || die "CPU reference step"
     local outdir files
     outdir=$(ls -d "$TARGET"/release/build/dfdx-*/out | while read -r d; do
         [ -e "$d/cuda_utils.cuh" ] && echo "$d"; done | head -1)
     [ -n "$outdir" ] || die "no dfdx OUT_DIR with kernels"
     files=$(awk '{print $2}' "$TARGET/gpu-manifest.txt")
-    (cd "$TARGET" && tar cf - gpu-manifest.txt release/pixel ${files} "${outdir#$TARGET/}" |
+    (cd "$TARGET" && tar cf - gpu-manifest.txt cpu-step.json release/pixel ${files} "${outdir#$TARGET/}" |
         xz -T1 -9 --lzma2=dict=256MiB > "$PACK") || die "pack"
     # Sources built from a copy: its configs, assets and fixtures travel too (the tests read them).
     rm -f "$TARGET/gpu-src.tar.xz"
@@ -228,6 +237,22 @@ EOF
         fi
     done <<< "$order"
     rm -f "$out/cur.txt" "$out/names.txt" "$out/pertest.txt"
+    # One pixelllm-base training step on the GPU against the CPU's (built in `build`).
+    echo; echo "==== pixelllm-base step on the GPU"
+    (cd "$SRC_ROOT" && timeout -k 5 "${GPU_CHECK_STEP_S:-240}" "$BUILD_ROOT/target-cuda/release/pixel" \
+        step --config configs/models/pixelllm-base.toml --steps 1 --seed 0 --json \
+        > "$out/gpu-step.json")
+    echo "pixelllm-base step rc=$?" | tee -a "$out/summary.txt"
+    python3 - "$here/target-cuda/cpu-step.json" "$out/gpu-step.json" <<'EOF' 2>&1 |
+import json, sys
+cpu, gpu = (json.load(open(p))["steps"][0] for p in sys.argv[1:3])
+diff = abs(gpu["loss"] - cpu["loss"]) / abs(cpu["loss"])
+verdict = "OK" if diff <= 1e-4 else "DIFFERS"
+print(f"pixelllm-base step loss: cpu {cpu['loss']:.6f} gpu {gpu['loss']:.6f} relative diff {diff:.2e} "
+      f"{verdict}; gpu forward {gpu['forward_s']:.2f} s backward {gpu['backward_s']:.2f} s "
+      f"update {gpu['update_s']:.2f} s")
+EOF
+        tee -a "$out/summary.txt"
     echo; echo "== summary"; cat "$out/summary.txt"
 }
 

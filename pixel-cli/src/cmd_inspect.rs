@@ -152,14 +152,8 @@ mod tests {
     #[test]
     fn the_table_shows_frozen_as_parameters_minus_trainable() {
         let list = vec![
-            ParamInfo {
-                name: "image_encoder.sam.pos_embed".into(),
-                shape: vec![10, 100],
-            },
-            ParamInfo {
-                name: "heads.point.mlp.layers.0.weight".into(),
-                shape: vec![3],
-            },
+            ParamInfo::new("image_encoder.sam.pos_embed", vec![10, 100]),
+            ParamInfo::new("heads.point.mlp.layers.0.weight", vec![3]),
         ];
         let parts = parameters_by_part(&list, &Trainable::all().freeze("image_encoder.sam.*"));
         let table = parts_table("x", &parts);

@@ -83,6 +83,12 @@ fn render(report: &StepReport) -> String {
         report.build_s,
         gb(report.build_peak_rss_bytes)
     );
+    if let Some((tensors, bytes)) = report.frozen_on_host {
+        out.push_str(&format!(
+            "{tensors} frozen weight matrices kept on the host: {}\n",
+            gb(Some(bytes))
+        ));
+    }
     if let Some(load) = &report.load_report {
         out.push_str(load);
         if !load.ends_with('\n') {

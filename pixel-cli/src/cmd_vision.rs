@@ -517,18 +517,9 @@ mod tests {
     #[test]
     fn the_tree_folds_numbered_layers_and_groups_digits() {
         let params = vec![
-            ParamInfo {
-                name: "enc.layers.0.w".into(),
-                shape: vec![1000, 2],
-            },
-            ParamInfo {
-                name: "enc.layers.1.w".into(),
-                shape: vec![1000, 2],
-            },
-            ParamInfo {
-                name: "head.w".into(),
-                shape: vec![3],
-            },
+            ParamInfo::new("enc.layers.0.w", vec![1000, 2]),
+            ParamInfo::new("enc.layers.1.w", vec![1000, 2]),
+            ParamInfo::new("head.w", vec![3]),
         ];
         let tree = render_tree("x", &params, 3);
         assert!(tree.starts_with("x: 4,003 parameters"), "{tree}");

@@ -86,43 +86,16 @@ impl TensorStore {
 
     /// Reads every shard named in a HF `model.safetensors.index.json`.
     pub fn read_sharded(index_path: &Path) -> Result<Self> {
-        let text = crate::text::read_text(index_path).map_err(|e| CoreError::io(index_path, e))?;
-        let index: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| CoreError::CheckpointFormat {
-                path: index_path.to_path_buf(),
-                message: format!("index is not JSON: {e}"),
-            })?;
-        let weight_map = index
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| CoreError::CheckpointFormat {
-                path: index_path.to_path_buf(),
-                message: "index has no `weight_map` object".into(),
-            })?;
-        let mut shards: Vec<&str> = weight_map.values().filter_map(|v| v.as_str()).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        let dir = index_path.parent().unwrap_or(Path::new("."));
+        let index = ShardIndex::read(index_path)?;
         let mut store = TensorStore {
             origin: index_path.to_path_buf(),
             ..Default::default()
         };
-        for shard in shards {
-            let shard_path = dir.join(shard);
-            let bytes = std::fs::read(&shard_path).map_err(|e| CoreError::io(&shard_path, e))?;
-            store.add_file(&shard_path, &bytes)?;
+        for shard_path in &index.shards {
+            let bytes = std::fs::read(shard_path).map_err(|e| CoreError::io(shard_path, e))?;
+            store.add_file(shard_path, &bytes)?;
         }
-        let missing: Vec<String> = weight_map
-            .keys()
-            .filter(|k| !store.tensors.contains_key(*k))
-            .map(|k| format!("`{k}` is listed in the index but in no shard"))
-            .collect();
-        if !missing.is_empty() {
-            return Err(CoreError::CheckpointMismatch {
-                path: index_path.to_path_buf(),
-                problems: missing,
-            });
-        }
+        index.check_found(|name| store.tensors.contains_key(name))?;
         Ok(store)
     }
 
@@ -280,6 +253,69 @@ impl LoadOptions {
     }
 }
 
+/// The shards a HF `model.safetensors.index.json` names, and the tensors it lists.
+#[derive(Debug, Clone)]
+pub struct ShardIndex {
+    pub path: PathBuf,
+    /// The shard files, in name order.
+    pub shards: Vec<PathBuf>,
+    /// Every tensor the index lists.
+    pub tensors: Vec<String>,
+}
+
+impl ShardIndex {
+    pub fn read(index_path: &Path) -> Result<Self> {
+        let text = crate::text::read_text(index_path).map_err(|e| CoreError::io(index_path, e))?;
+        let index: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| CoreError::CheckpointFormat {
+                path: index_path.to_path_buf(),
+                message: format!("index is not JSON: {e}"),
+            })?;
+        let weight_map = index
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| CoreError::CheckpointFormat {
+                path: index_path.to_path_buf(),
+                message: "index has no `weight_map` object".into(),
+            })?;
+        let mut shards: Vec<&str> = weight_map.values().filter_map(|v| v.as_str()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let dir = index_path.parent().unwrap_or(Path::new("."));
+        Ok(ShardIndex {
+            path: index_path.to_path_buf(),
+            shards: shards.into_iter().map(|s| dir.join(s)).collect(),
+            tensors: weight_map.keys().cloned().collect(),
+        })
+    }
+
+    /// An error naming every listed tensor that `found` says no shard held.
+    pub fn check_found(&self, found: impl Fn(&str) -> bool) -> Result<()> {
+        let missing: Vec<String> = self
+            .tensors
+            .iter()
+            .filter(|name| !found(name))
+            .map(|name| format!("`{name}` is listed in the index but in no shard"))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(CoreError::CheckpointMismatch {
+                path: self.path.clone(),
+                problems: missing,
+            })
+        }
+    }
+}
+
+/// What value problems and unexpected tensors one store (a checkpoint, or one shard of it)
+/// showed, and which tensors it loaded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartialLoad {
+    pub loaded: Vec<String>,
+    pub problems: Vec<String>,
+}
+
 /// What a safetensors parse error means for a file of `len` bytes, and what to do about it.
 fn explain_safetensors_error(e: ::safetensors::SafeTensorError, len: usize) -> String {
     use ::safetensors::SafeTensorError as E;
@@ -357,6 +393,95 @@ impl<'a, D: Device<f32>> ParamVisitor<D> for Loader<'a> {
     }
 }
 
+/// Loads the tensors of `store` that `module` has (named `prefix.<param name>`) and says which;
+/// the module's other parameters are left as they are. Problems are misshapen, integer and
+/// non-finite tensors, and tensors under `prefix` that the module lacks unless
+/// `ignore_unexpected` matches them (globs).
+pub fn load_params_present<D: Device<f32>, M: Params<D> + ?Sized>(
+    module: &mut M,
+    store: &TensorStore,
+    prefix: &str,
+    ignore_unexpected: &[String],
+) -> Result<PartialLoad> {
+    let mut loader = Loader {
+        store,
+        prefix,
+        used: Vec::new(),
+        problems: Vec::new(),
+        allow_missing: true,
+    };
+    module.visit_params("", &mut loader)?;
+    let mut problems = loader.problems;
+    problems.extend(unexpected(store, prefix, &loader.used, ignore_unexpected));
+    Ok(PartialLoad {
+        loaded: loader.used,
+        problems,
+    })
+}
+
+/// The tensors of `store` under `prefix` that are neither `used` nor ignored, as problems.
+fn unexpected(
+    store: &TensorStore,
+    prefix: &str,
+    used: &[String],
+    ignore_unexpected: &[String],
+) -> Vec<String> {
+    let used: std::collections::HashSet<&String> = used.iter().collect();
+    store
+        .tensors
+        .keys()
+        .filter(|name| {
+            let under_prefix = prefix.is_empty() || name.starts_with(&format!("{prefix}."));
+            let ignored = ignore_unexpected.iter().any(|p| glob_match(p, name));
+            under_prefix && !used.contains(name) && !ignored
+        })
+        .map(|name| format!("unexpected tensor `{name}` (the model has no such parameter)"))
+        .collect()
+}
+
+/// Loads every parameter of `module` from the stores `shards` yields, strictly over all of
+/// them: each parameter must be in one of them. A store is dropped before the next is read,
+/// so a sharded checkpoint is never in memory whole besides the model. `ignore(store)` names
+/// the tensors of a store that are not unexpected (globs). Every problem of every shard is
+/// gathered into one [`CoreError::CheckpointMismatch`] naming `origin`.
+pub fn load_params_from_shards<D, M, S>(
+    module: &mut M,
+    origin: &Path,
+    shards: impl IntoIterator<Item = Result<S>>,
+    mut ignore: impl FnMut(&TensorStore) -> Vec<String>,
+) -> Result<()>
+where
+    D: Device<f32>,
+    M: Params<D> + ?Sized,
+    S: std::borrow::Borrow<TensorStore>,
+{
+    let mut loaded = std::collections::HashSet::new();
+    let mut problems = Vec::new();
+    for shard in shards {
+        let shard = shard?;
+        let store = shard.borrow();
+        let part = load_params_present(module, store, "", &ignore(store))?;
+        loaded.extend(part.loaded);
+        problems.extend(part.problems);
+    }
+    for param in crate::params::list_params(module) {
+        if !loaded.contains(&param.name) {
+            problems.push(format!(
+                "missing tensor `{}` (shape {:?})",
+                param.name, param.shape
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CoreError::CheckpointMismatch {
+            path: origin.to_path_buf(),
+            problems,
+        })
+    }
+}
+
 /// Loads the tensors named `prefix.<param name>` from `store` into `module`.
 ///
 /// Every problem (missing, unexpected, misshapen, wrong dtype, NaN or inf values) is gathered
@@ -376,20 +501,13 @@ pub fn load_params<D: Device<f32>, M: Params<D> + ?Sized>(
         allow_missing: options.allow_missing,
     };
     module.visit_params("", &mut loader)?;
-    let used: std::collections::HashSet<&String> = loader.used.iter().collect();
-    let mut problems = loader.problems.clone();
-    for name in store.tensors.keys() {
-        let under_prefix = prefix.is_empty() || name.starts_with(&format!("{prefix}."));
-        let ignored = options
-            .ignore_unexpected
-            .iter()
-            .any(|p| glob_match(p, name));
-        if under_prefix && !used.contains(name) && !ignored {
-            problems.push(format!(
-                "unexpected tensor `{name}` (the model has no such parameter)"
-            ));
-        }
-    }
+    let mut problems = loader.problems;
+    problems.extend(unexpected(
+        store,
+        prefix,
+        &loader.used,
+        &options.ignore_unexpected,
+    ));
     if problems.is_empty() {
         Ok(())
     } else {

@@ -133,11 +133,27 @@ impl<D: Device<f32>, M: Params<D>> Params<D> for Option<M> {
 pub struct ParamInfo {
     pub name: String,
     pub shape: Vec<usize>,
+    /// The type it is kept in on the host when frozen there; `None` for an f32 tensor.
+    pub host_dtype: Option<crate::host_matrix::Dtype>,
 }
 
 impl ParamInfo {
+    /// An f32 tensor.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>) -> Self {
+        ParamInfo {
+            name: name.into(),
+            shape,
+            host_dtype: None,
+        }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The bytes its values take.
+    pub fn bytes(&self) -> usize {
+        self.numel() * self.host_dtype.map_or(4, |d| d.bytes())
     }
 }
 
@@ -148,6 +164,7 @@ impl<D: Device<f32>> ParamVisitor<D> for Lister {
         self.0.push(ParamInfo {
             name: name.to_string(),
             shape: tensor.dims(),
+            host_dtype: tensor.host_dtype(),
         });
         Ok(())
     }
@@ -192,20 +209,20 @@ pub fn repeat_blocks(
             .iter()
             .take_while(|p| block_of(&p.name).is_some())
             .count();
-    let mut blocks: Vec<Vec<(String, Vec<usize>)>> = Vec::new();
+    let mut blocks: Vec<Vec<(String, &ParamInfo)>> = Vec::new();
     for p in &built[first..end] {
         let (index, tail) = block_of(&p.name).expect("inside the run of blocks");
         if blocks.len() <= index {
             blocks.resize(index + 1, Vec::new());
         }
-        blocks[index].push((tail, p.shape.clone()));
+        blocks[index].push((tail, p));
     }
     let mut out = built[..first].to_vec();
     for i in 0..count {
-        for (tail, shape) in &blocks[template(i)] {
+        for (tail, p) in &blocks[template(i)] {
             out.push(ParamInfo {
                 name: format!("{head}{i}.{tail}"),
-                shape: shape.clone(),
+                ..(*p).clone()
             });
         }
     }
@@ -381,10 +398,7 @@ mod tests {
 
     #[test]
     fn repeated_blocks_are_the_listing_of_the_deeper_module() {
-        let info = |name: &str, n: usize| ParamInfo {
-            name: name.into(),
-            shape: vec![n],
-        };
+        let info = |name: &str, n: usize| ParamInfo::new(name, vec![n]);
         // Built: block 0 of one kind (a), block 1 of another (b, with an extra table).
         let built = vec![
             info("embed", 1),

@@ -5,10 +5,13 @@ use crate::dims::T5Dims;
 use crate::error::{LmError, Result};
 use crate::t5::T5;
 use dfdx::prelude::*;
-use pixel_core::checkpoint::{load_params, save_params, LoadOptions, StoredTensor, TensorStore};
+use pixel_core::checkpoint::{
+    load_params_from_shards, save_params, ShardIndex, StoredTensor, TensorStore,
+};
 use pixel_core::params::{ParamTensor, ParamVisitor, Params};
 use pixel_core::CoreError;
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The adapters of one attention's `q` and `v`.
@@ -32,24 +35,34 @@ pub fn checkpoint_path(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Reads the checkpoint of an HF model folder ([`checkpoint_path`]). f32, f16 and bf16 are all
-/// read as f32 (for 16-bit inference without widening, see [`crate::HostT5`]).
-pub fn read_checkpoint(dir: &Path) -> Result<TensorStore> {
-    let path = checkpoint_path(dir)?;
-    if path.extension().is_some_and(|e| e == "json") {
-        Ok(TensorStore::read_sharded(&path)?)
-    } else {
-        Ok(TensorStore::read(&path)?)
-    }
-}
-
 impl<P: T5Dims, D: Device<f32>> T5<P, D> {
     /// Loads `dir/config.json` and its checkpoint into this preset, strictly.
     pub fn from_pretrained(dir: &Path, dev: &D) -> Result<Self> {
         let config = T5Config::from_file(&dir.join("config.json"))?;
         let mut model = T5::new(dev, &config)?;
-        model.load_store(&read_checkpoint(dir)?)?;
+        model.load_checkpoint(dir)?;
         Ok(model)
+    }
+
+    /// Loads the checkpoint of an HF model folder ([`checkpoint_path`]), strictly, as
+    /// [`Self::load_store`] does. A sharded checkpoint loads shard by shard, each read, loaded
+    /// and dropped before the next, so that it is never in memory whole besides the model (a
+    /// model keeping its frozen weights in bf16 loads a bf16 Flan-T5-XL in 5.7 GB plus one
+    /// shard). f32, f16 and bf16 files all load; 16-bit values are exact in f32.
+    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        let path = checkpoint_path(dir)?;
+        if !path.extension().is_some_and(|e| e == "json") {
+            return self.load_store(&TensorStore::read(&path)?);
+        }
+        let index = ShardIndex::read(&path)?;
+        let mut found = HashSet::new();
+        let shards = index.shards.iter().map(|shard| {
+            let store = TensorStore::read(shard)?;
+            found.extend(store.tensors.keys().cloned());
+            Ok(store)
+        });
+        self.load_shards(&path, shards)?;
+        Ok(index.check_found(|name| found.contains(name))?)
     }
 
     /// Loads every parameter from `store`, strictly: one error lists every missing, unexpected
@@ -57,50 +70,63 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
     /// accepted when they equal `shared.weight` (HF stores them for tied embeddings); so is
     /// `lm_head.weight` equal to `shared.weight` in a tied model.
     pub fn load_store(&mut self, store: &TensorStore) -> Result<()> {
-        let mut ignore = Vec::new();
-        let mut problems = Vec::new();
-        let shared = store.get("shared.weight");
+        self.load_shards(&store.origin, [Ok(store)])
+    }
+
+    /// [`Self::load_store`] over the shards of one checkpoint (`origin`), one at a time.
+    fn load_shards<S: Borrow<TensorStore>>(
+        &mut self,
+        origin: &Path,
+        shards: impl IntoIterator<Item = pixel_core::Result<S>>,
+    ) -> Result<()> {
         let mut duplicates: Vec<&str> = EMBED_DUPLICATES.to_vec();
         if self.lm_head.is_none() {
             duplicates.push("lm_head.weight");
         }
-        for name in duplicates {
-            if let Some(copy) = store.get(name) {
-                match shared {
-                    Some(s) if s.shape == copy.shape && s.to_f32() == copy.to_f32() => {
-                        ignore.push(name.to_string())
-                    }
-                    Some(_) => problems.push(format!(
-                        "tensor `{name}` differs from `shared.weight`, but this model ties them"
-                    )),
-                    None => {}
-                }
-            }
-        }
-        let options = LoadOptions {
-            ignore_unexpected: ignore,
-            allow_missing: false,
+        // Copies of `shared.weight` are checked once every shard has loaded, against the
+        // loaded embedding (they may sit in another shard than it).
+        let mut copies: Vec<(String, StoredTensor)> = Vec::new();
+        let mut shared_seen = false;
+        let loaded = load_params_from_shards(self, origin, shards, |store| {
+            shared_seen |= store.get("shared.weight").is_some();
+            duplicates
+                .iter()
+                .filter_map(|&name| {
+                    copies.push((name.to_string(), store.get(name)?.clone()));
+                    Some(name.to_string())
+                })
+                .collect()
+        });
+        let shared = self.shared.weight.as_vec();
+        let differing = copies
+            .iter()
+            .filter(|(_, copy)| shared_seen && copy.to_f32() != shared)
+            .map(|(name, _)| {
+                format!("tensor `{name}` differs from `shared.weight`, but this model ties them")
+            });
+        let mut problems = match loaded {
+            Ok(()) => Vec::new(),
+            Err(CoreError::CheckpointMismatch { problems, .. }) => problems,
+            Err(e) => return Err(e.into()),
         };
-        match load_params(self, store, "", &options) {
-            Ok(()) if problems.is_empty() => Ok(()),
-            Ok(()) => Err(CoreError::CheckpointMismatch {
-                path: store.origin.clone(),
+        problems.extend(differing);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CoreError::CheckpointMismatch {
+                path: origin.to_path_buf(),
                 problems,
             }
-            .into()),
-            Err(CoreError::CheckpointMismatch { path, problems: p }) => {
-                problems.extend(p);
-                Err(CoreError::CheckpointMismatch { path, problems }.into())
-            }
-            Err(e) => Err(e.into()),
+            .into())
         }
     }
 
-    /// [`Self::load_store`] for a model with LoRA adapters: the base weights load strictly from
-    /// `store` (a base checkpoint, without adapters), and the adapters stay as they are.
-    pub fn load_base_store(&mut self, store: &TensorStore) -> Result<()> {
+    /// [`Self::load_checkpoint`] for a model with LoRA adapters: the base weights load
+    /// strictly from the folder `dir` (a base checkpoint, without adapters), and the adapters
+    /// stay as they are.
+    pub fn load_base_checkpoint(&mut self, dir: &Path) -> Result<()> {
         let lora = self.take_lora();
-        let loaded = self.load_store(store);
+        let loaded = self.load_checkpoint(dir);
         self.put_lora(lora);
         loaded
     }

@@ -127,8 +127,7 @@ impl<D: Device<f32>> AnyT5<D> {
             message,
             presets: PRESET_NAMES.join(", "),
         })?;
-        let store = crate::load::read_checkpoint(dir)?;
-        with_t5!(&mut model, m => m.load_store(&store)?);
+        with_t5!(&mut model, m => m.load_checkpoint(dir)?);
         Ok(model)
     }
 }

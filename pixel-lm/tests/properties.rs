@@ -244,6 +244,75 @@ fn tied_embedding_copies_are_accepted_when_equal() {
     );
 }
 
+/// `store` split into two shards with a HF index in `dir`: the tensors alternate between
+/// shards, so `shared.weight` and its copies land in different ones.
+fn write_shards(dir: &Path, store: &TensorStore) {
+    let mut shards = [TensorStore::default(), TensorStore::default()];
+    let mut weight_map = serde_json::Map::new();
+    for (i, (name, tensor)) in store.tensors.iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        weight_map.insert(name.clone(), serde_json::Value::String(file));
+        shards[i % 2].insert(name.clone(), tensor.clone());
+    }
+    for (i, shard) in shards.iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        shard.write(&dir.join(file)).unwrap();
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+}
+
+/// A sharded checkpoint loads shard by shard into what the single file gives; a tied copy is
+/// checked against `shared.weight` in another shard; a tensor in no shard is named.
+#[test]
+fn a_sharded_checkpoint_loads_shard_by_shard_as_the_single_file_does() {
+    let dev: Cpu = Default::default();
+    let mut store = TensorStore::read(&fixture("t5-test").join("model.safetensors")).unwrap();
+    let shared = store.get("shared.weight").unwrap().clone();
+    store.insert("encoder.embed_tokens.weight", shared.clone());
+    let mut single = T5::<T5Test, Cpu>::new(&dev, &config("t5-test")).unwrap();
+    single.load_store(&store).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(dir.path(), &store);
+    let mut sharded = T5::<T5Test, Cpu>::new(&dev, &config("t5-test")).unwrap();
+    sharded.load_checkpoint(dir.path()).unwrap();
+    let values = |m: &mut T5<T5Test, Cpu>| -> Vec<(String, Vec<f32>)> {
+        let mut out = TensorStore::default();
+        pixel_core::checkpoint::collect_params(m, &mut out, "").unwrap();
+        out.tensors
+            .into_iter()
+            .map(|(n, t)| (n, t.to_f32()))
+            .collect()
+    };
+    assert_eq!(values(&mut sharded), values(&mut single));
+
+    // A copy that differs, and a tensor gone from its shard but still in the index.
+    let mut other = shared;
+    other.values =
+        pixel_core::checkpoint::TensorValues::F32(vec![0.5; other.shape.iter().product()]);
+    store.insert("encoder.embed_tokens.weight", other);
+    write_shards(dir.path(), &store);
+    let first = dir.path().join("model-00001-of-00002.safetensors");
+    let mut shard = TensorStore::read(&first).unwrap();
+    let gone = shard
+        .tensors
+        .keys()
+        .find(|n| n.ends_with("wo.weight"))
+        .unwrap()
+        .clone();
+    shard.tensors.remove(&gone);
+    shard.write(&first).unwrap();
+    let message = sharded.load_checkpoint(dir.path()).unwrap_err().to_string();
+    for says in [
+        "`encoder.embed_tokens.weight` differs from `shared.weight`".to_string(),
+        format!("missing tensor `{gone}`"),
+        "model.safetensors.index.json".to_string(),
+    ] {
+        assert!(message.contains(&says), "{message}");
+    }
+}
+
 #[test]
 fn a_config_matching_no_preset_names_the_dims_that_differ() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use crate::error::{Result, RunError};
 use dfdx::prelude::*;
 use pixel_base::progress::Job;
 use pixel_core::optim::{alloc_grads, AdamW, AdamWConfig};
-use pixel_core::params::ParamInfo;
+use pixel_core::params::{frozen_on_host, ParamInfo};
 use pixel_core::DefaultDevice;
 use pixel_data::shapes_ln::{ShapesLn, ShapesLnConfig};
 use pixel_lm::tokenizer::T5Tokenizer;
@@ -53,9 +53,12 @@ pub struct StepReport {
     pub image_size: usize,
     pub parameters: usize,
     pub trainable_parameters: usize,
-    /// The least memory training needs: f32 weights, and a gradient and two AdamW moments per
-    /// trainable parameter; activations come on top.
+    /// The least memory training needs: the weights (f32, or `model.frozen_dtype` for frozen
+    /// weights kept on the host), and a gradient and two AdamW moments per trainable
+    /// parameter; activations come on top.
     pub memory_floor_bytes: u64,
+    /// Frozen weight matrices kept on the host (`model.frozen_dtype`): how many, and bytes.
+    pub frozen_on_host: Option<(usize, u64)>,
     /// Building the model and loading its checkpoints.
     pub build_s: f64,
     /// The load report when `[model.checkpoints]` names files (what each filled, what starts
@@ -106,11 +109,11 @@ impl PresetVisitor for Steps<'_> {
             .filter(|p| trainable.is_trainable(&p.name))
             .map(ParamInfo::numel)
             .sum();
-        drop(list);
         let memory = MemoryFloor {
-            weights: 4 * parameters as u64,
+            weights: list.iter().map(ParamInfo::bytes).sum::<usize>() as u64,
             optimizer: 12 * trainable_parameters as u64,
         };
+        drop(list);
         memory.check(P::NAME, available_memory_bytes())?;
         let job = Job::start("step", P::NAME, 0, options.steps);
         job.line(&format!(
@@ -132,6 +135,14 @@ impl PresetVisitor for Steps<'_> {
         };
         let build_s = started.elapsed().as_secs_f64();
         let build_peak_rss_bytes = peak_rss_bytes();
+        let moved = frozen_on_host(&mut model);
+        let frozen_on_host = (moved.tensors > 0).then_some((moved.tensors, moved.bytes as u64));
+        if let (Some(dtype), Some((tensors, bytes))) = (config.frozen_dtype, frozen_on_host) {
+            job.line(&format!(
+                "{tensors} frozen weight matrices kept on the host in {dtype}: {:.2} GB",
+                gb(bytes)
+            ));
+        }
         job.line(&format!(
             "built in {build_s:.1} s, peak RSS {}",
             gb_text(build_peak_rss_bytes)
@@ -212,6 +223,7 @@ impl PresetVisitor for Steps<'_> {
             preset: P::NAME.to_string(),
             image_size: P::image_size(),
             memory_floor_bytes: memory.total(),
+            frozen_on_host,
             parameters,
             trainable_parameters,
             build_s,
@@ -224,7 +236,7 @@ impl PresetVisitor for Steps<'_> {
 
 /// The memory training needs at least, before activations.
 struct MemoryFloor {
-    /// Every parameter in f32.
+    /// Every parameter, in f32 or the type it is kept in on the host.
     weights: u64,
     /// A gradient and AdamW's two moments per trainable parameter, in f32.
     optimizer: u64,
@@ -239,7 +251,7 @@ impl MemoryFloor {
     fn check(&self, preset: &str, available: Option<u64>) -> Result<()> {
         match available {
             Some(available) if self.total() > available => Err(RunError::Invalid(format!(
-                "{preset} needs at least {:.1} GB ({:.1} GB of f32 weights, {:.1} GB of gradients \
+                "{preset} needs at least {:.1} GB ({:.1} GB of weights, {:.1} GB of gradients \
                  and AdamW moments, activations on top) and this machine has {:.1} GB available",
                 gb(self.total()),
                 gb(self.weights),
@@ -302,6 +314,20 @@ mod tests {
             assert!(report.steps[1].peak_rss_bytes >= report.build_peak_rss_bytes);
             assert!(report.build_peak_rss_bytes.unwrap() > 0);
         }
+        assert!(report.frozen_on_host.is_none());
+
+        // Frozen weights in bf16: the floor counts them at 2 bytes, and the first step's loss
+        // is the f32 one up to bf16 rounding.
+        let bf16 = ModelConfig {
+            frozen_dtype: Some(pixel_core::host_matrix::Dtype::Bf16),
+            ..config
+        };
+        let host = run_steps(&bf16, &options).unwrap();
+        let (tensors, bytes) = host.frozen_on_host.unwrap();
+        assert!(tensors > 0);
+        assert_eq!(host.memory_floor_bytes, report.memory_floor_bytes - bytes);
+        let (got, want) = (host.steps[0].loss, report.steps[0].loss);
+        assert!((got - want).abs() < 1e-2 * want, "{got} vs {want}");
     }
 
     #[test]
@@ -316,7 +342,7 @@ mod tests {
             .to_string();
         assert!(
             error.contains("pixelllm-paper needs at least 19.8 GB")
-                && error.contains("15.4 GB of f32 weights")
+                && error.contains("15.4 GB of weights")
                 && error.contains("16.0 GB available"),
             "{error}"
         );

@@ -37,13 +37,22 @@ pub fn merge_heads<C: ConstDim, D: Device<f32>, T: Tape<f32, D>>(x: Heads<D, T>)
         .reshape_like(&(b, s, C::default()))
 }
 
-/// `softmax(scale * q k^T) v`.
+/// `softmax(scale * q k^T) v`. On the CPU device it runs fused on the host
+/// ([`crate::nn::fused_attention::attention_on_host`]: no `[queries, keys]` tensor is kept for
+/// the backward pass), unless an attention recording needs the probabilities or the values'
+/// width differs from the keys'.
 pub fn attention<D: Device<f32>, T: Tape<f32, D>>(
     q: Heads<D, T>,
     k: Heads<D, T>,
     v: Heads<D, T>,
     scale: f32,
 ) -> Heads<D, T> {
+    if std::any::TypeId::of::<D>() == std::any::TypeId::of::<Cpu>()
+        && !crate::nn::recording::is_recording()
+        && v.shape().3 == q.shape().3
+    {
+        return crate::nn::fused_attention::attention_on_host(q, k, v, scale);
+    }
     let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale;
     let probs = scores.softmax::<Axis<3>>();
     note_attention(&probs);

@@ -8,8 +8,8 @@
 //! [`crate::nn::LinearWeight::Host`] weight. CPU only: the weight lives on the host, and the
 //! backward op adds to the input's gradient in host memory.
 use crate::host_matrix::HostMatrix;
+use crate::nn::host_grad_mut;
 use dfdx::prelude::*;
-use std::any::Any;
 use std::sync::Arc;
 
 /// `x W^T` for a frozen `W` (`[O, I]`): on the tape, the backward op adds `dy W` to `x`'s
@@ -43,9 +43,9 @@ pub fn frozen_matmul_t<I: Dim, O: Dim, D: Device<f32>, T: Tape<f32, D>>(
     let (x_id, out_id) = (x.ghost(), out.ghost());
     let weight = weight.clone();
     tape.add_backward_op(move |grads| {
-        let dy = host_values(grads.get_or_alloc_mut(&out_id)?).to_vec();
+        let dy = host_grad_mut(grads.get_or_alloc_mut(&out_id)?).to_vec();
         let dx = weight.matmul(&dy);
-        for (g, d) in host_values(grads.get_or_alloc_mut(&x_id)?)
+        for (g, d) in host_grad_mut(grads.get_or_alloc_mut(&x_id)?)
             .iter_mut()
             .zip(dx)
         {
@@ -54,14 +54,6 @@ pub fn frozen_matmul_t<I: Dim, O: Dim, D: Device<f32>, T: Tape<f32, D>>(
         Ok(())
     });
     out.put_tape(tape)
-}
-
-/// A gradient buffer of the CPU device as a slice.
-fn host_values<V: Any>(buffer: &mut V) -> &mut [f32] {
-    let buffer: &mut dyn Any = buffer;
-    buffer
-        .downcast_mut::<<Cpu as Storage<f32>>::Vec>()
-        .expect("weights frozen on the host are used with the CPU device only")
 }
 
 #[cfg(test)]

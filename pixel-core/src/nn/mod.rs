@@ -14,6 +14,16 @@ pub mod recording;
 
 use dfdx::prelude::*;
 
+/// A gradient buffer of the CPU device as a slice, for backward ops that compute on the host.
+///
+/// Panics for another device: the ops that call it run only on the CPU device.
+pub(crate) fn host_grad_mut<V: std::any::Any>(buffer: &mut V) -> &mut [f32] {
+    let buffer: &mut dyn std::any::Any = buffer;
+    buffer
+        .downcast_mut::<<Cpu as Storage<f32>>::Vec>()
+        .expect("host backward ops run on the CPU device only")
+}
+
 /// A `[batch, tokens, channels]` tensor.
 pub type Seq<C, D, T = NoneTape> = Tensor<(usize, usize, C), f32, D, T>;
 
