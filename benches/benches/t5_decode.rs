@@ -17,6 +17,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use dfdx::prelude::*;
 use pixel_core::nn::{Activation, Mlp};
+use pixel_core::params::ParamTensor;
 use pixel_lm::host_decoder::HostMlp;
 use pixel_lm::presets::FlanT5Small;
 use pixel_lm::{Dtype, GenerateOptions, HostT5, T5Config, T5};
@@ -58,9 +59,9 @@ fn model(dev: &Cpu) -> T5<FlanT5Small, Cpu> {
     let mut model = T5::<FlanT5Small, Cpu>::new(dev, &flan_t5_small()).unwrap();
     // EOS's output row is zero so that greedy search always runs the full 32 steps.
     let head = model.lm_head.as_mut().unwrap();
-    let mut w = head.weight.as_vec();
+    let mut w = head.weight.values();
     w[512..1024].iter_mut().for_each(|v| *v = 0.0);
-    head.weight.copy_from(&w);
+    head.weight.set_values(&w).unwrap();
     model
 }
 

@@ -297,14 +297,7 @@ impl ShardIndex {
             .filter(|name| !found(name))
             .map(|name| format!("`{name}` is listed in the index but in no shard"))
             .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(CoreError::CheckpointMismatch {
-                path: self.path.clone(),
-                problems: missing,
-            })
-        }
+        mismatch(&self.path, missing)
     }
 }
 
@@ -472,14 +465,7 @@ where
             ));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(CoreError::CheckpointMismatch {
-            path: origin.to_path_buf(),
-            problems,
-        })
-    }
+    mismatch(origin, problems)
 }
 
 /// Loads the tensors named `prefix.<param name>` from `store` into `module`.
@@ -508,11 +494,16 @@ pub fn load_params<D: Device<f32>, M: Params<D> + ?Sized>(
         &loader.used,
         &options.ignore_unexpected,
     ));
+    mismatch(&store.origin, problems)
+}
+
+/// `Ok` without `problems`, else one [`CoreError::CheckpointMismatch`] listing them for `path`.
+pub fn mismatch(path: &Path, problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
         Err(CoreError::CheckpointMismatch {
-            path: store.origin.clone(),
+            path: path.to_path_buf(),
             problems,
         })
     }

@@ -6,7 +6,7 @@ use crate::error::{LmError, Result};
 use crate::t5::T5;
 use dfdx::prelude::*;
 use pixel_core::checkpoint::{
-    load_params_from_shards, save_params, ShardIndex, StoredTensor, TensorStore,
+    load_params_from_shards, mismatch, save_params, ShardIndex, StoredTensor, TensorStore,
 };
 use pixel_core::params::{ParamTensor, ParamVisitor, Params};
 use pixel_core::CoreError;
@@ -51,7 +51,8 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
     /// shard). f32, f16 and bf16 files all load; 16-bit values are exact in f32.
     pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
         let path = checkpoint_path(dir)?;
-        if !path.extension().is_some_and(|e| e == "json") {
+        let sharded = path.extension().is_some_and(|e| e == "json");
+        if !sharded {
             return self.load_store(&TensorStore::read(&path)?);
         }
         let index = ShardIndex::read(&path)?;
@@ -110,15 +111,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
             Err(e) => return Err(e.into()),
         };
         problems.extend(differing);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(CoreError::CheckpointMismatch {
-                path: origin.to_path_buf(),
-                problems,
-            }
-            .into())
-        }
+        Ok(mismatch(origin, problems)?)
     }
 
     /// [`Self::load_checkpoint`] for a model with LoRA adapters: the base weights load
@@ -199,15 +192,7 @@ impl<P: T5Dims, D: Device<f32>> T5<P, D> {
                 ));
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(CoreError::CheckpointMismatch {
-                path: PathBuf::from(path),
-                problems,
-            }
-            .into())
-        }
+        Ok(mismatch(path, problems)?)
     }
 
     fn take_lora(&mut self) -> Vec<LoraPair<P, D>> {
