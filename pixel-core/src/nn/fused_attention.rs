@@ -290,12 +290,15 @@ pub fn attention_on_host<D: Device<f32>, T: Tape<f32, D>>(
     let mut tape = q_tape.merge(k_tape).merge(v_tape);
     let (q_host, k_host, v_host) = (q.as_vec(), k.as_vec(), v.as_vec());
     let (out_host, lse) = fused_attention_lse(&q_host, &k_host, &v_host, shape, scale, None);
-    let out = q
-        .device()
-        .tensor_from_vec(out_host.clone(), (batch, heads, queries, hd));
+    let out_shape = (batch, heads, queries, hd);
     if !T::OWNS_TAPE {
-        return out.put_tape(tape);
+        return q
+            .device()
+            .tensor_from_vec(out_host, out_shape)
+            .put_tape(tape);
     }
+    // The backward op keeps a copy of the output; without a tape none is made.
+    let out = q.device().tensor_from_vec(out_host.clone(), out_shape);
     let ids = (q.ghost(), k.ghost(), v.ghost(), out.ghost());
     let saved = Arc::new((q_host, k_host, v_host, out_host, lse));
     tape.add_backward_op(move |grads| {
