@@ -115,7 +115,7 @@ f32_step_bytes, bf16_step_bytes = ours["step bytes f32"], ours["step bytes bf16"
 bandwidth = f32_step_bytes / stream
 floor = bf16_step_bytes / bandwidth
 step = ours[g2 + "HostT5 bf16 one decoding step"]
-print(f"memory bandwidth (one thread, streaming) {bandwidth / 1e9:.1f} GB/s; bf16 step reads "
+print(f"memory bandwidth (all threads, streaming) {bandwidth / 1e9:.1f} GB/s; bf16 step reads "
       f"{bf16_step_bytes / 1e6:.1f} MB: floor {floor * 1e3:.2f} ms, measured {step * 1e3:.2f} ms "
       f"({step / floor:.2f}x the floor)")
 rows = [

@@ -4,9 +4,10 @@
 //! hidden 512 -> 4, on the decoder features). `tools/time_hf_t5.py` times HF on the same work.
 //!
 //! A decoding step at batch 1 reads every decoder and LM-head weight once (154 MB in f32), far
-//! more than the caches hold, so its floor is those bytes over the memory bandwidth of one
-//! thread. "stream the step's weight bytes" measures that floor in the same run: a summing
-//! read of a buffer of the same size.
+//! more than the caches hold, so its floor is those bytes over the memory bandwidth. The
+//! step's products split the weight rows between all threads (one thread reads about half the
+//! bandwidth two do here), so "stream the step's weight bytes" measures that floor in the same
+//! run the same way: a summing read of a buffer of the same size, split between all threads.
 //!
 //! The same work with weights stored as bf16 ([`HostT5`], f32 arithmetic): its step reads half
 //! the bytes, so its floor is half the f32 stream time. Batched decoding: greedy 32 new tokens
@@ -19,6 +20,7 @@ use dfdx::prelude::*;
 use pixel_core::nn::{Activation, Mlp};
 use pixel_core::params::ParamTensor;
 use pixel_lm::host_decoder::HostMlp;
+use pixel_lm::host_t5::pad_batch;
 use pixel_lm::presets::FlanT5Small;
 use pixel_lm::{Dtype, GenerateOptions, HostT5, T5Config, T5};
 use std::time::Duration;
@@ -32,8 +34,15 @@ const BATCH: usize = 8;
 /// LM head (`vocab x d_model`). Norms and the cached keys/values are small next to these.
 const STEP_WEIGHTS: usize = 8 * (6 * 512 * 384 + 3 * 512 * 1024) + 32128 * 512;
 
-/// Sum with 16 independent lanes (as the decoder's dot products), so the read is the limit.
+/// Sum with 16 independent lanes (as the decoder's dot products), so the read is the limit;
+/// one part per thread.
 fn stream(values: &[f32]) -> f32 {
+    use rayon::prelude::*;
+    let part = values.len().div_ceil(rayon::current_num_threads());
+    rayon::scope(|_| values.par_chunks(part).map(stream_part).sum())
+}
+
+fn stream_part(values: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     for c in values.chunks_exact(16) {
         for l in 0..16 {
@@ -191,6 +200,22 @@ fn bench(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        let (batch_ids, batch_mask) = pad_batch(&batch, 0);
+        let batch_enc = host.encode_real(&batch_ids, &batch_mask, BATCH);
+        let mut batch_dec = host.start(&batch_enc, &batch_mask, BATCH);
+        for &t in &out.sequences[0][..16] {
+            host.step(&mut batch_dec, &[t; BATCH]);
+        }
+        g.bench_function(
+            format!("HostT5 {dtype} one decoding step batch {BATCH}"),
+            |b| {
+                b.iter_batched(
+                    || batch_dec.clone(),
+                    |mut dec| host.step(&mut dec, &[next[0]; BATCH]),
+                    BatchSize::PerIteration,
+                )
+            },
+        );
         g.bench_function(
             format!("HostT5 {dtype} greedy 32 tokens batch {BATCH}, encoder included"),
             |b| b.iter(|| host.generate(&batch, &greedy)),

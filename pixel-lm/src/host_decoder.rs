@@ -249,7 +249,11 @@ impl<P: T5Dims, D: Device<f32>> Embed for T5<P, D> {
 
 impl HostDecoder {
     /// One step on embedded inputs `x` `[rows, d_model]`: hidden states and logits.
-    pub fn step(&mut self, mut x: Vec<f32>) -> (Vec<f32>, Vec<f32>) {
+    pub fn step(&mut self, x: Vec<f32>) -> (Vec<f32>, Vec<f32>) {
+        rayon::scope(|_| self.step_in_pool(x))
+    }
+
+    fn step_in_pool(&mut self, mut x: Vec<f32>) -> (Vec<f32>, Vec<f32>) {
         let w = self.weights.clone();
         let (rows, heads, pos) = (self.rows, w.heads, self.len);
         let position: Vec<f32> = (0..=pos)

@@ -21,6 +21,7 @@ use crate::t5::{relative_position_bucket, T5};
 use dfdx::prelude::*;
 use pixel_core::host_matrix::{read_matrices, Dtype, HostMatrix};
 use pixel_core::CoreError;
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -243,6 +244,18 @@ impl HostT5 {
     /// The encoder over the positions it computes (all, or the real ones), each attending to
     /// the real positions of its sequence.
     fn encode_rows(&self, ids: &[usize], mask: &[bool], batch: usize, padded: bool) -> Vec<f32> {
+        // On a pool thread, the products' and attention's parallel parts start without waking
+        // the caller's thread in between.
+        rayon::scope(|_| self.encode_rows_in_pool(ids, mask, batch, padded))
+    }
+
+    fn encode_rows_in_pool(
+        &self,
+        ids: &[usize],
+        mask: &[bool],
+        batch: usize,
+        padded: bool,
+    ) -> Vec<f32> {
         let tokens = ids.len() / batch.max(1);
         let (heads, eps, d) = (
             self.config.num_heads,
@@ -288,22 +301,25 @@ impl HostT5 {
                         .collect()
                 };
                 let (kr, vr) = (gather(&k), gather(&v));
-                for n in range.clone() {
-                    let i = rows[n] % tokens;
-                    for hd in 0..heads {
-                        let o = n * inner + hd * dk;
-                        attend_head(
-                            &q[o..o + dk],
-                            &kr,
-                            &vr,
-                            inner,
-                            hd,
-                            dk,
-                            |j| position[(i * tokens + rows[keys[j]] % tokens) * heads + hd],
-                            &mut out[o..o + dk],
-                        );
-                    }
-                }
+                out[range.start * inner..range.end * inner]
+                    .par_chunks_mut(inner)
+                    .zip(range.clone())
+                    .for_each(|(out_row, n)| {
+                        let i = rows[n] % tokens;
+                        for hd in 0..heads {
+                            let (o, span) = (n * inner + hd * dk, hd * dk..(hd + 1) * dk);
+                            attend_head(
+                                &q[o..o + dk],
+                                &kr,
+                                &vr,
+                                inner,
+                                hd,
+                                dk,
+                                |j| position[(i * tokens + rows[keys[j]] % tokens) * heads + hd],
+                                &mut out_row[span],
+                            );
+                        }
+                    });
             }
             x.iter_mut()
                 .zip(a.o.forward(&out))

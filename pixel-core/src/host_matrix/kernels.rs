@@ -11,7 +11,7 @@
 //! They add the same products in different orders, so they agree to f32 rounding: within
 //! `1e-6 * sum_i |W[o, i] x[r, i]|` per output (tested against an f64 reference, and against
 //! each other, in `tests`). The conversions are exact: bf16 and f16 values are f32 values.
-use super::Storage;
+use super::Rows;
 
 /// Rows of `x` that share one converted weight vector in the SIMD kernel.
 const BLOCK: usize = 4;
@@ -28,7 +28,7 @@ pub(super) fn f16_to_f32(bits: u16) -> f32 {
 }
 
 /// `y[r * out + o] = W[o] . x[r]` for `W` `[out, inp]` in `storage`, `x` `[rows, inp]`.
-pub(super) fn matmul_t(storage: &Storage, out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
+pub(super) fn matmul_t(storage: Rows<'_>, out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(x.len() % inp.max(1), 0);
     debug_assert_eq!(y.len(), x.len() / inp.max(1) * out);
     #[cfg(target_arch = "x86_64")]
@@ -42,13 +42,13 @@ pub(super) fn matmul_t(storage: &Storage, out: usize, inp: usize, x: &[f32], y: 
 
 /// The portable kernel, public to the tests of this module.
 pub(super) mod scalar {
-    use super::{bf16_to_f32, f16_to_f32, Storage};
+    use super::{bf16_to_f32, f16_to_f32, Rows};
 
-    pub fn matmul_t(storage: &Storage, out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
+    pub fn matmul_t(storage: Rows<'_>, out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
         match storage {
-            Storage::F32(w) => rows(w, out, inp, x, y, |v| v),
-            Storage::Bf16(w) => rows(w, out, inp, x, y, bf16_to_f32),
-            Storage::F16(w) => rows(w, out, inp, x, y, f16_to_f32),
+            Rows::F32(w) => rows(w, out, inp, x, y, |v| v),
+            Rows::Bf16(w) => rows(w, out, inp, x, y, bf16_to_f32),
+            Rows::F16(w) => rows(w, out, inp, x, y, f16_to_f32),
         }
     }
 
@@ -90,7 +90,7 @@ pub(super) mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{bf16_to_f32, f16_to_f32, Storage, BLOCK};
+    use super::{bf16_to_f32, f16_to_f32, Rows, BLOCK};
     use std::arch::x86_64::*;
 
     /// Whether this CPU runs the kernel (std caches the detection). Every AVX2 CPU has F16C;
@@ -147,18 +147,18 @@ mod simd {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn matmul_t(storage: &Storage, out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
+    pub unsafe fn matmul_t(storage: Rows<'_>, out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
         match storage {
-            Storage::F32(w) => rows(w, out, inp, x, y),
+            Rows::F32(w) => rows(w, out, inp, x, y),
             // SAFETY: `Bf16` and `F16` are `repr(transparent)` over u16.
-            Storage::Bf16(w) => rows(
+            Rows::Bf16(w) => rows(
                 std::slice::from_raw_parts(w.as_ptr() as *const Bf16, w.len()),
                 out,
                 inp,
                 x,
                 y,
             ),
-            Storage::F16(w) => rows(
+            Rows::F16(w) => rows(
                 std::slice::from_raw_parts(w.as_ptr() as *const F16, w.len()),
                 out,
                 inp,
@@ -289,6 +289,7 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host_matrix::Storage;
 
     /// Values that are exact in bf16 and f16 (small integers over 8), so that every storage
     /// holds the same matrix.
@@ -332,8 +333,8 @@ mod tests {
             for storage in storages(&w) {
                 let mut fast = vec![0.0; n * out];
                 let mut portable = vec![0.0; n * out];
-                matmul_t(&storage, out, inp, &x, &mut fast);
-                scalar::matmul_t(&storage, out, inp, &x, &mut portable);
+                matmul_t(storage.all(), out, inp, &x, &mut fast);
+                scalar::matmul_t(storage.all(), out, inp, &x, &mut portable);
                 for r in 0..n {
                     for o in 0..out {
                         let terms = (0..inp).map(|i| w[o * inp + i] as f64 * x[r * inp + i] as f64);

@@ -91,13 +91,53 @@ impl std::fmt::Debug for HostMatrix {
     }
 }
 
-/// Products with more rows than this (an encoder's tokens) go through `gemm` on widened
-/// panels; fewer (decoding steps, a batch's rows and beams) through the kernels that read each
-/// weight once. A chosen value, not a tuned one: the T5 benches use 1, 8 and 64+ rows.
+/// The values of weight rows `start..end`, in their stored type: what the kernels read.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+    F16(&'a [u16]),
+}
+
+impl Storage {
+    /// Rows `start..end` of a matrix with `cols` columns.
+    fn rows(&self, start: usize, end: usize, cols: usize) -> Rows<'_> {
+        let range = start * cols..end * cols;
+        match self {
+            Storage::F32(v) => Rows::F32(&v[range]),
+            Storage::Bf16(v) => Rows::Bf16(&v[range]),
+            Storage::F16(v) => Rows::F16(&v[range]),
+        }
+    }
+
+    #[cfg(test)]
+    fn all(&self) -> Rows<'_> {
+        match self {
+            Storage::F32(v) => Rows::F32(v),
+            Storage::Bf16(v) => Rows::Bf16(v),
+            Storage::F16(v) => Rows::F16(v),
+        }
+    }
+}
+
+/// Products with more rows than this (an encoder's tokens) go through `gemm`; fewer (decoding
+/// steps, a batch's rows and beams) through the kernels that read each weight once. A chosen
+/// value, not a tuned one: the T5 benches use 1, 8 and 64+ rows.
 const GEMM_ROWS: usize = 16;
 
-/// Weight rows widened to f32 at a time on the `gemm` path (128 x 512 f32 = 256 KiB).
-const PANEL_ELEMENTS: usize = 1 << 16;
+/// 16-bit weight rows widened to f32 at a time on the `gemm` path (4 MiB of f32). A
+/// `gemm` call has a fixed cost (packing, waking its threads): 128-row panels made T5-small's
+/// encoder 2.4x slower than one call per matrix.
+const PANEL_ELEMENTS: usize = if cfg!(test) { 1 << 12 } else { 1 << 20 };
+
+/// Matrices from this many bytes are read by all threads in the row kernels: one thread does
+/// not reach the memory bandwidth two do (13 against 25 GB/s on the 2-core machine).
+const PARALLEL_BYTES: usize = if cfg!(test) { 64 } else { 64 << 10 };
+
+thread_local! {
+    /// The widened panel, kept between products so that each does not fault in fresh pages.
+    static PANEL: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 impl HostMatrix {
     /// Takes f32 values as they are (`Dtype::F32`, no copy) or rounds them to `dtype`.
@@ -204,37 +244,90 @@ impl HostMatrix {
         if n > GEMM_ROWS {
             self.matmul_t_gemm(x, n, &mut y);
         } else {
-            kernels::matmul_t(&self.storage, self.rows, self.cols, x, &mut y);
+            let parts = if self.bytes() < PARALLEL_BYTES {
+                1
+            } else {
+                rayon::current_num_threads()
+            };
+            self.matmul_t_rows(x, n, parts, &mut y);
         }
         y
     }
 
-    /// Calls `work(start, end, rows)` on consecutive panels of weight rows `start..end`, each
-    /// as f32 ([`Self::panel`]) and at most [`PANEL_ELEMENTS`] values, so a widened panel
-    /// stays in cache.
-    fn for_each_panel(&self, mut work: impl FnMut(usize, usize, &[f32])) {
-        let panel = (PANEL_ELEMENTS / self.cols.max(1)).max(1);
-        let mut buffer = Vec::new();
-        for start in (0..self.rows).step_by(panel) {
-            let end = (start + panel).min(self.rows);
-            work(start, end, self.panel(start, end, &mut buffer));
+    /// `x W^T` by the row kernels, the weight rows split into up to `parts` ranges of even
+    /// length computed in parallel. Each output is the same sum whatever the split: the kernels
+    /// pair weight rows from an even index.
+    fn matmul_t_rows(&self, x: &[f32], n: usize, parts: usize, y: &mut [f32]) {
+        use rayon::prelude::*;
+        let (out, inp) = (self.rows, self.cols);
+        let pairs = out.div_ceil(2);
+        let parts = parts.clamp(1, pairs.max(1));
+        if parts == 1 {
+            kernels::matmul_t(self.storage.rows(0, out, inp), out, inp, x, y);
+            return;
+        }
+        let bounds: Vec<(usize, usize)> = (0..parts)
+            .map(|p| {
+                (
+                    (p * pairs / parts * 2).min(out),
+                    ((p + 1) * pairs / parts * 2).min(out),
+                )
+            })
+            .collect();
+        let pieces: Vec<Vec<f32>> = bounds
+            .par_iter()
+            .map(|&(start, end)| {
+                let mut piece = vec![0.0f32; n * (end - start)];
+                let rows = self.storage.rows(start, end, inp);
+                kernels::matmul_t(rows, end - start, inp, x, &mut piece);
+                piece
+            })
+            .collect();
+        for (&(start, end), piece) in bounds.iter().zip(&pieces) {
+            let width = end - start;
+            for r in 0..n {
+                y[r * out + start..r * out + end]
+                    .copy_from_slice(&piece[r * width..(r + 1) * width]);
+            }
         }
     }
 
-    /// Weight rows `start..end` as f32, row-major: read in place from f32 storage, widened into
-    /// `buffer` from 16-bit storage.
-    fn panel<'a>(&'a self, start: usize, end: usize, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+    /// Calls `work(start, end, rows)` on consecutive panels of weight rows `start..end` as f32:
+    /// f32 storage in place, as one panel; 16-bit storage widened [`PANEL_ELEMENTS`] values
+    /// at a time into a buffer kept per thread.
+    fn for_each_panel(&self, mut work: impl FnMut(usize, usize, &[f32])) {
         let inp = self.cols;
-        match &self.storage {
-            Storage::F32(v) => &v[start * inp..end * inp],
-            _ => {
-                buffer.resize((end - start) * inp, 0.0);
-                for (i, row) in buffer.chunks_exact_mut(inp).enumerate() {
-                    self.row_into(start + i, row);
-                }
-                buffer
-            }
+        if let Storage::F32(v) = &self.storage {
+            work(0, self.rows, v);
+            return;
         }
+        let panel = (PANEL_ELEMENTS / inp.max(1)).max(1);
+        // Taken, not borrowed: a product that runs inside `work` on this thread (rayon may
+        // run other tasks while it waits) then widens into its own buffer.
+        let mut buffer = PANEL.take();
+        for start in (0..self.rows).step_by(panel) {
+            let end = (start + panel).min(self.rows);
+            self.widen_rows(start, end, &mut buffer);
+            work(start, end, &buffer);
+        }
+        PANEL.set(buffer);
+    }
+
+    /// Weight rows `start..end` widened into `buffer`, row-major, chunks of rows in parallel.
+    fn widen_rows(&self, start: usize, end: usize, buffer: &mut Vec<f32>) {
+        use rayon::prelude::*;
+        let inp = self.cols.max(1);
+        buffer.resize((end - start) * inp, 0.0);
+        let chunk_rows = (PANEL_ELEMENTS / 8 / inp).max(1);
+        buffer
+            .par_chunks_mut(chunk_rows * inp)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let first = start + c * chunk_rows;
+                for (i, row) in chunk.chunks_exact_mut(inp).enumerate() {
+                    self.row_into(first + i, row);
+                }
+            });
     }
 
     /// `dy W`: `dy` is `[n, rows]`, the result `[n, cols]`, accumulated in f32: the gradient
@@ -438,6 +531,24 @@ mod tests {
                     prop_assert!((g - w).abs() <= 2e-6 * scale.max(1e-20), "[{r},{o}] {g} vs {w}");
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// Splitting the weight rows between threads changes no bit of the row kernels' result.
+        #[test]
+        fn a_split_product_equals_the_whole_one_bit_for_bit(
+            out in 1usize..40, inp in 1usize..70, n in 1usize..=GEMM_ROWS, parts in 2usize..6,
+            dtype_index in 0usize..3, seed in 0u64..1000,
+        ) {
+            let dtype = [Dtype::F32, Dtype::Bf16, Dtype::F16][dtype_index];
+            let value = |i: usize| (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0;
+            let m = HostMatrix::from_f32(out, inp, (0..out * inp).map(value).collect(), dtype);
+            let x: Vec<f32> = (0..n * inp).map(|i| value(i + 5)).collect();
+            let (mut whole, mut split) = (vec![0.0; n * out], vec![0.0; n * out]);
+            m.matmul_t_rows(&x, n, 1, &mut whole);
+            m.matmul_t_rows(&x, n, parts, &mut split);
+            prop_assert_eq!(whole, split);
         }
     }
 
