@@ -3,6 +3,7 @@
 //! Every layer works on `[batch, tokens, channels]` tensors ([`Seq`]); the channel dims are
 //! types (`Const<N>`) chosen by a model preset, so a wrong wiring fails to compile.
 pub mod attention;
+pub mod elementwise;
 pub mod embedding;
 pub mod frozen_linear;
 pub mod fused_attention;
