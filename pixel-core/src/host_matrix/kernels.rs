@@ -27,7 +27,8 @@ pub(super) fn f16_to_f32(bits: u16) -> f32 {
     half::f16::from_bits(bits).to_f32()
 }
 
-/// `y[r * out + o] = W[o] . x[r]` for `W` `[out, inp]` in `storage`, `x` `[rows, inp]`.
+/// `y[o * rows + r] = W[o] . x[r]` for `W` `[out, inp]` in `storage`, `x` `[rows, inp]`: the
+/// product transposed, so that a range of weight rows writes a contiguous part of `y`.
 pub(super) fn matmul_t(storage: Rows<'_>, out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(x.len() % inp.max(1), 0);
     debug_assert_eq!(y.len(), x.len() / inp.max(1) * out);
@@ -63,7 +64,7 @@ pub(super) mod scalar {
         let n = x.len() / inp;
         for (o, wr) in w.chunks_exact(inp).enumerate().take(out) {
             for r in 0..n {
-                y[r * out + o] = dot(wr, &x[r * inp..(r + 1) * inp], widen);
+                y[o * n + r] = dot(wr, &x[r * inp..(r + 1) * inp], widen);
             }
         }
     }
@@ -188,8 +189,8 @@ mod simd {
                     _ => pair_block::<T, 1>(w0, w1, x, r, inp, &mut sums),
                 }
                 for i in 0..b {
-                    y[(r + i) * out + o] = sums[0][i];
-                    y[(r + i) * out + o + 1] = sums[1][i];
+                    y[o * n + r + i] = sums[0][i];
+                    y[(o + 1) * n + r + i] = sums[1][i];
                 }
                 r += b;
             }
@@ -206,7 +207,7 @@ mod simd {
                     _ => block::<T, 1>(wr, x, r, inp, &mut sums),
                 }
                 for (i, s) in sums.iter().take(b).enumerate() {
-                    y[(r + i) * out + o] = *s;
+                    y[o * n + r + i] = *s;
                 }
                 r += b;
             }
@@ -340,7 +341,7 @@ mod tests {
                         let terms = (0..inp).map(|i| w[o * inp + i] as f64 * x[r * inp + i] as f64);
                         let want: f64 = terms.clone().sum();
                         let scale: f64 = terms.map(f64::abs).sum::<f64>().max(1e-30);
-                        for got in [fast[r * out + o], portable[r * out + o]] {
+                        for got in [fast[o * n + r], portable[o * n + r]] {
                             assert!(
                                 (got as f64 - want).abs() <= 1e-6 * scale,
                                 "{out}x{inp}, {n} rows, [{r},{o}]: {got} vs {want}"

@@ -240,56 +240,53 @@ impl HostMatrix {
     pub fn matmul_t(&self, x: &[f32]) -> Vec<f32> {
         let n = x.len().checked_div(self.cols).unwrap_or(0);
         assert_eq!(n * self.cols, x.len(), "x must be [n, {}]", self.cols);
-        let mut y = vec![0.0f32; n * self.rows];
-        if n > GEMM_ROWS {
-            self.matmul_t_gemm(x, n, &mut y);
-        } else {
+        if n <= GEMM_ROWS {
             let parts = if self.bytes() < PARALLEL_BYTES {
                 1
             } else {
                 rayon::current_num_threads()
             };
-            self.matmul_t_rows(x, n, parts, &mut y);
+            return self.matmul_t_rows(x, n, parts);
         }
+        let mut y = vec![0.0f32; n * self.rows];
+        self.matmul_t_gemm(x, n, &mut y);
         y
     }
 
-    /// `x W^T` by the row kernels, the weight rows split into up to `parts` ranges of even
-    /// length computed in parallel. Each output is the same sum whatever the split: the kernels
-    /// pair weight rows from an even index.
-    fn matmul_t_rows(&self, x: &[f32], n: usize, parts: usize, y: &mut [f32]) {
+    /// `x W^T` (`[n, rows]`) by the row kernels, the weight rows split into up to `parts`
+    /// ranges of even length computed in parallel, each writing its own part of the transposed
+    /// product. Each output is the same sum whatever the split: the kernels pair weight rows
+    /// from an even index.
+    fn matmul_t_rows(&self, x: &[f32], n: usize, parts: usize) -> Vec<f32> {
         use rayon::prelude::*;
         let (out, inp) = (self.rows, self.cols);
-        let pairs = out.div_ceil(2);
-        let parts = parts.clamp(1, pairs.max(1));
-        if parts == 1 {
-            kernels::matmul_t(self.storage.rows(0, out, inp), out, inp, x, y);
-            return;
+        let mut yt = vec![0.0f32; n * out];
+        if n == 0 || out == 0 {
+            return yt;
         }
-        let bounds: Vec<(usize, usize)> = (0..parts)
-            .map(|p| {
-                (
-                    (p * pairs / parts * 2).min(out),
-                    ((p + 1) * pairs / parts * 2).min(out),
-                )
-            })
-            .collect();
-        let pieces: Vec<Vec<f32>> = bounds
-            .par_iter()
-            .map(|&(start, end)| {
-                let mut piece = vec![0.0f32; n * (end - start)];
-                let rows = self.storage.rows(start, end, inp);
-                kernels::matmul_t(rows, end - start, inp, x, &mut piece);
-                piece
-            })
-            .collect();
-        for (&(start, end), piece) in bounds.iter().zip(&pieces) {
-            let width = end - start;
-            for r in 0..n {
-                y[r * out + start..r * out + end]
-                    .copy_from_slice(&piece[r * width..(r + 1) * width]);
+        let pairs = out.div_ceil(2);
+        let part_rows = pairs.div_ceil(parts.clamp(1, pairs)) * 2;
+        if part_rows >= out {
+            kernels::matmul_t(self.storage.rows(0, out, inp), out, inp, x, &mut yt);
+        } else {
+            yt.par_chunks_mut(part_rows * n)
+                .enumerate()
+                .for_each(|(p, part)| {
+                    let (start, end) = (p * part_rows, p * part_rows + part.len() / n);
+                    let rows = self.storage.rows(start, end, inp);
+                    kernels::matmul_t(rows, end - start, inp, x, part);
+                });
+        }
+        if n == 1 {
+            return yt;
+        }
+        let mut y = vec![0.0f32; n * out];
+        for (o, column) in yt.chunks_exact(n).enumerate() {
+            for (r, v) in column.iter().enumerate() {
+                y[r * out + o] = *v;
             }
         }
+        y
     }
 
     /// Calls `work(start, end, rows)` on consecutive panels of weight rows `start..end` as f32:
@@ -545,10 +542,7 @@ mod tests {
             let value = |i: usize| (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0;
             let m = HostMatrix::from_f32(out, inp, (0..out * inp).map(value).collect(), dtype);
             let x: Vec<f32> = (0..n * inp).map(|i| value(i + 5)).collect();
-            let (mut whole, mut split) = (vec![0.0; n * out], vec![0.0; n * out]);
-            m.matmul_t_rows(&x, n, 1, &mut whole);
-            m.matmul_t_rows(&x, n, parts, &mut split);
-            prop_assert_eq!(whole, split);
+            prop_assert_eq!(m.matmul_t_rows(&x, n, 1), m.matmul_t_rows(&x, n, parts));
         }
     }
 

@@ -60,7 +60,10 @@ mod tests {
             .collect();
         gelu_tanh_in_place(&mut x);
         for (g, w) in x.iter().zip(&want) {
-            assert!((*g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()), "{g} vs {w}");
+            assert!(
+                (*g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                "{g} vs {w}"
+            );
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Multi-layer perceptrons.
 use crate::error::Result;
 use crate::nn::{elementwise, Linear, Seq};
-use std::any::TypeId;
 use crate::params::{join, ParamVisitor, Params};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::any::TypeId;
 
 /// Element-wise non-linearities used by the reference models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +47,10 @@ fn gelu_tanh<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
     }
     let mut values = x.as_vec();
     elementwise::gelu_tanh_in_place(&mut values);
-    let (y, tape) = (x.device().tensor_from_vec(values, *x.shape()), x.split_tape().1);
+    let (y, tape) = (
+        x.device().tensor_from_vec(values, *x.shape()),
+        x.split_tape().1,
+    );
     y.put_tape(tape)
 }
 
@@ -182,7 +185,9 @@ mod tests {
         let dev: Cpu = Cpu::seed_from_u64(0);
         let x = dev.sample_normal_like(&(3usize, 50usize)) * 3.0;
         let off_tape = Activation::GeluTanh.apply(x.clone()).as_vec();
-        let on_tape = Activation::GeluTanh.apply(x.clone().leaky_traced()).as_vec();
+        let on_tape = Activation::GeluTanh
+            .apply(x.clone().leaky_traced())
+            .as_vec();
         assert_eq!(on_tape, x.clone().fast_gelu().as_vec());
         for (a, b) in off_tape.iter().zip(&on_tape) {
             assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
