@@ -307,10 +307,9 @@ pub(crate) fn search<E: Embed + ?Sized>(
     options: &GenerateOptions,
 ) -> HostGeneration {
     let beams = options.num_beams.max(1);
-    let mut decoding = Decoding {
-        model,
-        decoder: weights.start(encoder_hidden, encoder_mask, batch, beams),
-    };
+    let mut decoder = weights.start(encoder_hidden, encoder_mask, batch, beams);
+    decoder.reserve(options.max_new_tokens + 1);
+    let mut decoding = Decoding { model, decoder };
     if beams == 1 {
         greedy(config, batch, options.max_new_tokens, |ids| {
             decoding.step(ids)

@@ -335,12 +335,34 @@ impl HostDecoder {
         (hidden, logits)
     }
 
-    /// Keeps row `rows[i]` as row `i` of the self-attention caches (beam reordering).
+    /// Keeps row `rows[i]` as row `i` of the self-attention caches (beam reordering), with the
+    /// room [`Self::reserve`] made.
     pub fn reorder(&mut self, rows: &[usize]) {
         assert_eq!(rows.len(), self.rows);
+        let keep = |cache: &[Vec<f32>]| -> Vec<Vec<f32>> {
+            rows.iter()
+                .map(|&r| {
+                    let mut row = Vec::with_capacity(cache[r].capacity());
+                    row.extend_from_slice(&cache[r]);
+                    row
+                })
+                .collect()
+        };
         for c in &mut self.caches {
-            c.self_k = rows.iter().map(|&r| c.self_k[r].clone()).collect();
-            c.self_v = rows.iter().map(|&r| c.self_v[r].clone()).collect();
+            c.self_k = keep(&c.self_k);
+            c.self_v = keep(&c.self_v);
+        }
+    }
+
+    /// Makes room in the self-attention caches for `steps` more tokens, so that no step copies
+    /// a growing cache (at batch 8, reallocations and their fresh pages were a quarter of a
+    /// step).
+    pub fn reserve(&mut self, steps: usize) {
+        for (c, b) in self.caches.iter_mut().zip(&self.weights.blocks) {
+            let inner = b.self_attention.q.out();
+            for row in c.self_k.iter_mut().chain(c.self_v.iter_mut()) {
+                row.reserve(steps * inner);
+            }
         }
     }
 }
