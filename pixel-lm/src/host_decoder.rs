@@ -17,6 +17,7 @@ use crate::t5::{relative_position_bucket, T5Attention, T5DenseAct, T5};
 use dfdx::prelude::*;
 use pixel_core::host_matrix::{Dtype, HostMatrix};
 use pixel_core::nn::{RmsNorm, Seq};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 pub use crate::host_layers::HostMlp;
@@ -278,20 +279,25 @@ impl HostDecoder {
             for r in 0..rows {
                 c.self_k[r].extend_from_slice(&k[r * inner..(r + 1) * inner]);
                 c.self_v[r].extend_from_slice(&v[r * inner..(r + 1) * inner]);
-                for hd in 0..heads {
-                    let o = r * inner + hd * dk;
-                    attend_head(
-                        &q[o..o + dk],
-                        &c.self_k[r],
-                        &c.self_v[r],
-                        inner,
-                        hd,
-                        dk,
-                        |j| position[j * heads + hd],
-                        &mut out[o..o + dk],
-                    );
-                }
             }
+            // Rows in parallel (a batch, beams).
+            out.par_chunks_mut(inner)
+                .enumerate()
+                .for_each(|(r, out_row)| {
+                    for hd in 0..heads {
+                        let span = hd * dk..(hd + 1) * dk;
+                        attend_head(
+                            &q[r * inner + span.start..r * inner + span.end],
+                            &c.self_k[r],
+                            &c.self_v[r],
+                            inner,
+                            hd,
+                            dk,
+                            |j| position[j * heads + hd],
+                            &mut out_row[span],
+                        );
+                    }
+                });
             x.iter_mut()
                 .zip(sa.o.forward(&out))
                 .for_each(|(x, y)| *x += y);
@@ -299,22 +305,25 @@ impl HostDecoder {
             let ca = &b.cross_attention;
             let h = rms_norm(&x, &b.cross_norm, w.eps);
             let q = ca.q.forward(&h);
-            for r in 0..rows {
-                let keep = &self.cross_keep[r * self.source..(r + 1) * self.source];
-                for hd in 0..heads {
-                    let o = r * inner + hd * dk;
-                    attend_head(
-                        &q[o..o + dk],
-                        &c.cross_k[r],
-                        &c.cross_v[r],
-                        inner,
-                        hd,
-                        dk,
-                        |j| if keep[j] { 0.0 } else { MASKED },
-                        &mut out[o..o + dk],
-                    );
-                }
-            }
+            let (cross_keep, source) = (&self.cross_keep, self.source);
+            out.par_chunks_mut(inner)
+                .enumerate()
+                .for_each(|(r, out_row)| {
+                    let keep = &cross_keep[r * source..(r + 1) * source];
+                    for hd in 0..heads {
+                        let span = hd * dk..(hd + 1) * dk;
+                        attend_head(
+                            &q[r * inner + span.start..r * inner + span.end],
+                            &c.cross_k[r],
+                            &c.cross_v[r],
+                            inner,
+                            hd,
+                            dk,
+                            |j| if keep[j] { 0.0 } else { MASKED },
+                            &mut out_row[span],
+                        );
+                    }
+                });
             x.iter_mut()
                 .zip(ca.o.forward(&out))
                 .for_each(|(x, y)| *x += y);

@@ -12,7 +12,9 @@ every trainable parameter (the Rust trainable rules) in float32 under its name, 
 """
 import argparse
 import os
+import statistics
 import sys
+import time
 import tomllib
 
 import torch
@@ -71,14 +73,35 @@ def compute(folder: str, dtype: torch.dtype):
     return tensors, metadata, terms, total
 
 
+def time_steps(folder: str, dtype: torch.dtype, n: int):
+    """Prints the median seconds of `n` loss forward + backward passes on DIR's batch."""
+    model, _, _, _ = load_twin(folder, dtype)
+    batch = load_batch(os.path.join(folder, "batch.safetensors"), dtype)
+    seconds = []
+    for i in range(n + 1):
+        model.zero_grad(set_to_none=True)
+        started = time.perf_counter()
+        total, _, _ = model.loss_terms(batch)
+        total.backward()
+        if i > 0:  # the first pass warms up allocations
+            seconds.append(time.perf_counter() - started)
+    print(f"twin loss forward + backward ({dtype}, {torch.get_num_threads()} threads): "
+          f"median {statistics.median(seconds):.4f} s over {n}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--in", dest="folder", required=True, help="a `pixel grads --out` folder")
     ap.add_argument("--out", required=True, help="the twin's gradients (.safetensors)")
     ap.add_argument("--dtype", default="float64", choices=sorted(DTYPES))
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--time", type=int, default=0, metavar="N",
+                    help="also time N loss forward + backward passes (after one warm-up) and print "
+                         "the median, for `cargo bench --bench train_step`'s same work")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.time:
+        time_steps(args.folder, DTYPES[args.dtype], args.time)
     tensors, metadata, terms, total = compute(args.folder, DTYPES[args.dtype])
     save_file(tensors, args.out, metadata=metadata)
     trainable = sum(1 for k in tensors if not k.startswith("loss/"))
