@@ -3,19 +3,57 @@
 
 /// `e^x` to about 2 ulp in straight-line f32 arithmetic: `x = n ln 2 + r` with
 /// `|r| <= ln 2 / 2`, `e^r` by its degree-6 Taylor polynomial, `2^n` put into the exponent
-/// bits. Saturates to e^-87.3 below -87.3 and to e^88 above 88 (so that `2^n` stays a normal
-/// f32): not for softmax over masked scores, whose weights must be exactly zero.
+/// bits. Exactly 0 below -87.3, where libm's `expf` gives subnormals (under 1.2e-38) and then
+/// 0, so a masked score's softmax weight stays exactly zero; e^88 above 88 (so that `2^n`
+/// stays a normal f32).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let clamped = x.clamp(-87.3, 88.0);
+    // Round to nearest by adding and subtracting 1.5 * 2^23: `f32::round` is a libm call
+    // without SSE4.1, which would keep the loop from vectorizing.
+    let n = (clamped * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     // ln 2 in two parts, so that `n * 0.693_145_75` is exact.
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let r = clamped - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let y = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// The sum of `values` in 8 independent lanes, so that it vectorizes.
+pub fn sum(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] += c[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The largest of `values` (`f32::max` semantics; -inf for none) in 8 independent lanes.
+pub fn max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(c[l]);
+        }
+    }
+    lanes.iter().copied().fold(tail, f32::max)
 }
 
 /// HF's `gelu_new` in place: `0.5 x (1 + tanh z)` with `z = sqrt(2 / pi) (x + 0.044715 x^3)`,
@@ -42,8 +80,19 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 4e-7, "relative error {worst:e}");
-        assert_eq!(exp(-200.0), exp(-87.3));
-        assert!(exp(-200.0) < 1e-37 && exp(200.0).is_finite());
+        assert_eq!(exp(-87.31), 0.0);
+        assert_eq!(exp(-1e9), 0.0);
+        assert!(exp(-87.3) > 0.0 && exp(200.0).is_finite());
+    }
+
+    #[test]
+    fn sum_adds_every_value() {
+        let values: Vec<f32> = (0..37).map(|i| i as f32).collect();
+        assert_eq!(sum(&values), 666.0);
+        assert_eq!(sum(&[]), 0.0);
+        assert_eq!(max(&values), 36.0);
+        assert_eq!(max(&[-3.0, -1.0, -2.0]), -1.0);
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! blocks, which alone kept `pixelllm-paper`'s training step from fitting in 24 GB.
 //! [`attention_on_host`] keeps `q`, `k`, `v`, the output and one log-sum-exp per query, and
 //! its backward pass recomputes each block's probabilities (as FlashAttention does).
-use crate::nn::{host_grad_mut, Heads};
+use crate::nn::{elementwise, host_grad_mut, Heads};
 use dfdx::prelude::*;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -199,7 +199,7 @@ fn fused_attention_backward(
                 );
                 for (r, row) in probs.chunks_exact_mut(keys).enumerate() {
                     let l = lse[g * queries + start + r];
-                    row.iter_mut().for_each(|x| *x = (*x - l).exp());
+                    row.iter_mut().for_each(|x| *x = elementwise::exp(*x - l));
                 }
                 // dv[keys, hd] += probs^T dout_block
                 product(
@@ -364,12 +364,10 @@ fn product(
 /// `row <- softmax(row)`, stable (the maximum subtracted first); returns the log-sum-exp of
 /// the row it was given.
 fn softmax_in_place(row: &mut [f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
+    let max = elementwise::max(row);
+    // Vectorized: libm's `expf` and a serial sum were 12% of EVA02-L's forward at 448 px.
+    row.iter_mut().for_each(|x| *x = elementwise::exp(*x - max));
+    let sum = elementwise::sum(row);
     let inv = 1.0 / sum;
     for x in row.iter_mut() {
         *x *= inv;
