@@ -271,7 +271,6 @@ impl HostDecoder {
         for (b, c) in w.blocks.iter().zip(&mut self.caches) {
             let sa = &b.self_attention;
             let inner = sa.q.out();
-            let dk = inner / heads;
             // Self-attention over the cache and the new token.
             let h = rms_norm(&x, &b.self_norm, w.eps);
             let (q, k, v) = (sa.q.forward(&h), sa.k.forward(&h), sa.v.forward(&h));
@@ -280,24 +279,9 @@ impl HostDecoder {
                 c.self_k[r].extend_from_slice(&k[r * inner..(r + 1) * inner]);
                 c.self_v[r].extend_from_slice(&v[r * inner..(r + 1) * inner]);
             }
-            // Rows in parallel (a batch, beams).
-            out.par_chunks_mut(inner)
-                .enumerate()
-                .for_each(|(r, out_row)| {
-                    for hd in 0..heads {
-                        let span = hd * dk..(hd + 1) * dk;
-                        attend_head(
-                            &q[r * inner + span.start..r * inner + span.end],
-                            &c.self_k[r],
-                            &c.self_v[r],
-                            inner,
-                            hd,
-                            dk,
-                            |j| position[j * heads + hd],
-                            &mut out_row[span],
-                        );
-                    }
-                });
+            attend_rows(&mut out, &q, &c.self_k, &c.self_v, heads, |_, hd, j| {
+                position[j * heads + hd]
+            });
             x.iter_mut()
                 .zip(sa.o.forward(&out))
                 .for_each(|(x, y)| *x += y);
@@ -305,25 +289,14 @@ impl HostDecoder {
             let ca = &b.cross_attention;
             let h = rms_norm(&x, &b.cross_norm, w.eps);
             let q = ca.q.forward(&h);
-            let (cross_keep, source) = (&self.cross_keep, self.source);
-            out.par_chunks_mut(inner)
-                .enumerate()
-                .for_each(|(r, out_row)| {
-                    let keep = &cross_keep[r * source..(r + 1) * source];
-                    for hd in 0..heads {
-                        let span = hd * dk..(hd + 1) * dk;
-                        attend_head(
-                            &q[r * inner + span.start..r * inner + span.end],
-                            &c.cross_k[r],
-                            &c.cross_v[r],
-                            inner,
-                            hd,
-                            dk,
-                            |j| if keep[j] { 0.0 } else { MASKED },
-                            &mut out_row[span],
-                        );
-                    }
-                });
+            let (keep, source) = (&self.cross_keep, self.source);
+            attend_rows(&mut out, &q, &c.cross_k, &c.cross_v, heads, |r, _, j| {
+                if keep[r * source + j] {
+                    0.0
+                } else {
+                    MASKED
+                }
+            });
             x.iter_mut()
                 .zip(ca.o.forward(&out))
                 .for_each(|(x, y)| *x += y);
@@ -374,6 +347,38 @@ impl HostDecoder {
             }
         }
     }
+}
+
+/// Attention of every row's query heads (`q` `[rows, inner]`) over that row's `keys[r]` and
+/// `values[r]` (`[n, inner]`), with the additive `bias(row, head, key)`, into `out`; rows in
+/// parallel (a batch, beams).
+fn attend_rows(
+    out: &mut [f32],
+    q: &[f32],
+    keys: &[Vec<f32>],
+    values: &[Vec<f32>],
+    heads: usize,
+    bias: impl Fn(usize, usize, usize) -> f32 + Sync,
+) {
+    let inner = q.len() / keys.len().max(1);
+    let dk = inner / heads;
+    out.par_chunks_mut(inner)
+        .enumerate()
+        .for_each(|(r, out_row)| {
+            for hd in 0..heads {
+                let span = hd * dk..(hd + 1) * dk;
+                attend_head(
+                    &q[r * inner + span.start..r * inner + span.end],
+                    &keys[r],
+                    &values[r],
+                    inner,
+                    hd,
+                    dk,
+                    |j| bias(r, hd, j),
+                    &mut out_row[span],
+                );
+            }
+        });
 }
 
 /// A model's embedding and a started [`HostDecoder`]: what greedy and beam search step.
