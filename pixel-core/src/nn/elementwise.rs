@@ -86,7 +86,7 @@ mod tests {
     }
 
     #[test]
-    fn sum_adds_every_value() {
+    fn sum_and_max_cover_every_value() {
         let values: Vec<f32> = (0..37).map(|i| i as f32).collect();
         assert_eq!(sum(&values), 666.0);
         assert_eq!(sum(&[]), 0.0);
