@@ -1,5 +1,7 @@
 //! Image-encoder forward passes on CPU, batch 1: SAM ViT-B at 1024 px and EVA02-L at 448 px
-//! (random weights; the cost does not depend on them). `tools/time_torch_vision.py` times the
+//! (random weights; the cost does not depend on them), EVA02-L both as the dfdx model
+//! (`eva02_large_448_dfdx`, what training runs, here without a tape) and as its host inference
+//! path `HostEva02` (`eva02_large_448`). `tools/time_torch_vision.py` times the
 //! PyTorch references on the same shapes. Also one EVA02-L attention at 384 px trained
 //! (forward and backward): dfdx's ops against the fused host kernel `nn::attention` takes.
 //!
@@ -10,7 +12,9 @@
 //! (~30 s each for SAM ViT-B and ~17 s for EVA02-L on 2 cores), so ~8 minutes in all.
 use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
+use pixel_core::host_matrix::Dtype;
 use pixel_vision::presets::{Eva02Large, Eva02Preset, SamPreset, SamVitB};
+use pixel_vision::HostEva02;
 use std::time::Duration;
 
 fn encoders(c: &mut Criterion) {
@@ -32,8 +36,13 @@ fn encoders(c: &mut Criterion) {
     let eva = Eva02Large::build(&dev).unwrap();
     let image: Tensor<(usize, usize, usize, usize), f32, Cpu> =
         dev.sample_normal_like(&(1, 3, 448, 448));
-    group.bench_function("eva02_large_448", |b| {
+    group.bench_function("eva02_large_448_dfdx", |b| {
         b.iter(|| eva.forward_features(image.clone()).0.as_vec())
+    });
+    let host = HostEva02::new(&eva, Dtype::F32);
+    drop(eva);
+    group.bench_function("eva02_large_448", |b| {
+        b.iter(|| host.forward_features(image.clone()).0.as_vec())
     });
     group.finish();
 }

@@ -598,21 +598,7 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
         &self,
         images: Images<D, T>,
     ) -> (Seq<C, D, T>, (usize, usize)) {
-        let x = self.patch_embed.forward_images(images);
-        let (h, w, b) = (x.height, x.width, x.batch());
-        let cls = self
-            .cls_token
-            .retaped::<T>()
-            .reshape_like(&(1, C::default()))
-            .broadcast_like::<_, Axis<0>>(&(b, 1, C::default()));
-        let tokens = (cls, x.tokens).concat_along(Axis::<1>);
-        let tokens: Seq<C, D, T> = crate::layers::realize(tokens);
-        let pos = self.position_embedding::<T>(h, w);
-        let shape = *tokens.shape();
-        let mut x = tokens
-            + pos
-                .reshape_like(&(1 + h * w, C::default()))
-                .broadcast_like::<_, Axis<0>>(&shape);
+        let (mut x, (h, w)) = self.embed(images);
         let cfg = &self.config;
         let rope = Rope::new(
             x.device(),
@@ -628,6 +614,27 @@ impl<C: ConstDim, D: Device<f32>> Eva02<C, D> {
         if let Some(norm) = &self.norm {
             x = norm.forward(x);
         }
+        (x, (h, w))
+    }
+
+    /// The tokens the first block takes, `[B, 1 + h*w, C]`: the class token, then the patch
+    /// embeddings, plus the position embedding (resized for another grid than the config's).
+    pub fn embed<T: Tape<f32, D>>(&self, images: Images<D, T>) -> (Seq<C, D, T>, (usize, usize)) {
+        let x = self.patch_embed.forward_images(images);
+        let (h, w, b) = (x.height, x.width, x.batch());
+        let cls = self
+            .cls_token
+            .retaped::<T>()
+            .reshape_like(&(1, C::default()))
+            .broadcast_like::<_, Axis<0>>(&(b, 1, C::default()));
+        let tokens = (cls, x.tokens).concat_along(Axis::<1>);
+        let tokens: Seq<C, D, T> = crate::layers::realize(tokens);
+        let pos = self.position_embedding::<T>(h, w);
+        let shape = *tokens.shape();
+        let x = tokens
+            + pos
+                .reshape_like(&(1 + h * w, C::default()))
+                .broadcast_like::<_, Axis<0>>(&shape);
         (x, (h, w))
     }
 

@@ -30,6 +30,7 @@ pub mod conv;
 pub mod dual;
 pub mod error;
 pub mod eva02;
+pub mod host_eva02;
 pub mod layers;
 pub mod preprocess;
 pub mod presets;
@@ -40,6 +41,7 @@ pub use conv::{FeatureMap, Images};
 pub use dual::DualImageEncoder;
 pub use error::{VisionError, VisionResult};
 pub use eva02::{Eva02, Eva02Config, FinalNorm};
+pub use host_eva02::HostEva02;
 pub use sam::{
     SamConfig, SamImageEncoder, SamMaskDecoder, SamModel, SamPromptEncoder, TwoWayTransformer,
 };

@@ -1,10 +1,13 @@
-//! EVA02 parity against timm's `Eva.forward_features` (fixtures from
+//! EVA02 parity against timm's `Eva.forward_features`, the dfdx model and its host inference
+//! path [`HostEva02`] (fixtures from
 //! `tools/make_vision_fixtures.py`; regenerate with `python tools/make_vision_fixtures.py`,
 //! or only the EVA02 ones with `--only eva`).
 use dfdx::prelude::*;
 use pixel_core::checkpoint::TensorStore;
+use pixel_core::host_matrix::Dtype;
 use pixel_core::testing::max_abs_diff;
 use pixel_vision::eva02::{Eva02, Eva02Config, FinalNorm, ATTN_NORM_WEIGHT};
+use pixel_vision::HostEva02;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -46,7 +49,7 @@ fn check(name: &str, eva: &Eva02<Const<64>, Cpu>, io: &str) {
     let io = read(io);
     let x = io.require(&format!("{name}.pixel_values")).unwrap();
     let images = dev.tensor_from_vec(x.to_f32(), (x.shape[0], x.shape[1], x.shape[2], x.shape[3]));
-    let (features, _) = eva.forward_features(images);
+    let (features, _) = eva.forward_features(images.clone());
     let want = io.require(&format!("{name}.features")).unwrap();
     assert_eq!(
         features.shape().concrete().to_vec(),
@@ -58,6 +61,10 @@ fn check(name: &str, eva: &Eva02<Const<64>, Cpu>, io: &str) {
     let err = max_abs_diff(&features.as_vec(), &want);
     eprintln!("{name}: max abs error {err:.3e} (max |ref| {scale:.3e})");
     assert!(err <= 1e-4, "{name}: max abs error {err} > 1e-4");
+    let (host, _) = HostEva02::new(eva, Dtype::F32).forward_features(images);
+    let err = max_abs_diff(&host.as_vec(), &want);
+    eprintln!("{name}: host path max abs error {err:.3e}");
+    assert!(err <= 1e-4, "{name}: host path max abs error {err} > 1e-4");
 }
 
 #[test]

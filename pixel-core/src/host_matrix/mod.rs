@@ -249,8 +249,23 @@ impl HostMatrix {
             return self.matmul_t_rows(x, n, parts);
         }
         let mut y = vec![0.0f32; n * self.rows];
-        self.matmul_t_gemm(x, n, &mut y);
+        self.matmul_t_gemm(x, n, &mut y, false);
         y
+    }
+
+    /// `y += x W^T` (`x` `[n, cols]`, `y` `[n, rows]`): a bias or a residual already in `y`
+    /// is added without another pass over the product.
+    pub fn matmul_t_add(&self, x: &[f32], y: &mut [f32]) {
+        let n = x.len().checked_div(self.cols).unwrap_or(0);
+        assert_eq!(n * self.cols, x.len(), "x must be [n, {}]", self.cols);
+        assert_eq!(y.len(), n * self.rows, "y must be [{n}, {}]", self.rows);
+        if n <= GEMM_ROWS {
+            for (acc, v) in y.iter_mut().zip(self.matmul_t(x)) {
+                *acc += v;
+            }
+            return;
+        }
+        self.matmul_t_gemm(x, n, y, true);
     }
 
     /// `x W^T` (`[n, rows]`) by the row kernels, the weight rows split into up to `parts`
@@ -367,8 +382,8 @@ impl HostMatrix {
     }
 
     /// Many rows: `gemm` on panels of weight rows, widened into one reused buffer for 16-bit
-    /// storage (f32 storage is read in place).
-    fn matmul_t_gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
+    /// storage (f32 storage is read in place). `y = x W^T`, or `y += x W^T` when `accumulate`.
+    fn matmul_t_gemm(&self, x: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
         let (out, inp) = (self.rows, self.cols);
         self.for_each_panel(|start, end, w| {
             // SAFETY: `dst` [n, end - start] at column `start` of `y` [n, out] (row stride
@@ -381,14 +396,14 @@ impl HostMatrix {
                     y.as_mut_ptr().add(start),
                     1,
                     out as isize,
-                    false,
+                    accumulate,
                     x.as_ptr(),
                     1,
                     inp as isize,
                     w.as_ptr(),
                     inp as isize,
                     1,
-                    0.0,
+                    if accumulate { 1.0 } else { 0.0 },
                     1.0,
                     false,
                     false,
@@ -527,6 +542,28 @@ mod tests {
                     let (g, w) = (got[r * out + o], want[r * out + o]);
                     prop_assert!((g - w).abs() <= 2e-6 * scale.max(1e-20), "[{r},{o}] {g} vs {w}");
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// `matmul_t_add` adds to what `y` held exactly the product `matmul_t` computes, to
+        /// f32 rounding of the one addition, on both paths (few and many rows).
+        #[test]
+        fn the_accumulating_product_adds_the_product(
+            out in 1usize..40, inp in 1usize..70, n in 1usize..40, dtype_index in 0usize..3,
+            seed in 0u64..1000,
+        ) {
+            let dtype = [Dtype::F32, Dtype::Bf16, Dtype::F16][dtype_index];
+            let value = |i: usize| (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0;
+            let m = HostMatrix::from_f32(out, inp, (0..out * inp).map(value).collect(), dtype);
+            let x: Vec<f32> = (0..n * inp).map(|i| value(i + 11)).collect();
+            let before: Vec<f32> = (0..n * out).map(|i| value(i + 13) * 4.0).collect();
+            let mut y = before.clone();
+            m.matmul_t_add(&x, &mut y);
+            for ((got, b), p) in y.iter().zip(&before).zip(m.matmul_t(&x)) {
+                let want = b + p;
+                prop_assert!((got - want).abs() <= 2e-6 * (b.abs() + p.abs()).max(1e-20), "{got} vs {want}");
             }
         }
     }
