@@ -1,7 +1,7 @@
 //! Image-encoder forward passes on CPU, batch 1: SAM ViT-B at 1024 px and EVA02-L at 448 px
-//! (random weights; the cost does not depend on them), EVA02-L both as the dfdx model
-//! (`eva02_large_448_dfdx`, what training runs, here without a tape) and as its host inference
-//! path `HostEva02` (`eva02_large_448`). `tools/time_torch_vision.py` times the
+//! (random weights; the cost does not depend on them), each both as the dfdx model (`*_dfdx`,
+//! what training runs, here without a tape) and as its host inference path
+//! (`HostSamImageEncoder`, `HostEva02`: the rows without a suffix). `tools/time_torch_vision.py` times the
 //! PyTorch references on the same shapes. Also one EVA02-L attention at 384 px trained
 //! (forward and backward): dfdx's ops against the fused host kernel `nn::attention` takes.
 //!
@@ -14,6 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
 use pixel_core::host_matrix::Dtype;
 use pixel_vision::presets::{Eva02Large, Eva02Preset, SamPreset, SamVitB};
+use pixel_vision::sam::HostSamImageEncoder;
 use pixel_vision::HostEva02;
 use std::time::Duration;
 
@@ -28,10 +29,15 @@ fn encoders(c: &mut Criterion) {
     let sam = SamVitB::build(&dev).unwrap();
     let image: Tensor<(usize, usize, usize, usize), f32, Cpu> =
         dev.sample_normal_like(&(1, 3, 1024, 1024));
-    group.bench_function("sam_vit_b_1024", |b| {
+    group.bench_function("sam_vit_b_1024_dfdx", |b| {
         b.iter(|| sam.image_embeddings(image.clone()).tokens.as_vec())
     });
+    let host = HostSamImageEncoder::new(&sam.vision_encoder, Dtype::F32);
     drop(sam);
+    group.bench_function("sam_vit_b_1024", |b| {
+        b.iter(|| host.forward(image.clone()).tokens.as_vec())
+    });
+    drop(host);
 
     let eva = Eva02Large::build(&dev).unwrap();
     let image: Tensor<(usize, usize, usize, usize), f32, Cpu> =

@@ -14,18 +14,14 @@
 //! [`Eva02::embed`]'s; training keeps the dfdx model, whose tape this does not record.
 use crate::conv::{check_images, Images};
 use crate::eva02::{rope_tables, Eva02};
-use crate::layers::{Dense, Norm};
+use crate::host_layers::{merge_heads, split_heads, HostLinear, HostNorm, Layout, ROWS_PER_TASK};
 use crate::VisionResult;
 use dfdx::prelude::*;
-use pixel_core::host_matrix::{Dtype, HostMatrix};
-use pixel_core::nn::elementwise::{layer_norm_in_place, silu_gate};
+use pixel_core::host_matrix::Dtype;
+use pixel_core::nn::elementwise::silu_gate;
 use pixel_core::nn::fused_attention::{fused_attention, AttentionShape};
 use pixel_core::nn::Seq;
-use pixel_core::params::ParamTensor;
 use rayon::prelude::*;
-
-/// Rows per task in the row-wise passes (LayerNorm, RoPE, the gate): a few hundred KB.
-const ROWS_PER_TASK: usize = 32;
 
 /// An [`Eva02`] for inference: the blocks' weights copied into [`HostMatrix`]es of one dtype.
 #[derive(Debug, Clone)]
@@ -35,87 +31,6 @@ pub struct HostEva02<C: ConstDim> {
     blocks: Vec<HostBlock>,
     /// timm's `norm` at the end of `forward_features`, when the model has it.
     norm: Option<HostNorm>,
-}
-
-/// A LayerNorm's affine parameters.
-#[derive(Debug, Clone)]
-struct HostNorm {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    eps: f32,
-}
-
-impl HostNorm {
-    fn new<I: Dim>(norm: &Norm<I, Cpu>) -> Self {
-        HostNorm {
-            weight: norm.weight.as_vec(),
-            bias: norm.bias.as_vec(),
-            eps: norm.eps as f32,
-        }
-    }
-
-    /// Every row of `x` normalized in place, rows in parallel.
-    fn rows_in_place(&self, x: &mut [f32]) {
-        let width = self.weight.len();
-        x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
-            for row in rows.chunks_exact_mut(width) {
-                layer_norm_in_place(row, &self.weight, &self.bias, self.eps);
-            }
-        });
-    }
-
-    /// `out` = the rows of `x` normalized.
-    fn rows_into(&self, x: &[f32], out: &mut Vec<f32>) {
-        out.clear();
-        out.extend_from_slice(x);
-        self.rows_in_place(out);
-    }
-}
-
-/// One linear layer's weight and bias (zeros where it has none), possibly several stacked.
-#[derive(Debug, Clone)]
-struct HostLinear {
-    weight: HostMatrix,
-    bias: Vec<f32>,
-}
-
-impl HostLinear {
-    /// The layers' weights stacked by output rows (q, k, v; SwiGLU's gate and value), in
-    /// `dtype`.
-    fn stacked<I: Dim, O: Dim>(layers: &[&Dense<I, O, Cpu>], dtype: Dtype) -> Self {
-        let inp = layers[0].weight.dims()[1];
-        let (mut weight, mut bias) = (Vec::new(), Vec::new());
-        for layer in layers {
-            let out = layer.weight.dims()[0];
-            weight.extend(layer.weight.values());
-            match &layer.bias {
-                Some(b) => bias.extend(b.as_vec()),
-                None => bias.extend(std::iter::repeat_n(0.0, out)),
-            }
-        }
-        HostLinear {
-            weight: HostMatrix::from_f32(bias.len(), inp, weight, dtype),
-            bias,
-        }
-    }
-
-    /// `out = x W^T + b`.
-    fn forward_into(&self, x: &[f32], out: &mut Vec<f32>) {
-        let rows = x.len() / self.weight.cols();
-        out.clear();
-        for _ in 0..rows {
-            out.extend_from_slice(&self.bias);
-        }
-        self.weight.matmul_t_add(x, out);
-    }
-
-    /// `residual += x W^T + b`.
-    fn add_to(&self, x: &[f32], residual: &mut [f32]) {
-        residual
-            .chunks_exact_mut(self.bias.len())
-            .for_each(|row| row.iter_mut().zip(&self.bias).for_each(|(r, b)| *r += b));
-        self.weight.matmul_t_add(x, residual);
-    }
 }
 
 /// One [`crate::eva02::EvaBlock`].
@@ -142,14 +57,6 @@ struct Scratch {
     /// q, k, v as `[batch * heads, tokens, head_dim]`.
     heads: [Vec<f32>; 3],
     hidden: Vec<f32>,
-}
-
-/// The token grid: `batch` images of `tokens` (class token first), `channels` wide.
-#[derive(Debug, Clone, Copy)]
-struct Layout {
-    batch: usize,
-    tokens: usize,
-    channels: usize,
 }
 
 impl<C: ConstDim> HostEva02<C> {
@@ -322,43 +229,6 @@ fn rotate_queries_and_keys(
                         head[2 * p + 1] = b * cos[2 * p + 1] + a * sin[2 * p + 1];
                     }
                 }
-            }
-        });
-}
-
-/// Part `part` (0 q, 1 k, 2 v) of `qkv` `[batch * tokens, 3C]` as `[batch * heads, tokens,
-/// head_dim]`.
-fn split_heads(qkv: &[f32], part: usize, layout: Layout, heads: usize, out: &mut Vec<f32>) {
-    let Layout {
-        tokens, channels, ..
-    } = layout;
-    let head_dim = channels / heads;
-    out.resize(qkv.len() / 3, 0.0);
-    out.par_chunks_mut(tokens * head_dim)
-        .enumerate()
-        .for_each(|(group, dst)| {
-            let (image, head) = (group / heads, group % heads);
-            for (t, d) in dst.chunks_exact_mut(head_dim).enumerate() {
-                let at = (image * tokens + t) * 3 * channels + part * channels + head * head_dim;
-                d.copy_from_slice(&qkv[at..at + head_dim]);
-            }
-        });
-}
-
-/// `[batch * heads, tokens, head_dim]` back to `[batch * tokens, C]`.
-fn merge_heads(by_head: &[f32], layout: Layout, heads: usize, out: &mut Vec<f32>) {
-    let Layout {
-        tokens, channels, ..
-    } = layout;
-    let head_dim = channels / heads;
-    out.resize(by_head.len(), 0.0);
-    out.par_chunks_mut(channels)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let (image, t) = (row / tokens, row % tokens);
-            for (head, d) in dst.chunks_exact_mut(head_dim).enumerate() {
-                let at = ((image * heads + head) * tokens + t) * head_dim;
-                d.copy_from_slice(&by_head[at..at + head_dim]);
             }
         });
 }

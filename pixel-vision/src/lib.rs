@@ -31,6 +31,7 @@ pub mod dual;
 pub mod error;
 pub mod eva02;
 pub mod host_eva02;
+mod host_layers;
 pub mod layers;
 pub mod preprocess;
 pub mod presets;

@@ -1,10 +1,12 @@
-//! SAM parity against HF transformers and segment-anything (fixtures from
+//! SAM parity against HF transformers and segment-anything, for the dfdx model and the host
+//! image encoder [`HostSamImageEncoder`] (fixtures from
 //! `tools/make_vision_fixtures.py`; regenerate with `python tools/make_vision_fixtures.py`).
 use dfdx::prelude::*;
 use pixel_core::checkpoint::TensorStore;
+use pixel_core::host_matrix::Dtype;
 use pixel_core::testing::max_abs_diff;
 use pixel_vision::sam::image_encoder::get_rel_pos;
-use pixel_vision::sam::{SamModel, SamPrompts};
+use pixel_vision::sam::{HostSamImageEncoder, SamModel, SamPrompts};
 use std::path::PathBuf;
 
 type TestSam = SamModel<Const<64>, Const<32>, Cpu>;
@@ -54,6 +56,13 @@ fn hf_sam_image_embeddings_and_masks_match() {
     check(
         "image_embeddings",
         &emb.clone().to_nchw().as_vec(),
+        &want,
+        1e-4,
+    );
+    let host = HostSamImageEncoder::new(&model.vision_encoder, Dtype::F32);
+    check(
+        "image_embeddings by the host encoder",
+        &host.forward(pixel_values(&dev, &io)).to_nchw().as_vec(),
         &want,
         1e-4,
     );

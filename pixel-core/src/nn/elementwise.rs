@@ -105,6 +105,49 @@ wide_fn! {
     }
 }
 
+/// `erf(x)` to 1.5e-7 absolute (Abramowitz and Stegun 7.1.26) with [`exp`]: libm's `erff`
+/// is a call per value.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp(-a * a);
+    if x < 0.0 {
+        -y
+    } else {
+        y
+    }
+}
+
+wide_fn! {
+    /// The exact GELU in place, `x Phi(x) = x (1 + erf(x / sqrt 2)) / 2`, with [`erf`].
+    pub fn gelu_erf_in_place(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| {
+            *v *= 0.5 * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+        });
+    }
+}
+
+wide_fn! {
+    /// `sum_i a[i] b[i]` over the shorter length, in 8 independent lanes.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut lanes = [0.0f32; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in ca.zip(cb) {
+            for l in 0..8 {
+                lanes[l] += x[l] * y[l];
+            }
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+}
+
 wide_fn! {
     /// `row[i] = e^(row[i] - shift)`.
     pub fn exp_shifted_in_place(row: &mut [f32], shift: f32) {
@@ -276,5 +319,43 @@ mod tests {
                 "{o} vs {want}"
             );
         }
+    }
+
+    #[test]
+    fn gelu_erf_equals_the_exact_formula() {
+        // erf in f64 by its series (|x| <= 3) and 1 beyond, where erfc < 2.3e-5 / x.
+        let erf64 = |x: f64| -> f64 {
+            if x.abs() > 6.0 {
+                return x.signum();
+            }
+            let (mut term, mut total, mut n) = (x, x, 0.0f64);
+            while term.abs() > 1e-17 {
+                n += 1.0;
+                term *= -x * x / n;
+                total += term / (2.0 * n + 1.0);
+            }
+            total * 2.0 / std::f64::consts::PI.sqrt()
+        };
+        let mut x: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.002).collect();
+        x.extend([-20.0, -9.0, 9.0, 20.0]);
+        let want: Vec<f64> = x
+            .iter()
+            .map(|&v| 0.5 * v as f64 * (1.0 + erf64(v as f64 / std::f64::consts::SQRT_2)))
+            .collect();
+        gelu_erf_in_place(&mut x);
+        for (g, w) in x.iter().zip(&want) {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                "{g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_covers_every_pair() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
+        let b = vec![2.0; 21];
+        assert_eq!(dot(&a, &b), 342.0);
+        assert_eq!(dot(&[], &b), 0.0);
     }
 }

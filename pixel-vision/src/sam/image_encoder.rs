@@ -419,8 +419,21 @@ impl<C: ConstDim, O: ConstDim, D: Device<f32>> SamImageEncoder<C, O, D> {
     /// Inputs of another size than the config's work: the absolute position embedding is
     /// resized bicubically and the global blocks' relative tables linearly (as `get_rel_pos`).
     pub fn forward<T: Tape<f32, D>>(&self, images: Images<D, T>) -> FeatureMap<O, D, T> {
-        let x = self.patch_embed.forward_images(images);
+        let x = self.embed(images);
         let (h, w, b) = (x.height, x.width, x.batch());
+        let mut tokens = x.tokens;
+        for layer in &self.layers {
+            tokens = layer.forward(tokens, (h, w));
+        }
+        debug_assert_eq!(tokens.shape().0, b);
+        self.neck.forward(FeatureMap::new(tokens, h, w))
+    }
+
+    /// The tokens the first block takes: the patch embeddings plus the absolute position
+    /// embedding (resized bicubically for another grid than the config's).
+    pub fn embed<T: Tape<f32, D>>(&self, images: Images<D, T>) -> FeatureMap<C, D, T> {
+        let x = self.patch_embed.forward_images(images);
+        let (h, w) = (x.height, x.width);
         let mut tokens = x.tokens;
         if let Some(pos) = &self.pos_embed {
             let (_, ph, pw, _) = *pos.shape();
@@ -437,11 +450,7 @@ impl<C: ConstDim, O: ConstDim, D: Device<f32>> SamImageEncoder<C, O, D> {
                     .reshape_like(&(h * w, C::default()))
                     .broadcast_like::<_, Axis<0>>(&shape);
         }
-        for layer in &self.layers {
-            tokens = layer.forward(tokens, (h, w));
-        }
-        debug_assert_eq!(tokens.shape().0, b);
-        self.neck.forward(FeatureMap::new(tokens, h, w))
+        FeatureMap::new(tokens, h, w)
     }
 }
 
