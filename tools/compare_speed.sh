@@ -130,7 +130,11 @@ rows = [
 ]
 if vision:
     rows += [("sam vit-b 1024 forward", "vision/sam_vit_b_1024", "sam_vit_b_1024_s"),
-             ("eva02-l 448 forward_features", "vision/eva02_large_448", "eva02_large_448_s")]
+             ("sam vit-b 1024 forward (dfdx model)", "vision/sam_vit_b_1024_dfdx",
+              "sam_vit_b_1024_s"),
+             ("eva02-l 448 forward_features", "vision/eva02_large_448", "eva02_large_448_s"),
+             ("eva02-l 448 forward_features (dfdx model)", "vision/eva02_large_448_dfdx",
+              "eva02_large_448_s")]
 rows.append(("t5 bf16 decoding step vs bandwidth floor", None, None))
 for work, ours_key, ref_key in rows:
     if ours_key is None:

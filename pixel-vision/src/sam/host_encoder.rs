@@ -29,16 +29,16 @@ pub struct HostSamImageEncoder<C: ConstDim, O: ConstDim> {
     blocks: Vec<HostSamBlock>,
 }
 
+/// A relative position table `[2 size - 1, head_dim]`.
+type Table = Tensor<(usize, usize), f32, Cpu>;
+
 /// One [`crate::sam::image_encoder::SamVisionLayer`].
 #[derive(Debug, Clone)]
 struct HostSamBlock {
     norm1: HostNorm,
     qkv: HostLinear,
-    /// The learned relative position tables `[2 size - 1, head_dim]`, resized per input.
-    rel_pos: Option<(
-        Tensor<(usize, usize), f32, Cpu>,
-        Tensor<(usize, usize), f32, Cpu>,
-    )>,
+    /// The learned relative position tables (`rel_pos_h`, `rel_pos_w`), resized per input.
+    rel_pos: Option<(Table, Table)>,
     proj: HostLinear,
     norm2: HostNorm,
     lin1: HostLinear,
@@ -259,8 +259,8 @@ fn rel_pos_terms(
     q: &[f32],
     shape: AttentionShape,
     (qh, qw): (usize, usize),
-    table_h: &Tensor<(usize, usize), f32, Cpu>,
-    table_w: &Tensor<(usize, usize), f32, Cpu>,
+    table_h: &Table,
+    table_w: &Table,
 ) -> (Vec<f32>, Vec<f32>) {
     let hd = shape.head_dim;
     let (kh, kw) = (qh, qw);
