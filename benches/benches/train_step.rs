@@ -1,6 +1,8 @@
 //! One training step of the demo's model (`pixel-tiny`, the built-in `configs/demo.toml`) on
-//! a demo batch of 16: the loss forward alone, and forward + backward. The demo's wall time is
-//! about `steps x (forward + backward + optimizer)`, so this is the number to push down.
+//! a demo batch of 16: the loss forward alone, forward + backward on one thread, and forward +
+//! backward as the demo's training runs it (the batch in `train.shards` data-parallel shards).
+//! The demo's wall time is about `steps x (forward + backward + optimizer)`, so this is the
+//! number to push down.
 //!
 //! Run: `cargo bench -p pixel-benches --bench train_step`.
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -12,7 +14,7 @@ use pixel_model::model::TinyPixelLlm;
 use pixel_model::task_mix::training_examples;
 use pixel_model::tasks::ExampleBuilder;
 use pixel_run::experiment::ExperimentConfig;
-use pixel_train::TrainStep;
+use pixel_train::{forward_backward, TrainStep};
 use std::time::Duration;
 
 fn bench(c: &mut Criterion) {
@@ -50,6 +52,17 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    let shards = config.train.shards;
+    g.bench_function(
+        format!("loss forward + backward, {shards} shards (the demo's step)"),
+        |b| {
+            b.iter_batched(
+                || examples.clone(),
+                |examples| forward_backward(&mut model, &trainable, examples, shards).unwrap(),
+                BatchSize::LargeInput,
+            )
+        },
+    );
     g.finish();
 }
 

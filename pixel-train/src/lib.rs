@@ -670,11 +670,28 @@ fn shard<D: Device<f32>, M: TrainStep<D>>(batch: M::Batch, shards: usize) -> Res
 }
 
 /// One data-parallel step's loss (the mean of the shards'), its parts, and each shard's
-/// gradient of its loss divided by the number of shards.
-struct ShardedStep<D: Device<f32>> {
-    loss: f32,
-    parts: LossParts,
-    grads: Vec<Gradients<f32, D>>,
+/// gradient of its loss divided by the number of shards (their sum is the step's gradient).
+pub struct ShardedStep<D: Device<f32>> {
+    pub loss: f32,
+    pub parts: LossParts,
+    pub grads: Vec<Gradients<f32, D>>,
+}
+
+/// A training step's forward and backward passes as [`train`] runs them, without the update:
+/// `batch` split into `shards` (1: the whole batch on this thread), each shard's loss and
+/// gradients on its own thread.
+pub fn forward_backward<D: Device<f32>, M: TrainStep<D> + ThreadSafe>(
+    model: &mut M,
+    trainable: &Trainable,
+    batch: M::Batch,
+    shards: usize,
+) -> Result<ShardedStep<D>>
+where
+    M::Batch: ThreadSafe,
+    Gradients<f32, D>: ThreadSafe,
+{
+    let shards = shard::<D, M>(batch, shards)?;
+    sharded_step(model, trainable, &shards)
 }
 
 /// Runs the shards' forward and backward passes: shard 0 on this thread, every other on its own.
