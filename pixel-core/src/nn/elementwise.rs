@@ -149,6 +149,27 @@ wide_fn! {
 }
 
 wide_fn! {
+    /// The gradient of [`gelu_tanh_in_place`]: `dx[i] += dy[i] * gelu'(x[i])`, with
+    /// `s = 1 / (1 + e^(-2z))` (so `gelu = x s`) and `gelu' = s + 2 x s (1 - s) z'`.
+    pub fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        assert!(
+            dy.len() == x.len() && dx.len() == x.len(),
+            "GELU gradient of {} values from {} into {}",
+            x.len(),
+            dy.len(),
+            dx.len()
+        );
+        let c = (2.0f32 / std::f32::consts::PI).sqrt();
+        for ((g, v), d) in dx.iter_mut().zip(x).zip(dy) {
+            let z = c * (*v + 0.044715 * *v * *v * *v);
+            let dz = c * (1.0 + 3.0 * 0.044715 * *v * *v);
+            let s = 1.0 / (1.0 + exp(-2.0 * z));
+            *g += *d * (s + 2.0 * *v * s * (1.0 - s) * dz);
+        }
+    }
+}
+
+wide_fn! {
     /// `row[i] = e^(row[i] - shift)`.
     pub fn exp_shifted_in_place(row: &mut [f32], shift: f32) {
         row.iter_mut().for_each(|x| *x = exp(*x - shift));
@@ -357,5 +378,21 @@ mod tests {
         let b = vec![2.0; 21];
         assert_eq!(dot(&a, &b), 342.0);
         assert_eq!(dot(&[], &b), 0.0);
+    }
+
+    #[test]
+    fn gelu_tanh_backward_equals_the_derivative_in_f64() {
+        let x: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.003).chain([-40.0, 40.0]).collect();
+        let dy: Vec<f32> = x.iter().map(|v| 0.5 - v * 0.1).collect();
+        let mut dx = vec![1.0f32; x.len()];
+        gelu_tanh_backward(&x, &dy, &mut dx);
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        for ((g, v), d) in dx.iter().zip(&x).zip(&dy) {
+            let v = *v as f64;
+            let t = (c * (v + 0.044715 * v.powi(3))).tanh();
+            let slope = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * c * (1.0 + 0.134145 * v * v);
+            let want = 1.0 + *d as f64 * slope;
+            assert!((*g as f64 - want).abs() <= 2e-6 * (1.0 + want.abs()), "{v}: {g} vs {want}");
+        }
     }
 }
