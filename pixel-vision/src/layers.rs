@@ -5,7 +5,7 @@
 //! attention inner dim of SAM's decoder, upscaling channels) are run-time `usize`, which keeps
 //! presets writable outside this crate on stable Rust (no `{ 3 * N }` in types).
 use dfdx::prelude::*;
-use pixel_core::nn::{Activation, LinearWeight};
+use pixel_core::nn::{layer_norm, Activation, LinearWeight};
 use pixel_core::params::{join, ParamVisitor, Params};
 use pixel_core::Result;
 use rand_distr::Uniform;
@@ -76,16 +76,7 @@ impl<C: Dim, D: Device<f32>> Norm<C, D> {
     }
 
     pub fn forward<T: Tape<f32, D>>(&self, x: Tokens<C, D, T>) -> Tokens<C, D, T> {
-        let shape = *x.shape();
-        x.normalize::<Axis<2>>(self.eps)
-            * self
-                .weight
-                .retaped::<T>()
-                .broadcast_like::<_, Axes2<0, 1>>(&shape)
-            + self
-                .bias
-                .retaped::<T>()
-                .broadcast_like::<_, Axes2<0, 1>>(&shape)
+        layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 

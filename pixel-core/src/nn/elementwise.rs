@@ -382,7 +382,10 @@ mod tests {
 
     #[test]
     fn gelu_tanh_backward_equals_the_derivative_in_f64() {
-        let x: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.003).chain([-40.0, 40.0]).collect();
+        let x: Vec<f32> = (-3000..3000)
+            .map(|i| i as f32 * 0.003)
+            .chain([-40.0, 40.0])
+            .collect();
         let dy: Vec<f32> = x.iter().map(|v| 0.5 - v * 0.1).collect();
         let mut dx = vec![1.0f32; x.len()];
         gelu_tanh_backward(&x, &dy, &mut dx);
@@ -392,7 +395,10 @@ mod tests {
             let t = (c * (v + 0.044715 * v.powi(3))).tanh();
             let slope = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * c * (1.0 + 0.134145 * v * v);
             let want = 1.0 + *d as f64 * slope;
-            assert!((*g as f64 - want).abs() <= 2e-6 * (1.0 + want.abs()), "{v}: {g} vs {want}");
+            assert!(
+                (*g as f64 - want).abs() <= 2e-6 * (1.0 + want.abs()),
+                "{v}: {g} vs {want}"
+            );
         }
     }
 }

@@ -39,6 +39,6 @@ pub use embedding::Embedding;
 pub use frozen_linear::frozen_matmul_t;
 pub use linear::{Linear, LinearWeight, LoraAdapter, LoraLinear};
 pub use mlp::{gelu, Activation, Mlp};
-pub use norm::{LayerNorm, RmsNorm};
+pub use norm::{layer_norm, rms_norm, LayerNorm, RmsNorm};
 pub use position::{sincos_1d, sincos_2d, RandomFourierEncoding};
 pub use recording::{record_attention, AttentionMap};
