@@ -11,20 +11,24 @@
 # times slower than 1. The load average is printed
 # before and after every run: on a shared machine it says how much the numbers can be trusted.
 #
-#     tools/compare_speed.sh [--rounds N] [--vision]
+#     tools/compare_speed.sh [--rounds N] [--vision] [--train]
 #
 # --vision adds SAM ViT-B @1024 and EVA02-L @448 (benches/benches/vision.rs against
 # tools/time_torch_vision.py; about 10 minutes per round on 2 cores).
+# --train adds the demo's training step (benches/benches/train_step.rs against the PyTorch twin,
+# tools/twin/grads.py --time, on the same `pixel grads` batch of 16; about 2 minutes a round).
 # Needs: cargo, python3 with torch and transformers (and segment_anything, timm for --vision).
 set -euo pipefail
 
 rounds=2
 vision=0
+train=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
         --vision) vision=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --train) train=1; shift ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -33,6 +37,7 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 modules="torch transformers"
 [[ $vision == 1 ]] && modules="$modules segment_anything timm"
+[[ $train == 1 ]] && modules="$modules safetensors"
 for m in $modules; do
     if ! "$python" -c "import $m" 2>/dev/null; then
         echo "error: $python cannot import '$m'; install the references first:" >&2
@@ -53,6 +58,13 @@ hf_works=("encoder forward" "greedy 32 tokens, KV cache, encoder included"
 
 cargo bench -p pixel-benches --bench t5_decode --no-run -q
 [[ $vision == 1 ]] && cargo bench -p pixel-benches --bench vision --no-run -q
+if [[ $train == 1 ]]; then
+    cargo bench -p pixel-benches --bench train_step --no-run -q
+    cargo build --release -q -p pixel-cli
+    # The demo's first batch (16 examples) with its config and initial weights, for the twin.
+    target/release/pixel grads --out "$out/grads" >"$out/grads.log" 2>&1 \
+        || { tail -20 "$out/grads.log"; exit 1; }
+fi
 
 for round in $(seq 1 "$rounds"); do
     echo "== round $round/$rounds: ours ($(load))"
@@ -62,6 +74,10 @@ for round in $(seq 1 "$rounds"); do
     if [[ $vision == 1 ]]; then
         cargo bench -q -p pixel-benches --bench vision -- --noplot >"$out/ours-vision-$round.log" 2>&1 \
             || { tail -20 "$out/ours-vision-$round.log"; exit 1; }
+    fi
+    if [[ $train == 1 ]]; then
+        cargo bench -q -p pixel-benches --bench train_step -- --noplot backward >"$out/ours-train-$round.log" 2>&1 \
+            || { tail -20 "$out/ours-train-$round.log"; exit 1; }
     fi
     "$python" - "$out/ours-$round.json" "$CRITERION_HOME" "$out/ours-t5-$round.log" <<'EOF'
 import glob, json, os, re, sys
@@ -83,13 +99,20 @@ EOF
         if [[ $vision == 1 ]]; then
             "$python" tools/time_torch_vision.py --threads $threads --runs 3 >"$out/ref-vision-$round-t$threads.json"
         fi
+        if [[ $train == 1 ]]; then
+            log="$out/ref-train-$round-t$threads.log"
+            "$python" tools/twin/grads.py --in "$out/grads" --out "$out/grads/twin-$round-t$threads.safetensors" \
+                --dtype float32 --threads $threads --time 5 >"$log" 2>&1 || { tail -20 "$log"; exit 1; }
+            sed -n 's/^twin loss forward + backward.*median \([0-9.]*\) s.*/{"train_step_s": \1}/p' "$log" \
+                >"$out/ref-train-$round-t$threads.json"
+        fi
     done
 done
 echo "== done ($(load)); torch threads: $("$python" -c 'import torch; print(torch.get_num_threads())')"
 
-"$python" - "$out" "$rounds" "$vision" <<'EOF'
+"$python" - "$out" "$rounds" "$vision" "$train" <<'EOF'
 import json, statistics, sys
-out, rounds, vision = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+out, rounds, vision, train = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
 
 def median_over_rounds(name):
     runs = [json.load(open(f"{out}/{name(r)}.json")) for r in range(1, rounds + 1)]
@@ -109,6 +132,8 @@ ours = median_over_rounds(lambda r: f"ours-{r}")
 ref = faster_of_threads("ref-t5")
 if vision:
     ref.update(faster_of_threads("ref-vision"))
+if train:
+    ref.update(faster_of_threads("ref-train"))
 g1, g2 = "t5_decode flan-t5-small b1 s64/", "t5_decode flan-t5-small 16-bit and batched/"
 stream = next(v for k, v in ours.items() if k.startswith(g1 + "stream the step's weight bytes"))
 f32_step_bytes, bf16_step_bytes = ours["step bytes f32"], ours["step bytes bf16"]
@@ -135,6 +160,11 @@ if vision:
              ("eva02-l 448 forward_features", "vision/eva02_large_448", "eva02_large_448_s"),
              ("eva02-l 448 forward_features (dfdx model)", "vision/eva02_large_448_dfdx",
               "eva02_large_448_s")]
+if train:
+    g3 = "pixel-tiny train step b16/loss forward + backward"
+    rows += [("demo train step b16, 2 shards (ref: twin loss fwd+bwd)",
+              g3 + ", 2 shards (the demo's step)", "train_step_s"),
+             ("demo train step b16, 1 thread (ref: twin loss fwd+bwd)", g3, "train_step_s")]
 rows.append(("t5 bf16 decoding step vs bandwidth floor", None, None))
 for work, ours_key, ref_key in rows:
     if ours_key is None:
