@@ -1,6 +1,12 @@
 //! `pixel vision forward`, `pixel sam predict`: the image models on tensors in,
 //! tensors out (safetensors), for parity checks against HF transformers / timm and for scripts.
+//! On the CPU `vision forward` runs the encoders' host inference paths (`HostSamImageEncoder`,
+//! `HostEva02`).
+use dfdx::prelude::ConstDim;
 use pixel_core::checkpoint::{StoredTensor, TensorStore};
+#[cfg(not(feature = "cuda"))]
+use pixel_core::host_matrix::Dtype;
+use pixel_core::nn::Seq;
 use pixel_core::params::{list_params, ParamInfo, Params};
 use pixel_core::DefaultDevice;
 use pixel_vision::conv::check_images;
@@ -10,7 +16,9 @@ use pixel_vision::presets::{
     SamPreset, SamPresetVisitor, EVA02_PRESETS, SAM_PRESETS,
 };
 use pixel_vision::sam::{SamConfig, SamModel, SamPrompts};
-use pixel_vision::Images;
+#[cfg(not(feature = "cuda"))]
+use pixel_vision::{sam::HostSamImageEncoder, HostEva02};
+use pixel_vision::{FeatureMap, Images, VisionResult};
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -297,7 +305,7 @@ impl SamPresetVisitor for SamForward {
         let sam = load_sam::<P>(&dev, &job.model)?;
         let v = &sam.vision_encoder.config;
         let pixels = job.pixel_tensor(&dev, v.num_channels, v.image_size)?;
-        let emb = sam.try_image_embeddings(pixels)?;
+        let emb = sam_image_embeddings::<P>(sam, pixels)?;
         let (b, h, w) = (emb.batch(), emb.height, emb.width);
         let nchw = emb.to_nchw();
         let c = nchw.shape().1.size();
@@ -321,13 +329,45 @@ impl Eva02PresetVisitor for EvaForward {
         let store = TensorStore::read(&job.model)?;
         let eva: Eva02<P::Dim, DefaultDevice> = Eva02::from_store(&dev, &P::config(), &store)?;
         let pixels = job.pixel_tensor(&dev, 3, eva.config.img_size)?;
-        let (features, _) = eva.try_forward_features(pixels)?;
+        let features = eva02_features(eva, pixels)?;
         let (b, n, c) = *features.shape();
         write(
             &job.out,
             vec![("features", vec![b, n, c.size()], features.as_vec())],
         )
     }
+}
+
+/// SAM's image embeddings: on the CPU by the host inference path (the model's blocks copied,
+/// then the model dropped), elsewhere by the model.
+fn sam_image_embeddings<P: SamPreset>(
+    sam: SamModel<P::Hidden, P::Embed, DefaultDevice>,
+    pixels: Images<DefaultDevice>,
+) -> VisionResult<FeatureMap<P::Embed, DefaultDevice>> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        sam.check_pixel_values(&pixels)?;
+        let host = HostSamImageEncoder::new(&sam.vision_encoder, Dtype::F32);
+        drop(sam);
+        Ok(host.forward(pixels))
+    }
+    #[cfg(feature = "cuda")]
+    sam.try_image_embeddings(pixels)
+}
+
+/// EVA02's `forward_features`, as [`sam_image_embeddings`] does SAM's.
+fn eva02_features<C: ConstDim>(
+    eva: Eva02<C, DefaultDevice>,
+    pixels: Images<DefaultDevice>,
+) -> VisionResult<Seq<C, DefaultDevice>> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        let host = HostEva02::new(&eva, Dtype::F32);
+        drop(eva);
+        Ok(host.try_forward_features(pixels)?.0)
+    }
+    #[cfg(feature = "cuda")]
+    Ok(eva.try_forward_features(pixels)?.0)
 }
 
 struct SamPredict(Job);
