@@ -14,12 +14,12 @@
 //! [`Eva02::embed`]'s; training keeps the dfdx model, whose tape this does not record.
 use crate::conv::{check_images, Images};
 use crate::eva02::{rope_tables, Eva02};
-use crate::host_layers::{merge_heads, split_heads, HostLinear, HostNorm, Layout, ROWS_PER_TASK};
+use crate::host_layers::{merge_heads, split_qkv, HostLinear, HostNorm, Layout, ROWS_PER_TASK};
 use crate::VisionResult;
 use dfdx::prelude::*;
 use pixel_core::host_matrix::Dtype;
 use pixel_core::nn::elementwise::silu_gate;
-use pixel_core::nn::fused_attention::{fused_attention, AttentionShape};
+use pixel_core::nn::fused_attention::fused_attention;
 use pixel_core::nn::Seq;
 use rayon::prelude::*;
 
@@ -161,18 +161,10 @@ impl HostBlock {
         self.norm1.rows_into(x, &mut s.normed);
         self.qkv.forward_into(&s.normed, &mut s.qkv);
         rotate_queries_and_keys(&mut s.qkv, layout, self.heads, rope);
-        let head_dim = c / self.heads;
-        let shape = AttentionShape {
-            groups: layout.batch * self.heads,
-            queries: layout.tokens,
-            keys: layout.tokens,
-            head_dim,
-        };
-        for (part, heads) in s.heads.iter_mut().enumerate() {
-            split_heads(&s.qkv, part, layout, self.heads, heads);
-        }
+        let shape = split_qkv(&s.qkv, layout, self.heads, &mut s.heads);
         let [q, k, v] = &s.heads;
-        let out = fused_attention(q, k, v, shape, 1.0 / (head_dim as f32).sqrt(), None);
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let out = fused_attention(q, k, v, shape, scale, None);
         merge_heads(&out, layout, self.heads, &mut s.normed);
         if let Some(norm) = &self.attn_norm {
             norm.rows_in_place(&mut s.normed);

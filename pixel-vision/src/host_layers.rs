@@ -5,6 +5,7 @@ use crate::layers::{Dense, Norm};
 use dfdx::prelude::*;
 use pixel_core::host_matrix::{Dtype, HostMatrix};
 use pixel_core::nn::elementwise::layer_norm_in_place;
+use pixel_core::nn::fused_attention::AttentionShape;
 use pixel_core::params::ParamTensor;
 use rayon::prelude::*;
 
@@ -100,15 +101,28 @@ pub(crate) struct Layout {
     pub(crate) channels: usize,
 }
 
-/// Part `part` (0 q, 1 k, 2 v) of `qkv` `[batch * tokens, 3C]` as `[batch * heads, tokens,
-/// head_dim]`.
-pub(crate) fn split_heads(
+/// `qkv` `[batch * tokens, 3C]` split into q, k and v `[batch * heads, tokens, head_dim]`
+/// (in `out`), and the shape of their self-attention.
+pub(crate) fn split_qkv(
     qkv: &[f32],
-    part: usize,
     layout: Layout,
     heads: usize,
-    out: &mut Vec<f32>,
-) {
+    out: &mut [Vec<f32>; 3],
+) -> AttentionShape {
+    for (part, buffer) in out.iter_mut().enumerate() {
+        split_heads(qkv, part, layout, heads, buffer);
+    }
+    AttentionShape {
+        groups: layout.batch * heads,
+        queries: layout.tokens,
+        keys: layout.tokens,
+        head_dim: layout.channels / heads,
+    }
+}
+
+/// Part `part` (0 q, 1 k, 2 v) of `qkv` `[batch * tokens, 3C]` as `[batch * heads, tokens,
+/// head_dim]`.
+fn split_heads(qkv: &[f32], part: usize, layout: Layout, heads: usize, out: &mut Vec<f32>) {
     let Layout {
         tokens, channels, ..
     } = layout;

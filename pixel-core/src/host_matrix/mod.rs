@@ -479,6 +479,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::Bf16, Dtype::F16];
+
+    /// Deterministic values in `[-2, 2)`, a different run for each `seed`.
+    fn spread(seed: u64, i: usize) -> f32 {
+        (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0
+    }
+
     fn reference(w: &[f32], x: &[f32], out: usize, inp: usize) -> Vec<f32> {
         let n = x.len() / inp;
         let mut y = vec![0.0; n * out];
@@ -500,9 +507,9 @@ mod tests {
             out in 1usize..40, inp in 1usize..70, n in 1usize..20, dtype_index in 0usize..3,
             wide in proptest::bool::ANY, seed in 0u64..1000,
         ) {
-            let dtype = [Dtype::F32, Dtype::Bf16, Dtype::F16][dtype_index];
+            let dtype = DTYPES[dtype_index];
             let inp = if wide { inp + PANEL_ELEMENTS / 8 } else { inp };
-            let value = |i: usize| (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0;
+            let value = |i: usize| spread(seed, i);
             let w: Vec<f32> = (0..out * inp).map(value).collect();
             let dy: Vec<f32> = (0..n * out).map(|i| value(i + 3)).collect();
             let m = HostMatrix::from_f32(out, inp, w, dtype);
@@ -528,8 +535,8 @@ mod tests {
             out in 1usize..40, inp in 1usize..70, n in 1usize..40, dtype_index in 0usize..3,
             seed in 0u64..1000,
         ) {
-            let dtype = [Dtype::F32, Dtype::Bf16, Dtype::F16][dtype_index];
-            let value = |i: usize| (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0;
+            let dtype = DTYPES[dtype_index];
+            let value = |i: usize| spread(seed, i);
             let w: Vec<f32> = (0..out * inp).map(value).collect();
             let x: Vec<f32> = (0..n * inp).map(|i| value(i + 7)).collect();
             let m = HostMatrix::from_f32(out, inp, w, dtype);
@@ -554,8 +561,8 @@ mod tests {
             out in 1usize..40, inp in 1usize..70, n in 1usize..40, dtype_index in 0usize..3,
             seed in 0u64..1000,
         ) {
-            let dtype = [Dtype::F32, Dtype::Bf16, Dtype::F16][dtype_index];
-            let value = |i: usize| (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0;
+            let dtype = DTYPES[dtype_index];
+            let value = |i: usize| spread(seed, i);
             let m = HostMatrix::from_f32(out, inp, (0..out * inp).map(value).collect(), dtype);
             let x: Vec<f32> = (0..n * inp).map(|i| value(i + 11)).collect();
             let before: Vec<f32> = (0..n * out).map(|i| value(i + 13) * 4.0).collect();
@@ -575,8 +582,8 @@ mod tests {
             out in 1usize..40, inp in 1usize..70, n in 1usize..=GEMM_ROWS, parts in 2usize..6,
             dtype_index in 0usize..3, seed in 0u64..1000,
         ) {
-            let dtype = [Dtype::F32, Dtype::Bf16, Dtype::F16][dtype_index];
-            let value = |i: usize| (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0;
+            let dtype = DTYPES[dtype_index];
+            let value = |i: usize| spread(seed, i);
             let m = HostMatrix::from_f32(out, inp, (0..out * inp).map(value).collect(), dtype);
             let x: Vec<f32> = (0..n * inp).map(|i| value(i + 5)).collect();
             prop_assert_eq!(m.matmul_t_rows(&x, n, 1), m.matmul_t_rows(&x, n, parts));

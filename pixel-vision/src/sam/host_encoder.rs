@@ -11,7 +11,7 @@
 //! SAM is frozen in PixelLLM, so this is also what a PixelLLM forward can run for it. The patch
 //! embedding, position embedding and the neck stay [`SamImageEncoder`]'s.
 use crate::conv::{FeatureMap, Images};
-use crate::host_layers::{merge_heads, split_heads, HostLinear, HostNorm, Layout, ROWS_PER_TASK};
+use crate::host_layers::{merge_heads, split_qkv, HostLinear, HostNorm, Layout, ROWS_PER_TASK};
 use crate::sam::image_encoder::{get_rel_pos, SamImageEncoder};
 use dfdx::prelude::*;
 use pixel_core::host_matrix::Dtype;
@@ -155,16 +155,7 @@ impl HostSamBlock {
         };
         let tokens = if ws > 0 { &s.windows } else { &s.normed };
         self.qkv.forward_into(tokens, &mut s.qkv);
-        for (part, heads) in s.heads.iter_mut().enumerate() {
-            split_heads(&s.qkv, part, layout, self.heads, heads);
-        }
-        let head_dim = c / self.heads;
-        let shape = AttentionShape {
-            groups: layout.batch * self.heads,
-            queries: layout.tokens,
-            keys: layout.tokens,
-            head_dim,
-        };
+        let shape = split_qkv(&s.qkv, layout, self.heads, &mut s.heads);
         let [q, k, v] = &s.heads;
         let terms = self
             .rel_pos
@@ -176,7 +167,7 @@ impl HostSamBlock {
             kh: ah,
             kw: aw,
         });
-        let out = fused_attention(q, k, v, shape, 1.0 / (head_dim as f32).sqrt(), bias);
+        let out = fused_attention(q, k, v, shape, 1.0 / (shape.head_dim as f32).sqrt(), bias);
         merge_heads(&out, layout, self.heads, &mut s.merged);
         if ws > 0 {
             self.proj.forward_into(&s.merged, &mut s.projected);
